@@ -1,0 +1,364 @@
+//! Configuration: defaults, then `gateway.toml` (or `--config`), then
+//! `RTGATE_…` environment variables, then command-line flags.
+//!
+//! Environment keys are the TOML path in upper case with `__` between
+//! sections: `RTGATE_LISTEN`, `RTGATE_HISTORY__MAX_LEN=500`,
+//! `RTGATE_SHUTDOWN__GRACE=5s`. This module never binds or connects;
+//! [`Config::validate`] rejects bad values with the key's name.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// A configuration that could not be loaded or is invalid.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// Parse or type error; the message names the key and the source.
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value out of range.
+    #[error("invalid config key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key path.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The whole configuration; every key is documented in `gateway.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on for HTTP, WebSocket (and later SSE, gRPC).
+    pub listen: SocketAddr,
+    /// Which engine stores messages.
+    pub engine: EngineConfig,
+    /// Retention of each topic's history.
+    pub history: HistoryConfig,
+    /// Sizes and bounds.
+    pub limits: LimitsConfig,
+    /// Publish deduplication.
+    pub idempotency: IdempotencyConfig,
+    /// Liveness of long-lived connections.
+    pub heartbeat: HeartbeatConfig,
+    /// WebSocket library buffers.
+    pub websocket: WebSocketConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[engine]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// `memory` (embedded, default).
+    pub kind: EngineKind,
+}
+
+/// Engine implementations.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// In-process memory: no setup, history lost on restart.
+    #[default]
+    Memory,
+}
+
+/// `[history]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Messages kept per topic.
+    pub max_len: usize,
+    /// Age after which messages are dropped (`"24h"`, `"90s"`).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Messages read per history page while replaying a resume.
+    pub replay_page: usize,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest `data` accepted, bytes of JSON text.
+    pub max_message_bytes: usize,
+    /// Messages queued per connection before it is closed as slow.
+    pub outbox_capacity: usize,
+    /// Concurrent connections accepted (all transports); more wait in the
+    /// kernel's accept queue.
+    pub max_connections: usize,
+    /// Topics one connection may subscribe to.
+    pub max_topics_per_connection: usize,
+}
+
+/// `[idempotency]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencyConfig {
+    /// How long an `Idempotency-Key` is remembered.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Keys remembered per topic; the oldest are forgotten first.
+    pub max_keys_per_topic: usize,
+}
+
+/// `[heartbeat]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatConfig {
+    /// How often the server pings an otherwise quiet connection.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A connection silent this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// `[websocket]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Initial read buffer per connection, bytes. Small keeps idle
+    /// connections cheap; larger frames grow it as needed.
+    pub read_buffer_size: usize,
+    /// Bytes buffered before a write reaches the socket; 0 writes each frame
+    /// at once.
+    pub write_buffer_size: usize,
+    /// Bytes a connection may have waiting in its write buffer before a send
+    /// fails.
+    pub max_write_buffer_size: usize,
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Time allowed to close connections and finish in-flight work.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `RUST_LOG`-style filter; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+/// Log line formats.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            engine: EngineConfig::default(),
+            history: HistoryConfig::default(),
+            limits: LimitsConfig::default(),
+            idempotency: IdempotencyConfig::default(),
+            heartbeat: HeartbeatConfig::default(),
+            websocket: WebSocketConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The engine's name for logs.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            EngineKind::Memory => "memory",
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { kind: EngineKind::Memory }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig { max_len: 10_000, max_age: Duration::from_secs(24 * 3600), replay_page: 1000 }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 65_536,
+            outbox_capacity: 1024,
+            max_connections: 100_000,
+            max_topics_per_connection: 64,
+        }
+    }
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        IdempotencyConfig { ttl: Duration::from_secs(24 * 3600), max_keys_per_topic: 10_000 }
+    }
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig { interval: Duration::from_secs(15), timeout: Duration::from_secs(45) }
+    }
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig { read_buffer_size: 1024, write_buffer_size: 0, max_write_buffer_size: 1 << 20 }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { grace: Duration::from_secs(10) }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+impl Config {
+    /// Loads defaults ← `file` (if given) ← `RTGATE_*` environment, and
+    /// validates.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid {
+                    key: "--config",
+                    reason: format!("file {} does not exist", file.display()),
+                });
+            }
+            fig = fig.merge(Toml::file(file));
+        }
+        fig = fig.merge(Env::prefixed("RTGATE_").split("__").ignore(&["config"]));
+        let config: Config = fig.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document over the defaults (tests, `--print-config`).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and relations between keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &'static str, reason: &str) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid { key, reason: reason.into() })
+        }
+        if self.history.max_len == 0 {
+            return bad("history.max_len", "must be at least 1");
+        }
+        if self.history.max_age.is_zero() {
+            return bad("history.max_age", "must be more than 0s");
+        }
+        if !(1..=10_000).contains(&self.history.replay_page) {
+            return bad("history.replay_page", "must be 1 to 10000");
+        }
+        if !(2..=16 << 20).contains(&self.limits.max_message_bytes) {
+            return bad("limits.max_message_bytes", "must be 2 bytes to 16 MiB");
+        }
+        if self.limits.outbox_capacity == 0 {
+            return bad("limits.outbox_capacity", "must be at least 1");
+        }
+        if self.limits.max_connections == 0 {
+            return bad("limits.max_connections", "must be at least 1");
+        }
+        if self.limits.max_topics_per_connection == 0 {
+            return bad("limits.max_topics_per_connection", "must be at least 1");
+        }
+        if self.heartbeat.interval.is_zero() {
+            return bad("heartbeat.interval", "must be more than 0s");
+        }
+        if self.heartbeat.timeout <= self.heartbeat.interval {
+            return bad("heartbeat.timeout", "must be longer than heartbeat.interval");
+        }
+        if self.websocket.read_buffer_size < 256 {
+            return bad("websocket.read_buffer_size", "must be at least 256");
+        }
+        if self.websocket.max_write_buffer_size <= self.websocket.write_buffer_size {
+            return bad("websocket.max_write_buffer_size", "must be larger than websocket.write_buffer_size");
+        }
+        if self.idempotency.ttl.is_zero() {
+            return bad("idempotency.ttl", "must be more than 0s");
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// Largest WebSocket frame accepted: a publish frame's envelope around
+    /// `max_message_bytes` of data.
+    pub fn ws_max_frame(&self) -> usize {
+        self.limits.max_message_bytes + 1024
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_round_trip() {
+        let c = Config::default();
+        c.validate().unwrap();
+        let back = Config::from_toml(&c.to_toml()).unwrap();
+        assert_eq!(back.listen, c.listen);
+        assert_eq!(back.history.max_age, c.history.max_age);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::from_toml("[history]\nmax_len = 0\n").unwrap_err().to_string();
+        assert!(e.contains("history.max_len"), "{e}");
+        let e = Config::from_toml("[history]\nmax_len = \"ten\"\n").unwrap_err().to_string();
+        assert!(e.contains("max_len"), "{e}");
+        let e = Config::from_toml("[history]\nmax_lenn = 3\n").unwrap_err().to_string();
+        assert!(e.contains("max_lenn"), "{e}");
+        let e = Config::from_toml("[heartbeat]\ninterval = \"10s\"\ntimeout = \"5s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("heartbeat.timeout"), "{e}");
+        let c = Config::from_toml("listen = \"0.0.0.0:9\"\n[history]\nmax_age = \"90s\"\n").unwrap();
+        assert_eq!(c.history.max_age, Duration::from_secs(90));
+        assert_eq!(c.listen.port(), 9);
+    }
+}

@@ -1,0 +1,63 @@
+//! Why a connection ends, and what each transport says about it.
+
+/// The reason a session is closed by the server (or ended by the client).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Close {
+    /// The process is shutting down; the client should reconnect elsewhere
+    /// with its cursor.
+    Shutdown = 1,
+    /// The outbox overflowed: the client reads slower than messages arrive.
+    /// It resumes from its cursor and loses nothing.
+    Slow = 2,
+    /// No frame from the client within the heartbeat timeout.
+    Silent = 3,
+    /// A frame or message over the size limit.
+    TooLarge = 4,
+    /// A request the connection cannot go on from (bad query at connect).
+    Policy = 5,
+    /// The client closed or the socket failed.
+    Client = 6,
+    /// The engine became unusable for this session.
+    Unavailable = 7,
+}
+
+impl Close {
+    /// Decodes the `u8` form stored in atomics.
+    pub fn from_u8(v: u8) -> Option<Close> {
+        Some(match v {
+            1 => Close::Shutdown,
+            2 => Close::Slow,
+            3 => Close::Silent,
+            4 => Close::TooLarge,
+            5 => Close::Policy,
+            6 => Close::Client,
+            7 => Close::Unavailable,
+            _ => return None,
+        })
+    }
+
+    /// The WebSocket close code (contract §4).
+    pub fn ws_code(self) -> u16 {
+        match self {
+            Close::Shutdown | Close::Silent => 1001,
+            Close::Slow | Close::Unavailable => 1013,
+            Close::TooLarge => 1009,
+            Close::Policy => 1008,
+            Close::Client => 1000,
+        }
+    }
+
+    /// A short, stable label for logs, metrics and close reasons.
+    pub fn label(self) -> &'static str {
+        match self {
+            Close::Shutdown => "shutdown",
+            Close::Slow => "slow_consumer",
+            Close::Silent => "heartbeat_timeout",
+            Close::TooLarge => "too_large",
+            Close::Policy => "policy",
+            Close::Client => "client",
+            Close::Unavailable => "unavailable",
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The [`Engine`] seam: what the core needs from a message store.
+//!
+//! Engines (embedded memory, Redis Streams) live in `crate::engine`, above the
+//! core; the core never names them.
+//!
+//! # Contract every engine keeps
+//!
+//! - **Ids** are `"<ms>-<seq>"` and strictly increase within a topic, also
+//!   when the wall clock steps back.
+//! - **Append, then notify, in id order.** A message is readable through
+//!   [`Engine::history`] before the [`Listener`] hears of it, and the listener
+//!   hears of a topic's messages in id order, each once (while the topic is
+//!   watched and the engine is healthy).
+//! - **Watch covers the future.** Once the future returned by
+//!   [`Engine::watch`] resolves, every message appended to that topic later is
+//!   delivered to the listener. Together with "append, then notify" this makes
+//!   the replay-then-live hand-over in `core::replay` gap-free: join live,
+//!   watch, then read history; overlaps are removed by id.
+//! - **Trimming is reported, never hidden.** A read after an id some of whose
+//!   successors were trimmed returns `truncated = true`.
+//! - **Idempotency.** A publish with a key seen within the TTL returns the
+//!   first message's id and ts and appends nothing.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use thiserror::Error;
+
+use super::message::{Message, MessageId, Topic};
+
+/// Errors an engine reports to the core.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// The backing store cannot be reached; the contract's `unavailable`.
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+    /// The topic's id space is exhausted (ids at `u64::MAX`).
+    #[error("topic id space exhausted")]
+    IdsExhausted,
+}
+
+/// The answer to a publish.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The stored message (for a duplicate: the first one's id and ts).
+    pub id: MessageId,
+    /// Acceptance time, Unix ms.
+    pub ts: u64,
+    /// True when an idempotency key matched an earlier publish.
+    pub duplicate: bool,
+}
+
+/// A page of a topic's history, ascending by id.
+#[derive(Debug, Default)]
+pub struct History {
+    /// The messages, ascending.
+    pub messages: Vec<Arc<Message>>,
+    /// True when messages after the requested `after` were trimmed.
+    pub truncated: bool,
+    /// The oldest id still retained, or when nothing is retained, the first
+    /// id that could still be delivered (the successor of the last trimmed).
+    pub oldest: Option<MessageId>,
+}
+
+/// Receives live messages from an engine (the hub implements it).
+pub trait Listener: Send + Sync + 'static {
+    /// Called once per message of a watched topic, in id order per topic.
+    /// Must not block.
+    fn deliver(&self, message: &Arc<Message>);
+}
+
+/// A message store with live notifications. Chosen once from config and
+/// shared as `Arc<dyn Engine>`.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// A short name for logs and metrics labels ("memory", "redis").
+    fn name(&self) -> &'static str;
+
+    /// Appends `data` (valid JSON text) to `topic`, applying retention.
+    async fn publish(
+        &self,
+        topic: &Topic,
+        data: Bytes,
+        idempotency_key: Option<&str>,
+    ) -> Result<Published, EngineError>;
+
+    /// Up to `limit` messages after `after` ascending; with `after = None`,
+    /// the newest `limit` messages ascending.
+    async fn history(
+        &self,
+        topic: &Topic,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<History, EngineError>;
+
+    /// The newest id ever assigned in `topic` (even if since trimmed), or
+    /// `None` for a topic that never had a message.
+    async fn last_id(&self, topic: &Topic) -> Result<Option<MessageId>, EngineError>;
+
+    /// Registers interest in `topic` (idempotent). The registration happens
+    /// before this returns; the future resolves once live delivery of every
+    /// later append is guaranteed.
+    fn watch(&self, topic: &Topic) -> futures_util::future::BoxFuture<'static, Result<(), EngineError>>;
+
+    /// Drops interest in `topic` (the hub's last local subscriber left).
+    fn unwatch(&self, topic: &Topic);
+
+    /// True while the engine can serve (readiness).
+    fn is_ready(&self) -> bool;
+}

@@ -1,0 +1,105 @@
+//! The contract's error vocabulary (§2) and its projection onto HTTP. The
+//! WebSocket projection lives in `transport::frame` (error frames) and
+//! `core::close` (close codes).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+
+use crate::core::EngineError;
+
+/// An error code from contract §2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    /// Malformed JSON, unknown op, bad cursor or id.
+    BadRequest,
+    /// Topic name not allowed.
+    BadTopic,
+    /// Missing, bad or expired token.
+    Unauthenticated,
+    /// Token lacks the topic; origin not allowed.
+    Forbidden,
+    /// Over the size limit.
+    TooLarge,
+    /// Too many requests.
+    RateLimited,
+    /// Engine unreachable.
+    Unavailable,
+    /// No such route (HTTP only; not in contract §2's table, see README).
+    NotFound,
+}
+
+impl Code {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::BadRequest => "bad_request",
+            Code::BadTopic => "bad_topic",
+            Code::Unauthenticated => "unauthenticated",
+            Code::Forbidden => "forbidden",
+            Code::TooLarge => "too_large",
+            Code::RateLimited => "rate_limited",
+            Code::Unavailable => "unavailable",
+            Code::NotFound => "not_found",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn http_status(self) -> StatusCode {
+        match self {
+            Code::BadRequest | Code::BadTopic => StatusCode::BAD_REQUEST,
+            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Code::Forbidden => StatusCode::FORBIDDEN,
+            Code::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+}
+
+/// An error answered to a client: a code and a human message. Internal
+/// details are logged where the error is made, never put here.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The code.
+    pub code: Code,
+    /// Text for humans.
+    pub message: String,
+}
+
+impl ApiError {
+    /// Builds an error.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        ApiError { code, message: message.into() }
+    }
+
+    /// The JSON body `{"error":{"code","message"}}`.
+    pub fn body(&self) -> Bytes {
+        let body = serde_json::json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        Bytes::from(body.to_string())
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        tracing::warn!(error = %e, "engine error");
+        crate::metrics::engine_error();
+        match e {
+            EngineError::Unavailable(_) => ApiError::new(Code::Unavailable, "engine unavailable"),
+            EngineError::IdsExhausted => ApiError::new(Code::Unavailable, "topic id space exhausted"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = (self.code.http_status(), self.body()).into_response();
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if self.code == Code::RateLimited || self.code == Code::Unavailable {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        res
+    }
+}

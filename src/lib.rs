@@ -1,0 +1,82 @@
+//! rtgate: one topic bus over WebSocket and HTTP (SSE, long polling and gRPC
+//! plug into the same core), backed by an embedded or (later) Redis engine.
+//!
+//! # Layout
+//!
+//! - [`core`]: topics, ids, cursors, the [`core::Engine`] seam, the hub that
+//!   fans messages out to bounded outboxes, replay-then-live hand-over. It
+//!   never imports an engine or a transport.
+//! - [`engine`]: engine implementations (embedded memory), chosen once from
+//!   config.
+//! - [`transport`]: protocol adapters (HTTP API, WebSocket) that turn sockets
+//!   into bus operations.
+//! - [`server`]: `AppState`, the router, the accept loop; [`run`] ties it all
+//!   together. [`config`], [`error`], [`metrics`], [`shutdown`],
+//!   [`telemetry`], [`ops`] are what their names say.
+//!
+//! # Entry points
+//!
+//! `main.rs` only wires: it loads [`config::Config`], installs logging, binds
+//! and calls [`run`]. Tests call [`run`] with a listener on port 0.
+
+pub mod config;
+pub mod core;
+pub mod engine;
+pub mod error;
+pub mod metrics;
+pub mod ops;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::core::{Bus, Hub, Listener};
+use crate::server::{AppState, Limited, Peer};
+use crate::shutdown::Shutdown;
+
+/// Serves on `listener` until `token` is cancelled, then drains: stops
+/// accepting, closes WebSocket clients with 1001, waits for in-flight work
+/// for at most `shutdown.grace`. Returns when done.
+pub async fn run(listener: TcpListener, config: Config, token: CancellationToken) -> std::io::Result<()> {
+    crate::metrics::install();
+    let config = Arc::new(config);
+    let shutdown = Shutdown::new(token.clone(), config.shutdown.grace);
+    let hub = Hub::new();
+    let engine = engine::build(&config, Arc::new(hub.clone()) as Arc<dyn Listener>, &shutdown);
+    let bus = Bus {
+        engine,
+        hub,
+        outbox_capacity: config.limits.outbox_capacity,
+        replay_page: config.history.replay_page,
+    };
+    let state = AppState { bus, config: Arc::clone(&config), shutdown: shutdown.clone() };
+    let local: SocketAddr = listener.local_addr()?;
+    let listener = Limited::new(listener, config.limits.max_connections);
+    let app = server::app(state).into_make_service_with_connect_info::<Peer>();
+    let serve_token = token.clone();
+    shutdown.spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(serve_token.cancelled_owned());
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "server failed");
+        }
+    });
+    tracing::info!(addr = %local, engine = config.engine.kind_name(), "rtgate listening");
+    token.cancelled().await;
+    tracing::info!(grace = ?config.shutdown.grace, "draining");
+    if shutdown.drain().await {
+        tracing::info!("drained, bye");
+    } else {
+        tracing::warn!("grace period over with work still running; exiting anyway");
+    }
+    // Give the runtime a moment to flush socket closes of aborted tasks.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(())
+}

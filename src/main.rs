@@ -1,0 +1,63 @@
+//! The `rtgate` binary: parse flags, load config, log, bind, run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use rtgate::config::{Config, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+/// rtgate: a realtime gateway (WebSocket + HTTP today) over one topic bus.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML); see gateway.toml for every key.
+    #[arg(long, short = 'c', env = "RTGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides `listen`).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Log format (overrides `log.format`).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = Config::load(cli.config.as_deref()).context("invalid configuration")?;
+    if let Some(listen) = cli.listen {
+        config.listen = listen;
+    }
+    if let Some(f) = cli.log_format {
+        config.log.format = f;
+    }
+    if cli.print_config {
+        #[allow(clippy::print_stdout)]
+        {
+            print!("{}", config.to_toml());
+        }
+        return Ok(());
+    }
+    rtgate::telemetry::init(config.log.format, &config.log.level);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(limit = n, "open file limit raised to the hard limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let token = CancellationToken::new();
+        let signal_token = token.clone();
+        tokio::spawn(async move {
+            rtgate::shutdown::signal().await;
+            signal_token.cancel();
+        });
+        rtgate::run(listener, config, token).await.context("server failed")
+    })
+}

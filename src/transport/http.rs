@@ -1,0 +1,136 @@
+//! HTTP API (contract §3): publish and history.
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+
+use crate::core::{MessageId, Topic};
+use crate::error::{ApiError, Code};
+use crate::metrics::{self, Transport};
+use crate::server::AppState;
+
+/// Longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 256;
+/// History page bounds (contract §3).
+const HISTORY_DEFAULT: usize = 100;
+const HISTORY_MAX: usize = 1000;
+
+fn json(body: Vec<u8>) -> Response {
+    let mut res = Bytes::from(body).into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+fn topic(name: &str) -> Result<Topic, ApiError> {
+    Topic::new(name).map_err(|e| ApiError::new(Code::BadTopic, e.to_string()))
+}
+
+/// `POST /v1/publish/{topic}`: the body is the message's JSON `data`.
+pub(crate) async fn publish(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let topic = topic(&name)?;
+    let max = state.config.limits.max_message_bytes;
+    let too_large = || ApiError::new(Code::TooLarge, format!("body over {max} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let ok = v.len() <= MAX_IDEMPOTENCY_KEY && !v.is_empty() && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
+            if !ok {
+                return Err(ApiError::new(
+                    Code::BadRequest,
+                    "Idempotency-Key must be 1 to 256 visible ASCII characters",
+                ));
+            }
+            Some(v.to_str().unwrap_or_default().to_owned())
+        }
+    };
+    let body = axum::body::to_bytes(body, max).await.map_err(|_| too_large())?;
+    let data = trim_json(body);
+    if data.is_empty() {
+        return Err(ApiError::new(Code::BadRequest, "body must be a JSON value"));
+    }
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&data) {
+        return Err(ApiError::new(Code::BadRequest, format!("body is not valid JSON: {e}")));
+    }
+    let published = state.bus.engine.publish(&topic, data, key.as_deref()).await?;
+    if !published.duplicate {
+        metrics::published(Transport::Http);
+    }
+    let body = serde_json::json!({"topic": topic.as_str(), "id": published.id, "ts": published.ts});
+    Ok(json(body.to_string().into_bytes()))
+}
+
+/// Drops leading and trailing JSON whitespace; the value itself is kept
+/// byte for byte.
+fn trim_json(mut b: Bytes) -> Bytes {
+    let ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
+    let start = b.iter().position(|c| !ws(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !ws(c)).map_or(start, |i| i + 1);
+    b.truncate(end);
+    b.split_off(start)
+}
+
+/// `GET /v1/history/{topic}?after=ID&limit=N`.
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let topic = topic(&name)?;
+    let mut after = None;
+    let mut limit = HISTORY_DEFAULT;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*k {
+            "after" => {
+                after = Some(v.parse::<MessageId>().map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?)
+            }
+            "limit" => {
+                limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| ApiError::new(Code::BadRequest, "limit must be a positive integer"))?
+                    .min(HISTORY_MAX)
+            }
+            _ => {}
+        }
+    }
+    let history = state.bus.engine.history(&topic, after, limit).await?;
+    let mut out = Vec::with_capacity(64 + history.messages.iter().map(|m| m.data.len() + 80).sum::<usize>());
+    out.extend_from_slice(b"{\"messages\":[");
+    for (i, m) in history.messages.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&m.json());
+    }
+    out.extend_from_slice(b"],\"truncated\":");
+    out.extend_from_slice(if history.truncated { b"true" } else { b"false" });
+    out.push(b'}');
+    Ok(json(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_only_outer_whitespace() {
+        assert_eq!(&trim_json(Bytes::from_static(b" \n{\"a\": 1 }\r\n"))[..], b"{\"a\": 1 }");
+        assert_eq!(&trim_json(Bytes::from_static(b"   "))[..], b"");
+        assert_eq!(&trim_json(Bytes::from_static(b"1"))[..], b"1");
+    }
+}
