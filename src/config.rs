@@ -20,7 +20,7 @@ use thiserror::Error;
 pub enum ConfigError {
     /// Parse or type error; the message names the key and the source.
     #[error("{0}")]
-    Load(#[from] Box<figment::Error>),
+    Load(Box<figment::Error>),
     /// A value out of range.
     #[error("invalid config key `{key}`: {reason}")]
     Invalid {
@@ -261,7 +261,7 @@ impl Config {
             fig = fig.merge(Toml::file(file));
         }
         fig = fig.merge(Env::prefixed("RTGATE_").split("__").ignore(&["config"]));
-        let config: Config = fig.extract().map_err(Box::new)?;
+        let config: Config = fig.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -271,7 +271,7 @@ impl Config {
         let config: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::string(text))
             .extract()
-            .map_err(Box::new)?;
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
         config.validate()?;
         Ok(config)
     }

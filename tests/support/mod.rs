@@ -1,0 +1,189 @@
+//! Test harness: the real server on 127.0.0.1:0 (in process, or the real
+//! binary), with real clients (reqwest, tokio-tungstenite).
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound for any single wait in a test.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// An in-process rtgate on a free port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub token: CancellationToken,
+    pub task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    /// Starts with the defaults overridden by `toml`.
+    pub async fn start(toml: &str) -> TestServer {
+        let config = rtgate::config::Config::from_toml(toml).expect("test config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let token = CancellationToken::new();
+        let task = tokio::spawn(rtgate::run(listener, config, token.clone()));
+        TestServer { addr, token, task: Some(task), http: reqwest::Client::new() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, path_and_query: &str) -> String {
+        format!("ws://{}{}", self.addr, path_and_query)
+    }
+
+    /// POST /v1/publish/{topic} with `body`; returns (status, json).
+    pub async fn publish_raw(&self, topic: &str, body: &str, key: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.post(self.url(&format!("/v1/publish/{topic}"))).body(body.to_owned());
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let res = tokio::time::timeout(WAIT, req.send()).await.expect("publish timed out").expect("publish");
+        let status = res.status().as_u16();
+        let json = res.json::<Value>().await.unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    /// Publishes and returns the id; panics on a non-200.
+    pub async fn publish(&self, topic: &str, body: &str) -> String {
+        let (status, json) = self.publish_raw(topic, body, None).await;
+        assert_eq!(status, 200, "{json}");
+        json["id"].as_str().expect("id").to_owned()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let res = tokio::time::timeout(WAIT, self.http.get(self.url(path)).send())
+            .await
+            .expect("get timed out")
+            .expect("get");
+        let status = res.status().as_u16();
+        (status, res.json::<Value>().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn ws(&self, path_and_query: &str) -> WsClient {
+        WsClient::connect(&self.ws_url(path_and_query)).await
+    }
+
+    /// Cancels and waits for `run` to return.
+    pub async fn stop(mut self) {
+        self.token.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("server did not stop")
+                .expect("join")
+                .expect("run");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// A WebSocket client speaking the rtgate protocol.
+pub struct WsClient {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How a connection ended, from the client's side.
+#[derive(Debug, PartialEq)]
+pub enum Ended {
+    Closed(u16, String),
+    Dropped,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> WsClient {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        WsClient { ws }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, s: &str) {
+        self.ws.send(WsMessage::text(s)).await.expect("send");
+    }
+
+    /// The next JSON text frame (skipping pings/pongs); panics on timeout or close.
+    pub async fn next(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("stream ended")
+                .expect("ws error");
+            match msg {
+                WsMessage::Text(t) => return serde_json::from_str(t.as_str()).expect("json frame"),
+                WsMessage::Close(c) => panic!("unexpected close: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next frame, asserting its op.
+    pub async fn next_op(&mut self, op: &str) -> Value {
+        let v = self.next().await;
+        assert_eq!(v["op"], op, "expected {op}, got {v}");
+        v
+    }
+
+    /// Subscribes with a ref and waits for the ack; returns (frames before the ack, the ack).
+    pub async fn subscribe(&mut self, topic: &str, after: Option<&str>) -> (Vec<Value>, Value) {
+        let mut req = serde_json::json!({"op": "subscribe", "topic": topic, "ref": format!("sub-{topic}")});
+        if let Some(a) = after {
+            req["after"] = Value::from(a);
+        }
+        self.send(req).await;
+        let mut before = vec![];
+        loop {
+            let v = self.next().await;
+            if v["op"] == "ack" && v["ref"] == format!("sub-{topic}") {
+                return (before, v);
+            }
+            before.push(v);
+        }
+    }
+
+    /// Reads `n` message frames (panics on any other frame).
+    pub async fn messages(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let v = self.next().await;
+            assert_eq!(v["op"], "message", "expected message, got {v}");
+            out.push(v);
+        }
+        out
+    }
+
+    /// Waits for the connection to end; returns the close code and reason.
+    pub async fn ended(&mut self) -> Ended {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("timed out waiting for close") {
+                None | Some(Err(_)) => return Ended::Dropped,
+                Some(Ok(WsMessage::Close(Some(f)))) => {
+                    return Ended::Closed(u16::from(f.code), f.reason.as_str().to_owned())
+                }
+                Some(Ok(WsMessage::Close(None))) => return Ended::Closed(1005, String::new()),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+}
