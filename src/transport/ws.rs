@@ -18,6 +18,7 @@
 //! buffer starts at `websocket.read_buffer_size` and frames are written
 //! straight to the socket (`write_buffer_size = 0` by default).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use serde_json::value::RawValue;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::frame::{self, ClientOp};
@@ -185,22 +187,22 @@ impl Conn {
     }
 
     async fn serve(&mut self, socket: &mut WebSocket, connect: Connect) -> Outcome {
+        let token = self.state.shutdown.token().clone();
+        let session = Arc::clone(&self.session);
         for mut resume in connect.resumes {
-            self.replay(socket, &mut resume).await?;
+            guard(&session, &token, self.replay(socket, &mut resume)).await?;
         }
         let hb = &self.state.config.heartbeat;
         let (interval, timeout) = (hb.interval, hb.timeout);
         let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let token = self.state.shutdown.token().clone();
-        let session = Arc::clone(&self.session);
         loop {
             tokio::select! {
                 biased;
                 _ = token.cancelled() => return Err(Close::Shutdown),
                 reason = session.wait_closed() => return Err(reason),
                 Some(first) = self.sub.outbox.recv() => {
-                    self.write_live(socket, first).await?;
+                    guard(&session, &token, self.write_live(socket, first)).await?;
                 }
                 inbound = socket.recv() => {
                     self.last_seen = Instant::now();
@@ -209,7 +211,7 @@ impl Conn {
                         Some(Err(e)) => return Err(read_error(e)),
                         Some(Ok(WsMessage::Text(t))) => {
                             self.msgs_in += 1;
-                            self.handle(socket, t.as_str()).await?;
+                            guard(&session, &token, self.handle(socket, t.as_str())).await?;
                         }
                         Some(Ok(WsMessage::Binary(_))) => {
                             self.msgs_in += 1;
@@ -225,7 +227,8 @@ impl Conn {
                         return Err(Close::Silent);
                     }
                     if silent >= interval {
-                        socket.send(WsMessage::Ping(Bytes::new())).await.map_err(|_| Close::Client)?;
+                        let ping = async { socket.send(WsMessage::Ping(Bytes::new())).await.map_err(|_| Close::Client) };
+                        guard(&session, &token, ping).await?;
                     }
                 }
             }
@@ -404,6 +407,18 @@ impl Conn {
             self.replay(socket, &mut resume).await?;
         }
         Ok(())
+    }
+}
+
+/// Runs `work` (which may wait on a socket the client stopped reading) until
+/// it finishes or the session is closed (slow consumer) or shutdown begins:
+/// a blocked write never keeps a connection from being closed.
+async fn guard(session: &Session, token: &CancellationToken, work: impl Future<Output = Outcome>) -> Outcome {
+    tokio::select! {
+        biased;
+        _ = token.cancelled() => Err(Close::Shutdown),
+        reason = session.wait_closed() => Err(reason),
+        outcome = work => outcome,
     }
 }
 

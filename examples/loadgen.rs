@@ -1,0 +1,684 @@
+//! WebSocket fan-out load generator for rtgate and for the Nchan peer.
+//!
+//! N WebSocket subscribers on one topic, one HTTP/1.1 keep-alive publisher at a
+//! fixed rate. Every payload carries a sequence number and its send time, so each
+//! subscriber measures publish→deliver latency and checks that it sees every
+//! sequence number once, in order. Optionally samples the server's CPU and RSS
+//! from /proc. `--idle` opens the connections and holds them (RSS per connection).
+//!
+//! ```text
+//! taskset -c 0 loadgen --server nchan --url http://127.0.0.1:8081 \
+//!     --subscribers 1000 --rate 100 --duration 20 --server-pid 123,124 --json
+//! ```
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, ValueEnum};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Linux USER_HZ: /proc/*/stat counts CPU time in these ticks.
+const CLK_TCK: f64 = 100.0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Flavour {
+    Rtgate,
+    Nchan,
+}
+
+/// WebSocket fan-out load generator (rtgate or Nchan).
+#[derive(Parser, Debug)]
+#[command(name = "loadgen", version)]
+struct Args {
+    /// Server protocol flavour.
+    #[arg(long, value_enum, default_value = "rtgate")]
+    server: Flavour,
+    /// Server base URL, http://HOST:PORT.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Topic / channel name (default: a fresh one per run).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Number of WebSocket subscriber connections (all on one topic).
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Connections opened concurrently.
+    #[arg(long, default_value_t = 200)]
+    connect_concurrency: usize,
+    /// Messages published per second.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Publishing time in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Size of each published JSON body in bytes.
+    #[arg(long, default_value_t = 128)]
+    payload: usize,
+    /// Seconds to wait for in-flight deliveries after the last publish.
+    #[arg(long, default_value_t = 2.0)]
+    drain: f64,
+    /// Seconds to wait after all subscribers connected, before publishing / measuring.
+    #[arg(long, default_value_t = 1.0)]
+    settle: f64,
+    /// Idle mode: open the connections, report, hold them, exit.
+    #[arg(long)]
+    idle: bool,
+    /// Idle mode: seconds to hold the connections after reporting.
+    #[arg(long, default_value_t = 5.0)]
+    hold: f64,
+    /// Server PIDs to sample (comma separated): CPU over the window, RSS at the end.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// Runtime worker threads; 1 = current-thread runtime (pin with taskset -c 0).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Also print one JSON line with all figures.
+    #[arg(long)]
+    json: bool,
+    /// Free-form label copied into the JSON line.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+/// Counters shared by all subscriber tasks.
+struct Shared {
+    base: Instant,
+    connected: AtomicU64,
+    connect_failed: AtomicU64,
+    closed_early: AtomicU64,
+    delivered: AtomicU64,
+    dup: AtomicU64,
+    gap_events: AtomicU64,
+    gap_msgs: AtomicU64,
+    foreign: AtomicU64,
+    last_delivery_ns: AtomicU64,
+    lat_us: Mutex<Histogram<u64>>,
+}
+
+impl Shared {
+    fn now_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap()
+}
+
+/// (host:port, host header) from http://HOST:PORT[/...].
+fn parse_url(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("--url must start with http:// (got {url})"))?;
+    let hostport = rest.split('/').next().unwrap_or("");
+    if hostport.is_empty() {
+        return Err(format!("no host in {url}"));
+    }
+    Ok(if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") })
+}
+
+// ---------------------------------------------------------------- /proc sampling
+
+/// utime+stime in seconds for one pid ("self" allowed).
+fn proc_cpu(pid: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the last ')' start at field 3 (state); utime=14, stime=15.
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ut: f64 = f.get(11)?.parse().ok()?;
+    let st: f64 = f.get(12)?.parse().ok()?;
+    Some((ut + st) / CLK_TCK)
+}
+
+/// VmRSS in bytes.
+fn proc_rss(pid: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn server_cpu(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| proc_cpu(&p.to_string())).sum()
+}
+
+fn server_rss(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| proc_rss(&p.to_string())).sum()
+}
+
+// ---------------------------------------------------------------- subscribers
+
+/// Pull (seq, t) out of a payload object.
+fn seq_t(v: &Value) -> Option<(u64, u64)> {
+    Some((v.get("seq")?.as_u64()?, v.get("t")?.as_u64()?))
+}
+
+/// Returns Some((seq,t)) for a data message, None for anything else.
+fn decode(flavour: Flavour, text: &[u8]) -> Option<(u64, u64)> {
+    let v: Value = serde_json::from_slice(text).ok()?;
+    match flavour {
+        Flavour::Nchan => seq_t(&v),
+        Flavour::Rtgate => {
+            if v.get("op")?.as_str()? != "message" {
+                return None;
+            }
+            seq_t(v.get("data")?)
+        }
+    }
+}
+
+async fn subscriber(
+    sh: Arc<Shared>,
+    sem: Arc<Semaphore>,
+    flavour: Flavour,
+    addr: String,
+    ws_url: String,
+) {
+    let permit = sem.acquire_owned().await;
+    let cfg = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let conn = async {
+        let tcp = TcpStream::connect(&addr).await.map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        tokio_tungstenite::client_async_with_config(ws_url.as_str(), tcp, Some(cfg))
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let mut ws = match tokio::time::timeout(Duration::from_secs(15), conn).await {
+        Ok(Ok((ws, _resp))) => ws,
+        Ok(Err(e)) => {
+            if sh.connect_failed.fetch_add(1, Relaxed) < 3 {
+                eprintln!("connect failed: {e}");
+            }
+            return;
+        }
+        Err(_) => {
+            sh.connect_failed.fetch_add(1, Relaxed);
+            return;
+        }
+    };
+    sh.connected.fetch_add(1, Relaxed);
+    drop(permit);
+
+    let mut next: u64 = 0;
+    // The process exits when the run is over; this loop ends only if the server closes.
+    while let Some(msg) = ws.next().await {
+        let bytes: &[u8] = match &msg {
+            Ok(Message::Text(t)) => t.as_bytes(),
+            Ok(Message::Binary(b)) => b,
+            Ok(_) => continue, // ping/pong handled by tungstenite
+            Err(_) => break,
+        };
+        let now = sh.now_ns();
+        let Some((seq, t)) = decode(flavour, bytes) else {
+            sh.foreign.fetch_add(1, Relaxed);
+            continue;
+        };
+        sh.delivered.fetch_add(1, Relaxed);
+        sh.last_delivery_ns.fetch_max(now, Relaxed);
+        if let Ok(mut h) = sh.lat_us.lock() {
+            h.saturating_record(now.saturating_sub(t) / 1000);
+        }
+        if seq == next {
+            next += 1;
+        } else if seq > next {
+            sh.gap_events.fetch_add(1, Relaxed);
+            sh.gap_msgs.fetch_add(seq - next, Relaxed);
+            next = seq + 1;
+        } else {
+            sh.dup.fetch_add(1, Relaxed);
+        }
+    }
+    sh.closed_early.fetch_add(1, Relaxed);
+}
+
+// ---------------------------------------------------------------- publisher
+
+/// Minimal HTTP/1.1 keep-alive POST client (one request in flight).
+struct HttpPost {
+    addr: String,
+    conn: Option<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl HttpPost {
+    fn new(addr: String) -> Self {
+        HttpPost { addr, conn: None, buf: Vec::with_capacity(4096) }
+    }
+
+    /// POSTs and returns the status code; reads and discards the body.
+    async fn post(&mut self, path: &str, body: &[u8]) -> Result<u16, String> {
+        let r = self.try_post(path, body).await;
+        if r.is_err() {
+            self.conn = None;
+        }
+        r
+    }
+
+    async fn try_post(&mut self, path: &str, body: &[u8]) -> Result<u16, String> {
+        if self.conn.is_none() {
+            let s = TcpStream::connect(&self.addr).await.map_err(|e| e.to_string())?;
+            let _ = s.set_nodelay(true);
+            self.conn = Some(s);
+            self.buf.clear();
+        }
+        let s = self.conn.as_mut().ok_or("no conn")?;
+        let mut req = Vec::with_capacity(200 + body.len());
+        req.extend_from_slice(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                self.addr,
+                body.len()
+            )
+            .as_bytes(),
+        );
+        req.extend_from_slice(body);
+        s.write_all(&req).await.map_err(|e| e.to_string())?;
+
+        // Head.
+        let head_end = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            read_more(s, &mut self.buf).await?;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_ascii_lowercase();
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|x| x.parse().ok())
+            .ok_or("bad status line")?;
+        let mut clen: Option<usize> = None;
+        let mut chunked = false;
+        let mut close = false;
+        for line in head.lines().skip(1) {
+            if let Some((k, v)) = line.split_once(':') {
+                let v = v.trim();
+                match k.trim() {
+                    "content-length" => clen = v.parse().ok(),
+                    "transfer-encoding" => chunked = v.contains("chunked"),
+                    "connection" => close = v.contains("close"),
+                    _ => {}
+                }
+            }
+        }
+        self.buf.drain(..head_end);
+
+        // Body.
+        if chunked {
+            loop {
+                let line_end = loop {
+                    if let Some(i) = find(&self.buf, b"\r\n") {
+                        break i;
+                    }
+                    read_more(s, &mut self.buf).await?;
+                };
+                let size_str = String::from_utf8_lossy(&self.buf[..line_end]).to_string();
+                let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
+                    .map_err(|_| format!("bad chunk size {size_str:?}"))?;
+                let need = line_end + 2 + size + 2;
+                while self.buf.len() < need {
+                    read_more(s, &mut self.buf).await?;
+                }
+                self.buf.drain(..need); // trailers are not expected
+                if size == 0 {
+                    break;
+                }
+            }
+        } else if let Some(n) = clen {
+            while self.buf.len() < n {
+                read_more(s, &mut self.buf).await?;
+            }
+            self.buf.drain(..n);
+        } else if status >= 200 && status != 204 && status != 304 {
+            // Body delimited by close.
+            while read_more(s, &mut self.buf).await.is_ok() {}
+            close = true;
+        }
+        if close {
+            self.conn = None;
+            self.buf.clear();
+        }
+        Ok(status)
+    }
+}
+
+fn find(h: &[u8], n: &[u8]) -> Option<usize> {
+    h.windows(n.len()).position(|w| w == n)
+}
+
+async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
+    let mut tmp = [0u8; 4096];
+    let n = s.read(&mut tmp).await.map_err(|e| e.to_string())?;
+    if n == 0 {
+        return Err("connection closed".into());
+    }
+    buf.extend_from_slice(&tmp[..n]);
+    Ok(())
+}
+
+fn make_payload(seq: u64, t: u64, size: usize) -> Vec<u8> {
+    let head = format!("{{\"seq\":{seq},\"t\":{t},\"pad\":\"");
+    let pad = size.saturating_sub(head.len() + 2);
+    let mut v = Vec::with_capacity(head.len() + pad + 2);
+    v.extend_from_slice(head.as_bytes());
+    v.resize(head.len() + pad, b'x');
+    v.extend_from_slice(b"\"}");
+    v
+}
+
+struct PubStats {
+    published: u64,
+    errors: u64,
+    late: u64,
+    rtt_us: Histogram<u64>,
+    end_ns: u64,
+}
+
+async fn publisher(args: &Args, sh: &Shared, addr: String, topic: &str) -> PubStats {
+    let path = match args.server {
+        Flavour::Rtgate => format!("/v1/publish/{topic}"),
+        Flavour::Nchan => format!("/pub?id={topic}"),
+    };
+    let total = (args.rate * args.duration).round().max(0.0) as u64;
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1e-6));
+    let start = tokio::time::Instant::now();
+    let hard_stop = start + Duration::from_secs_f64(args.duration * 1.5 + 10.0);
+    let mut http = HttpPost::new(addr);
+    let mut st = PubStats { published: 0, errors: 0, late: 0, rtt_us: hist(), end_ns: 0 };
+    let mut k: u64 = 0;
+    while k < total {
+        let due = start + interval.mul_f64(k as f64);
+        let now = tokio::time::Instant::now();
+        if now >= hard_stop {
+            eprintln!("publisher: hard stop after {} of {total}", st.published);
+            break;
+        }
+        if now > due + Duration::from_millis(100) {
+            st.late += 1;
+        } else {
+            tokio::time::sleep_until(due).await;
+        }
+        let t0 = sh.now_ns();
+        let body = make_payload(st.published, t0, args.payload);
+        let res = tokio::time::timeout(Duration::from_secs(5), http.post(&path, &body)).await;
+        let rtt = sh.now_ns() - t0;
+        match res {
+            Ok(Ok(code)) if (200..300).contains(&code) => {
+                st.published += 1;
+                st.rtt_us.saturating_record(rtt / 1000);
+            }
+            other => {
+                // The seq is reused by the next attempt.
+                if st.errors < 3 {
+                    eprintln!("publish failed: {other:?}");
+                }
+                st.errors += 1;
+                http.conn = None;
+            }
+        }
+        k += 1;
+    }
+    st.end_ns = sh.now_ns();
+    st
+}
+
+// ---------------------------------------------------------------- main
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn main() {
+    let args = Args::parse();
+    let rt = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    let code = rt.block_on(run(args));
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // Do not wait for thousands of connection tasks to be torn down.
+    std::process::exit(code);
+}
+
+async fn run(args: Args) -> i32 {
+    let addr = match parse_url(&args.url) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let topic = args.topic.clone().unwrap_or_else(|| format!("lg-{unix_ms}-{}", std::process::id()));
+    let ws_url = match args.server {
+        Flavour::Rtgate => format!("ws://{addr}/v1/ws?topic={topic}"),
+        Flavour::Nchan => format!("ws://{addr}/sub/{topic}"),
+    };
+    let sh = Arc::new(Shared {
+        base: Instant::now(),
+        connected: AtomicU64::new(0),
+        connect_failed: AtomicU64::new(0),
+        closed_early: AtomicU64::new(0),
+        delivered: AtomicU64::new(0),
+        dup: AtomicU64::new(0),
+        gap_events: AtomicU64::new(0),
+        gap_msgs: AtomicU64::new(0),
+        foreign: AtomicU64::new(0),
+        last_delivery_ns: AtomicU64::new(0),
+        lat_us: Mutex::new(hist()),
+    });
+    let n = args.subscribers as u64;
+    let rss_before = server_rss(&args.server_pid);
+    let self_cpu0 = proc_cpu("self").unwrap_or(0.0);
+
+    // Connect.
+    let t_conn = Instant::now();
+    let sem = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    for _ in 0..args.subscribers {
+        tokio::spawn(subscriber(sh.clone(), sem.clone(), args.server, addr.clone(), ws_url.clone()));
+    }
+    let conn_deadline = Instant::now() + Duration::from_secs(60 + n / 50);
+    loop {
+        let done = sh.connected.load(Relaxed) + sh.connect_failed.load(Relaxed);
+        if done >= n || Instant::now() > conn_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connect_s = t_conn.elapsed().as_secs_f64();
+    let connected = sh.connected.load(Relaxed);
+    let failed = sh.connect_failed.load(Relaxed);
+    eprintln!(
+        "{connected}/{n} connected ({failed} failed) in {connect_s:.2}s to {ws_url}"
+    );
+    tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+    let self_cpu_conn = proc_cpu("self").unwrap_or(0.0) - self_cpu0;
+
+    let mut out = json!({
+        "label": args.label,
+        "server": format!("{:?}", args.server).to_lowercase(),
+        "mode": if args.idle { "idle" } else { "load" },
+        "topic": topic,
+        "subscribers": n,
+        "connected": connected,
+        "connect_failed": failed,
+        "connect_s": connect_s,
+        "loadgen_connect_cpu_s": self_cpu_conn,
+        "loadgen_threads": args.threads,
+    });
+
+    if args.idle {
+        let rss_after = server_rss(&args.server_pid);
+        let self_rss = proc_rss("self");
+        let per_conn = match (rss_before, rss_after) {
+            (Some(b), Some(a)) if connected > 0 => Some((a as f64 - b as f64) / connected as f64),
+            _ => None,
+        };
+        out["server_rss_before"] = json!(rss_before);
+        out["server_rss_after"] = json!(rss_after);
+        out["server_rss_per_conn_bytes"] = json!(per_conn);
+        out["loadgen_rss"] = json!(self_rss);
+        println!(
+            "idle: {connected}/{n} connected ({failed} failed) in {connect_s:.2}s; loadgen CPU {self_cpu_conn:.2}s ({:.0}% of a core) while connecting, RSS {:.1} MiB",
+            100.0 * self_cpu_conn / (connect_s + args.settle),
+            self_rss.unwrap_or(0) as f64 / 1048576.0
+        );
+        if let (Some(b), Some(a)) = (rss_before, rss_after) {
+            println!(
+                "server RSS {:.1} MiB -> {:.1} MiB: {:.2} KiB per connection",
+                b as f64 / 1048576.0,
+                a as f64 / 1048576.0,
+                per_conn.unwrap_or(0.0) / 1024.0
+            );
+        }
+        if args.json {
+            println!("{out}");
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let hold_t0 = Instant::now();
+        let c0 = proc_cpu("self").unwrap_or(0.0);
+        let s0 = server_cpu(&args.server_pid);
+        tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
+        let hold = hold_t0.elapsed().as_secs_f64();
+        let s1 = server_cpu(&args.server_pid);
+        eprintln!(
+            "held {hold:.1}s: still open {} ; loadgen CPU {:.2}s, server CPU {}",
+            connected - sh.closed_early.load(Relaxed),
+            proc_cpu("self").unwrap_or(0.0) - c0,
+            match (s0, s1) { (Some(a), Some(b)) => format!("{:.2}s", b - a), _ => "-".into() }
+        );
+        return if connected == n { 0 } else { 1 };
+    }
+
+    // Measured window: first publish .. all deliveries in (or drain timeout).
+    let t0_ns = sh.now_ns();
+    let cpu0 = proc_cpu("self").unwrap_or(0.0);
+    let scpu0 = server_cpu(&args.server_pid);
+    let ps = publisher(&args, &sh, addr.clone(), &topic).await;
+    let expected = connected * ps.published;
+    let drain_until = Instant::now() + Duration::from_secs_f64(args.drain);
+    while sh.delivered.load(Relaxed) < expected && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let t1_ns = sh.now_ns();
+    let cpu1 = proc_cpu("self").unwrap_or(0.0);
+    let scpu1 = server_cpu(&args.server_pid);
+    let rss_end = server_rss(&args.server_pid);
+
+    let window_s = (t1_ns - t0_ns) as f64 / 1e9;
+    let pub_s = (ps.end_ns - t0_ns) as f64 / 1e9;
+    let delivered = sh.delivered.load(Relaxed);
+    let dup = sh.dup.load(Relaxed);
+    let unique = delivered.saturating_sub(dup);
+    let lost = expected.saturating_sub(unique);
+    let last = sh.last_delivery_ns.load(Relaxed);
+    let deliver_s = if last > t0_ns { (last - t0_ns) as f64 / 1e9 } else { window_s };
+    let rate_dps = delivered as f64 / deliver_s.max(1e-9);
+    let lg_cpu = cpu1 - cpu0;
+    let srv_cpu = match (scpu0, scpu1) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let per_m = srv_cpu.filter(|_| delivered > 0).map(|c| c * 1e6 / delivered as f64);
+    let lg_per_m = if delivered > 0 { Some(lg_cpu * 1e6 / delivered as f64) } else { None };
+    let h = sh.lat_us.lock().map(|h| h.clone()).unwrap_or_else(|_| hist());
+    let q = |p: f64| if h.is_empty() { 0.0 } else { ms(h.value_at_quantile(p)) };
+
+    out["rate"] = json!(args.rate);
+    out["duration_s"] = json!(args.duration);
+    out["payload_bytes"] = json!(args.payload);
+    out["published"] = json!(ps.published);
+    out["publish_errors"] = json!(ps.errors);
+    out["publish_late"] = json!(ps.late);
+    out["publish_s"] = json!(pub_s);
+    out["publish_rtt_p50_ms"] = json!(ms(ps.rtt_us.value_at_quantile(0.5)));
+    out["publish_rtt_p99_ms"] = json!(ms(ps.rtt_us.value_at_quantile(0.99)));
+    out["expected"] = json!(expected);
+    out["delivered"] = json!(delivered);
+    out["lost"] = json!(lost);
+    out["duplicated"] = json!(dup);
+    out["gap_events"] = json!(sh.gap_events.load(Relaxed));
+    out["foreign_frames"] = json!(sh.foreign.load(Relaxed));
+    out["closed_early"] = json!(sh.closed_early.load(Relaxed));
+    out["lat_p50_ms"] = json!(q(0.5));
+    out["lat_p90_ms"] = json!(q(0.9));
+    out["lat_p99_ms"] = json!(q(0.99));
+    out["lat_max_ms"] = json!(ms(h.max()));
+    out["deliveries_per_s"] = json!(rate_dps);
+    out["window_s"] = json!(window_s);
+    out["loadgen_cpu_s"] = json!(lg_cpu);
+    out["loadgen_cpu_pct"] = json!(100.0 * lg_cpu / window_s.max(1e-9));
+    out["loadgen_cpu_s_per_m"] = json!(lg_per_m);
+    out["server_cpu_s"] = json!(srv_cpu);
+    out["server_cpu_pct"] = json!(srv_cpu.map(|c| 100.0 * c / window_s.max(1e-9)));
+    out["server_cpu_s_per_m"] = json!(per_m);
+    out["server_rss_end"] = json!(rss_end);
+
+    println!(
+        "{:?} {} subs x {} msg/s x {} B for {:.1}s (topic {topic})",
+        args.server, connected, args.rate, args.payload, pub_s
+    );
+    println!(
+        "  published {} (errors {}, late {}), publish RTT p50 {:.2} ms p99 {:.2} ms",
+        ps.published,
+        ps.errors,
+        ps.late,
+        ms(ps.rtt_us.value_at_quantile(0.5)),
+        ms(ps.rtt_us.value_at_quantile(0.99))
+    );
+    println!(
+        "  deliveries expected {expected}, delivered {delivered}, lost {lost}, duplicated {dup}, gaps {}, closed early {}, foreign frames {}",
+        sh.gap_events.load(Relaxed),
+        sh.closed_early.load(Relaxed),
+        sh.foreign.load(Relaxed)
+    );
+    println!(
+        "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2};  {:.0} deliveries/s",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        ms(h.max()),
+        rate_dps
+    );
+    println!(
+        "  loadgen CPU {lg_cpu:.2}s over {window_s:.1}s = {:.0}% of one core",
+        100.0 * lg_cpu / window_s.max(1e-9)
+    );
+    if let Some(c) = srv_cpu {
+        println!(
+            "  server CPU {c:.2}s = {:.0}% of one core; {:.2} CPU-s per million deliveries; RSS {:.1} MiB",
+            100.0 * c / window_s.max(1e-9),
+            per_m.unwrap_or(f64::NAN),
+            rss_end.unwrap_or(0) as f64 / 1048576.0
+        );
+    }
+    if args.json {
+        println!("{out}");
+    }
+    if connected == n && lost == 0 && dup == 0 { 0 } else { 1 }
+}
