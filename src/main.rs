@@ -59,7 +59,9 @@ fn start() -> anyhow::Result<()> {
         Ok(n) => tracing::info!(limit = n, "open file limit raised to the hard limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -70,6 +72,8 @@ fn start() -> anyhow::Result<()> {
             rtgate::shutdown::signal().await;
             signal_token.cancel();
         });
-        rtgate::run(listener, config, token).await.context("server failed")
+        rtgate::run(listener, config, token)
+            .await
+            .context("server failed")
     })
 }

@@ -43,7 +43,11 @@ pub fn install() -> Option<PrometheusHandle> {
 
 /// The Prometheus text exposition.
 pub fn render() -> String {
-    HANDLE.get().and_then(|h| h.as_ref()).map(|h| h.render()).unwrap_or_default()
+    HANDLE
+        .get()
+        .and_then(|h| h.as_ref())
+        .map(|h| h.render())
+        .unwrap_or_default()
 }
 
 struct Handles {
@@ -85,7 +89,8 @@ pub fn connection_closed(t: Transport, reason: &'static str) {
             handles().slow_ws.increment(1);
         }
     }
-    counter!("rtgate_connection_closes_total", "transport" => t.label(), "reason" => reason).increment(1);
+    counter!("rtgate_connection_closes_total", "transport" => t.label(), "reason" => reason)
+        .increment(1);
 }
 
 /// A message was accepted from `t`.

@@ -39,7 +39,12 @@ pub fn app(state: AppState) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::HeaderName::from_static("idempotency-key"), header::HeaderName::from_static("last-event-id")]);
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::HeaderName::from_static("idempotency-key"),
+            header::HeaderName::from_static("last-event-id"),
+        ]);
     Router::new()
         .merge(crate::transport::routes())
         .route("/healthz", get(crate::ops::healthz))
@@ -76,7 +81,10 @@ pub struct Limited {
 impl Limited {
     /// Wraps `inner`.
     pub fn new(inner: TcpListener, max: usize) -> Self {
-        Limited { inner, permits: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))) }
+        Limited {
+            inner,
+            permits: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+        }
     }
 }
 
@@ -94,7 +102,13 @@ impl axum::serve::Listener for Limited {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    return (LimitedIo { stream, _permit: permit }, addr);
+                    return (
+                        LimitedIo {
+                            stream,
+                            _permit: permit,
+                        },
+                        addr,
+                    );
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning; log once per streak.
@@ -120,13 +134,21 @@ pub struct LimitedIo {
 }
 
 impl AsyncRead for LimitedIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for LimitedIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
 

@@ -21,7 +21,11 @@ pub struct Shutdown {
 impl Shutdown {
     /// A handle whose cancellation is driven by `token`.
     pub fn new(token: CancellationToken, grace: Duration) -> Self {
-        Shutdown { token, tracker: TaskTracker::new(), grace }
+        Shutdown {
+            token,
+            tracker: TaskTracker::new(),
+            grace,
+        }
     }
 
     /// Cancelled when shutdown begins.
@@ -53,7 +57,9 @@ impl Shutdown {
     /// deadline passed first.
     pub async fn drain(&self) -> bool {
         self.tracker.close();
-        tokio::time::timeout(self.grace, self.tracker.wait()).await.is_ok()
+        tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_ok()
     }
 }
 

@@ -70,7 +70,14 @@ impl Resume {
 
     /// A replay of `topic` after `after`, reading `page` messages at a time.
     pub fn after(topic: Topic, after: MessageId, page: usize) -> Self {
-        Resume { topic, pos: after, joined: false, done: false, page: page.max(1), recovered: true }
+        Resume {
+            topic,
+            pos: after,
+            joined: false,
+            done: false,
+            page: page.max(1),
+            recovered: true,
+        }
     }
 
     /// The last id delivered (or skipped past by a gap).
@@ -91,10 +98,17 @@ impl Resume {
     /// The next step, or `None` once caught up and live.
     pub async fn next(&mut self, sub: &mut Subscriber) -> Result<Option<Step>, EngineError> {
         while !self.done {
-            let history = sub.engine().history(&self.topic, Some(self.pos), self.page).await?;
+            let history = sub
+                .engine()
+                .history(&self.topic, Some(self.pos), self.page)
+                .await?;
             if history.truncated {
                 let oldest = history.oldest.unwrap_or(self.pos);
-                let gap = Gap { topic: self.topic.clone(), after: self.pos, oldest };
+                let gap = Gap {
+                    topic: self.topic.clone(),
+                    after: self.pos,
+                    oldest,
+                };
                 if let Some(before) = oldest.predecessor() {
                     self.pos = self.pos.max(before);
                 }

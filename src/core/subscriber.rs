@@ -76,7 +76,14 @@ impl Subscriber {
     pub fn new(hub: Hub, engine: Arc<dyn Engine>, capacity: usize) -> Self {
         // Bounded: when full, the hub closes this session as slow (never waits).
         let (tx, outbox) = mpsc::channel(capacity.max(1));
-        Subscriber { hub, engine, tx, outbox, session: Arc::default(), joined: SmallVec::new() }
+        Subscriber {
+            hub,
+            engine,
+            tx,
+            outbox,
+            session: Arc::default(),
+            joined: SmallVec::new(),
+        }
     }
 
     /// The session flag the hub uses to close this subscriber.
@@ -100,7 +107,10 @@ impl Subscriber {
         if self.is_joined(topic) {
             return Ok(());
         }
-        let handle = SubscriberHandle { tx: self.tx.clone(), session: Arc::clone(&self.session) };
+        let handle = SubscriberHandle {
+            tx: self.tx.clone(),
+            session: Arc::clone(&self.session),
+        };
         let (key, ready) = self.hub.join(topic, handle, &*self.engine);
         self.joined.push((topic.clone(), key));
         if let Err(e) = ready.await {

@@ -19,13 +19,13 @@ pub fn build(config: &Config, listener: Arc<dyn Listener>, shutdown: &Shutdown) 
     match config.engine.kind {
         EngineKind::Memory => {
             let engine = Arc::new(memory::MemoryEngine::new(
-            memory::MemoryOptions {
-                max_len: config.history.max_len,
-                max_age: config.history.max_age,
-                idempotency_ttl: config.idempotency.ttl,
-                idempotency_max_keys: config.idempotency.max_keys_per_topic,
-            },
-            listener,
+                memory::MemoryOptions {
+                    max_len: config.history.max_len,
+                    max_age: config.history.max_age,
+                    idempotency_ttl: config.idempotency.ttl,
+                    idempotency_max_keys: config.idempotency.max_keys_per_topic,
+                },
+                listener,
             ));
             let sweeper = Arc::clone(&engine);
             let token = shutdown.token().clone();

@@ -19,7 +19,10 @@ const HISTORY_MAX: usize = 1000;
 
 fn json(body: Vec<u8>) -> Response {
     let mut res = Bytes::from(body).into_response();
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     res
 }
 
@@ -47,7 +50,9 @@ pub(crate) async fn publish(
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
-            let ok = v.len() <= MAX_IDEMPOTENCY_KEY && !v.is_empty() && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
+            let ok = v.len() <= MAX_IDEMPOTENCY_KEY
+                && !v.is_empty()
+                && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
             if !ok {
                 return Err(ApiError::new(
                     Code::BadRequest,
@@ -57,15 +62,24 @@ pub(crate) async fn publish(
             Some(v.to_str().unwrap_or_default().to_owned())
         }
     };
-    let body = axum::body::to_bytes(body, max).await.map_err(|_| too_large())?;
+    let body = axum::body::to_bytes(body, max)
+        .await
+        .map_err(|_| too_large())?;
     let data = trim_json(body);
     if data.is_empty() {
         return Err(ApiError::new(Code::BadRequest, "body must be a JSON value"));
     }
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&data) {
-        return Err(ApiError::new(Code::BadRequest, format!("body is not valid JSON: {e}")));
+        return Err(ApiError::new(
+            Code::BadRequest,
+            format!("body is not valid JSON: {e}"),
+        ));
     }
-    let published = state.bus.engine.publish(&topic, data, key.as_deref()).await?;
+    let published = state
+        .bus
+        .engine
+        .publish(&topic, data, key.as_deref())
+        .await?;
     if !published.duplicate {
         metrics::published(Transport::Http);
     }
@@ -95,21 +109,32 @@ pub(crate) async fn history(
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match &*k {
             "after" => {
-                after = Some(v.parse::<MessageId>().map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?)
+                after = Some(
+                    v.parse::<MessageId>()
+                        .map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?,
+                )
             }
             "limit" => {
                 limit = v
                     .parse::<usize>()
                     .ok()
                     .filter(|n| *n >= 1)
-                    .ok_or_else(|| ApiError::new(Code::BadRequest, "limit must be a positive integer"))?
+                    .ok_or_else(|| {
+                        ApiError::new(Code::BadRequest, "limit must be a positive integer")
+                    })?
                     .min(HISTORY_MAX)
             }
             _ => {}
         }
     }
     let history = state.bus.engine.history(&topic, after, limit).await?;
-    let mut out = Vec::with_capacity(64 + history.messages.iter().map(|m| m.data.len() + 80).sum::<usize>());
+    let mut out = Vec::with_capacity(
+        64 + history
+            .messages
+            .iter()
+            .map(|m| m.data.len() + 80)
+            .sum::<usize>(),
+    );
     out.extend_from_slice(b"{\"messages\":[");
     for (i, m) in history.messages.iter().enumerate() {
         if i > 0 {
@@ -129,7 +154,10 @@ mod tests {
 
     #[test]
     fn trims_only_outer_whitespace() {
-        assert_eq!(&trim_json(Bytes::from_static(b" \n{\"a\": 1 }\r\n"))[..], b"{\"a\": 1 }");
+        assert_eq!(
+            &trim_json(Bytes::from_static(b" \n{\"a\": 1 }\r\n"))[..],
+            b"{\"a\": 1 }"
+        );
         assert_eq!(&trim_json(Bytes::from_static(b"   "))[..], b"");
         assert_eq!(&trim_json(Bytes::from_static(b"1"))[..], b"1");
     }

@@ -74,7 +74,9 @@ pub(crate) async fn upgrade(
         .max_frame_size(max_frame)
         .on_upgrade(move |socket| {
             let span = tracing::info_span!("ws", %peer);
-            state.shutdown.track(conn.run(socket, connect).instrument(span))
+            state
+                .shutdown
+                .track(conn.run(socket, connect).instrument(span))
         })
 }
 
@@ -120,21 +122,26 @@ impl Conn {
         for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*k {
                 "topic" => {
-                    let t = Topic::new(&v).map_err(|e| ApiError::new(Code::BadTopic, e.to_string()))?;
+                    let t =
+                        Topic::new(&v).map_err(|e| ApiError::new(Code::BadTopic, e.to_string()))?;
                     if !topics.contains(&t) {
                         topics.push(t);
                     }
                 }
                 "cursor" => {
                     cursor = Some(
-                        Cursor::parse(&v).map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?,
+                        Cursor::parse(&v)
+                            .map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?,
                     );
                 }
                 _ => {}
             }
         }
         if topics.len() > self.state.config.limits.max_topics_per_connection {
-            return Err(ApiError::new(Code::BadRequest, "too many topics (limits.max_topics_per_connection)"));
+            return Err(ApiError::new(
+                Code::BadRequest,
+                "too many topics (limits.max_topics_per_connection)",
+            ));
         }
         let mut resumes = Vec::new();
         for topic in topics {
@@ -144,13 +151,18 @@ impl Conn {
                     resumes.push(Resume::after(topic, after, self.state.bus.replay_page));
                 }
                 None => {
-                    let pos = Resume::from_now(&mut self.sub, &topic).await.map_err(ApiError::from)?;
+                    let pos = Resume::from_now(&mut self.sub, &topic)
+                        .await
+                        .map_err(ApiError::from)?;
                     self.cursor.set(&topic, pos);
                 }
             }
         }
         if !self.cursor.fits() {
-            return Err(ApiError::new(Code::BadRequest, "too many topics for one cursor"));
+            return Err(ApiError::new(
+                Code::BadRequest,
+                "too many topics for one cursor",
+            ));
         }
         Ok(Connect { resumes })
     }
@@ -161,8 +173,12 @@ impl Conn {
         let outcome = match connect {
             Ok(connect) => self.serve(&mut socket, connect).await,
             Err(e) => {
-                let _ = socket.send(text(frame::error(None, e.code, &e.message))).await;
-                Err(if e.code == Code::Unavailable { Close::Unavailable } else { Close::Policy })
+                let _ = Box::pin(socket.send(text(frame::error(None, e.code, &e.message)))).await;
+                Err(if e.code == Code::Unavailable {
+                    Close::Unavailable
+                } else {
+                    Close::Policy
+                })
             }
         };
         let reason = match outcome {
@@ -170,9 +186,12 @@ impl Conn {
             Err(reason) => reason,
         };
         // Leave the hub before the (bounded) close handshake.
-        drop(std::mem::replace(&mut self.sub, self.state.bus.subscriber()));
+        drop(std::mem::replace(
+            &mut self.sub,
+            self.state.bus.subscriber(),
+        ));
         if reason != Close::Client {
-            close(&mut socket, reason).await;
+            Box::pin(close(&mut socket, reason)).await;
         }
         metrics::connection_closed(Transport::Ws, reason.label());
         tracing::info!(
@@ -190,7 +209,7 @@ impl Conn {
         let token = self.state.shutdown.token().clone();
         let session = Arc::clone(&self.session);
         for mut resume in connect.resumes {
-            guard(&session, &token, self.replay(socket, &mut resume)).await?;
+            guard(&session, &token, Box::pin(self.replay(socket, &mut resume))).await?;
         }
         let hb = &self.state.config.heartbeat;
         let (interval, timeout) = (hb.interval, hb.timeout);
@@ -211,7 +230,10 @@ impl Conn {
                         Some(Err(e)) => return Err(read_error(e)),
                         Some(Ok(WsMessage::Text(t))) => {
                             self.msgs_in += 1;
-                            guard(&session, &token, self.handle(socket, t.as_str())).await?;
+                            // Boxed: client ops are rare next to deliveries, and their
+                            // (large) state would otherwise be reserved in every idle
+                            // connection's task.
+                            guard(&session, &token, Box::pin(self.handle(socket, t.as_str()))).await?;
                         }
                         Some(Ok(WsMessage::Binary(_))) => {
                             self.msgs_in += 1;
@@ -268,7 +290,10 @@ impl Conn {
         self.cursor.set(&m.topic, m.id);
         let bytes = if self.cursor.len() == 1 {
             m.encoded(Wire::WsSingle, |m| {
-                Bytes::from(frame::message(m, &Cursor::single(m.topic.clone(), m.id).encode()))
+                Bytes::from(frame::message(
+                    m,
+                    &Cursor::single(m.topic.clone(), m.id).encode(),
+                ))
             })
         } else {
             Bytes::from(frame::message(m, &self.cursor.encode()))
@@ -301,7 +326,8 @@ impl Conn {
         match step {
             Step::Gap(gap) => {
                 if let Some(pos) = self.cursor.get(&gap.topic) {
-                    self.cursor.set(&gap.topic, pos.max(gap.oldest.predecessor().unwrap_or(pos)));
+                    self.cursor
+                        .set(&gap.topic, pos.max(gap.oldest.predecessor().unwrap_or(pos)));
                 }
                 send(socket, frame::gap(&gap)).await
             }
@@ -345,11 +371,18 @@ impl Conn {
                     Err(e) => self.engine_error(socket, r.as_deref(), e).await,
                 }
             }
-            ClientOp::Subscribe { topic, after, r } => self.subscribe(socket, topic, after, r.as_deref()).await,
+            ClientOp::Subscribe { topic, after, r } => {
+                self.subscribe(socket, topic, after, r.as_deref()).await
+            }
         }
     }
 
-    async fn engine_error(&mut self, socket: &mut WebSocket, r: Option<&RawValue>, e: EngineError) -> Outcome {
+    async fn engine_error(
+        &mut self,
+        socket: &mut WebSocket,
+        r: Option<&RawValue>,
+        e: EngineError,
+    ) -> Outcome {
         let e = ApiError::from(e);
         send(socket, frame::error(r, e.code, &e.message)).await
     }
@@ -362,16 +395,31 @@ impl Conn {
         r: Option<&RawValue>,
     ) -> Outcome {
         if self.cursor.get(&topic).is_some() {
-            return send(socket, frame::error(r, Code::BadRequest, "already subscribed")).await;
+            return send(
+                socket,
+                frame::error(r, Code::BadRequest, "already subscribed"),
+            )
+            .await;
         }
         if self.cursor.len() >= self.state.config.limits.max_topics_per_connection {
-            return send(socket, frame::error(r, Code::BadRequest, "too many topics (limits.max_topics_per_connection)"))
-                .await;
+            return send(
+                socket,
+                frame::error(
+                    r,
+                    Code::BadRequest,
+                    "too many topics (limits.max_topics_per_connection)",
+                ),
+            )
+            .await;
         }
         self.cursor.set(&topic, after.unwrap_or_default());
         if !self.cursor.fits() {
             self.cursor.remove(&topic);
-            return send(socket, frame::error(r, Code::BadRequest, "too many topics for one cursor")).await;
+            return send(
+                socket,
+                frame::error(r, Code::BadRequest, "too many topics for one cursor"),
+            )
+            .await;
         }
         let Some(after) = after else {
             return match Resume::from_now(&mut self.sub, &topic).await {
@@ -398,7 +446,11 @@ impl Conn {
             Err(_) => {
                 self.sub.leave(&topic);
                 self.cursor.remove(&topic);
-                return send(socket, frame::error(r, Code::Unavailable, "engine unavailable")).await;
+                return send(
+                    socket,
+                    frame::error(r, Code::Unavailable, "engine unavailable"),
+                )
+                .await;
             }
         };
         send(socket, frame::ack_subscribe(r, resume.recovered())).await?;
@@ -413,7 +465,11 @@ impl Conn {
 /// Runs `work` (which may wait on a socket the client stopped reading) until
 /// it finishes or the session is closed (slow consumer) or shutdown begins:
 /// a blocked write never keeps a connection from being closed.
-async fn guard(session: &Session, token: &CancellationToken, work: impl Future<Output = Outcome>) -> Outcome {
+async fn guard(
+    session: &Session,
+    token: &CancellationToken,
+    work: impl Future<Output = Outcome>,
+) -> Outcome {
     tokio::select! {
         biased;
         _ = token.cancelled() => Err(Close::Shutdown),
@@ -441,8 +497,14 @@ fn read_error(e: axum::Error) -> Close {
 
 /// Sends a close frame and waits (bounded) for the client's answer.
 async fn close(socket: &mut WebSocket, reason: Close) {
-    let frame = CloseFrame { code: reason.ws_code(), reason: Utf8Bytes::from_static(reason.label()) };
-    if tokio::time::timeout(CLOSE_TIMEOUT, socket.send(WsMessage::Close(Some(frame)))).await.is_err() {
+    let frame = CloseFrame {
+        code: reason.ws_code(),
+        reason: Utf8Bytes::from_static(reason.label()),
+    };
+    if tokio::time::timeout(CLOSE_TIMEOUT, socket.send(WsMessage::Close(Some(frame))))
+        .await
+        .is_err()
+    {
         return;
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
