@@ -20,6 +20,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -208,8 +209,12 @@ impl Conn {
     async fn serve(&mut self, socket: &mut WebSocket, connect: Connect) -> Outcome {
         let token = self.state.shutdown.token().clone();
         let session = Arc::clone(&self.session);
+        // One long-lived "stop" future, polled by every select: it registers
+        // with the shutdown token and the session once, not per message.
+        let stop = stopped(&token, &session);
+        tokio::pin!(stop);
         for mut resume in connect.resumes {
-            guard(&session, &token, Box::pin(self.replay(socket, &mut resume))).await?;
+            guard(stop.as_mut(), Box::pin(self.replay(socket, &mut resume))).await?;
         }
         let hb = &self.state.config.heartbeat;
         let (interval, timeout) = (hb.interval, hb.timeout);
@@ -218,10 +223,9 @@ impl Conn {
         loop {
             tokio::select! {
                 biased;
-                _ = token.cancelled() => return Err(Close::Shutdown),
-                reason = session.wait_closed() => return Err(reason),
+                reason = &mut stop => return Err(reason),
                 Some(first) = self.sub.outbox.recv() => {
-                    guard(&session, &token, self.write_live(socket, first)).await?;
+                    guard(stop.as_mut(), self.write_live(socket, first)).await?;
                 }
                 inbound = socket.recv() => {
                     self.last_seen = Instant::now();
@@ -233,7 +237,7 @@ impl Conn {
                             // Boxed: client ops are rare next to deliveries, and their
                             // (large) state would otherwise be reserved in every idle
                             // connection's task.
-                            guard(&session, &token, Box::pin(self.handle(socket, t.as_str()))).await?;
+                            guard(stop.as_mut(), Box::pin(self.handle(socket, t.as_str()))).await?;
                         }
                         Some(Ok(WsMessage::Binary(_))) => {
                             self.msgs_in += 1;
@@ -250,7 +254,7 @@ impl Conn {
                     }
                     if silent >= interval {
                         let ping = async { socket.send(WsMessage::Ping(Bytes::new())).await.map_err(|_| Close::Client) };
-                        guard(&session, &token, ping).await?;
+                        guard(stop.as_mut(), ping).await?;
                     }
                 }
             }
@@ -462,18 +466,26 @@ impl Conn {
     }
 }
 
+/// Resolves when shutdown begins or the session is closed (slow consumer).
+async fn stopped(token: &CancellationToken, session: &Session) -> Close {
+    tokio::select! {
+        biased;
+        _ = token.cancelled() => Close::Shutdown,
+        reason = session.wait_closed() => reason,
+    }
+}
+
 /// Runs `work` (which may wait on a socket the client stopped reading) until
-/// it finishes or the session is closed (slow consumer) or shutdown begins:
-/// a blocked write never keeps a connection from being closed.
-async fn guard(
-    session: &Session,
-    token: &CancellationToken,
+/// it finishes or `stop` resolves: a blocked write never keeps a connection
+/// from being closed. `stop` must not be polled again once it resolved; the
+/// caller returns instead.
+async fn guard<S: Future<Output = Close>>(
+    stop: Pin<&mut S>,
     work: impl Future<Output = Outcome>,
 ) -> Outcome {
     tokio::select! {
         biased;
-        _ = token.cancelled() => Err(Close::Shutdown),
-        reason = session.wait_closed() => Err(reason),
+        reason = stop => Err(reason),
         outcome = work => outcome,
     }
 }
