@@ -10,7 +10,7 @@
 //! taskset -c 0 loadgen --server nchan --url http://127.0.0.1:8081 \
 //!     --subscribers 1000 --rate 100 --duration 20 --server-pid 123,124 --json
 //! ```
-#![allow(clippy::print_stdout, clippy::unwrap_used)]
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::disallowed_types)]
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -123,7 +123,11 @@ fn parse_url(url: &str) -> Result<String, String> {
     if hostport.is_empty() {
         return Err(format!("no host in {url}"));
     }
-    Ok(if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") })
+    Ok(if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    })
 }
 
 // ---------------------------------------------------------------- /proc sampling
@@ -190,7 +194,9 @@ async fn subscriber(
     ws_url: String,
 ) {
     let permit = sem.acquire_owned().await;
-    let cfg = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let cfg = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
     let conn = async {
         let tcp = TcpStream::connect(&addr).await.map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
@@ -257,7 +263,11 @@ struct HttpPost {
 
 impl HttpPost {
     fn new(addr: String) -> Self {
-        HttpPost { addr, conn: None, buf: Vec::with_capacity(4096) }
+        HttpPost {
+            addr,
+            conn: None,
+            buf: Vec::with_capacity(4096),
+        }
     }
 
     /// POSTs and returns the status code; reads and discards the body.
@@ -271,7 +281,9 @@ impl HttpPost {
 
     async fn try_post(&mut self, path: &str, body: &[u8]) -> Result<u16, String> {
         if self.conn.is_none() {
-            let s = TcpStream::connect(&self.addr).await.map_err(|e| e.to_string())?;
+            let s = TcpStream::connect(&self.addr)
+                .await
+                .map_err(|e| e.to_string())?;
             let _ = s.set_nodelay(true);
             self.conn = Some(s);
             self.buf.clear();
@@ -328,8 +340,9 @@ impl HttpPost {
                     read_more(s, &mut self.buf).await?;
                 };
                 let size_str = String::from_utf8_lossy(&self.buf[..line_end]).to_string();
-                let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
-                    .map_err(|_| format!("bad chunk size {size_str:?}"))?;
+                let size =
+                    usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
+                        .map_err(|_| format!("bad chunk size {size_str:?}"))?;
                 let need = line_end + 2 + size + 2;
                 while self.buf.len() < need {
                     read_more(s, &mut self.buf).await?;
@@ -399,7 +412,13 @@ async fn publisher(args: &Args, sh: &Shared, addr: String, topic: &str) -> PubSt
     let start = tokio::time::Instant::now();
     let hard_stop = start + Duration::from_secs_f64(args.duration * 1.5 + 10.0);
     let mut http = HttpPost::new(addr);
-    let mut st = PubStats { published: 0, errors: 0, late: 0, rtt_us: hist(), end_ns: 0 };
+    let mut st = PubStats {
+        published: 0,
+        errors: 0,
+        late: 0,
+        rtt_us: hist(),
+        end_ns: 0,
+    };
     let mut k: u64 = 0;
     while k < total {
         let due = start + interval.mul_f64(k as f64);
@@ -446,9 +465,14 @@ fn ms(us: u64) -> f64 {
 fn main() {
     let args = Args::parse();
     let rt = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
     };
     let rt = match rt {
         Ok(rt) => rt,
@@ -472,8 +496,14 @@ async fn run(args: Args) -> i32 {
             return 2;
         }
     };
-    let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-    let topic = args.topic.clone().unwrap_or_else(|| format!("lg-{unix_ms}-{}", std::process::id()));
+    let unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let topic = args
+        .topic
+        .clone()
+        .unwrap_or_else(|| format!("lg-{unix_ms}-{}", std::process::id()));
     let ws_url = match args.server {
         Flavour::Rtgate => format!("ws://{addr}/v1/ws?topic={topic}"),
         Flavour::Nchan => format!("ws://{addr}/sub/{topic}"),
@@ -499,7 +529,13 @@ async fn run(args: Args) -> i32 {
     let t_conn = Instant::now();
     let sem = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     for _ in 0..args.subscribers {
-        tokio::spawn(subscriber(sh.clone(), sem.clone(), args.server, addr.clone(), ws_url.clone()));
+        tokio::spawn(subscriber(
+            sh.clone(),
+            sem.clone(),
+            args.server,
+            addr.clone(),
+            ws_url.clone(),
+        ));
     }
     let conn_deadline = Instant::now() + Duration::from_secs(60 + n / 50);
     loop {
@@ -512,9 +548,7 @@ async fn run(args: Args) -> i32 {
     let connect_s = t_conn.elapsed().as_secs_f64();
     let connected = sh.connected.load(Relaxed);
     let failed = sh.connect_failed.load(Relaxed);
-    eprintln!(
-        "{connected}/{n} connected ({failed} failed) in {connect_s:.2}s to {ws_url}"
-    );
+    eprintln!("{connected}/{n} connected ({failed} failed) in {connect_s:.2}s to {ws_url}");
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let self_cpu_conn = proc_cpu("self").unwrap_or(0.0) - self_cpu0;
 
@@ -570,7 +604,10 @@ async fn run(args: Args) -> i32 {
             "held {hold:.1}s: still open {} ; loadgen CPU {:.2}s, server CPU {}",
             connected - sh.closed_early.load(Relaxed),
             proc_cpu("self").unwrap_or(0.0) - c0,
-            match (s0, s1) { (Some(a), Some(b)) => format!("{:.2}s", b - a), _ => "-".into() }
+            match (s0, s1) {
+                (Some(a), Some(b)) => format!("{:.2}s", b - a),
+                _ => "-".into(),
+            }
         );
         return if connected == n { 0 } else { 1 };
     }
@@ -597,17 +634,37 @@ async fn run(args: Args) -> i32 {
     let unique = delivered.saturating_sub(dup);
     let lost = expected.saturating_sub(unique);
     let last = sh.last_delivery_ns.load(Relaxed);
-    let deliver_s = if last > t0_ns { (last - t0_ns) as f64 / 1e9 } else { window_s };
+    let deliver_s = if last > t0_ns {
+        (last - t0_ns) as f64 / 1e9
+    } else {
+        window_s
+    };
     let rate_dps = delivered as f64 / deliver_s.max(1e-9);
     let lg_cpu = cpu1 - cpu0;
     let srv_cpu = match (scpu0, scpu1) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
-    let per_m = srv_cpu.filter(|_| delivered > 0).map(|c| c * 1e6 / delivered as f64);
-    let lg_per_m = if delivered > 0 { Some(lg_cpu * 1e6 / delivered as f64) } else { None };
-    let h = sh.lat_us.lock().map(|h| h.clone()).unwrap_or_else(|_| hist());
-    let q = |p: f64| if h.is_empty() { 0.0 } else { ms(h.value_at_quantile(p)) };
+    let per_m = srv_cpu
+        .filter(|_| delivered > 0)
+        .map(|c| c * 1e6 / delivered as f64);
+    let lg_per_m = if delivered > 0 {
+        Some(lg_cpu * 1e6 / delivered as f64)
+    } else {
+        None
+    };
+    let h = sh
+        .lat_us
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| hist());
+    let q = |p: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            ms(h.value_at_quantile(p))
+        }
+    };
 
     out["rate"] = json!(args.rate);
     out["duration_s"] = json!(args.duration);
@@ -680,5 +737,9 @@ async fn run(args: Args) -> i32 {
     if args.json {
         println!("{out}");
     }
-    if connected == n && lost == 0 && dup == 0 { 0 } else { 1 }
+    if connected == n && lost == 0 && dup == 0 {
+        0
+    } else {
+        1
+    }
 }

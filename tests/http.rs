@@ -1,4 +1,5 @@
 //! HTTP API (contract §2, §3, §10) against the real server on a real socket.
+#![allow(clippy::unwrap_used, clippy::disallowed_types)]
 mod support;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -1,5 +1,6 @@
 //! WebSocket transport (contract §2, §4) against the real server with real
 //! clients (tokio-tungstenite, and a raw TCP client for the heartbeat).
+#![allow(clippy::unwrap_used, clippy::disallowed_types)]
 mod support;
 
 use std::time::{Duration, Instant};
@@ -301,7 +302,7 @@ async fn malformed_json_is_bad_request_and_connection_survives() {
     c.send(json!({"op": "publish", "topic": "m", "data": {"ok": true}, "ref": "p"}))
         .await;
     // Subscribed to m too: the ack and the message both arrive, in either order.
-    let mut frames = vec![c.next().await, c.next().await];
+    let mut frames = [c.next().await, c.next().await];
     frames.sort_by_key(|f| f["op"].as_str().unwrap_or_default().to_owned());
     assert_eq!(frames[0]["op"], "ack");
     assert_eq!(frames[0]["ref"], "p");
@@ -664,7 +665,7 @@ async fn bad_frames_never_affect_other_connections() {
     ping_pong(&mut good, "unaffected").await;
     good.send(json!({"op": "publish", "topic": "iso", "data": 3, "ref": "g"}))
         .await;
-    let mut frames = vec![good.next().await, good.next().await];
+    let mut frames = [good.next().await, good.next().await];
     frames.sort_by_key(|f| f["op"].as_str().unwrap_or_default().to_owned());
     assert_eq!(frames[0]["op"], "ack");
     assert_eq!(frames[1]["op"], "message");
