@@ -2,18 +2,25 @@
 //! a deadline (the grace period).
 //!
 //! Every long-lived task is spawned through [`Shutdown::spawn`] (or tracked
-//! with [`Shutdown::track`]) and selects on [`Shutdown::token`].
+//! with [`Shutdown::track`]) and selects on [`Shutdown::token`] — except
+//! connection tasks, which register their session in [`Shutdown::sessions`]
+//! and are closed through it, so the per-message loop polls no shared state.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::core::subscriber::Sessions;
+use crate::core::Close;
+
 /// The process's shutdown handle. Clone = `Arc` bumps.
 #[derive(Clone, Debug)]
 pub struct Shutdown {
     token: CancellationToken,
+    sessions: Arc<Sessions>,
     tracker: TaskTracker,
     grace: Duration,
 }
@@ -23,9 +30,15 @@ impl Shutdown {
     pub fn new(token: CancellationToken, grace: Duration) -> Self {
         Shutdown {
             token,
+            sessions: Arc::default(),
             tracker: TaskTracker::new(),
             grace,
         }
+    }
+
+    /// Live connection sessions; [`Shutdown::drain`] closes them all.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
     }
 
     /// Cancelled when shutdown begins.
@@ -56,6 +69,7 @@ impl Shutdown {
     /// Waits for tracked tasks for at most the grace period; false when the
     /// deadline passed first.
     pub async fn drain(&self) -> bool {
+        self.sessions.close_all(Close::Shutdown);
         self.tracker.close();
         tokio::time::timeout(self.grace, self.tracker.wait())
             .await

@@ -5,22 +5,30 @@
 //! `try_send`s into it; when it is full the hub marks the session closed with
 //! [`Close::Slow`] and wakes the transport task, which ends the connection.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use smallvec::SmallVec;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 use super::close::Close;
 use super::engine::{Engine, EngineError};
 use super::hub::{Hub, JoinKey};
 use super::message::{Message, Topic};
 
-/// State shared between a session's task and the hub's handles.
+/// State shared between a session's task and whoever may close it (the hub
+/// on overflow, the server on shutdown).
+///
+/// Waiting is an atomic load plus an [`AtomicWaker`] registration: the
+/// owning task polls it on every wake-up, so it must not take a lock.
 #[derive(Debug, Default)]
 pub struct Session {
     reason: AtomicU8,
-    notify: Notify,
+    waker: AtomicWaker,
 }
 
 impl Session {
@@ -32,7 +40,7 @@ impl Session {
             .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            self.notify.notify_one();
+            self.waker.wake();
         }
     }
 
@@ -41,14 +49,89 @@ impl Session {
         Close::from_u8(self.reason.load(Ordering::Acquire))
     }
 
-    /// Resolves when [`Session::close`] was called.
-    pub async fn wait_closed(&self) -> Close {
-        loop {
-            if let Some(reason) = self.closed() {
-                return reason;
-            }
-            self.notify.notified().await;
+    /// Resolves when [`Session::close`] was called. Only the owning task
+    /// should wait (one waker is kept).
+    pub fn wait_closed(&self) -> WaitClosed<'_> {
+        WaitClosed(self)
+    }
+}
+
+/// Future of [`Session::wait_closed`].
+#[derive(Debug)]
+pub struct WaitClosed<'a>(&'a Session);
+
+impl Future for WaitClosed<'_> {
+    type Output = Close;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Close> {
+        if let Some(reason) = self.0.closed() {
+            return Poll::Ready(reason);
         }
+        self.0.waker.register(cx.waker());
+        match self.0.closed() {
+            Some(reason) => Poll::Ready(reason),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// Every live session, so shutdown can close them all (each with
+/// [`Close::Shutdown`]) without every connection polling a shared token.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    inner: parking_lot::Mutex<SessionsInner>,
+}
+
+#[derive(Debug, Default)]
+struct SessionsInner {
+    live: slab::Slab<Arc<Session>>,
+    closing: Option<Close>,
+}
+
+/// Membership in [`Sessions`]; dropping it unregisters.
+#[derive(Debug)]
+pub struct SessionGuard {
+    sessions: Arc<Sessions>,
+    key: usize,
+}
+
+impl Sessions {
+    /// Registers `session`; if everything is already closing, closes it too.
+    pub fn register(self: &Arc<Self>, session: &Arc<Session>) -> SessionGuard {
+        let mut inner = self.inner.lock();
+        if let Some(reason) = inner.closing {
+            session.close(reason);
+        }
+        let key = inner.live.insert(Arc::clone(session));
+        SessionGuard {
+            sessions: Arc::clone(self),
+            key,
+        }
+    }
+
+    /// Closes every live session and every later one with `reason`.
+    pub fn close_all(&self, reason: Close) {
+        let mut inner = self.inner.lock();
+        inner.closing = Some(reason);
+        for (_, s) in inner.live.iter() {
+            s.close(reason);
+        }
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.inner.lock().live.len()
+    }
+
+    /// True when no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.sessions.inner.lock().live.try_remove(self.key);
     }
 }
 

@@ -31,13 +31,12 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use serde_json::value::RawValue;
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::frame::{self, ClientOp};
 use crate::core::message::Wire;
 use crate::core::replay::{Resume, Step};
-use crate::core::subscriber::Session;
+use crate::core::subscriber::{Session, SessionGuard};
 use crate::core::{Close, Cursor, EngineError, Message, Subscriber, Topic};
 use crate::error::{ApiError, Code};
 use crate::metrics::{self, Transport};
@@ -87,6 +86,7 @@ struct Conn {
     peer: SocketAddr,
     sub: Subscriber,
     session: Arc<Session>,
+    _registered: SessionGuard,
     cursor: Cursor,
     opened: Instant,
     last_seen: Instant,
@@ -101,12 +101,14 @@ impl Conn {
     fn new(state: AppState, peer: SocketAddr) -> Self {
         let sub = state.bus.subscriber();
         let session = Arc::clone(sub.session());
+        let registered = state.shutdown.sessions().register(&session);
         let now = Instant::now();
         Conn {
             state,
             peer,
             sub,
             session,
+            _registered: registered,
             cursor: Cursor::new(),
             opened: now,
             last_seen: now,
@@ -207,11 +209,11 @@ impl Conn {
     }
 
     async fn serve(&mut self, socket: &mut WebSocket, connect: Connect) -> Outcome {
-        let token = self.state.shutdown.token().clone();
         let session = Arc::clone(&self.session);
-        // One long-lived "stop" future, polled by every select: it registers
-        // with the shutdown token and the session once, not per message.
-        let stop = stopped(&token, &session);
+        // One long-lived "stop" future, polled by every select: the hub (slow
+        // consumer) and shutdown both close the session; polling it is an
+        // atomic load.
+        let stop = session.wait_closed();
         tokio::pin!(stop);
         for mut resume in connect.resumes {
             guard(stop.as_mut(), Box::pin(self.replay(socket, &mut resume))).await?;
@@ -463,15 +465,6 @@ impl Conn {
             self.replay(socket, &mut resume).await?;
         }
         Ok(())
-    }
-}
-
-/// Resolves when shutdown begins or the session is closed (slow consumer).
-async fn stopped(token: &CancellationToken, session: &Session) -> Close {
-    tokio::select! {
-        biased;
-        _ = token.cancelled() => Close::Shutdown,
-        reason = session.wait_closed() => reason,
     }
 }
 
