@@ -39,6 +39,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Which engine stores messages.
     pub engine: EngineConfig,
+    /// The Redis engine's connection and keys.
+    pub redis: RedisConfig,
     /// Retention of each topic's history.
     pub history: HistoryConfig,
     /// Sizes and bounds.
@@ -63,6 +65,40 @@ pub struct EngineConfig {
     pub kind: EngineKind,
 }
 
+/// `[redis]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Seed nodes of a Redis Cluster; when set, `url` is not used.
+    pub cluster_urls: Vec<String>,
+    /// Prefix of every key rtgate writes.
+    pub key_prefix: String,
+    /// Key groups (one reader connection each); all processes sharing a
+    /// Redis must use the same value, and it must not change on existing data.
+    pub shards: u16,
+    /// Timeout of one Redis command (and of connecting).
+    #[serde(with = "humantime_serde")]
+    pub op_timeout: Duration,
+    /// How long a reader's `XREAD` blocks waiting for new entries.
+    #[serde(with = "humantime_serde")]
+    pub block: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379/".into(),
+            cluster_urls: Vec::new(),
+            key_prefix: "rtgate:".into(),
+            shards: 8,
+            op_timeout: Duration::from_secs(2),
+            block: Duration::from_secs(5),
+        }
+    }
+}
+
 /// Engine implementations.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -70,6 +106,8 @@ pub enum EngineKind {
     /// In-process memory: no setup, history lost on restart.
     #[default]
     Memory,
+    /// Redis Streams: durable history, several processes share one Redis.
+    Redis,
 }
 
 /// `[history]`
@@ -173,6 +211,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             engine: EngineConfig::default(),
+            redis: RedisConfig::default(),
             history: HistoryConfig::default(),
             limits: LimitsConfig::default(),
             idempotency: IdempotencyConfig::default(),
@@ -189,6 +228,7 @@ impl EngineConfig {
     pub fn kind_name(&self) -> &'static str {
         match self.kind {
             EngineKind::Memory => "memory",
+            EngineKind::Redis => "redis",
         }
     }
 }
@@ -343,6 +383,29 @@ impl Config {
                 "websocket.max_write_buffer_size",
                 "must be larger than websocket.write_buffer_size",
             );
+        }
+        if self.redis.shards == 0 || self.redis.shards > 1024 {
+            return bad("redis.shards", "must be 1 to 1024");
+        }
+        if self.redis.op_timeout.is_zero() {
+            return bad("redis.op_timeout", "must be more than 0s");
+        }
+        if self.redis.block.is_zero() || self.redis.block > Duration::from_secs(60) {
+            return bad("redis.block", "must be more than 0s and at most 60s");
+        }
+        if self.engine.kind == EngineKind::Redis {
+            if self.redis.cluster_urls.is_empty() {
+                if redis::parse_redis_url(&self.redis.url).is_none() {
+                    return bad("redis.url", "not a redis:// URL");
+                }
+            } else if self
+                .redis
+                .cluster_urls
+                .iter()
+                .any(|u| redis::parse_redis_url(u).is_none())
+            {
+                return bad("redis.cluster_urls", "not a list of redis:// URLs");
+            }
         }
         if self.idempotency.ttl.is_zero() {
             return bad("idempotency.ttl", "must be more than 0s");

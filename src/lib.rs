@@ -58,7 +58,8 @@ pub async fn run(
         &config,
         Arc::new(hub.clone()) as Arc<dyn Listener>,
         &shutdown,
-    );
+    )
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
     let bus = Bus {
         engine,
         hub,

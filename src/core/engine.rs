@@ -68,6 +68,11 @@ pub trait Listener: Send + Sync + 'static {
     /// Called once per message of a watched topic, in id order per topic.
     /// Must not block.
     fn deliver(&self, message: &Arc<Message>);
+
+    /// The engine lost messages of `topic` that live subscribers may not
+    /// have received (e.g. Redis lost its data). Subscribers must be ended
+    /// so that they resume from their cursors and are told of the gap.
+    fn reset(&self, topic: &Topic);
 }
 
 /// A message store with live notifications. Chosen once from config and

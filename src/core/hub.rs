@@ -119,4 +119,12 @@ impl Listener for Hub {
     fn deliver(&self, message: &Arc<Message>) {
         self.fan_out(message);
     }
+
+    fn reset(&self, topic: &Topic) {
+        if let Some(subs) = self.inner.topics.get(topic).map(|e| Arc::clone(e.value())) {
+            for (_, handle) in subs.subs.read().iter() {
+                handle.session.close(Close::Unavailable);
+            }
+        }
+    }
 }

@@ -52,6 +52,9 @@ pub struct Resume {
     done: bool,
     page: usize,
     recovered: bool,
+    /// Position at which the last gap was reported: an engine that keeps
+    /// saying `truncated` there (a lost stream) is not reported twice.
+    gap_at: Option<MessageId>,
 }
 
 impl Resume {
@@ -77,6 +80,7 @@ impl Resume {
             done: false,
             page: page.max(1),
             recovered: true,
+            gap_at: None,
         }
     }
 
@@ -102,7 +106,7 @@ impl Resume {
                 .engine()
                 .history(&self.topic, Some(self.pos), self.page)
                 .await?;
-            if history.truncated {
+            if history.truncated && self.gap_at != Some(self.pos) {
                 let oldest = history.oldest.unwrap_or(self.pos);
                 let gap = Gap {
                     topic: self.topic.clone(),
@@ -112,6 +116,7 @@ impl Resume {
                 if let Some(before) = oldest.predecessor() {
                     self.pos = self.pos.max(before);
                 }
+                self.gap_at = Some(self.pos);
                 self.recovered = false;
                 // Re-read from the new position next time; report first.
                 return Ok(Some(Step::Gap(gap)));

@@ -2,12 +2,13 @@
 //! [`crate::core::Engine`]; the core never names them.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, EngineKind};
-use crate::core::{Engine, Listener};
+use crate::core::{Engine, EngineError, Listener};
 use crate::shutdown::Shutdown;
 
 /// How often the embedded engine sweeps expired messages of idle topics.
@@ -15,7 +16,11 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Builds the configured engine, notifying `listener` of live messages, and
 /// starts its background tasks under `shutdown`.
-pub fn build(config: &Config, listener: Arc<dyn Listener>, shutdown: &Shutdown) -> Arc<dyn Engine> {
+pub fn build(
+    config: &Config,
+    listener: Arc<dyn Listener>,
+    shutdown: &Shutdown,
+) -> Result<Arc<dyn Engine>, EngineError> {
     match config.engine.kind {
         EngineKind::Memory => {
             let engine = Arc::new(memory::MemoryEngine::new(
@@ -38,7 +43,22 @@ pub fn build(config: &Config, listener: Arc<dyn Listener>, shutdown: &Shutdown) 
                     }
                 }
             });
-            engine
+            Ok(engine)
+        }
+        EngineKind::Redis => {
+            let r = &config.redis;
+            let opts = redis::RedisOptions {
+                url: r.url.clone(),
+                cluster_urls: r.cluster_urls.clone(),
+                key_prefix: r.key_prefix.clone(),
+                shards: r.shards,
+                max_len: config.history.max_len,
+                max_age: config.history.max_age,
+                idempotency_ttl: config.idempotency.ttl,
+                op_timeout: r.op_timeout,
+                block: r.block,
+            };
+            Ok(redis::RedisEngine::start(opts, listener, shutdown)?)
         }
     }
 }

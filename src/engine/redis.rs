@@ -1,0 +1,856 @@
+//! The Redis Streams engine: durable history, replay, and live fan-out
+//! across any number of gateway processes sharing one Redis (or a Redis
+//! Cluster).
+//!
+//! # Keys
+//!
+//! Topics are spread over `redis.shards` key groups. Every key of a group
+//! carries the same hash tag, so one group lives on one Cluster slot and one
+//! `XREAD` can cover all of its topics:
+//!
+//! ```text
+//! {prefix}{s<N>}:t:<topic>          the topic's stream (fields d = data, t = ts)
+//! {prefix}{s<N>}:i:<topic>:<key>    an idempotency key → "<id> <ts>" (SET NX EX)
+//! {prefix}{s<N>}:w:<process>        wake-up stream of one process's reader N
+//! ```
+//!
+//! `N = fnv1a(topic) % shards`: every process must use the same `shards`.
+//!
+//! # Operations
+//!
+//! - **Publish** is one `EVALSHA` (one round trip): idempotency check, `XADD`
+//!   with exact `MAXLEN` trimming, `XTRIM MINID` for age, `SET` of the key.
+//!   The stream entry id is the message id.
+//! - **History** is one script: trim by age, `XINFO STREAM` (for
+//!   `max-deleted-entry-id`, Redis ≥ 7.0) and `XRANGE`/`XREVRANGE`.
+//!   A read after a trimmed id reports `truncated`; so does a read after an
+//!   id the stream never reached (the stream was deleted or Redis lost its
+//!   data), so a lost stream is reported as a gap instead of waited on.
+//! - **Live**: one reader task per key group, each with its own connection,
+//!   loops on `XREAD BLOCK` over the watched topics of its group, from the
+//!   last id it saw per topic, and hands entries to the hub. Watching a topic
+//!   records the stream's current last id first (so nothing written in
+//!   between is missed) and wakes the reader through its wake-up stream.
+//!   No per-subscriber and no per-topic Redis connection.
+//!
+//! # Outages
+//!
+//! A health task pings every second; readiness follows it. Errors are
+//! counted and logged once per state change. Readers back off with jitter
+//! and resume from the last id seen per topic, so nothing written during the
+//! outage is missed. After a reconnect every watched topic is checked: a
+//! stream whose last id went backwards (flushed, restarted without
+//! persistence, key deleted) makes the hub close that topic's subscribers,
+//! which resume from their cursors and get an explicit gap.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use rand::Rng;
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, RedisFuture, Script, Value};
+use tokio::sync::{Notify, OnceCell};
+use tokio_util::sync::CancellationToken;
+
+use crate::core::engine::{Engine, EngineError, History, Listener, Published};
+use crate::core::message::{now_ms, Message, MessageId, Topic};
+use crate::shutdown::Shutdown;
+
+/// Settings of the Redis engine.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://[user:password@]host:port/db` (`rediss://` for TLS).
+    pub url: String,
+    /// Cluster seed nodes; when non-empty, `url` is ignored.
+    pub cluster_urls: Vec<String>,
+    /// Prefix of every key.
+    pub key_prefix: String,
+    /// Key groups (and reader tasks).
+    pub shards: u16,
+    /// Messages kept per topic.
+    pub max_len: usize,
+    /// Age after which messages are trimmed.
+    pub max_age: Duration,
+    /// Idempotency key lifetime.
+    pub idempotency_ttl: Duration,
+    /// Timeout of one command.
+    pub op_timeout: Duration,
+    /// How long one `XREAD` blocks.
+    pub block: Duration,
+}
+
+const PUBLISH: &str = r"
+if ARGV[5] ~= '' then
+  local prev = redis.call('GET', KEYS[2])
+  if prev then return {prev, 1} end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], '*', 'd', ARGV[1], 't', ARGV[2])
+if ARGV[4] ~= '' then redis.call('XTRIM', KEYS[1], 'MINID', ARGV[4]) end
+local v = id .. ' ' .. ARGV[2]
+if ARGV[5] ~= '' then redis.call('SET', KEYS[2], v, 'EX', ARGV[5]) end
+return {v, 0}
+";
+
+const HISTORY: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+if ARGV[4] ~= '' then redis.call('XTRIM', KEYS[1], 'MINID', ARGV[4]) end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local last, maxdel, first = '', '', ''
+for i = 1, #info, 2 do
+  local k = info[i]
+  if k == 'last-generated-id' then last = info[i + 1]
+  elseif k == 'max-deleted-entry-id' then maxdel = info[i + 1]
+  elseif k == 'first-entry' then
+    local fe = info[i + 1]
+    if fe then first = fe[1] end
+  end
+end
+local entries = {}
+if ARGV[1] == 'newest' then
+  entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[3])
+elseif ARGV[1] == 'after' then
+  entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[2], '+', 'COUNT', ARGV[3])
+end
+return {1, last, maxdel, first, entries}
+";
+
+/// One connection of any of the supported kinds.
+#[derive(Clone)]
+enum Conn {
+    Manager(ConnectionManager),
+    Multiplexed(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Manager(c) => c.req_packed_command(cmd),
+            Conn::Multiplexed(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Manager(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Multiplexed(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Manager(c) => c.get_db(),
+            Conn::Multiplexed(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Clients {
+    Single(redis::Client),
+    Cluster {
+        commands: ClusterClient,
+        readers: ClusterClient,
+    },
+}
+
+impl Clients {
+    fn open(opts: &RedisOptions) -> Result<Clients, redis::RedisError> {
+        if opts.cluster_urls.is_empty() {
+            return Ok(Clients::Single(redis::Client::open(opts.url.as_str())?));
+        }
+        let build = |response: Duration| {
+            ClusterClient::builder(opts.cluster_urls.iter().map(String::as_str))
+                .connection_timeout(opts.op_timeout)
+                .response_timeout(response)
+                .retries(2)
+                .build()
+        };
+        Ok(Clients::Cluster {
+            commands: build(opts.op_timeout)?,
+            readers: build(opts.block + opts.op_timeout)?,
+        })
+    }
+
+    /// The shared command connection (reconnects by itself).
+    async fn commands(&self, opts: &RedisOptions) -> Result<Conn, redis::RedisError> {
+        match self {
+            Clients::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(opts.op_timeout))
+                    .set_response_timeout(Some(opts.op_timeout))
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_secs(2));
+                Ok(Conn::Manager(ConnectionManager::new_lazy_with_config(
+                    client.clone(),
+                    config,
+                )?))
+            }
+            Clients::Cluster { commands, .. } => {
+                Ok(Conn::Cluster(commands.get_async_connection().await?))
+            }
+        }
+    }
+
+    /// A dedicated connection for one blocking reader.
+    async fn reader(&self, opts: &RedisOptions) -> Result<Conn, redis::RedisError> {
+        match self {
+            Clients::Single(client) => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(opts.op_timeout))
+                    .set_response_timeout(Some(opts.block + opts.op_timeout));
+                Ok(Conn::Multiplexed(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                ))
+            }
+            Clients::Cluster { readers, .. } => {
+                Ok(Conn::Cluster(readers.get_async_connection().await?))
+            }
+        }
+    }
+}
+
+/// Watched topics of one key group: topic → last id handed to the hub
+/// (`None` while the watch is still reading its start position).
+#[derive(Default)]
+struct Group {
+    topics: Mutex<HashMap<Topic, Option<MessageId>>>,
+    wake: Notify,
+}
+
+struct Inner {
+    opts: RedisOptions,
+    clients: Clients,
+    commands: OnceCell<Conn>,
+    listener: Arc<dyn Listener>,
+    groups: Vec<Group>,
+    process: String,
+    ready: AtomicBool,
+    publish: Script,
+    history: Script,
+}
+
+/// The Redis Streams engine. Clone = `Arc` bump.
+#[derive(Clone)]
+pub struct RedisEngine {
+    inner: Arc<Inner>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Unavailable(e.to_string())
+}
+
+/// FNV-1a: a stable hash every process agrees on.
+fn fnv1a(s: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in s.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+fn as_str(v: &Value) -> Option<&str> {
+    match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        Value::VerbatimString { text, .. } => Some(text),
+        _ => None,
+    }
+}
+
+fn as_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        other => as_str(other).and_then(|s| s.parse().ok()),
+    }
+}
+
+fn parse_id(v: &Value) -> Option<MessageId> {
+    as_str(v).and_then(|s| s.parse().ok())
+}
+
+fn malformed(what: &str) -> EngineError {
+    EngineError::Unavailable(format!("unexpected reply from redis: {what}"))
+}
+
+/// `[id, [field, value, …]]` → a message of `topic`.
+fn parse_entry(topic: &Topic, entry: &Value) -> Option<Message> {
+    let Value::Array(parts) = entry else {
+        return None;
+    };
+    let id = parse_id(parts.first()?)?;
+    let Value::Array(fields) = parts.get(1)? else {
+        return None;
+    };
+    let mut data = None;
+    let mut ts = None;
+    for pair in fields.chunks(2) {
+        match (pair.first().and_then(as_str), pair.get(1)) {
+            (Some("d"), Some(Value::BulkString(b))) => data = Some(Bytes::copy_from_slice(b)),
+            (Some("t"), Some(v)) => ts = as_str(v).and_then(|s| s.parse().ok()),
+            _ => {}
+        }
+    }
+    Some(Message::new(topic.clone(), id, ts.unwrap_or(id.ms), data?))
+}
+
+impl RedisEngine {
+    /// Connects lazily (the process starts while Redis is down and becomes
+    /// ready when it is reachable) and starts the health task and one reader
+    /// per key group under `shutdown`.
+    pub fn start(
+        opts: RedisOptions,
+        listener: Arc<dyn Listener>,
+        shutdown: &Shutdown,
+    ) -> Result<Arc<RedisEngine>, EngineError> {
+        let clients = Clients::open(&opts).map_err(unavailable)?;
+        let groups = (0..opts.shards.max(1)).map(|_| Group::default()).collect();
+        let process = format!("{:016x}", rand::rng().random::<u64>());
+        let engine = Arc::new(RedisEngine {
+            inner: Arc::new(Inner {
+                opts,
+                clients,
+                commands: OnceCell::new(),
+                listener,
+                groups,
+                process,
+                ready: AtomicBool::new(false),
+                publish: Script::new(PUBLISH),
+                history: Script::new(HISTORY),
+            }),
+        });
+        let token = shutdown.token().clone();
+        let health = RedisEngine::clone(&engine);
+        shutdown.spawn(async move { health.health(token).await });
+        for group in 0..engine.inner.groups.len() {
+            let reader = RedisEngine::clone(&engine);
+            let token = shutdown.token().clone();
+            shutdown.spawn(async move { reader.read_group(group, token).await });
+        }
+        Ok(engine)
+    }
+
+    fn group_of(&self, topic: &Topic) -> usize {
+        fnv1a(topic.as_str()) as usize % self.inner.groups.len()
+    }
+
+    fn tag(&self, group: usize) -> String {
+        format!("{}{{s{}}}", self.inner.opts.key_prefix, group)
+    }
+
+    fn stream_key(&self, topic: &Topic) -> String {
+        format!("{}:t:{}", self.tag(self.group_of(topic)), topic)
+    }
+
+    fn wake_key(&self, group: usize) -> String {
+        format!("{}:w:{}", self.tag(group), self.inner.process)
+    }
+
+    async fn conn(&self) -> Result<Conn, EngineError> {
+        let inner = &self.inner;
+        let conn = tokio::time::timeout(
+            inner.opts.op_timeout,
+            inner
+                .commands
+                .get_or_try_init(|| inner.clients.commands(&inner.opts)),
+        )
+        .await
+        .map_err(|_| EngineError::Unavailable("redis connect timed out".into()))?
+        .map_err(unavailable)?;
+        Ok(conn.clone())
+    }
+
+    /// Runs `cmd` with the command timeout; failures mark the engine unready.
+    async fn run<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, EngineError> {
+        match tokio::time::timeout(self.inner.opts.op_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.set_ready(false, Some(&e.to_string()));
+                Err(unavailable(e))
+            }
+            Err(_) => {
+                self.set_ready(false, Some("command timed out"));
+                Err(EngineError::Unavailable("redis command timed out".into()))
+            }
+        }
+    }
+
+    fn set_ready(&self, ready: bool, why: Option<&str>) {
+        let was = self.inner.ready.swap(ready, Ordering::AcqRel);
+        if was != ready {
+            if ready {
+                tracing::info!(engine = "redis", "redis reachable: ready");
+            } else {
+                tracing::warn!(
+                    engine = "redis",
+                    error = why.unwrap_or(""),
+                    "redis unreachable: not ready"
+                );
+            }
+        }
+        if !ready {
+            crate::metrics::engine_error();
+        }
+    }
+
+    /// Pings every second; readiness follows.
+    async fn health(self, token: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let result = match self.conn().await {
+                Ok(mut c) => self
+                    .run(redis::cmd("PING").query_async::<String>(&mut c))
+                    .await
+                    .map(|_| ()),
+                Err(e) => {
+                    self.set_ready(false, Some(&e.to_string()));
+                    Err(e)
+                }
+            };
+            if result.is_ok() {
+                self.set_ready(true, None);
+            }
+        }
+    }
+
+    /// Reads the stream's state and, per `mode`, entries.
+    async fn read(
+        &self,
+        topic: &Topic,
+        mode: &str,
+        after: MessageId,
+        count: usize,
+    ) -> Result<
+        Option<(
+            Option<MessageId>,
+            Option<MessageId>,
+            Option<MessageId>,
+            Vec<Value>,
+        )>,
+        EngineError,
+    > {
+        let mut conn = self.conn().await?;
+        let min_id = self.min_id();
+        let mut inv = self.inner.history.key(self.stream_key(topic));
+        inv.arg(mode).arg(after.to_string()).arg(count).arg(min_id);
+        let reply: Value = self.run(inv.invoke_async(&mut conn)).await?;
+        let Value::Array(parts) = reply else {
+            return Err(malformed("history"));
+        };
+        if parts.first().and_then(as_int) != Some(1) {
+            return Ok(None);
+        }
+        let last = parts.get(1).and_then(parse_id);
+        let max_deleted = parts
+            .get(2)
+            .and_then(parse_id)
+            .filter(|id| *id != MessageId::ZERO);
+        let first = parts.get(3).and_then(parse_id);
+        let entries = match parts.get(4) {
+            Some(Value::Array(e)) => e.clone(),
+            _ => Vec::new(),
+        };
+        Ok(Some((last, max_deleted, first, entries)))
+    }
+
+    /// `XTRIM MINID` argument for age retention.
+    fn min_id(&self) -> String {
+        let min_ms = now_ms().saturating_sub(self.inner.opts.max_age.as_millis() as u64);
+        format!("{min_ms}-0")
+    }
+
+    /// One reader: `XREAD BLOCK` over the watched topics of `group`.
+    async fn read_group(self, group: usize, token: CancellationToken) {
+        let mut conn: Option<Conn> = None;
+        let mut wake_last = MessageId::ZERO;
+        let mut backoff = Duration::from_millis(100);
+        let mut failing = false;
+        let wake_key = self.wake_key(group);
+        loop {
+            let watched: Vec<(Topic, MessageId)> = self.inner.groups[group]
+                .topics
+                .lock()
+                .iter()
+                .filter_map(|(t, last)| last.map(|l| (t.clone(), l)))
+                .collect();
+            if watched.is_empty() {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = self.inner.groups[group].wake.notified() => continue,
+                }
+            }
+            let reconnected = conn.is_none();
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => match tokio::select! {
+                    _ = token.cancelled() => return,
+                    r = self.inner.clients.reader(&self.inner.opts) => r,
+                } {
+                    Ok(c) => conn.insert(c),
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(engine = "redis", group, error = %e, "reader cannot connect; retrying");
+                            failing = true;
+                        }
+                        crate::metrics::engine_error();
+                        if sleep_backoff(&token, &mut backoff).await {
+                            return;
+                        }
+                        continue;
+                    }
+                },
+            };
+            if reconnected && failing {
+                // Back after an outage: a stream that went backwards lost data.
+                self.check_resets(group).await;
+            }
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT")
+                .arg(1000)
+                .arg("BLOCK")
+                .arg(self.inner.opts.block.as_millis() as u64)
+                .arg("STREAMS");
+            let keys: Vec<String> = watched.iter().map(|(t, _)| self.stream_key(t)).collect();
+            for k in &keys {
+                cmd.arg(k);
+            }
+            cmd.arg(&wake_key);
+            for (_, last) in &watched {
+                cmd.arg(last.to_string());
+            }
+            cmd.arg(wake_last.to_string());
+            let reply = tokio::select! {
+                _ = token.cancelled() => return,
+                r = cmd.query_async::<Value>(c) => r,
+            };
+            match reply {
+                Ok(value) => {
+                    if failing {
+                        tracing::info!(engine = "redis", group, "reader reading again");
+                        failing = false;
+                    }
+                    backoff = Duration::from_millis(100);
+                    let by_key: HashMap<&str, &Topic> = keys
+                        .iter()
+                        .map(String::as_str)
+                        .zip(watched.iter().map(|(t, _)| t))
+                        .collect();
+                    self.deliver(group, &value, &by_key, &wake_key, &mut wake_last);
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(engine = "redis", group, error = %e, "reader failed; reconnecting");
+                        failing = true;
+                    }
+                    crate::metrics::engine_error();
+                    conn = None;
+                    if sleep_backoff(&token, &mut backoff).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands the entries of an `XREAD` reply to the listener, in id order per
+    /// topic, each once.
+    fn deliver(
+        &self,
+        group: usize,
+        reply: &Value,
+        by_key: &HashMap<&str, &Topic>,
+        wake_key: &str,
+        wake_last: &mut MessageId,
+    ) {
+        let streams: Vec<(&Value, &Value)> = match reply {
+            Value::Array(items) => items
+                .iter()
+                .filter_map(|s| match s {
+                    Value::Array(kv) if kv.len() == 2 => Some((&kv[0], &kv[1])),
+                    _ => None,
+                })
+                .collect(),
+            Value::Map(items) => items.iter().map(|(k, v)| (k, v)).collect(),
+            _ => return,
+        };
+        for (key, entries) in streams {
+            let Some(key) = as_str(key) else { continue };
+            let Value::Array(entries) = entries else {
+                continue;
+            };
+            if key == wake_key {
+                if let Some(last) = entries
+                    .iter()
+                    .filter_map(|e| match e {
+                        Value::Array(p) => p.first().and_then(parse_id),
+                        _ => None,
+                    })
+                    .max()
+                {
+                    *wake_last = (*wake_last).max(last);
+                }
+                continue;
+            }
+            let Some(&topic) = by_key.get(key) else {
+                continue;
+            };
+            for entry in entries {
+                let Some(message) = parse_entry(topic, entry) else {
+                    continue;
+                };
+                let fresh = {
+                    let mut topics = self.inner.groups[group].topics.lock();
+                    match topics.get_mut(topic) {
+                        Some(Some(last)) if message.id > *last => {
+                            *last = message.id;
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                if fresh {
+                    self.inner.listener.deliver(&Arc::new(message));
+                }
+            }
+        }
+    }
+
+    /// After an outage: a watched stream whose last id is now older than
+    /// what was delivered (or which is gone) lost data; its subscribers are
+    /// closed so they resume from their cursors and are told of the gap.
+    async fn check_resets(&self, group: usize) {
+        let watched: Vec<(Topic, MessageId)> = self.inner.groups[group]
+            .topics
+            .lock()
+            .iter()
+            .filter_map(|(t, last)| last.map(|l| (t.clone(), l)))
+            .collect();
+        for (topic, last) in watched {
+            let Ok(now) = self.last_id(&topic).await else {
+                return;
+            };
+            let now = now.unwrap_or(MessageId::ZERO);
+            if now < last {
+                tracing::warn!(engine = "redis", %topic, seen = %last, now = %now, "stream went backwards: data lost in redis");
+                if let Some(Some(l)) = self.inner.groups[group].topics.lock().get_mut(&topic) {
+                    *l = now;
+                }
+                self.inner.listener.reset(&topic);
+            }
+        }
+    }
+}
+
+/// Sleeps `backoff` with ±50 % jitter and doubles it (max 5 s); true when
+/// cancelled meanwhile.
+async fn sleep_backoff(token: &CancellationToken, backoff: &mut Duration) -> bool {
+    let jitter = rand::rng().random_range(0.5..1.5);
+    let wait = backoff.mul_f64(jitter);
+    *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    tokio::select! {
+        _ = token.cancelled() => true,
+        _ = tokio::time::sleep(wait) => false,
+    }
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn publish(
+        &self,
+        topic: &Topic,
+        data: Bytes,
+        idempotency_key: Option<&str>,
+    ) -> Result<Published, EngineError> {
+        let mut conn = self.conn().await?;
+        let stream = self.stream_key(topic);
+        let idem = match idempotency_key {
+            Some(k) => format!("{}:i:{}:{}", self.tag(self.group_of(topic)), topic, k),
+            None => stream.clone(),
+        };
+        let ttl =
+            idempotency_key.map(|_| self.inner.opts.idempotency_ttl.as_secs().max(1).to_string());
+        let now = now_ms();
+        let mut inv = self.inner.publish.key(&stream);
+        inv.key(&idem)
+            .arg(data.as_ref())
+            .arg(now)
+            .arg(self.inner.opts.max_len)
+            .arg(self.min_id())
+            .arg(ttl.unwrap_or_default());
+        let reply: Value = self.run(inv.invoke_async(&mut conn)).await?;
+        let Value::Array(parts) = reply else {
+            return Err(malformed("publish"));
+        };
+        let stored = parts
+            .first()
+            .and_then(as_str)
+            .ok_or_else(|| malformed("publish id"))?;
+        let (id, ts) = stored
+            .split_once(' ')
+            .ok_or_else(|| malformed("publish id"))?;
+        let id: MessageId = id.parse().map_err(|_| malformed("publish id"))?;
+        let ts: u64 = ts.parse().map_err(|_| malformed("publish ts"))?;
+        let duplicate = parts.get(1).and_then(as_int) == Some(1);
+        Ok(Published { id, ts, duplicate })
+    }
+
+    async fn history(
+        &self,
+        topic: &Topic,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<History, EngineError> {
+        let mode = if after.is_some() { "after" } else { "newest" };
+        let after_id = after.unwrap_or_default();
+        let Some((last, max_deleted, first, entries)) =
+            self.read(topic, mode, after_id, limit).await?
+        else {
+            // No stream: never written, or lost. A position past zero means
+            // it existed: say so.
+            return Ok(History {
+                messages: vec![],
+                truncated: after.is_some_and(|a| a > MessageId::ZERO),
+                oldest: None,
+            });
+        };
+        let mut messages: Vec<Arc<Message>> = entries
+            .iter()
+            .filter_map(|e| parse_entry(topic, e))
+            .map(Arc::new)
+            .collect();
+        if after.is_none() {
+            messages.reverse();
+        }
+        let last = last.unwrap_or_default();
+        let truncated = match after {
+            Some(a) => max_deleted.is_some_and(|d| d > a) || last < a,
+            None => false,
+        };
+        let oldest = first.or_else(|| max_deleted.max(Some(last)).and_then(MessageId::successor));
+        Ok(History {
+            messages,
+            truncated,
+            oldest,
+        })
+    }
+
+    async fn last_id(&self, topic: &Topic) -> Result<Option<MessageId>, EngineError> {
+        Ok(self
+            .read(topic, "info", MessageId::ZERO, 0)
+            .await?
+            .and_then(|(last, ..)| last))
+    }
+
+    fn watch(&self, topic: &Topic) -> BoxFuture<'static, Result<(), EngineError>> {
+        let group = self.group_of(topic);
+        let needs_start = {
+            let mut topics = self.inner.groups[group].topics.lock();
+            topics.entry(topic.clone()).or_insert(None).is_none()
+        };
+        let this = self.clone();
+        let topic = topic.clone();
+        Box::pin(async move {
+            if !needs_start {
+                return Ok(());
+            }
+            let start = this.last_id(&topic).await?.unwrap_or(MessageId::ZERO);
+            {
+                let mut topics = this.inner.groups[group].topics.lock();
+                if let Some(slot @ None) = topics.get_mut(&topic) {
+                    *slot = Some(start);
+                }
+            }
+            // Wake the reader so the topic joins its XREAD now, not when
+            // the current block times out.
+            this.inner.groups[group].wake.notify_one();
+            if let Ok(mut conn) = this.conn().await {
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(this.wake_key(group))
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(16)
+                    .arg("*")
+                    .arg("w")
+                    .arg(1);
+                let _ = this.run(cmd.query_async::<Value>(&mut conn)).await;
+                let mut expire = redis::cmd("PEXPIRE");
+                expire.arg(this.wake_key(group)).arg(3_600_000);
+                let _ = this.run(expire.query_async::<Value>(&mut conn)).await;
+            }
+            Ok(())
+        })
+    }
+
+    fn unwatch(&self, topic: &Topic) {
+        let group = self.group_of(topic);
+        self.inner.groups[group].topics.lock().remove(topic);
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_groups_are_stable() {
+        assert_eq!(fnv1a(""), 0x811c_9dc5);
+        assert_eq!(fnv1a("a"), 0xe40c_292c);
+        assert_eq!(fnv1a("foobar"), 0xbf9c_f968);
+    }
+
+    #[test]
+    fn entries_parse() {
+        let t = Topic::new("t").unwrap();
+        let e = Value::Array(vec![
+            Value::BulkString(b"5-1".to_vec()),
+            Value::Array(vec![
+                Value::BulkString(b"d".to_vec()),
+                Value::BulkString(b"{\"a\":1}".to_vec()),
+                Value::BulkString(b"t".to_vec()),
+                Value::BulkString(b"7".to_vec()),
+            ]),
+        ]);
+        let m = parse_entry(&t, &e).unwrap();
+        assert_eq!(
+            (m.id, m.ts, &m.data[..]),
+            (MessageId::new(5, 1), 7, &b"{\"a\":1}"[..])
+        );
+        assert!(parse_entry(&t, &Value::Nil).is_none());
+    }
+}
