@@ -11,8 +11,10 @@ use bytes::Bytes;
 use rtgate::core::replay::{Resume, Step};
 use rtgate::core::{Engine, Hub, Listener, MessageId, Subscriber, Topic};
 
+mod support;
+
 /// Builds an engine with `max_len` retention that notifies `listener`.
-type Factory = fn(usize, Arc<dyn Listener>) -> Arc<dyn Engine>;
+type Factory<'a> = &'a dyn Fn(usize, Arc<dyn Listener>) -> Arc<dyn Engine>;
 
 fn topic(name: &str) -> Topic {
     Topic::new(name).unwrap()
@@ -31,7 +33,7 @@ async fn publish_n(e: &dyn Engine, t: &Topic, n: usize) -> Vec<MessageId> {
     ids
 }
 
-pub async fn ids_strictly_increase_and_history_pages(make: Factory) {
+pub async fn ids_strictly_increase_and_history_pages(make: Factory<'_>) {
     let e = make(1000, Arc::new(Hub::new()));
     let t = topic("ids");
     let ids = publish_n(&*e, &t, 300).await;
@@ -58,7 +60,7 @@ pub async fn ids_strictly_increase_and_history_pages(make: Factory) {
     assert_eq!(e.last_id(&topic("never")).await.unwrap(), None);
 }
 
-pub async fn retention_reports_gaps(make: Factory) {
+pub async fn retention_reports_gaps(make: Factory<'_>) {
     let e = make(10, Arc::new(Hub::new()));
     let t = topic("trim");
     let ids = publish_n(&*e, &t, 25).await;
@@ -77,7 +79,7 @@ pub async fn retention_reports_gaps(make: Factory) {
     assert_eq!(h.messages.len(), 10);
 }
 
-pub async fn idempotency(make: Factory) {
+pub async fn idempotency(make: Factory<'_>) {
     let e = make(100, Arc::new(Hub::new()));
     let t = topic("idem");
     let a = e
@@ -95,7 +97,7 @@ pub async fn idempotency(make: Factory) {
     assert_eq!(&h.messages[0].data[..], b"1");
 }
 
-pub async fn listener_hears_watched_topic_in_order(make: Factory) {
+pub async fn listener_hears_watched_topic_in_order(make: Factory<'_>) {
     let hub = Hub::new();
     let e = make(10_000, Arc::new(hub.clone()));
     let t = topic("live");
@@ -116,7 +118,7 @@ pub async fn listener_hears_watched_topic_in_order(make: Factory) {
 /// A resume from an old id while a publisher races: replay, hand over to
 /// live, drop the overlap by id; the result is exactly every id after the
 /// resume point, in order.
-pub async fn replay_to_live_race_has_no_gap_and_no_duplicate(make: Factory) {
+pub async fn replay_to_live_race_has_no_gap_and_no_duplicate(make: Factory<'_>) {
     let hub = Hub::new();
     let e = make(100_000, Arc::new(hub.clone()));
     let t = topic("race");
@@ -176,29 +178,34 @@ pub async fn replay_to_live_race_has_no_gap_and_no_duplicate(make: Factory) {
 }
 
 macro_rules! engine_suite {
-    ($name:ident, $make:expr) => {
+    ($name:ident, $setup:expr) => {
         mod $name {
             use super::*;
 
             #[tokio::test]
             async fn ids_strictly_increase_and_history_pages() {
-                super::ids_strictly_increase_and_history_pages($make).await;
+                let (_guard, make) = $setup;
+                super::ids_strictly_increase_and_history_pages(&make).await;
             }
             #[tokio::test]
             async fn retention_reports_gaps() {
-                super::retention_reports_gaps($make).await;
+                let (_guard, make) = $setup;
+                super::retention_reports_gaps(&make).await;
             }
             #[tokio::test]
             async fn idempotency() {
-                super::idempotency($make).await;
+                let (_guard, make) = $setup;
+                super::idempotency(&make).await;
             }
             #[tokio::test]
             async fn listener_hears_watched_topic_in_order() {
-                super::listener_hears_watched_topic_in_order($make).await;
+                let (_guard, make) = $setup;
+                super::listener_hears_watched_topic_in_order(&make).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn replay_to_live_race_has_no_gap_and_no_duplicate() {
-                super::replay_to_live_race_has_no_gap_and_no_duplicate($make).await;
+                let (_guard, make) = $setup;
+                super::replay_to_live_race_has_no_gap_and_no_duplicate(&make).await;
             }
         }
     };
@@ -217,4 +224,50 @@ fn memory(max_len: usize, listener: Arc<dyn Listener>) -> Arc<dyn Engine> {
     ))
 }
 
-engine_suite!(memory_engine, memory);
+/// A fresh `redis-server` and a factory of Redis engines on it; the guard
+/// stops the engines' tasks and the server when dropped.
+struct RedisGuard {
+    _server: support::redis::RedisServer,
+    token: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for RedisGuard {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+fn redis_setup() -> (
+    RedisGuard,
+    impl Fn(usize, Arc<dyn Listener>) -> Arc<dyn Engine>,
+) {
+    use rtgate::engine::redis::{RedisEngine, RedisOptions};
+    let server = support::redis::RedisServer::start();
+    let url = server.url();
+    let token = tokio_util::sync::CancellationToken::new();
+    let shutdown = rtgate::shutdown::Shutdown::new(token.clone(), Duration::from_secs(1));
+    let make = move |max_len: usize, listener: Arc<dyn Listener>| -> Arc<dyn Engine> {
+        let opts = RedisOptions {
+            url: url.clone(),
+            cluster_urls: vec![],
+            key_prefix: "test:".into(),
+            shards: 4,
+            max_len,
+            max_age: Duration::from_secs(3600),
+            idempotency_ttl: Duration::from_secs(3600),
+            op_timeout: Duration::from_secs(2),
+            block: Duration::from_secs(2),
+        };
+        RedisEngine::start(opts, listener, &shutdown).unwrap()
+    };
+    (
+        RedisGuard {
+            _server: server,
+            token,
+        },
+        make,
+    )
+}
+
+engine_suite!(memory_engine, ((), memory));
+engine_suite!(redis_engine, redis_setup());

@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! {prefix}{s<N>}:t:<topic>          the topic's stream (fields d = data, t = ts)
-//! {prefix}{s<N>}:i:<topic>:<key>    an idempotency key → "<id> <ts>" (SET NX EX)
+//! {prefix}{s<N>}:m:<topic>          the newest id ever trimmed from the stream
+//! {prefix}{s<N>}:i:<topic>:<key>    an idempotency key → "<id> <ts>" (SET EX)
 //! {prefix}{s<N>}:w:<process>        wake-up stream of one process's reader N
 //! ```
 //!
@@ -18,11 +19,13 @@
 //!
 //! # Operations
 //!
-//! - **Publish** is one `EVALSHA` (one round trip): idempotency check, `XADD`
-//!   with exact `MAXLEN` trimming, `XTRIM MINID` for age, `SET` of the key.
+//! - **Publish** is one `EVALSHA` (one round trip): idempotency check,
+//!   `XADD`, exact trimming by count and age (recording the newest trimmed
+//!   id), `SET` of the idempotency key.
 //!   The stream entry id is the message id.
-//! - **History** is one script: trim by age, `XINFO STREAM` (for
-//!   `max-deleted-entry-id`, Redis ≥ 7.0) and `XRANGE`/`XREVRANGE`.
+//! - **History** is one script: trim by age, `XINFO STREAM`, the trim
+//!   marker (the newest id ever trimmed, kept by the scripts because Redis
+//!   does not record what `XTRIM` removed) and `XRANGE`/`XREVRANGE`.
 //!   A read after a trimmed id reports `truncated`; so does a read after an
 //!   id the stream never reached (the stream was deleted or Redis lost its
 //!   data), so a lost stream is reported as a gap instead of waited on.
@@ -89,39 +92,69 @@ pub struct RedisOptions {
     pub block: Duration,
 }
 
+/// Shared by both scripts: trims KEYS[1] to `maxlen` entries and drops
+/// entries older than `minid`, recording the newest trimmed id in KEYS[2]
+/// (Redis does not remember what trimming removed; gaps need it).
+const TRIM: &str = r"
+local function trim(stream, marker, maxlen, minid)
+  local gone = nil
+  if maxlen ~= '' then
+    local excess = redis.call('XLEN', stream) - tonumber(maxlen)
+    if excess > 0 then
+      local old = redis.call('XRANGE', stream, '-', '+', 'COUNT', excess)
+      gone = old[#old][1]
+      redis.call('XTRIM', stream, 'MAXLEN', maxlen)
+    end
+  end
+  if minid ~= '' then
+    local old = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
+    if #old > 0 then
+      gone = old[1][1]
+      redis.call('XTRIM', stream, 'MINID', minid)
+    end
+  end
+  if gone then redis.call('SET', marker, gone) end
+end
+";
+
+/// KEYS: stream, trim marker, idempotency key. ARGV: data, ts, maxlen,
+/// minid, idempotency ttl ('' = no key). Returns {"<id> <ts>", duplicate}.
 const PUBLISH: &str = r"
 if ARGV[5] ~= '' then
-  local prev = redis.call('GET', KEYS[2])
+  local prev = redis.call('GET', KEYS[3])
   if prev then return {prev, 1} end
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], '*', 'd', ARGV[1], 't', ARGV[2])
-if ARGV[4] ~= '' then redis.call('XTRIM', KEYS[1], 'MINID', ARGV[4]) end
+local id = redis.call('XADD', KEYS[1], '*', 'd', ARGV[1], 't', ARGV[2])
+trim(KEYS[1], KEYS[2], ARGV[3], ARGV[4])
 local v = id .. ' ' .. ARGV[2]
-if ARGV[5] ~= '' then redis.call('SET', KEYS[2], v, 'EX', ARGV[5]) end
+if ARGV[5] ~= '' then redis.call('SET', KEYS[3], v, 'EX', ARGV[5]) end
 return {v, 0}
 ";
 
+/// KEYS: stream, trim marker. ARGV: mode (after | newest | info), after
+/// id, count, minid. Returns {0} without a stream, else
+/// {1, last-generated-id, trimmed-through, first-entry-id, entries}.
 const HISTORY: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
-if ARGV[4] ~= '' then redis.call('XTRIM', KEYS[1], 'MINID', ARGV[4]) end
+trim(KEYS[1], KEYS[2], '', ARGV[4])
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local last, maxdel, first = '', '', ''
+local last, first = '', ''
 for i = 1, #info, 2 do
   local k = info[i]
   if k == 'last-generated-id' then last = info[i + 1]
-  elseif k == 'max-deleted-entry-id' then maxdel = info[i + 1]
   elseif k == 'first-entry' then
     local fe = info[i + 1]
     if fe then first = fe[1] end
   end
 end
+local trimmed = redis.call('GET', KEYS[2]) or ''
 local entries = {}
 if ARGV[1] == 'newest' then
   entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[3])
 elseif ARGV[1] == 'after' then
   entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[2], '+', 'COUNT', ARGV[3])
 end
-return {1, last, maxdel, first, entries}
+return {1, last, trimmed, first, entries}
 ";
 
 /// One connection of any of the supported kinds.
@@ -335,8 +368,8 @@ impl RedisEngine {
                 groups,
                 process,
                 ready: AtomicBool::new(false),
-                publish: Script::new(PUBLISH),
-                history: Script::new(HISTORY),
+                publish: Script::new(&format!("{TRIM}{PUBLISH}")),
+                history: Script::new(&format!("{TRIM}{HISTORY}")),
             }),
         });
         let token = shutdown.token().clone();
@@ -360,6 +393,10 @@ impl RedisEngine {
 
     fn stream_key(&self, topic: &Topic) -> String {
         format!("{}:t:{}", self.tag(self.group_of(topic)), topic)
+    }
+
+    fn marker_key(&self, topic: &Topic) -> String {
+        format!("{}:m:{}", self.tag(self.group_of(topic)), topic)
     }
 
     fn wake_key(&self, group: usize) -> String {
@@ -460,7 +497,11 @@ impl RedisEngine {
         let mut conn = self.conn().await?;
         let min_id = self.min_id();
         let mut inv = self.inner.history.key(self.stream_key(topic));
-        inv.arg(mode).arg(after.to_string()).arg(count).arg(min_id);
+        inv.key(self.marker_key(topic))
+            .arg(mode)
+            .arg(after.to_string())
+            .arg(count)
+            .arg(min_id);
         let reply: Value = self.run(inv.invoke_async(&mut conn)).await?;
         let Value::Array(parts) = reply else {
             return Err(malformed("history"));
@@ -469,16 +510,13 @@ impl RedisEngine {
             return Ok(None);
         }
         let last = parts.get(1).and_then(parse_id);
-        let max_deleted = parts
-            .get(2)
-            .and_then(parse_id)
-            .filter(|id| *id != MessageId::ZERO);
+        let trimmed = parts.get(2).and_then(parse_id);
         let first = parts.get(3).and_then(parse_id);
         let entries = match parts.get(4) {
             Some(Value::Array(e)) => e.clone(),
             _ => Vec::new(),
         };
-        Ok(Some((last, max_deleted, first, entries)))
+        Ok(Some((last, trimmed, first, entries)))
     }
 
     /// `XTRIM MINID` argument for age retention.
@@ -703,7 +741,8 @@ impl Engine for RedisEngine {
             idempotency_key.map(|_| self.inner.opts.idempotency_ttl.as_secs().max(1).to_string());
         let now = now_ms();
         let mut inv = self.inner.publish.key(&stream);
-        inv.key(&idem)
+        inv.key(self.marker_key(topic))
+            .key(&idem)
             .arg(data.as_ref())
             .arg(now)
             .arg(self.inner.opts.max_len)
@@ -734,8 +773,7 @@ impl Engine for RedisEngine {
     ) -> Result<History, EngineError> {
         let mode = if after.is_some() { "after" } else { "newest" };
         let after_id = after.unwrap_or_default();
-        let Some((last, max_deleted, first, entries)) =
-            self.read(topic, mode, after_id, limit).await?
+        let Some((last, trimmed, first, entries)) = self.read(topic, mode, after_id, limit).await?
         else {
             // No stream: never written, or lost. A position past zero means
             // it existed: say so.
@@ -755,10 +793,10 @@ impl Engine for RedisEngine {
         }
         let last = last.unwrap_or_default();
         let truncated = match after {
-            Some(a) => max_deleted.is_some_and(|d| d > a) || last < a,
+            Some(a) => trimmed.is_some_and(|d| d > a) || last < a,
             None => false,
         };
-        let oldest = first.or_else(|| max_deleted.max(Some(last)).and_then(MessageId::successor));
+        let oldest = first.or_else(|| trimmed.max(Some(last)).and_then(MessageId::successor));
         Ok(History {
             messages,
             truncated,

@@ -2,6 +2,8 @@
 //! binary), with real clients (reqwest, tokio-tungstenite).
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
