@@ -51,6 +51,9 @@ pub async fn run(
     token: CancellationToken,
 ) -> std::io::Result<()> {
     crate::metrics::install();
+    // TLS to Redis (rediss://) uses rustls with the ring provider; the first
+    // install wins, later calls (tests) are no-ops.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Arc::new(config);
     let shutdown = Shutdown::new(token.clone(), config.shutdown.grace);
     let hub = Hub::new();
