@@ -5,10 +5,22 @@
 //! subscriber measures publish→deliver latency and checks that it sees every
 //! sequence number once, in order. Optionally samples the server's CPU and RSS
 //! from /proc. `--idle` opens the connections and holds them (RSS per connection).
+//! `--sub-url` connects the subscribers to another server than the publisher
+//! (two rtgate processes sharing one Redis).
+//!
+//! `--throughput` (rtgate only): `--publishers N` publish as fast as they can for
+//! `--duration` seconds (or `--count` publishes in all), over HTTP keep-alive
+//! (one request in flight per connection) or WebSocket (`publish` frames, up to
+//! `--inflight` unacknowledged per connection), spread over `--topics` topics.
+//! Optional subscribers (subscriber i on topic i % topics) count deliveries.
+//! `--before-publish` / `--after-publish` run a shell command right before the
+//! first publish and after the last delivery (e.g. to snapshot Redis stats).
 //!
 //! ```text
 //! taskset -c 0 loadgen --server nchan --url http://127.0.0.1:8081 \
 //!     --subscribers 1000 --rate 100 --duration 20 --server-pid 123,124 --json
+//! taskset -c 0 loadgen --throughput --via ws --publishers 4 --inflight 32 \
+//!     --duration 10 --url http://127.0.0.1:8091 --server-pid 123,124,125 --json
 //! ```
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::disallowed_types)]
 
@@ -48,9 +60,13 @@ struct Args {
     /// Topic / channel name (default: a fresh one per run).
     #[arg(long)]
     topic: Option<String>,
-    /// Number of WebSocket subscriber connections (all on one topic).
-    #[arg(long, default_value_t = 1000)]
-    subscribers: usize,
+    /// Server base URL for the subscribers (default: --url).
+    #[arg(long)]
+    sub_url: Option<String>,
+    /// Number of WebSocket subscriber connections (fan-out: all on one topic;
+    /// default 1000, throughput mode: default 0).
+    #[arg(long)]
+    subscribers: Option<usize>,
     /// Connections opened concurrently.
     #[arg(long, default_value_t = 200)]
     connect_concurrency: usize,
@@ -87,12 +103,44 @@ struct Args {
     /// Free-form label copied into the JSON line.
     #[arg(long, default_value = "")]
     label: String,
+    /// Publish-throughput mode (rtgate): publishers send as fast as they can.
+    #[arg(long)]
+    throughput: bool,
+    /// Throughput mode: concurrent publishers (connections).
+    #[arg(long, default_value_t = 16)]
+    publishers: usize,
+    /// Throughput mode: publish over HTTP POST or WebSocket `publish` frames.
+    #[arg(long, value_enum, default_value = "http")]
+    via: Via,
+    /// Throughput mode, --via ws: unacknowledged publishes per connection.
+    #[arg(long, default_value_t = 32)]
+    inflight: usize,
+    /// Throughput mode: topics the publishes are spread over (TOPIC-0 .. TOPIC-{M-1} when M > 1).
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+    /// Throughput mode: stop after this many publishes in all (0 = run for --duration).
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// Shell command run right before the first publish (after connecting and settling).
+    #[arg(long)]
+    before_publish: Option<String>,
+    /// Shell command run after the last publish and the delivery drain.
+    #[arg(long)]
+    after_publish: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Via {
+    Http,
+    Ws,
 }
 
 /// Counters shared by all subscriber tasks.
 struct Shared {
     base: Instant,
     connected: AtomicU64,
+    /// Connected subscribers per topic index.
+    conn_by_topic: Vec<AtomicU64>,
     connect_failed: AtomicU64,
     closed_early: AtomicU64,
     delivered: AtomicU64,
@@ -158,6 +206,24 @@ fn server_cpu(pids: &[u32]) -> Option<f64> {
     pids.iter().map(|p| proc_cpu(&p.to_string())).sum()
 }
 
+/// CPU seconds of each pid (None where /proc could not be read).
+fn pid_cpus(pids: &[u32]) -> Vec<Option<f64>> {
+    pids.iter().map(|p| proc_cpu(&p.to_string())).collect()
+}
+
+/// {"PID": {"cpu_s": X}} for the CPU used between two pid_cpus samples.
+fn cpu_by_pid(pids: &[u32], before: &[Option<f64>], after: &[Option<f64>]) -> Value {
+    let m: serde_json::Map<String, Value> = pids
+        .iter()
+        .zip(before.iter().zip(after))
+        .map(|(p, (b, a))| {
+            let d = a.zip(*b).map(|(a, b)| a - b);
+            (p.to_string(), json!({ "cpu_s": d }))
+        })
+        .collect();
+    Value::Object(m)
+}
+
 fn server_rss(pids: &[u32]) -> Option<u64> {
     if pids.is_empty() {
         return None;
@@ -167,13 +233,14 @@ fn server_rss(pids: &[u32]) -> Option<u64> {
 
 // ---------------------------------------------------------------- subscribers
 
-/// Pull (seq, t) out of a payload object.
-fn seq_t(v: &Value) -> Option<(u64, u64)> {
-    Some((v.get("seq")?.as_u64()?, v.get("t")?.as_u64()?))
+/// Pull (seq, t, publisher) out of a payload object.
+fn seq_t(v: &Value) -> Option<(u64, u64, usize)> {
+    let p = v.get("p").and_then(Value::as_u64).unwrap_or(0) as usize;
+    Some((v.get("seq")?.as_u64()?, v.get("t")?.as_u64()?, p))
 }
 
-/// Returns Some((seq,t)) for a data message, None for anything else.
-fn decode(flavour: Flavour, text: &[u8]) -> Option<(u64, u64)> {
+/// Returns Some((seq,t,publisher)) for a data message, None for anything else.
+fn decode(flavour: Flavour, text: &[u8]) -> Option<(u64, u64, usize)> {
     let v: Value = serde_json::from_slice(text).ok()?;
     match flavour {
         Flavour::Nchan => seq_t(&v),
@@ -192,6 +259,7 @@ async fn subscriber(
     flavour: Flavour,
     addr: String,
     ws_url: String,
+    topic_idx: usize,
 ) {
     let permit = sem.acquire_owned().await;
     let cfg = WebSocketConfig::default()
@@ -218,9 +286,13 @@ async fn subscriber(
         }
     };
     sh.connected.fetch_add(1, Relaxed);
+    if let Some(c) = sh.conn_by_topic.get(topic_idx) {
+        c.fetch_add(1, Relaxed);
+    }
     drop(permit);
 
-    let mut next: u64 = 0;
+    // Next expected sequence number per publisher (each publisher numbers each topic 0, 1, ...).
+    let mut next: Vec<u64> = vec![0];
     // The process exits when the run is over; this loop ends only if the server closes.
     while let Some(msg) = ws.next().await {
         let bytes: &[u8] = match &msg {
@@ -230,7 +302,7 @@ async fn subscriber(
             Err(_) => break,
         };
         let now = sh.now_ns();
-        let Some((seq, t)) = decode(flavour, bytes) else {
+        let Some((seq, t, p)) = decode(flavour, bytes) else {
             sh.foreign.fetch_add(1, Relaxed);
             continue;
         };
@@ -239,12 +311,16 @@ async fn subscriber(
         if let Ok(mut h) = sh.lat_us.lock() {
             h.saturating_record(now.saturating_sub(t) / 1000);
         }
-        if seq == next {
-            next += 1;
-        } else if seq > next {
+        if p >= next.len() {
+            next.resize(p + 1, 0);
+        }
+        let next = &mut next[p];
+        if seq == *next {
+            *next += 1;
+        } else if seq > *next {
             sh.gap_events.fetch_add(1, Relaxed);
-            sh.gap_msgs.fetch_add(seq - next, Relaxed);
-            next = seq + 1;
+            sh.gap_msgs.fetch_add(seq - *next, Relaxed);
+            *next = seq + 1;
         } else {
             sh.dup.fetch_add(1, Relaxed);
         }
@@ -384,8 +460,8 @@ async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
     Ok(())
 }
 
-fn make_payload(seq: u64, t: u64, size: usize) -> Vec<u8> {
-    let head = format!("{{\"seq\":{seq},\"t\":{t},\"pad\":\"");
+fn make_payload(seq: u64, t: u64, p: usize, size: usize) -> Vec<u8> {
+    let head = format!("{{\"seq\":{seq},\"t\":{t},\"p\":{p},\"pad\":\"");
     let pad = size.saturating_sub(head.len() + 2);
     let mut v = Vec::with_capacity(head.len() + pad + 2);
     v.extend_from_slice(head.as_bytes());
@@ -433,7 +509,7 @@ async fn publisher(args: &Args, sh: &Shared, addr: String, topic: &str) -> PubSt
             tokio::time::sleep_until(due).await;
         }
         let t0 = sh.now_ns();
-        let body = make_payload(st.published, t0, args.payload);
+        let body = make_payload(st.published, t0, 0, args.payload);
         let res = tokio::time::timeout(Duration::from_secs(5), http.post(&path, &body)).await;
         let rtt = sh.now_ns() - t0;
         match res {
@@ -488,8 +564,85 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Runs a --before-publish / --after-publish shell command (its output goes to stderr).
+fn hook(cmd: &Option<String>) {
+    let Some(cmd) = cmd else { return };
+    match std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdout(std::process::Stdio::inherit())
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        other => eprintln!("hook {cmd:?}: {other:?}"),
+    }
+}
+
+fn new_shared(topics: usize) -> Arc<Shared> {
+    Arc::new(Shared {
+        base: Instant::now(),
+        connected: AtomicU64::new(0),
+        conn_by_topic: (0..topics.max(1)).map(|_| AtomicU64::new(0)).collect(),
+        connect_failed: AtomicU64::new(0),
+        closed_early: AtomicU64::new(0),
+        delivered: AtomicU64::new(0),
+        dup: AtomicU64::new(0),
+        gap_events: AtomicU64::new(0),
+        gap_msgs: AtomicU64::new(0),
+        foreign: AtomicU64::new(0),
+        last_delivery_ns: AtomicU64::new(0),
+        lat_us: Mutex::new(hist()),
+    })
+}
+
+/// Opens the subscribers (url i is for topic index i % urls.len()) and waits
+/// until each is connected or failed. Returns (connected, failed, seconds).
+async fn connect_subs(
+    sh: &Arc<Shared>,
+    args: &Args,
+    n: usize,
+    addr: &str,
+    urls: &[String],
+) -> (u64, u64, f64) {
+    let t_conn = Instant::now();
+    let sem = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    for i in 0..n {
+        let ti = i % urls.len().max(1);
+        tokio::spawn(subscriber(
+            sh.clone(),
+            sem.clone(),
+            args.server,
+            addr.to_string(),
+            urls[ti].clone(),
+            ti,
+        ));
+    }
+    let n = n as u64;
+    let conn_deadline = Instant::now() + Duration::from_secs(60 + n / 50);
+    loop {
+        let done = sh.connected.load(Relaxed) + sh.connect_failed.load(Relaxed);
+        if done >= n || Instant::now() > conn_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connect_s = t_conn.elapsed().as_secs_f64();
+    let connected = sh.connected.load(Relaxed);
+    let failed = sh.connect_failed.load(Relaxed);
+    if n > 0 {
+        eprintln!(
+            "{connected}/{n} connected ({failed} failed) in {connect_s:.2}s to {}{}",
+            urls[0],
+            if urls.len() > 1 { " ..." } else { "" }
+        );
+    }
+    (connected, failed, connect_s)
+}
+
 async fn run(args: Args) -> i32 {
-    let addr = match parse_url(&args.url) {
+    let addrs = parse_url(&args.url)
+        .and_then(|a| parse_url(args.sub_url.as_deref().unwrap_or(&args.url)).map(|s| (a, s)));
+    let (addr, sub_addr) = match addrs {
         Ok(a) => a,
         Err(e) => {
             eprintln!("{e}");
@@ -504,59 +657,29 @@ async fn run(args: Args) -> i32 {
         .topic
         .clone()
         .unwrap_or_else(|| format!("lg-{unix_ms}-{}", std::process::id()));
+    if args.throughput {
+        return throughput(args, addr, sub_addr, topic).await;
+    }
     let ws_url = match args.server {
-        Flavour::Rtgate => format!("ws://{addr}/v1/ws?topic={topic}"),
-        Flavour::Nchan => format!("ws://{addr}/sub/{topic}"),
+        Flavour::Rtgate => format!("ws://{sub_addr}/v1/ws?topic={topic}"),
+        Flavour::Nchan => format!("ws://{sub_addr}/sub/{topic}"),
     };
-    let sh = Arc::new(Shared {
-        base: Instant::now(),
-        connected: AtomicU64::new(0),
-        connect_failed: AtomicU64::new(0),
-        closed_early: AtomicU64::new(0),
-        delivered: AtomicU64::new(0),
-        dup: AtomicU64::new(0),
-        gap_events: AtomicU64::new(0),
-        gap_msgs: AtomicU64::new(0),
-        foreign: AtomicU64::new(0),
-        last_delivery_ns: AtomicU64::new(0),
-        lat_us: Mutex::new(hist()),
-    });
-    let n = args.subscribers as u64;
+    let sh = new_shared(1);
+    let n = args.subscribers.unwrap_or(1000) as u64;
     let rss_before = server_rss(&args.server_pid);
     let self_cpu0 = proc_cpu("self").unwrap_or(0.0);
 
-    // Connect.
-    let t_conn = Instant::now();
-    let sem = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
-    for _ in 0..args.subscribers {
-        tokio::spawn(subscriber(
-            sh.clone(),
-            sem.clone(),
-            args.server,
-            addr.clone(),
-            ws_url.clone(),
-        ));
-    }
-    let conn_deadline = Instant::now() + Duration::from_secs(60 + n / 50);
-    loop {
-        let done = sh.connected.load(Relaxed) + sh.connect_failed.load(Relaxed);
-        if done >= n || Instant::now() > conn_deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let connect_s = t_conn.elapsed().as_secs_f64();
-    let connected = sh.connected.load(Relaxed);
-    let failed = sh.connect_failed.load(Relaxed);
-    eprintln!("{connected}/{n} connected ({failed} failed) in {connect_s:.2}s to {ws_url}");
+    let (connected, failed, connect_s) =
+        connect_subs(&sh, &args, n as usize, &sub_addr, &[ws_url]).await;
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let self_cpu_conn = proc_cpu("self").unwrap_or(0.0) - self_cpu0;
-
     let mut out = json!({
         "label": args.label,
         "server": format!("{:?}", args.server).to_lowercase(),
         "mode": if args.idle { "idle" } else { "load" },
         "topic": topic,
+        "url": args.url,
+        "sub_url": args.sub_url.as_deref().unwrap_or(&args.url),
         "subscribers": n,
         "connected": connected,
         "connect_failed": failed,
@@ -613,9 +736,11 @@ async fn run(args: Args) -> i32 {
     }
 
     // Measured window: first publish .. all deliveries in (or drain timeout).
+    hook(&args.before_publish);
     let t0_ns = sh.now_ns();
     let cpu0 = proc_cpu("self").unwrap_or(0.0);
     let scpu0 = server_cpu(&args.server_pid);
+    let scpu0v = pid_cpus(&args.server_pid);
     let ps = publisher(&args, &sh, addr.clone(), &topic).await;
     let expected = connected * ps.published;
     let drain_until = Instant::now() + Duration::from_secs_f64(args.drain);
@@ -625,7 +750,9 @@ async fn run(args: Args) -> i32 {
     let t1_ns = sh.now_ns();
     let cpu1 = proc_cpu("self").unwrap_or(0.0);
     let scpu1 = server_cpu(&args.server_pid);
+    let scpu1v = pid_cpus(&args.server_pid);
     let rss_end = server_rss(&args.server_pid);
+    hook(&args.after_publish);
 
     let window_s = (t1_ns - t0_ns) as f64 / 1e9;
     let pub_s = (ps.end_ns - t0_ns) as f64 / 1e9;
@@ -694,6 +821,7 @@ async fn run(args: Args) -> i32 {
     out["server_cpu_s"] = json!(srv_cpu);
     out["server_cpu_pct"] = json!(srv_cpu.map(|c| 100.0 * c / window_s.max(1e-9)));
     out["server_cpu_s_per_m"] = json!(per_m);
+    out["server_cpu_by_pid"] = cpu_by_pid(&args.server_pid, &scpu0v, &scpu1v);
     out["server_rss_end"] = json!(rss_end);
 
     println!(
@@ -738,6 +866,416 @@ async fn run(args: Args) -> i32 {
         println!("{out}");
     }
     if connected == n && lost == 0 && dup == 0 {
+        0
+    } else {
+        1
+    }
+}
+
+// ---------------------------------------------------------------- throughput mode
+
+/// What every throughput publisher shares.
+struct Tp {
+    sh: Arc<Shared>,
+    addr: String,
+    topics: Vec<String>,
+    payload: usize,
+    inflight: usize,
+    deadline: tokio::time::Instant,
+    count: u64,
+    issued: AtomicU64,
+    errors_logged: AtomicU64,
+}
+
+impl Tp {
+    /// May one more publish be sent?
+    fn claim(&self) -> bool {
+        tokio::time::Instant::now() < self.deadline
+            && (self.count == 0 || self.issued.fetch_add(1, Relaxed) < self.count)
+    }
+
+    fn log_error(&self, what: &str) {
+        if self.errors_logged.fetch_add(1, Relaxed) < 5 {
+            eprintln!("publish error: {what}");
+        }
+    }
+}
+
+struct TpStats {
+    accepted: u64,
+    errors: u64,
+    lat_us: Histogram<u64>,
+    /// Accepted publishes per topic index.
+    per_topic: Vec<u64>,
+}
+
+impl TpStats {
+    fn new(topics: usize) -> Self {
+        TpStats {
+            accepted: 0,
+            errors: 0,
+            lat_us: hist(),
+            per_topic: vec![0; topics],
+        }
+    }
+}
+
+/// HTTP publisher: POST /v1/publish/{topic} on one keep-alive connection.
+async fn tp_http(tp: Arc<Tp>, p: usize) -> TpStats {
+    let m = tp.topics.len();
+    let paths: Vec<String> = tp
+        .topics
+        .iter()
+        .map(|t| format!("/v1/publish/{t}"))
+        .collect();
+    let mut seqs = vec![0u64; m];
+    let mut st = TpStats::new(m);
+    let mut http = HttpPost::new(tp.addr.clone());
+    let mut k = p;
+    while tp.claim() {
+        let ti = k % m;
+        k += 1;
+        let t0 = tp.sh.now_ns();
+        let body = make_payload(seqs[ti], t0, p, tp.payload);
+        seqs[ti] += 1;
+        let res = tokio::time::timeout(Duration::from_secs(5), http.post(&paths[ti], &body)).await;
+        match res {
+            Ok(Ok(200)) => {
+                st.accepted += 1;
+                st.per_topic[ti] += 1;
+                st.lat_us.saturating_record((tp.sh.now_ns() - t0) / 1000);
+            }
+            Ok(Ok(code)) => {
+                st.errors += 1;
+                tp.log_error(&format!("HTTP {code}"));
+            }
+            other => {
+                st.errors += 1;
+                tp.log_error(&format!("{other:?}"));
+                http.conn = None;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    st
+}
+
+/// WebSocket publisher: `publish` frames with up to `inflight` awaiting their ack.
+async fn tp_ws(tp: Arc<Tp>, p: usize) -> TpStats {
+    use futures_util::SinkExt;
+    let m = tp.topics.len();
+    let mut seqs = vec![0u64; m];
+    let mut st = TpStats::new(m);
+    let url = format!("ws://{}/v1/ws", tp.addr);
+    let mut k = p;
+    let mut next_ref: u64 = 0;
+    let mut done = false;
+    while !done {
+        let conn = async {
+            let tcp = TcpStream::connect(&tp.addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = tcp.set_nodelay(true);
+            tokio_tungstenite::client_async(url.as_str(), tcp)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let mut ws = match tokio::time::timeout(Duration::from_secs(10), conn).await {
+            Ok(Ok((ws, _))) => ws,
+            other => {
+                st.errors += 1;
+                tp.log_error(&format!("connect: {:?}", other.map(|r| r.map(|_| ()))));
+                if tokio::time::Instant::now() >= tp.deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // ref -> (send time, topic index)
+        let mut pending: std::collections::HashMap<u64, (u64, usize)> =
+            std::collections::HashMap::new();
+        let broken: Option<String> = 'conn: loop {
+            let mut sent = false;
+            while !done && pending.len() < tp.inflight.max(1) {
+                if !tp.claim() {
+                    done = true;
+                    break;
+                }
+                let ti = k % m;
+                k += 1;
+                let t0 = tp.sh.now_ns();
+                let body = make_payload(seqs[ti], t0, p, tp.payload);
+                seqs[ti] += 1;
+                let r = next_ref;
+                next_ref += 1;
+                let frame = format!(
+                    r#"{{"op":"publish","topic":"{}","data":{},"ref":{r}}}"#,
+                    tp.topics[ti],
+                    String::from_utf8_lossy(&body)
+                );
+                pending.insert(r, (t0, ti));
+                if let Err(e) = ws.feed(Message::text(frame)).await {
+                    break 'conn Some(e.to_string());
+                }
+                sent = true;
+            }
+            if sent {
+                if let Err(e) = ws.flush().await {
+                    break 'conn Some(e.to_string());
+                }
+            }
+            if pending.is_empty() {
+                if done {
+                    break None;
+                }
+                continue;
+            }
+            let frame = match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => t,
+                Ok(Some(Ok(Message::Close(c)))) => break Some(format!("closed: {c:?}")),
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(e))) => break Some(e.to_string()),
+                Ok(None) => break Some("connection closed".into()),
+                Err(_) => break Some("no ack within 10 s".into()),
+            };
+            let Ok(v) = serde_json::from_str::<Value>(frame.as_str()) else {
+                continue;
+            };
+            let Some(entry) = v
+                .get("ref")
+                .and_then(Value::as_u64)
+                .and_then(|r| pending.remove(&r))
+            else {
+                continue;
+            };
+            match v.get("op").and_then(Value::as_str) {
+                Some("ack") if v.get("id").is_some() => {
+                    st.accepted += 1;
+                    st.per_topic[entry.1] += 1;
+                    st.lat_us
+                        .saturating_record((tp.sh.now_ns() - entry.0) / 1000);
+                }
+                _ => {
+                    st.errors += 1;
+                    tp.log_error(frame.as_str());
+                }
+            }
+        };
+        if let Some(e) = broken {
+            // Unacknowledged publishes count as errors (they may or may not have been stored).
+            st.errors += pending.len() as u64;
+            tp.log_error(&format!("{e} ({} unacknowledged)", pending.len()));
+            done = done || tokio::time::Instant::now() >= tp.deadline;
+        } else {
+            let _ = ws.close(None).await;
+        }
+    }
+    st
+}
+
+fn per_msg_us(cpu_s: Option<f64>, msgs: u64) -> Option<f64> {
+    cpu_s.filter(|_| msgs > 0).map(|c| c * 1e6 / msgs as f64)
+}
+
+async fn throughput(args: Args, addr: String, sub_addr: String, topic: String) -> i32 {
+    if args.server != Flavour::Rtgate {
+        eprintln!("--throughput supports --server rtgate only");
+        return 2;
+    }
+    let m = args.topics.max(1);
+    let topics: Vec<String> = if m == 1 {
+        vec![topic.clone()]
+    } else {
+        (0..m).map(|i| format!("{topic}-{i}")).collect()
+    };
+    let sh = new_shared(m);
+    let n = args.subscribers.unwrap_or(0);
+    let urls: Vec<String> = topics
+        .iter()
+        .map(|t| format!("ws://{sub_addr}/v1/ws?topic={t}"))
+        .collect();
+    let (connected, failed, connect_s) = connect_subs(&sh, &args, n, &sub_addr, &urls).await;
+    if n > 0 {
+        tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+    }
+
+    hook(&args.before_publish);
+    let t0_ns = sh.now_ns();
+    let cpu0 = proc_cpu("self").unwrap_or(0.0);
+    let scpu0 = pid_cpus(&args.server_pid);
+    let tp = Arc::new(Tp {
+        sh: sh.clone(),
+        addr: addr.clone(),
+        topics: topics.clone(),
+        payload: args.payload,
+        inflight: args.inflight,
+        deadline: tokio::time::Instant::now() + Duration::from_secs_f64(args.duration),
+        count: args.count,
+        issued: AtomicU64::new(0),
+        errors_logged: AtomicU64::new(0),
+    });
+    let handles: Vec<_> = (0..args.publishers.max(1))
+        .map(|p| match args.via {
+            Via::Http => tokio::spawn(tp_http(tp.clone(), p)),
+            Via::Ws => tokio::spawn(tp_ws(tp.clone(), p)),
+        })
+        .collect();
+    let mut st = TpStats::new(m);
+    for h in handles {
+        if let Ok(s) = h.await {
+            st.accepted += s.accepted;
+            st.errors += s.errors;
+            st.lat_us.add(&s.lat_us).ok();
+            for (a, b) in st.per_topic.iter_mut().zip(&s.per_topic) {
+                *a += b;
+            }
+        }
+    }
+    let pub_end_ns = sh.now_ns();
+    let expected: u64 = st
+        .per_topic
+        .iter()
+        .zip(&sh.conn_by_topic)
+        .map(|(a, c)| a * c.load(Relaxed))
+        .sum();
+    let drain_until = Instant::now() + Duration::from_secs_f64(args.drain);
+    while sh.delivered.load(Relaxed) < expected && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let t1_ns = sh.now_ns();
+    let lg_cpu = proc_cpu("self").unwrap_or(0.0) - cpu0;
+    let scpu1 = pid_cpus(&args.server_pid);
+    let by_pid = cpu_by_pid(&args.server_pid, &scpu0, &scpu1);
+    let scpu: Vec<Option<f64>> = scpu1
+        .iter()
+        .zip(&scpu0)
+        .map(|(a, b)| a.zip(*b).map(|(a, b)| a - b))
+        .collect();
+    hook(&args.after_publish);
+
+    let pub_s = (pub_end_ns - t0_ns) as f64 / 1e9;
+    let window_s = (t1_ns - t0_ns) as f64 / 1e9;
+    let rate = st.accepted as f64 / pub_s.max(1e-9);
+    let srv_cpu: Option<f64> = if scpu.is_empty() {
+        None
+    } else {
+        scpu.iter().copied().sum()
+    };
+    let delivered = sh.delivered.load(Relaxed);
+    let dup = sh.dup.load(Relaxed);
+    let lost = expected.saturating_sub(delivered.saturating_sub(dup));
+    let q = |h: &Histogram<u64>, p: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            ms(h.value_at_quantile(p))
+        }
+    };
+    let dh = sh
+        .lat_us
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| hist());
+
+    let out = json!({
+        "label": args.label,
+        "server": "rtgate",
+        "mode": "throughput",
+        "via": format!("{:?}", args.via).to_lowercase(),
+        "url": args.url,
+        "sub_url": args.sub_url.as_deref().unwrap_or(&args.url),
+        "topic": topic,
+        "topics": m,
+        "publishers": args.publishers.max(1),
+        "inflight": if args.via == Via::Ws { Some(args.inflight) } else { None },
+        "payload_bytes": args.payload,
+        "duration_s": args.duration,
+        "count": args.count,
+        "publish_s": pub_s,
+        "window_s": window_s,
+        "accepted": st.accepted,
+        "errors": st.errors,
+        "accepted_per_s": rate,
+        "publish_lat_p50_ms": q(&st.lat_us, 0.5),
+        "publish_lat_p99_ms": q(&st.lat_us, 0.99),
+        "publish_lat_max_ms": ms(st.lat_us.max()),
+        "subscribers": n,
+        "connected": connected,
+        "connect_failed": failed,
+        "connect_s": connect_s,
+        "expected": expected,
+        "delivered": delivered,
+        "lost": lost,
+        "duplicated": dup,
+        "gap_events": sh.gap_events.load(Relaxed),
+        "closed_early": sh.closed_early.load(Relaxed),
+        "lat_p50_ms": q(&dh, 0.5),
+        "lat_p99_ms": q(&dh, 0.99),
+        "loadgen_cpu_s": lg_cpu,
+        "loadgen_cpu_pct": 100.0 * lg_cpu / window_s.max(1e-9),
+        "loadgen_cpu_us_per_msg": per_msg_us(Some(lg_cpu), st.accepted),
+        "server_cpu_s": srv_cpu,
+        "server_cpu_pct": srv_cpu.map(|c| 100.0 * c / window_s.max(1e-9)),
+        "server_cpu_us_per_msg": per_msg_us(srv_cpu, st.accepted),
+        "server_cpu_by_pid": by_pid,
+    });
+    println!(
+        "throughput via {:?}: {} publishers{} x {} B over {m} topic(s) for {pub_s:.1}s to {}",
+        args.via,
+        args.publishers.max(1),
+        if args.via == Via::Ws {
+            format!(" x inflight {}", args.inflight)
+        } else {
+            String::new()
+        },
+        args.payload,
+        args.url
+    );
+    println!(
+        "  accepted {} ({rate:.0} msg/s), errors {}, publish latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+        st.accepted,
+        st.errors,
+        q(&st.lat_us, 0.5),
+        q(&st.lat_us, 0.99),
+        ms(st.lat_us.max())
+    );
+    if n > 0 {
+        println!(
+            "  {connected}/{n} subscribers on {}: expected {expected}, delivered {delivered}, lost {lost}, duplicated {dup}; latency p50 {:.2} ms p99 {:.2} ms",
+            args.sub_url.as_deref().unwrap_or(&args.url),
+            q(&dh, 0.5),
+            q(&dh, 0.99)
+        );
+    }
+    println!(
+        "  loadgen CPU {lg_cpu:.2}s over {window_s:.1}s = {:.0}% of one core, {:.1} us per accepted message",
+        100.0 * lg_cpu / window_s.max(1e-9),
+        per_msg_us(Some(lg_cpu), st.accepted).unwrap_or(f64::NAN)
+    );
+    if let Some(c) = srv_cpu {
+        let parts: Vec<String> = args
+            .server_pid
+            .iter()
+            .zip(&scpu)
+            .map(|(p, c)| {
+                format!(
+                    "{p}: {:.1}",
+                    per_msg_us(*c, st.accepted).unwrap_or(f64::NAN)
+                )
+            })
+            .collect();
+        println!(
+            "  server CPU {c:.2}s = {:.0}% of one core, {:.1} us per accepted message ({})",
+            100.0 * c / window_s.max(1e-9),
+            per_msg_us(Some(c), st.accepted).unwrap_or(f64::NAN),
+            parts.join(", ")
+        );
+    }
+    if args.json {
+        println!("{out}");
+    }
+    if st.errors == 0 && st.accepted > 0 && lost == 0 && dup == 0 && connected == n as u64 {
         0
     } else {
         1

@@ -107,9 +107,11 @@ local function trim(stream, marker, maxlen, minid)
     end
   end
   if minid ~= '' then
-    local old = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
+    -- Forward from the oldest entry: usually nothing has expired and this
+    -- touches one node (a reverse scan would walk the whole stream).
+    local old = redis.call('XRANGE', stream, '-', '(' .. minid)
     if #old > 0 then
-      gone = old[1][1]
+      gone = old[#old][1]
       redis.call('XTRIM', stream, 'MINID', minid)
     end
   end
@@ -263,11 +265,19 @@ impl Clients {
     }
 }
 
+/// One watched topic: the last id handed to the hub (`None` until the start
+/// position is known), and the one in-flight read of that start position
+/// that concurrent first subscribers share.
+struct Watched {
+    last: Option<MessageId>,
+    start: Arc<OnceCell<()>>,
+}
+
 /// Watched topics of one key group: topic → last id handed to the hub
 /// (`None` while the watch is still reading its start position).
 #[derive(Default)]
 struct Group {
-    topics: Mutex<HashMap<Topic, Option<MessageId>>>,
+    topics: Mutex<HashMap<Topic, Watched>>,
     wake: Notify,
 }
 
@@ -538,7 +548,7 @@ impl RedisEngine {
                 .topics
                 .lock()
                 .iter()
-                .filter_map(|(t, last)| last.map(|l| (t.clone(), l)))
+                .filter_map(|(t, w)| w.last.map(|l| (t.clone(), l)))
                 .collect();
             if watched.is_empty() {
                 tokio::select! {
@@ -667,8 +677,8 @@ impl RedisEngine {
                 };
                 let fresh = {
                     let mut topics = self.inner.groups[group].topics.lock();
-                    match topics.get_mut(topic) {
-                        Some(Some(last)) if message.id > *last => {
+                    match topics.get_mut(topic).and_then(|w| w.last.as_mut()) {
+                        Some(last) if message.id > *last => {
                             *last = message.id;
                             true
                         }
@@ -682,6 +692,40 @@ impl RedisEngine {
         }
     }
 
+    /// Records where live reading of `topic` starts (the stream's current
+    /// last id: nothing written after it can be missed) and wakes the reader
+    /// so the topic joins its `XREAD` now rather than when the block ends.
+    async fn start_watch(&self, group: usize, topic: &Topic) -> Result<(), EngineError> {
+        let start = self.last_id(topic).await?.unwrap_or(MessageId::ZERO);
+        {
+            let mut topics = self.inner.groups[group].topics.lock();
+            if let Some(w) = topics.get_mut(topic) {
+                if w.last.is_none() {
+                    w.last = Some(start);
+                }
+            }
+        }
+        self.inner.groups[group].wake.notify_one();
+        let mut conn = self.conn().await?;
+        let mut wake = redis::pipe();
+        wake.cmd("XADD")
+            .arg(self.wake_key(group))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(16)
+            .arg("*")
+            .arg("w")
+            .arg(1)
+            .ignore();
+        wake.cmd("PEXPIRE")
+            .arg(self.wake_key(group))
+            .arg(3_600_000)
+            .ignore();
+        // Best effort: without it the topic joins at the end of the block.
+        let _ = self.run(wake.query_async::<()>(&mut conn)).await;
+        Ok(())
+    }
+
     /// After an outage: a watched stream whose last id is now older than
     /// what was delivered (or which is gone) lost data; its subscribers are
     /// closed so they resume from their cursors and are told of the gap.
@@ -690,7 +734,7 @@ impl RedisEngine {
             .topics
             .lock()
             .iter()
-            .filter_map(|(t, last)| last.map(|l| (t.clone(), l)))
+            .filter_map(|(t, w)| w.last.map(|l| (t.clone(), l)))
             .collect();
         for (topic, last) in watched {
             let Ok(now) = self.last_id(&topic).await else {
@@ -699,7 +743,12 @@ impl RedisEngine {
             let now = now.unwrap_or(MessageId::ZERO);
             if now < last {
                 tracing::warn!(engine = "redis", %topic, seen = %last, now = %now, "stream went backwards: data lost in redis");
-                if let Some(Some(l)) = self.inner.groups[group].topics.lock().get_mut(&topic) {
+                if let Some(l) = self.inner.groups[group]
+                    .topics
+                    .lock()
+                    .get_mut(&topic)
+                    .and_then(|w| w.last.as_mut())
+                {
                     *l = now;
                 }
                 self.inner.listener.reset(&topic);
@@ -814,40 +863,23 @@ impl Engine for RedisEngine {
 
     fn watch(&self, topic: &Topic) -> BoxFuture<'static, Result<(), EngineError>> {
         let group = self.group_of(topic);
-        let needs_start = {
+        let pending = {
             let mut topics = self.inner.groups[group].topics.lock();
-            topics.entry(topic.clone()).or_insert(None).is_none()
+            let w = topics.entry(topic.clone()).or_insert_with(|| Watched {
+                last: None,
+                start: Arc::new(OnceCell::new()),
+            });
+            w.last.is_none().then(|| Arc::clone(&w.start))
         };
         let this = self.clone();
         let topic = topic.clone();
         Box::pin(async move {
-            if !needs_start {
-                return Ok(());
-            }
-            let start = this.last_id(&topic).await?.unwrap_or(MessageId::ZERO);
-            {
-                let mut topics = this.inner.groups[group].topics.lock();
-                if let Some(slot @ None) = topics.get_mut(&topic) {
-                    *slot = Some(start);
-                }
-            }
-            // Wake the reader so the topic joins its XREAD now, not when
-            // the current block times out.
-            this.inner.groups[group].wake.notify_one();
-            if let Ok(mut conn) = this.conn().await {
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(this.wake_key(group))
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(16)
-                    .arg("*")
-                    .arg("w")
-                    .arg(1);
-                let _ = this.run(cmd.query_async::<Value>(&mut conn)).await;
-                let mut expire = redis::cmd("PEXPIRE");
-                expire.arg(this.wake_key(group)).arg(3_600_000);
-                let _ = this.run(expire.query_async::<Value>(&mut conn)).await;
-            }
+            let Some(start) = pending else { return Ok(()) };
+            // Concurrent first subscribers share one read of the start
+            // position; if it fails, the next one tries again.
+            start
+                .get_or_try_init(|| this.start_watch(group, &topic))
+                .await?;
             Ok(())
         })
     }
