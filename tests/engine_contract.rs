@@ -237,6 +237,7 @@ impl Drop for RedisGuard {
     }
 }
 
+#[allow(clippy::type_complexity)]
 fn redis_setup() -> (
     RedisGuard,
     impl Fn(usize, Arc<dyn Listener>) -> Arc<dyn Engine>,

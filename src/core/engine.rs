@@ -17,7 +17,9 @@
 //!   the replay-then-live hand-over in `core::replay` gap-free: join live,
 //!   watch, then read history; overlaps are removed by id.
 //! - **Trimming is reported, never hidden.** A read after an id some of whose
-//!   successors were trimmed returns `truncated = true`.
+//!   successors were trimmed returns `truncated = true`; so does a read after
+//!   an id the engine no longer knows at all (lost history, see
+//!   [`lost_after`]).
 //! - **Idempotency.** A publish with a key seen within the TTL returns the
 //!   first message's id and ts and appends nothing.
 
@@ -61,6 +63,23 @@ pub struct History {
     /// The oldest id still retained, or when nothing is retained, the first
     /// id that could still be delivered (the successor of the last trimmed).
     pub oldest: Option<MessageId>,
+    /// The newest id ever trimmed (a real id: a resume continues after it).
+    pub trimmed: Option<MessageId>,
+}
+
+/// Whether a read after `after` has lost messages, given whether `after` is
+/// still in the log and the newest id ever trimmed from it. Every id an
+/// engine handed out is either still in its log or at most its newest
+/// trimmed id; an `after` that is neither (a cursor from a history that was
+/// lost: Redis flushed, a restarted embedded engine) cannot be resumed
+/// without loss, and saying so is the contract.
+pub fn lost_after(after: MessageId, present: bool, trimmed: Option<MessageId>) -> bool {
+    match trimmed {
+        Some(t) if t > after => true,
+        Some(t) if t == after => false,
+        // Zero is "from the beginning": nothing before it to lose.
+        _ => after != MessageId::ZERO && !present,
+    }
 }
 
 /// Receives live messages from an engine (the hub implements it).
@@ -116,4 +135,27 @@ pub trait Engine: Send + Sync + 'static {
 
     /// True while the engine can serve (readiness).
     fn is_ready(&self) -> bool;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_after_rules() {
+        let id = |ms| MessageId::new(ms, 0);
+        // Trimmed past the resume point: lost.
+        assert!(lost_after(id(5), true, Some(id(6))));
+        assert!(lost_after(MessageId::ZERO, false, Some(id(1))));
+        // Resume exactly at the newest trimmed id: nothing after it was lost.
+        assert!(!lost_after(id(6), false, Some(id(6))));
+        // Still in the log: fine.
+        assert!(!lost_after(id(9), true, Some(id(6))));
+        assert!(!lost_after(id(9), true, None));
+        // Neither in the log nor trimmed: the history it came from is gone.
+        assert!(lost_after(id(9), false, Some(id(6))));
+        assert!(lost_after(id(9), false, None));
+        // From the beginning of an untouched log: nothing lost.
+        assert!(!lost_after(MessageId::ZERO, false, None));
+    }
 }

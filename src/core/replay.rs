@@ -31,6 +31,10 @@ pub struct Gap {
     pub after: MessageId,
     /// The first id that can still be delivered.
     pub oldest: MessageId,
+    /// Where the replay continues from (a real id: the newest trimmed one,
+    /// or `after` itself when the history is gone); the subscriber's cursor
+    /// moves here.
+    pub resume_from: MessageId,
 }
 
 /// One step of a replay.
@@ -52,9 +56,11 @@ pub struct Resume {
     done: bool,
     page: usize,
     recovered: bool,
-    /// Position at which the last gap was reported: an engine that keeps
-    /// saying `truncated` there (a lost stream) is not reported twice.
-    gap_at: Option<MessageId>,
+    /// Position and trim state at which the last gap was reported: an engine
+    /// that keeps saying `truncated` in the same state (a lost stream, where
+    /// the position cannot advance) is not reported twice; any further trim
+    /// is a new gap.
+    gap_at: Option<(MessageId, Option<MessageId>)>,
 }
 
 impl Resume {
@@ -106,17 +112,22 @@ impl Resume {
                 .engine()
                 .history(&self.topic, Some(self.pos), self.page)
                 .await?;
-            if history.truncated && self.gap_at != Some(self.pos) {
-                let oldest = history.oldest.unwrap_or(self.pos);
+            if history.truncated && self.gap_at != Some((self.pos, history.trimmed)) {
+                let after = self.pos;
+                let oldest = history
+                    .oldest
+                    .or_else(|| after.successor())
+                    .unwrap_or(after);
+                if let Some(trimmed) = history.trimmed {
+                    self.pos = self.pos.max(trimmed);
+                }
+                self.gap_at = Some((self.pos, history.trimmed));
                 let gap = Gap {
                     topic: self.topic.clone(),
-                    after: self.pos,
+                    after,
                     oldest,
+                    resume_from: self.pos,
                 };
-                if let Some(before) = oldest.predecessor() {
-                    self.pos = self.pos.max(before);
-                }
-                self.gap_at = Some(self.pos);
                 self.recovered = false;
                 // Re-read from the new position next time; report first.
                 return Ok(Some(Step::Gap(gap)));

@@ -15,7 +15,7 @@ use dashmap::DashMap;
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 
-use crate::core::engine::{Engine, EngineError, History, Listener, Published};
+use crate::core::engine::{lost_after, Engine, EngineError, History, Listener, Published};
 use crate::core::message::{now_ms, Message, MessageId, Topic};
 
 /// Retention and idempotency settings of the embedded engine.
@@ -159,15 +159,22 @@ impl Engine for MemoryEngine {
         limit: usize,
     ) -> Result<History, EngineError> {
         let Some(log) = self.log(topic) else {
-            return Ok(History::default());
+            // Never written here (or written before a restart: then a
+            // resume point past zero is lost history).
+            let truncated = after.is_some_and(|a| lost_after(a, false, None));
+            return Ok(History {
+                truncated,
+                ..History::default()
+            });
         };
         let mut log = log.lock();
         log.trim(&self.opts, now_ms());
         let (start, truncated) = match after {
-            Some(after) => (
-                log.messages.partition_point(|m| m.id <= after),
-                log.trimmed_through.is_some_and(|t| t > after),
-            ),
+            Some(after) => {
+                let start = log.messages.partition_point(|m| m.id <= after);
+                let present = start > 0 && log.messages[start - 1].id == after;
+                (start, lost_after(after, present, log.trimmed_through))
+            }
             None => (log.messages.len().saturating_sub(limit), false),
         };
         let messages = log.messages.range(start..).take(limit).cloned().collect();
@@ -175,6 +182,7 @@ impl Engine for MemoryEngine {
             messages,
             truncated,
             oldest: log.oldest(),
+            trimmed: log.trimmed_through,
         })
     }
 

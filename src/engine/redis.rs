@@ -65,7 +65,7 @@ use redis::{Cmd, RedisFuture, Script, Value};
 use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
-use crate::core::engine::{Engine, EngineError, History, Listener, Published};
+use crate::core::engine::{lost_after, Engine, EngineError, History, Listener, Published};
 use crate::core::message::{now_ms, Message, MessageId, Topic};
 use crate::shutdown::Shutdown;
 
@@ -133,9 +133,10 @@ if ARGV[5] ~= '' then redis.call('SET', KEYS[3], v, 'EX', ARGV[5]) end
 return {v, 0}
 ";
 
-/// KEYS: stream, trim marker. ARGV: mode (after | newest | info), after
+/// KEYS: stream, trim marker. ARGV: mode (after | newest | info | check), after
 /// id, count, minid. Returns {0} without a stream, else
-/// {1, last-generated-id, trimmed-through, first-entry-id, entries}.
+/// {1, last-generated-id, trimmed-through, first-entry-id, entries,
+/// whether the `after` id itself is still in the stream}.
 const HISTORY: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 trim(KEYS[1], KEYS[2], '', ARGV[4])
@@ -150,14 +151,27 @@ for i = 1, #info, 2 do
   end
 end
 local trimmed = redis.call('GET', KEYS[2]) or ''
+local present = 0
+if (ARGV[1] == 'after' or ARGV[1] == 'check') and #redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2]) > 0 then
+  present = 1
+end
 local entries = {}
 if ARGV[1] == 'newest' then
   entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[3])
 elseif ARGV[1] == 'after' then
   entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[2], '+', 'COUNT', ARGV[3])
 end
-return {1, last, trimmed, first, entries}
+return {1, last, trimmed, first, entries, present}
 ";
+
+/// What the history script read about a stream.
+struct StreamRead {
+    last: Option<MessageId>,
+    trimmed: Option<MessageId>,
+    first: Option<MessageId>,
+    entries: Vec<Value>,
+    present: bool,
+}
 
 /// One connection of any of the supported kinds.
 #[derive(Clone)]
@@ -496,15 +510,7 @@ impl RedisEngine {
         mode: &str,
         after: MessageId,
         count: usize,
-    ) -> Result<
-        Option<(
-            Option<MessageId>,
-            Option<MessageId>,
-            Option<MessageId>,
-            Vec<Value>,
-        )>,
-        EngineError,
-    > {
+    ) -> Result<Option<StreamRead>, EngineError> {
         let mut conn = self.conn().await?;
         let min_id = self.min_id();
         let mut inv = self.inner.history.key(self.stream_key(topic));
@@ -527,7 +533,14 @@ impl RedisEngine {
             Some(Value::Array(e)) => e.clone(),
             _ => Vec::new(),
         };
-        Ok(Some((last, trimmed, first, entries)))
+        let present = parts.get(5).and_then(as_int) == Some(1);
+        Ok(Some(StreamRead {
+            last,
+            trimmed,
+            first,
+            entries,
+            present,
+        }))
     }
 
     /// `XTRIM MINID` argument for age retention.
@@ -542,6 +555,7 @@ impl RedisEngine {
         let mut wake_last = MessageId::ZERO;
         let mut backoff = Duration::from_millis(100);
         let mut failing = false;
+        let mut check_pending = false;
         let wake_key = self.wake_key(group);
         loop {
             let watched: Vec<(Topic, MessageId)> = self.inner.groups[group]
@@ -556,7 +570,18 @@ impl RedisEngine {
                     _ = self.inner.groups[group].wake.notified() => continue,
                 }
             }
-            let reconnected = conn.is_none();
+            if check_pending {
+                // Back after an outage: streams may have lost data meanwhile.
+                match self.check_resets(group).await {
+                    Ok(()) => check_pending = false,
+                    Err(_) => {
+                        if sleep_backoff(&token, &mut backoff).await {
+                            return;
+                        }
+                    }
+                }
+                continue;
+            }
             let c = match conn.as_mut() {
                 Some(c) => c,
                 None => match tokio::select! {
@@ -569,6 +594,7 @@ impl RedisEngine {
                             tracing::warn!(engine = "redis", group, error = %e, "reader cannot connect; retrying");
                             failing = true;
                         }
+                        check_pending = true;
                         crate::metrics::engine_error();
                         if sleep_backoff(&token, &mut backoff).await {
                             return;
@@ -577,10 +603,6 @@ impl RedisEngine {
                     }
                 },
             };
-            if reconnected && failing {
-                // Back after an outage: a stream that went backwards lost data.
-                self.check_resets(group).await;
-            }
             let mut cmd = redis::cmd("XREAD");
             cmd.arg("COUNT")
                 .arg(1000)
@@ -619,6 +641,7 @@ impl RedisEngine {
                         tracing::warn!(engine = "redis", group, error = %e, "reader failed; reconnecting");
                         failing = true;
                     }
+                    check_pending = true;
                     crate::metrics::engine_error();
                     conn = None;
                     if sleep_backoff(&token, &mut backoff).await {
@@ -726,34 +749,35 @@ impl RedisEngine {
         Ok(())
     }
 
-    /// After an outage: a watched stream whose last id is now older than
-    /// what was delivered (or which is gone) lost data; its subscribers are
-    /// closed so they resume from their cursors and are told of the gap.
-    async fn check_resets(&self, group: usize) {
+    /// After an outage: a watched stream that no longer holds what was
+    /// delivered from it (flushed, restarted without persistence, deleted)
+    /// lost data; its subscribers are closed so they resume from their
+    /// cursors and are told of the gap. Errors leave the check to be retried.
+    async fn check_resets(&self, group: usize) -> Result<(), EngineError> {
         let watched: Vec<(Topic, MessageId)> = self.inner.groups[group]
             .topics
             .lock()
             .iter()
             .filter_map(|(t, w)| w.last.map(|l| (t.clone(), l)))
             .collect();
-        for (topic, last) in watched {
-            let Ok(now) = self.last_id(&topic).await else {
-                return;
+        for (topic, seen) in watched {
+            let read = self.read(&topic, "check", seen, 0).await?;
+            let (lost, now) = match &read {
+                None => (lost_after(seen, false, None), MessageId::ZERO),
+                Some(r) => (
+                    lost_after(seen, r.present, r.trimmed),
+                    r.last.unwrap_or_default(),
+                ),
             };
-            let now = now.unwrap_or(MessageId::ZERO);
-            if now < last {
-                tracing::warn!(engine = "redis", %topic, seen = %last, now = %now, "stream went backwards: data lost in redis");
-                if let Some(l) = self.inner.groups[group]
-                    .topics
-                    .lock()
-                    .get_mut(&topic)
-                    .and_then(|w| w.last.as_mut())
-                {
-                    *l = now;
+            if lost {
+                tracing::warn!(engine = "redis", %topic, %seen, %now, "stream lost data in redis; closing its subscribers");
+                if let Some(w) = self.inner.groups[group].topics.lock().get_mut(&topic) {
+                    w.last = Some(now);
                 }
                 self.inner.listener.reset(&topic);
             }
         }
+        Ok(())
     }
 }
 
@@ -823,17 +847,16 @@ impl Engine for RedisEngine {
     ) -> Result<History, EngineError> {
         let mode = if after.is_some() { "after" } else { "newest" };
         let after_id = after.unwrap_or_default();
-        let Some((last, trimmed, first, entries)) = self.read(topic, mode, after_id, limit).await?
-        else {
-            // No stream: never written, or lost. A position past zero means
-            // it existed: say so.
+        let Some(read) = self.read(topic, mode, after_id, limit).await? else {
+            // No stream: never written, or lost with its data.
+            let truncated = after.is_some_and(|a| lost_after(a, false, None));
             return Ok(History {
-                messages: vec![],
-                truncated: after.is_some_and(|a| a > MessageId::ZERO),
-                oldest: None,
+                truncated,
+                ..History::default()
             });
         };
-        let mut messages: Vec<Arc<Message>> = entries
+        let mut messages: Vec<Arc<Message>> = read
+            .entries
             .iter()
             .filter_map(|e| parse_entry(topic, e))
             .map(Arc::new)
@@ -841,16 +864,15 @@ impl Engine for RedisEngine {
         if after.is_none() {
             messages.reverse();
         }
-        let last = last.unwrap_or_default();
-        let truncated = match after {
-            Some(a) => trimmed.is_some_and(|d| d > a) || last < a,
-            None => false,
-        };
-        let oldest = first.or_else(|| trimmed.max(Some(last)).and_then(MessageId::successor));
+        let truncated = after.is_some_and(|a| lost_after(a, read.present, read.trimmed));
+        let oldest = read
+            .first
+            .or_else(|| read.trimmed.max(read.last).and_then(MessageId::successor));
         Ok(History {
             messages,
             truncated,
             oldest,
+            trimmed: read.trimmed,
         })
     }
 
@@ -858,7 +880,7 @@ impl Engine for RedisEngine {
         Ok(self
             .read(topic, "info", MessageId::ZERO, 0)
             .await?
-            .and_then(|(last, ..)| last))
+            .and_then(|r| r.last))
     }
 
     fn watch(&self, topic: &Topic) -> BoxFuture<'static, Result<(), EngineError>> {

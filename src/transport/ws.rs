@@ -332,8 +332,7 @@ impl Conn {
         match step {
             Step::Gap(gap) => {
                 if let Some(pos) = self.cursor.get(&gap.topic) {
-                    self.cursor
-                        .set(&gap.topic, pos.max(gap.oldest.predecessor().unwrap_or(pos)));
+                    self.cursor.set(&gap.topic, pos.max(gap.resume_from));
                 }
                 send(socket, frame::gap(&gap)).await
             }
