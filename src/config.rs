@@ -51,6 +51,12 @@ pub struct Config {
     pub heartbeat: HeartbeatConfig,
     /// WebSocket library buffers.
     pub websocket: WebSocketConfig,
+    /// Server-Sent Events.
+    pub sse: SseConfig,
+    /// HTTP long polling.
+    pub poll: PollConfig,
+    /// Plain HTTP endpoints (CORS).
+    pub http: HttpConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
     /// Logging.
@@ -176,6 +182,61 @@ pub struct WebSocketConfig {
     pub max_write_buffer_size: usize,
 }
 
+/// `[sse]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SseConfig {
+    /// The `retry:` hint: how long a browser waits before reconnecting.
+    #[serde(with = "humantime_serde")]
+    pub retry: Duration,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig {
+            retry: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `[poll]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PollConfig {
+    /// How long a poll is held when the client gives no `timeout`.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    /// The longest `timeout` a client may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_timeout: Duration,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        PollConfig {
+            default_timeout: Duration::from_secs(25),
+            max_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Origins allowed by CORS on the HTTP, SSE and poll endpoints; `["*"]`
+    /// allows any origin.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            cors_origins: vec!["*".into()],
+        }
+    }
+}
+
 /// `[shutdown]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -217,6 +278,9 @@ impl Default for Config {
             idempotency: IdempotencyConfig::default(),
             heartbeat: HeartbeatConfig::default(),
             websocket: WebSocketConfig::default(),
+            sse: SseConfig::default(),
+            poll: PollConfig::default(),
+            http: HttpConfig::default(),
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
         }
@@ -405,6 +469,20 @@ impl Config {
                 .any(|u| redis::parse_redis_url(u).is_none())
             {
                 return bad("redis.cluster_urls", "not a list of redis:// URLs");
+            }
+        }
+        if self.sse.retry.is_zero() {
+            return bad("sse.retry", "must be more than 0s");
+        }
+        if self.poll.max_timeout.is_zero() || self.poll.default_timeout > self.poll.max_timeout {
+            return bad(
+                "poll.default_timeout",
+                "must be at most poll.max_timeout, which must be more than 0s",
+            );
+        }
+        for origin in &self.http.cors_origins {
+            if origin != "*" && axum::http::HeaderValue::from_str(origin).is_err() {
+                return bad("http.cors_origins", "an origin is not a valid header value");
             }
         }
         if self.idempotency.ttl.is_zero() {

@@ -14,15 +14,32 @@ pub enum Transport {
     Http,
     /// WebSocket.
     Ws,
+    /// Server-Sent Events.
+    Sse,
+    /// HTTP long polling.
+    Poll,
 }
 
 impl Transport {
+    const ALL: [Transport; 4] = [
+        Transport::Http,
+        Transport::Ws,
+        Transport::Sse,
+        Transport::Poll,
+    ];
+
     /// Label value.
     pub fn label(self) -> &'static str {
         match self {
             Transport::Http => "http",
             Transport::Ws => "ws",
+            Transport::Sse => "sse",
+            Transport::Poll => "poll",
         }
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -50,44 +67,55 @@ pub fn render() -> String {
         .unwrap_or_default()
 }
 
+/// Handles per transport, indexed by `Transport::index`.
+struct PerTransport {
+    connections: Gauge,
+    connections_total: Counter,
+    published: Counter,
+    delivered: Counter,
+    slow: Counter,
+}
+
 struct Handles {
-    ws_connections: Gauge,
-    ws_connections_total: Counter,
-    published_http: Counter,
-    published_ws: Counter,
-    delivered_ws: Counter,
-    slow_ws: Counter,
+    transports: Vec<PerTransport>,
     engine_errors: Counter,
 }
 
 fn handles() -> &'static Handles {
     static H: OnceLock<Handles> = OnceLock::new();
     H.get_or_init(|| Handles {
-        ws_connections: gauge!("rtgate_connections", "transport" => "ws"),
-        ws_connections_total: counter!("rtgate_connections_total", "transport" => "ws"),
-        published_http: counter!("rtgate_messages_published_total", "transport" => "http"),
-        published_ws: counter!("rtgate_messages_published_total", "transport" => "ws"),
-        delivered_ws: counter!("rtgate_messages_delivered_total", "transport" => "ws"),
-        slow_ws: counter!("rtgate_slow_consumer_disconnects_total", "transport" => "ws"),
+        transports: Transport::ALL
+            .iter()
+            .map(|t| {
+                let l = t.label();
+                PerTransport {
+                    connections: gauge!("rtgate_connections", "transport" => l),
+                    connections_total: counter!("rtgate_connections_total", "transport" => l),
+                    published: counter!("rtgate_messages_published_total", "transport" => l),
+                    delivered: counter!("rtgate_messages_delivered_total", "transport" => l),
+                    slow: counter!("rtgate_slow_consumer_disconnects_total", "transport" => l),
+                }
+            })
+            .collect(),
         engine_errors: counter!("rtgate_engine_errors_total"),
     })
 }
 
-/// A connection opened.
-pub fn connection_opened(t: Transport) {
-    if t == Transport::Ws {
-        handles().ws_connections.increment(1.0);
-        handles().ws_connections_total.increment(1);
-    }
+fn of(t: Transport) -> &'static PerTransport {
+    &handles().transports[t.index()]
 }
 
-/// A connection closed for `reason`.
+/// A long-lived connection (WebSocket, SSE stream) opened.
+pub fn connection_opened(t: Transport) {
+    of(t).connections.increment(1.0);
+    of(t).connections_total.increment(1);
+}
+
+/// A long-lived connection closed for `reason`.
 pub fn connection_closed(t: Transport, reason: &'static str) {
-    if t == Transport::Ws {
-        handles().ws_connections.decrement(1.0);
-        if reason == "slow_consumer" {
-            handles().slow_ws.increment(1);
-        }
+    of(t).connections.decrement(1.0);
+    if reason == "slow_consumer" {
+        of(t).slow.increment(1);
     }
     counter!("rtgate_connection_closes_total", "transport" => t.label(), "reason" => reason)
         .increment(1);
@@ -95,15 +123,17 @@ pub fn connection_closed(t: Transport, reason: &'static str) {
 
 /// A message was accepted from `t`.
 pub fn published(t: Transport) {
-    match t {
-        Transport::Http => handles().published_http.increment(1),
-        Transport::Ws => handles().published_ws.increment(1),
-    }
+    of(t).published.increment(1);
+}
+
+/// `n` messages were written to clients of `t`.
+pub fn delivered(t: Transport, n: u64) {
+    of(t).delivered.increment(n);
 }
 
 /// `n` messages were written to WebSocket clients.
 pub fn delivered_ws(n: u64) {
-    handles().delivered_ws.increment(n);
+    delivered(Transport::Ws, n);
 }
 
 /// An engine operation failed.

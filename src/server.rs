@@ -3,22 +3,25 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
-use axum::http::{header, Method};
+use axum::http::{header, HeaderValue, Method};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::serve::IncomingStream;
 use axum::Router;
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::config::Config;
+use crate::core::subscriber::Kill;
 use crate::core::Bus;
 use crate::error::{ApiError, Code};
 use crate::shutdown::Shutdown;
@@ -36,15 +39,7 @@ pub struct AppState {
 
 /// The router of every endpoint, used by `run` and by tests.
 pub fn app(state: AppState) -> Router {
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            header::AUTHORIZATION,
-            header::HeaderName::from_static("idempotency-key"),
-            header::HeaderName::from_static("last-event-id"),
-        ]);
+    let cors = cors(&state.config.http.cors_origins);
     Router::new()
         .merge(crate::transport::routes())
         .route("/healthz", get(crate::ops::healthz))
@@ -60,14 +55,62 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The peer address of a connection (axum `ConnectInfo`).
-#[derive(Clone, Copy, Debug)]
-pub struct Peer(pub SocketAddr);
+/// CORS for the configured origins (`*` = any).
+fn cors(origins: &[String]) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::HeaderName::from_static("idempotency-key"),
+            header::HeaderName::from_static("last-event-id"),
+        ]);
+    if origins.iter().any(|o| o == "*") {
+        layer.allow_origin(Any)
+    } else {
+        let list: Vec<HeaderValue> = origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        layer.allow_origin(AllowOrigin::list(list))
+    }
+}
+
+/// What a handler knows of its connection (axum `ConnectInfo`): the peer
+/// address and the connection's kill switch.
+#[derive(Clone, Debug)]
+pub struct Peer(pub SocketAddr, pub Arc<ConnControl>);
 
 impl Connected<IncomingStream<'_, Limited>> for Peer {
     fn connect_info(stream: IncomingStream<'_, Limited>) -> Self {
-        Peer(*stream.remote_addr())
+        Peer(*stream.remote_addr(), Arc::clone(&stream.io().control))
     }
+}
+
+/// Per-connection kill switch: once killed, the connection's reads and
+/// writes fail, which makes hyper drop it even while a response body waits
+/// on a client that stopped reading. (On HTTP/2 this ends every stream of
+/// the connection.)
+#[derive(Debug, Default)]
+pub struct ConnControl {
+    killed: AtomicBool,
+    read: AtomicWaker,
+    write: AtomicWaker,
+}
+
+impl Kill for ConnControl {
+    fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.read.wake();
+        self.write.wake();
+    }
+}
+
+fn aborted() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "connection closed by the server",
+    )
 }
 
 /// A TCP listener that holds at most `limits.max_connections` connections
@@ -105,6 +148,7 @@ impl axum::serve::Listener for Limited {
                     return (
                         LimitedIo {
                             stream,
+                            control: Arc::default(),
                             _permit: permit,
                         },
                         addr,
@@ -130,6 +174,7 @@ impl axum::serve::Listener for Limited {
 /// A TCP stream holding one connection permit until dropped.
 pub struct LimitedIo {
     stream: TcpStream,
+    control: Arc<ConnControl>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -139,7 +184,12 @@ impl AsyncRead for LimitedIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        if this.control.killed.load(Ordering::Acquire) {
+            return Poll::Ready(Err(aborted()));
+        }
+        this.control.read.register(cx.waker());
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 
@@ -149,7 +199,12 @@ impl AsyncWrite for LimitedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.control.killed.load(Ordering::Acquire) {
+            return Poll::Ready(Err(aborted()));
+        }
+        this.control.write.register(cx.waker());
+        Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -157,7 +212,12 @@ impl AsyncWrite for LimitedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if this.control.killed.load(Ordering::Acquire) {
+            return Poll::Ready(Err(aborted()));
+        }
+        this.control.write.register(cx.waker());
+        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

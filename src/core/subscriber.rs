@@ -25,10 +25,27 @@ use super::message::{Message, Topic};
 ///
 /// Waiting is an atomic load plus an [`AtomicWaker`] registration: the
 /// owning task polls it on every wake-up, so it must not take a lock.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Session {
     reason: AtomicU8,
     waker: AtomicWaker,
+    kill: std::sync::OnceLock<Arc<dyn Kill>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("reason", &self.closed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Aborts a connection whose owner cannot be woken by the session flag,
+/// e.g. a streamed HTTP body that the server stopped polling because the
+/// client stopped reading.
+pub trait Kill: Send + Sync {
+    /// Abort the connection now (its I/O starts failing).
+    fn kill(&self);
 }
 
 impl Session {
@@ -41,7 +58,19 @@ impl Session {
             .is_ok()
         {
             self.waker.wake();
+            // A slow consumer may be blocked in a write nobody polls; a
+            // shutdown instead lets the owner end the stream cleanly.
+            if reason != Close::Shutdown {
+                if let Some(kill) = self.kill.get() {
+                    kill.kill();
+                }
+            }
         }
+    }
+
+    /// Installs the connection's kill switch (once).
+    pub fn set_kill(&self, kill: Arc<dyn Kill>) {
+        let _ = self.kill.set(kill);
     }
 
     /// The reason given to [`Session::close`], if any.

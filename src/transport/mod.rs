@@ -3,6 +3,8 @@
 
 pub mod frame;
 pub mod http;
+pub mod poll;
+pub mod sse;
 pub mod ws;
 
 use axum::routing::{get, post};
@@ -16,4 +18,6 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/publish/{topic}", post(http::publish))
         .route("/v1/history/{topic}", get(http::history))
         .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/sse", get(sse::stream))
+        .route("/v1/poll", get(poll::poll))
 }

@@ -56,7 +56,7 @@ struct Connect {
 /// `GET /v1/ws`: joins the query's topics, then upgrades.
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(Peer(peer, _)): ConnectInfo<Peer>,
     RawQuery(query): RawQuery,
     ws: WebSocketUpgrade,
 ) -> Response {

@@ -1,0 +1,210 @@
+//! HTTP long polling (contract §6): `GET /v1/poll?topic=A&topic=B&cursor=C&timeout=S&limit=N`.
+//!
+//! A poll is a replay with a deadline: read history after the cursor's
+//! positions (up to `limit`); if there is something, answer at once;
+//! otherwise join the topics live, read once more (closing the race with a
+//! publish in between) and wait for the first outbox message, the timeout
+//! or shutdown, then read again. The answer's cursor names every topic, so a
+//! client that always passes the last cursor back receives every message
+//! exactly once. A held poll is just this handler's future waiting on its
+//! outbox: no task, timer wheel entry aside, and no Redis connection of its
+//! own (the process's shared readers feed the hub).
+
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::sse::parse_subscription;
+use crate::core::{Cursor, MessageId, Topic};
+use crate::error::{ApiError, Code};
+use crate::metrics::{self, Transport};
+use crate::server::AppState;
+
+/// Messages per answer when the client gives no `limit` (contract §6).
+const DEFAULT_LIMIT: usize = 100;
+/// Largest `limit` honoured.
+const MAX_LIMIT: usize = 1000;
+
+/// `GET /v1/poll`.
+pub(crate) async fn poll(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let request = parse_subscription(
+        query.as_deref(),
+        None,
+        &["cursor"],
+        state.config.limits.max_topics_per_connection,
+    )?;
+    let (timeout, limit) = parse_limits(query.as_deref(), &state)?;
+    let deadline = Instant::now() + timeout;
+    let engine = &state.bus.engine;
+
+    // Positions: from the cursor, or "now" for topics it does not name.
+    let mut cursor = Cursor::new();
+    for topic in &request.topics {
+        let pos = match request.cursor.as_ref().and_then(|c| c.get(topic)) {
+            Some(pos) => pos,
+            None => engine.last_id(topic).await?.unwrap_or(MessageId::ZERO),
+        };
+        cursor.set(topic, pos);
+    }
+    if !cursor.fits() {
+        return Err(ApiError::new(
+            Code::BadRequest,
+            "too many topics for one cursor",
+        ));
+    }
+
+    let mut sub = None;
+    loop {
+        let batch = collect(&state, &request.topics, &mut cursor, limit).await?;
+        if !batch.is_empty() || Instant::now() >= deadline || state.shutdown.is_shutting_down() {
+            return Ok(answer(batch, &cursor));
+        }
+        let sub = match sub.as_mut() {
+            Some(sub) => sub,
+            None => {
+                // Join live, then read once more before waiting.
+                let mut s = state.bus.subscriber();
+                for topic in &request.topics {
+                    s.join(topic).await?;
+                }
+                let registered = state.shutdown.sessions().register(s.session());
+                sub = Some((s, registered));
+                continue;
+            }
+        };
+        let session = std::sync::Arc::clone(sub.0.session());
+        tokio::select! {
+            biased;
+            _ = session.wait_closed() => return Ok(answer(Batch::default(), &cursor)),
+            _ = tokio::time::sleep_until(deadline) => return Ok(answer(Batch::default(), &cursor)),
+            got = sub.0.outbox.recv() => {
+                if got.is_none() {
+                    return Ok(answer(Batch::default(), &cursor));
+                }
+                // Whatever is queued is also in history; drop it and read there.
+                while sub.0.outbox.try_recv().is_ok() {}
+            }
+        }
+    }
+}
+
+fn parse_limits(query: Option<&str>, state: &AppState) -> Result<(Duration, usize), ApiError> {
+    let mut timeout = state.config.poll.default_timeout;
+    let mut limit = DEFAULT_LIMIT;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*k {
+            "timeout" => {
+                let secs: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| {
+                        ApiError::new(Code::BadRequest, "timeout must be a number of seconds")
+                    })?;
+                timeout =
+                    Duration::from_secs_f64(secs.min(state.config.poll.max_timeout.as_secs_f64()));
+            }
+            "limit" => {
+                limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| {
+                        ApiError::new(Code::BadRequest, "limit must be a positive integer")
+                    })?
+                    .min(MAX_LIMIT);
+            }
+            _ => {}
+        }
+    }
+    Ok((timeout, limit))
+}
+
+/// What one answer carries.
+#[derive(Default)]
+struct Batch {
+    messages: Vec<Bytes>,
+    gaps: Vec<String>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.gaps.is_empty()
+    }
+}
+
+/// Reads up to `limit` messages after the cursor's positions, topic by
+/// topic, advancing the cursor over what it takes and past reported gaps.
+async fn collect(
+    state: &AppState,
+    topics: &[Topic],
+    cursor: &mut Cursor,
+    limit: usize,
+) -> Result<Batch, ApiError> {
+    let mut batch = Batch::default();
+    for topic in topics {
+        let room = limit - batch.messages.len();
+        if room == 0 {
+            break;
+        }
+        let Some(pos) = cursor.get(topic) else {
+            continue;
+        };
+        let history = state.bus.engine.history(topic, Some(pos), room).await?;
+        let mut pos = pos;
+        if history.truncated {
+            let oldest = history.oldest.or_else(|| pos.successor()).unwrap_or(pos);
+            batch.gaps.push(format!(
+                "{{\"topic\":\"{topic}\",\"after\":\"{pos}\",\"oldest\":\"{oldest}\"}}"
+            ));
+            if let Some(trimmed) = history.trimmed {
+                pos = pos.max(trimmed);
+            }
+        }
+        for m in &history.messages {
+            if m.id > pos {
+                batch.messages.push(m.json());
+                pos = m.id;
+            }
+        }
+        cursor.set(topic, pos);
+    }
+    metrics::delivered(Transport::Poll, batch.messages.len() as u64);
+    Ok(batch)
+}
+
+fn answer(batch: Batch, cursor: &Cursor) -> Response {
+    let size = batch.messages.iter().map(Bytes::len).sum::<usize>() + 64;
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(b"{\"messages\":[");
+    for (i, m) in batch.messages.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(m);
+    }
+    out.extend_from_slice(b"],\"cursor\":\"");
+    out.extend_from_slice(cursor.encode().as_bytes());
+    out.push(b'"');
+    if !batch.gaps.is_empty() {
+        out.extend_from_slice(b",\"gaps\":[");
+        out.extend_from_slice(batch.gaps.join(",").as_bytes());
+        out.push(b']');
+    }
+    out.push(b'}');
+    let mut res = Bytes::from(out).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
