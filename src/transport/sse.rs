@@ -36,6 +36,7 @@ use crate::server::{AppState, Peer};
 const CHUNK_MESSAGES: usize = 64;
 
 /// The parsed request: topics and where each resumes.
+#[derive(Debug)]
 pub(crate) struct Subscription {
     /// Topics in request order.
     pub(crate) topics: Vec<crate::core::Topic>,
