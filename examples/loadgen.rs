@@ -8,6 +8,16 @@
 //! `--sub-url` connects the subscribers to another server than the publisher
 //! (two rtgate processes sharing one Redis).
 //!
+//! `--transport sse|poll` (rtgate only) subscribes over Server-Sent Events (one
+//! raw HTTP/1.1 connection per subscriber, events parsed here) or long polling
+//! (each subscriber polls on its own keep-alive connection, passing each
+//! answer's cursor back); the same latency and sequence checks apply. With
+//! `--idle --transport poll` every subscriber holds one poll open
+//! (`--poll-timeout`, default 60 s idle) and RSS is sampled once all are sent.
+//! `--replay N` publishes N messages to a fresh topic (`--publishers` HTTP
+//! connections), then times one SSE client resuming (`lastEventId`) from a
+//! cursor taken before the first publish (messages/s, order, loss).
+//!
 //! `--throughput` (rtgate only): `--publishers N` publish as fast as they can for
 //! `--duration` seconds (or `--count` publishes in all), over HTTP keep-alive
 //! (one request in flight per connection) or WebSocket (`publish` frames, up to
@@ -42,12 +52,19 @@ use tokio_tungstenite::tungstenite::Message;
 const CLK_TCK: f64 = 100.0;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Transport {
+    Ws,
+    Sse,
+    Poll,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Flavour {
     Rtgate,
     Nchan,
 }
 
-/// WebSocket fan-out load generator (rtgate or Nchan).
+/// Fan-out load generator (rtgate over WebSocket, SSE or long polling; Nchan over WebSocket).
 #[derive(Parser, Debug)]
 #[command(name = "loadgen", version)]
 struct Args {
@@ -127,6 +144,17 @@ struct Args {
     /// Shell command run after the last publish and the delivery drain.
     #[arg(long)]
     after_publish: Option<String>,
+    /// Subscriber transport (sse and poll: --server rtgate only).
+    #[arg(long, value_enum, default_value = "ws")]
+    transport: Transport,
+    /// --transport poll: seconds each poll may be held (default 30; 60 with --idle).
+    #[arg(long)]
+    poll_timeout: Option<f64>,
+    /// Replay-speed mode (rtgate): publish N messages to a fresh topic
+    /// (--publishers HTTP connections), then time one SSE client resuming from
+    /// before the first of them.
+    #[arg(long, default_value_t = 0)]
+    replay: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -148,6 +176,12 @@ struct Shared {
     gap_events: AtomicU64,
     gap_msgs: AtomicU64,
     foreign: AtomicU64,
+    /// Gaps the server reported (SSE `event: gap`, poll `gaps`).
+    srv_gaps: AtomicU64,
+    /// Long polls whose request was sent and whose answer has not come yet.
+    held: AtomicU64,
+    /// Failed poll requests (retried with the same cursor).
+    poll_errors: AtomicU64,
     last_delivery_ns: AtomicU64,
     lat_us: Mutex<Histogram<u64>>,
 }
@@ -291,8 +325,7 @@ async fn subscriber(
     }
     drop(permit);
 
-    // Next expected sequence number per publisher (each publisher numbers each topic 0, 1, ...).
-    let mut next: Vec<u64> = vec![0];
+    let mut seqs = SeqCheck::default();
     // The process exits when the run is over; this loop ends only if the server closes.
     while let Some(msg) = ws.next().await {
         let bytes: &[u8] = match &msg {
@@ -302,19 +335,35 @@ async fn subscriber(
             Err(_) => break,
         };
         let now = sh.now_ns();
-        let Some((seq, t, p)) = decode(flavour, bytes) else {
-            sh.foreign.fetch_add(1, Relaxed);
-            continue;
-        };
+        match decode(flavour, bytes) {
+            Some(m) => seqs.record(&sh, now, m),
+            None => {
+                sh.foreign.fetch_add(1, Relaxed);
+            }
+        }
+    }
+    sh.closed_early.fetch_add(1, Relaxed);
+}
+
+/// One subscriber's sequence check: the next expected sequence number per
+/// publisher (each publisher numbers each topic 0, 1, ...).
+#[derive(Default)]
+struct SeqCheck {
+    next: Vec<u64>,
+}
+
+impl SeqCheck {
+    /// Counts one delivery of (seq, t, publisher) received at `now`.
+    fn record(&mut self, sh: &Shared, now: u64, (seq, t, p): (u64, u64, usize)) {
         sh.delivered.fetch_add(1, Relaxed);
         sh.last_delivery_ns.fetch_max(now, Relaxed);
         if let Ok(mut h) = sh.lat_us.lock() {
             h.saturating_record(now.saturating_sub(t) / 1000);
         }
-        if p >= next.len() {
-            next.resize(p + 1, 0);
+        if p >= self.next.len() {
+            self.next.resize(p + 1, 0);
         }
-        let next = &mut next[p];
+        let next = &mut self.next[p];
         if seq == *next {
             *next += 1;
         } else if seq > *next {
@@ -325,12 +374,314 @@ async fn subscriber(
             sh.dup.fetch_add(1, Relaxed);
         }
     }
+}
+
+/// (seq, t, publisher) of a message JSON {topic,id,ts,data} (SSE data, poll messages).
+fn decode_message(v: &Value) -> Option<(u64, u64, usize)> {
+    seq_t(v.get("data")?)
+}
+
+/// Parser state of one SSE stream (fields of the event being read).
+#[derive(Default)]
+struct SseEvent {
+    data: Vec<u8>,
+    has_data: bool,
+    event: Vec<u8>,
+    last_id: Vec<u8>,
+}
+
+impl SseEvent {
+    /// Handles one line (without its end of line); calls `dispatch(event, data)`
+    /// when a blank line ends an event that has data.
+    fn line(&mut self, line: &[u8], mut dispatch: impl FnMut(&[u8], &[u8])) {
+        if line.is_empty() {
+            if self.has_data {
+                dispatch(&self.event, &self.data);
+            }
+            self.data.clear();
+            self.has_data = false;
+            self.event.clear();
+            return;
+        }
+        if line[0] == b':' {
+            return; // comment (": ping")
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        match field {
+            b"data" => {
+                if self.has_data {
+                    self.data.push(b'\n');
+                }
+                self.data.extend_from_slice(value);
+                self.has_data = true;
+            }
+            b"event" => {
+                self.event.clear();
+                self.event.extend_from_slice(value);
+            }
+            b"id" if !value.contains(&0) => {
+                self.last_id.clear();
+                self.last_id.extend_from_slice(value);
+            }
+            _ => {} // retry, unknown fields
+        }
+    }
+}
+
+/// Opens GET /v1/sse and returns the stream, bytes read past the head, and
+/// whether the body is chunked.
+async fn sse_open(
+    addr: &str,
+    topic: &str,
+    last_event_id: Option<&str>,
+) -> Result<(TcpStream, Vec<u8>, bool), String> {
+    let mut tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let resume = last_event_id
+        .map(|c| format!("&lastEventId={c}"))
+        .unwrap_or_default();
+    let req = format!(
+        "GET /v1/sse?topic={topic}{resume} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(1024);
+    let head_end = loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        read_more(&mut tcp, &mut buf).await?;
+    };
+    let head = parse_head(&buf[..head_end])?;
+    if head.status != 200 {
+        return Err(format!(
+            "HTTP {}: {}",
+            head.status,
+            String::from_utf8_lossy(&buf[head_end..])
+        ));
+    }
+    buf.drain(..head_end);
+    Ok((tcp, buf, head.chunked))
+}
+
+/// One SSE subscriber (`last_event_id`: resume from that cursor).
+async fn sse_subscriber(
+    sh: Arc<Shared>,
+    sem: Arc<Semaphore>,
+    addr: String,
+    topic: String,
+    topic_idx: usize,
+    last_event_id: Option<String>,
+) {
+    let permit = sem.acquire_owned().await;
+    let conn = sse_open(&addr, &topic, last_event_id.as_deref());
+    let (mut tcp, mut raw, chunked) =
+        match tokio::time::timeout(Duration::from_secs(15), conn).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                if sh.connect_failed.fetch_add(1, Relaxed) < 3 {
+                    eprintln!("sse connect failed: {e}");
+                }
+                return;
+            }
+            Err(_) => {
+                sh.connect_failed.fetch_add(1, Relaxed);
+                return;
+            }
+        };
+    sh.connected.fetch_add(1, Relaxed);
+    if let Some(c) = sh.conn_by_topic.get(topic_idx) {
+        c.fetch_add(1, Relaxed);
+    }
+    drop(permit);
+
+    let mut seqs = SeqCheck::default();
+    let mut dechunk = Chunked::default();
+    let mut text: Vec<u8> = Vec::new();
+    let mut ev = SseEvent::default();
+    loop {
+        let done = if chunked {
+            match dechunk.feed(&mut raw, &mut text) {
+                Ok(done) => done,
+                Err(e) => {
+                    eprintln!("sse: {e}");
+                    break;
+                }
+            }
+        } else {
+            text.append(&mut raw);
+            false
+        };
+        let now = sh.now_ns();
+        let mut pos = 0;
+        while let Some(i) = text[pos..].iter().position(|&b| b == b'\n') {
+            let mut line = &text[pos..pos + i];
+            if let [rest @ .., b'\r'] = line {
+                line = rest;
+            }
+            ev.line(line, |event, data| match event {
+                b"" | b"message" => {
+                    match serde_json::from_slice::<Value>(data)
+                        .ok()
+                        .as_ref()
+                        .and_then(decode_message)
+                    {
+                        Some(m) => seqs.record(&sh, now, m),
+                        None => {
+                            sh.foreign.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+                b"gap" => {
+                    sh.srv_gaps.fetch_add(1, Relaxed);
+                }
+                _ => {
+                    sh.foreign.fetch_add(1, Relaxed);
+                }
+            });
+            pos += i + 1;
+        }
+        text.drain(..pos);
+        if done {
+            break;
+        }
+        if raw.capacity() - raw.len() < 2048 {
+            raw.reserve(16384);
+        }
+        match tcp.read_buf(&mut raw).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
     sh.closed_early.fetch_add(1, Relaxed);
+}
+
+/// Decrements the held-polls gauge when a poll ends (or is abandoned).
+struct Held<'a>(&'a AtomicU64);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The `cursor` of a poll answer.
+fn poll_cursor(body: &[u8]) -> Result<(Value, String), String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("poll answer: {e}"))?;
+    let c = v
+        .get("cursor")
+        .and_then(Value::as_str)
+        .ok_or("poll answer without cursor")?
+        .to_string();
+    Ok((v, c))
+}
+
+/// One long-polling subscriber: a `timeout=0` poll for a cursor at "now"
+/// (then it counts as connected), then polls passing each answer's cursor back.
+async fn poll_subscriber(
+    sh: Arc<Shared>,
+    sem: Arc<Semaphore>,
+    addr: String,
+    topic: String,
+    topic_idx: usize,
+    timeout_s: f64,
+) {
+    let permit = sem.acquire_owned().await;
+    let mut http = HttpPost::new(addr);
+    let first = tokio::time::timeout(
+        Duration::from_secs(15),
+        http.get(&format!("/v1/poll?topic={topic}&timeout=0")),
+    )
+    .await;
+    let first = match first {
+        Ok(Ok((200, body))) => poll_cursor(&body).map(|(_, c)| c),
+        Ok(Ok((code, body))) => Err(format!("HTTP {code}: {}", String::from_utf8_lossy(&body))),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("timeout".into()),
+    };
+    let mut cursor = match first {
+        Ok(c) => c,
+        Err(e) => {
+            if sh.connect_failed.fetch_add(1, Relaxed) < 3 {
+                eprintln!("poll connect failed: {e}");
+            }
+            return;
+        }
+    };
+    sh.connected.fetch_add(1, Relaxed);
+    if let Some(c) = sh.conn_by_topic.get(topic_idx) {
+        c.fetch_add(1, Relaxed);
+    }
+    drop(permit);
+
+    let mut seqs = SeqCheck::default();
+    let limit = Duration::from_secs_f64(timeout_s + 15.0);
+    loop {
+        let path = format!("/v1/poll?topic={topic}&cursor={cursor}&timeout={timeout_s}");
+        let res = tokio::time::timeout(limit, async {
+            let r = async {
+                http.send("GET", &path, b"").await?;
+                sh.held.fetch_add(1, Relaxed);
+                let _held = Held(&sh.held);
+                http.response(true).await
+            }
+            .await;
+            if r.is_err() {
+                http.conn = None;
+            }
+            r
+        })
+        .await;
+        let now = sh.now_ns();
+        let answer = match res {
+            Ok(Ok((200, body))) => poll_cursor(&body),
+            Ok(Ok((code, body))) => Err(format!("HTTP {code}: {}", String::from_utf8_lossy(&body))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                http.conn = None;
+                Err("poll not answered in time".into())
+            }
+        };
+        let (v, next) = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                if sh.poll_errors.fetch_add(1, Relaxed) < 3 {
+                    eprintln!("poll failed (retrying with the same cursor): {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        for m in v
+            .get("messages")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            match decode_message(m) {
+                Some(m) => seqs.record(&sh, now, m),
+                None => {
+                    sh.foreign.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        if let Some(g) = v.get("gaps").and_then(Value::as_array) {
+            sh.srv_gaps.fetch_add(g.len() as u64, Relaxed);
+        }
+        cursor = next;
+    }
 }
 
 // ---------------------------------------------------------------- publisher
 
-/// Minimal HTTP/1.1 keep-alive POST client (one request in flight).
+/// Minimal HTTP/1.1 keep-alive client (one request in flight).
 struct HttpPost {
     addr: String,
     conn: Option<TcpStream>,
@@ -348,14 +699,33 @@ impl HttpPost {
 
     /// POSTs and returns the status code; reads and discards the body.
     async fn post(&mut self, path: &str, body: &[u8]) -> Result<u16, String> {
-        let r = self.try_post(path, body).await;
+        let r = async {
+            self.send("POST", path, body).await?;
+            self.response(false).await.map(|(status, _)| status)
+        }
+        .await;
         if r.is_err() {
             self.conn = None;
         }
         r
     }
 
-    async fn try_post(&mut self, path: &str, body: &[u8]) -> Result<u16, String> {
+    /// GETs and returns the status code and body.
+    async fn get(&mut self, path: &str) -> Result<(u16, Vec<u8>), String> {
+        let r = async {
+            self.send("GET", path, b"").await?;
+            self.response(true).await
+        }
+        .await;
+        if r.is_err() {
+            self.conn = None;
+        }
+        r
+    }
+
+    /// Writes one request (connecting first if needed). On error the caller
+    /// drops the connection (`self.conn = None`).
+    async fn send(&mut self, method: &str, path: &str, body: &[u8]) -> Result<(), String> {
         if self.conn.is_none() {
             let s = TcpStream::connect(&self.addr)
                 .await
@@ -366,83 +736,178 @@ impl HttpPost {
         }
         let s = self.conn.as_mut().ok_or("no conn")?;
         let mut req = Vec::with_capacity(200 + body.len());
-        req.extend_from_slice(
-            format!(
-                "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                self.addr,
-                body.len()
-            )
-            .as_bytes(),
-        );
-        req.extend_from_slice(body);
-        s.write_all(&req).await.map_err(|e| e.to_string())?;
+        if method == "GET" {
+            req.extend_from_slice(
+                format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.addr).as_bytes(),
+            );
+        } else {
+            req.extend_from_slice(
+                format!(
+                    "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    self.addr,
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            req.extend_from_slice(body);
+        }
+        s.write_all(&req).await.map_err(|e| e.to_string())
+    }
 
-        // Head.
+    /// Reads one response: status and (when `keep`) the body.
+    async fn response(&mut self, keep: bool) -> Result<(u16, Vec<u8>), String> {
+        let s = self.conn.as_mut().ok_or("no conn")?;
         let head_end = loop {
             if let Some(i) = find(&self.buf, b"\r\n\r\n") {
                 break i + 4;
             }
             read_more(s, &mut self.buf).await?;
         };
-        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_ascii_lowercase();
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|x| x.parse().ok())
-            .ok_or("bad status line")?;
-        let mut clen: Option<usize> = None;
-        let mut chunked = false;
-        let mut close = false;
-        for line in head.lines().skip(1) {
-            if let Some((k, v)) = line.split_once(':') {
-                let v = v.trim();
-                match k.trim() {
-                    "content-length" => clen = v.parse().ok(),
-                    "transfer-encoding" => chunked = v.contains("chunked"),
-                    "connection" => close = v.contains("close"),
-                    _ => {}
-                }
-            }
-        }
+        let head = parse_head(&self.buf[..head_end])?;
         self.buf.drain(..head_end);
+        let mut body = Vec::new();
+        let mut close = head.close;
 
-        // Body.
-        if chunked {
+        if head.chunked {
+            let mut dec = Chunked::default();
             loop {
-                let line_end = loop {
-                    if let Some(i) = find(&self.buf, b"\r\n") {
-                        break i;
-                    }
-                    read_more(s, &mut self.buf).await?;
-                };
-                let size_str = String::from_utf8_lossy(&self.buf[..line_end]).to_string();
-                let size =
-                    usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
-                        .map_err(|_| format!("bad chunk size {size_str:?}"))?;
-                let need = line_end + 2 + size + 2;
-                while self.buf.len() < need {
-                    read_more(s, &mut self.buf).await?;
+                let done = dec.feed(&mut self.buf, &mut body)?;
+                if !keep {
+                    body.clear();
                 }
-                self.buf.drain(..need); // trailers are not expected
-                if size == 0 {
+                if done {
                     break;
                 }
+                read_more(s, &mut self.buf).await?;
             }
-        } else if let Some(n) = clen {
+        } else if let Some(n) = head.content_length {
             while self.buf.len() < n {
                 read_more(s, &mut self.buf).await?;
             }
+            if keep {
+                body.extend_from_slice(&self.buf[..n]);
+            }
             self.buf.drain(..n);
-        } else if status >= 200 && status != 204 && status != 304 {
+        } else if head.status >= 200 && head.status != 204 && head.status != 304 {
             // Body delimited by close.
             while read_more(s, &mut self.buf).await.is_ok() {}
+            if keep {
+                body = std::mem::take(&mut self.buf);
+            }
             close = true;
         }
         if close {
             self.conn = None;
             self.buf.clear();
         }
-        Ok(status)
+        Ok((head.status, body))
+    }
+}
+
+/// What the loadgen needs from a response head.
+struct Head {
+    status: u16,
+    content_length: Option<usize>,
+    chunked: bool,
+    close: bool,
+}
+
+fn parse_head(raw: &[u8]) -> Result<Head, String> {
+    let head = String::from_utf8_lossy(raw).to_ascii_lowercase();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .ok_or("bad status line")?;
+    let mut h = Head {
+        status,
+        content_length: None,
+        chunked: false,
+        close: false,
+    };
+    for line in head.lines().skip(1) {
+        if let Some((k, v)) = line.split_once(':') {
+            let v = v.trim();
+            match k.trim() {
+                "content-length" => h.content_length = v.parse().ok(),
+                "transfer-encoding" => h.chunked = v.contains("chunked"),
+                "connection" => h.close = v.contains("close"),
+                _ => {}
+            }
+        }
+    }
+    Ok(h)
+}
+
+/// Incremental `Transfer-Encoding: chunked` decoder.
+#[derive(Default)]
+struct Chunked {
+    /// Bytes left in the current chunk's data.
+    remaining: usize,
+    /// 0: expecting a size line, 1: in data, 2: expecting the CRLF after data, 3: done.
+    state: u8,
+}
+
+impl Chunked {
+    /// Moves what can be decoded from `raw` (consumed) to `out`; true once
+    /// the last chunk (and its trailer section) has been read.
+    fn feed(&mut self, raw: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<bool, String> {
+        let mut pos = 0;
+        loop {
+            match self.state {
+                0 => {
+                    let Some(i) = find(&raw[pos..], b"\r\n") else {
+                        break;
+                    };
+                    let line = String::from_utf8_lossy(&raw[pos..pos + i]).to_string();
+                    let size =
+                        usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                            .map_err(|_| format!("bad chunk size {line:?}"))?;
+                    pos += i + 2;
+                    if size == 0 {
+                        self.state = 4;
+                    } else {
+                        self.remaining = size;
+                        self.state = 1;
+                    }
+                }
+                1 => {
+                    let take = self.remaining.min(raw.len() - pos);
+                    if take == 0 {
+                        break;
+                    }
+                    out.extend_from_slice(&raw[pos..pos + take]);
+                    pos += take;
+                    self.remaining -= take;
+                    if self.remaining == 0 {
+                        self.state = 2;
+                    }
+                }
+                2 => {
+                    if raw.len() - pos < 2 {
+                        break;
+                    }
+                    if &raw[pos..pos + 2] != b"\r\n" {
+                        return Err("chunk not followed by CRLF".into());
+                    }
+                    pos += 2;
+                    self.state = 0;
+                }
+                4 => {
+                    // Trailer section: header lines up to an empty line.
+                    let Some(i) = find(&raw[pos..], b"\r\n") else {
+                        break;
+                    };
+                    pos += i + 2;
+                    if i == 0 {
+                        self.state = 3;
+                    }
+                }
+                _ => break,
+            }
+        }
+        raw.drain(..pos);
+        Ok(self.state == 3)
     }
 }
 
@@ -590,32 +1055,62 @@ fn new_shared(topics: usize) -> Arc<Shared> {
         gap_events: AtomicU64::new(0),
         gap_msgs: AtomicU64::new(0),
         foreign: AtomicU64::new(0),
+        srv_gaps: AtomicU64::new(0),
+        held: AtomicU64::new(0),
+        poll_errors: AtomicU64::new(0),
         last_delivery_ns: AtomicU64::new(0),
         lat_us: Mutex::new(hist()),
     })
 }
 
-/// Opens the subscribers (url i is for topic index i % urls.len()) and waits
-/// until each is connected or failed. Returns (connected, failed, seconds).
+/// Seconds a poll subscriber's polls may be held.
+fn poll_timeout(args: &Args) -> f64 {
+    args.poll_timeout
+        .unwrap_or(if args.idle { 60.0 } else { 30.0 })
+}
+
+/// Opens the subscribers over `--transport` (subscriber i on topic i % topics.len())
+/// and waits until each is connected or failed. Returns (connected, failed, seconds).
 async fn connect_subs(
     sh: &Arc<Shared>,
     args: &Args,
     n: usize,
     addr: &str,
-    urls: &[String],
+    topics: &[String],
 ) -> (u64, u64, f64) {
     let t_conn = Instant::now();
     let sem = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let urls: Vec<String> = topics
+        .iter()
+        .map(|t| match (args.transport, args.server) {
+            (Transport::Ws, Flavour::Rtgate) => format!("ws://{addr}/v1/ws?topic={t}"),
+            (Transport::Ws, Flavour::Nchan) => format!("ws://{addr}/sub/{t}"),
+            (Transport::Sse, _) => format!("http://{addr}/v1/sse?topic={t}"),
+            (Transport::Poll, _) => format!("http://{addr}/v1/poll?topic={t}"),
+        })
+        .collect();
     for i in 0..n {
-        let ti = i % urls.len().max(1);
-        tokio::spawn(subscriber(
+        let ti = i % topics.len().max(1);
+        let (sh, sem, addr, topic) = (
             sh.clone(),
             sem.clone(),
-            args.server,
             addr.to_string(),
-            urls[ti].clone(),
-            ti,
-        ));
+            topics[ti].clone(),
+        );
+        match args.transport {
+            Transport::Ws => {
+                tokio::spawn(subscriber(sh, sem, args.server, addr, urls[ti].clone(), ti))
+            }
+            Transport::Sse => tokio::spawn(sse_subscriber(sh, sem, addr, topic, ti, None)),
+            Transport::Poll => tokio::spawn(poll_subscriber(
+                sh,
+                sem,
+                addr,
+                topic,
+                ti,
+                poll_timeout(args),
+            )),
+        };
     }
     let n = n as u64;
     let conn_deadline = Instant::now() + Duration::from_secs(60 + n / 50);
@@ -657,26 +1152,38 @@ async fn run(args: Args) -> i32 {
         .topic
         .clone()
         .unwrap_or_else(|| format!("lg-{unix_ms}-{}", std::process::id()));
+    if args.server == Flavour::Nchan && (args.transport != Transport::Ws || args.replay > 0) {
+        eprintln!("--transport sse|poll and --replay support --server rtgate only");
+        return 2;
+    }
+    if args.replay > 0 {
+        return replay(args, addr, sub_addr, topic).await;
+    }
     if args.throughput {
         return throughput(args, addr, sub_addr, topic).await;
     }
-    let ws_url = match args.server {
-        Flavour::Rtgate => format!("ws://{sub_addr}/v1/ws?topic={topic}"),
-        Flavour::Nchan => format!("ws://{sub_addr}/sub/{topic}"),
-    };
     let sh = new_shared(1);
     let n = args.subscribers.unwrap_or(1000) as u64;
     let rss_before = server_rss(&args.server_pid);
     let self_cpu0 = proc_cpu("self").unwrap_or(0.0);
 
     let (connected, failed, connect_s) =
-        connect_subs(&sh, &args, n as usize, &sub_addr, &[ws_url]).await;
+        connect_subs(&sh, &args, n as usize, &sub_addr, &[topic.clone()]).await;
+    if args.transport == Transport::Poll {
+        // A poll is held once its request is sent; wait for all of them (the
+        // settle below then lets the server take them in).
+        let until = Instant::now() + Duration::from_secs(30);
+        while sh.held.load(Relaxed) < connected && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let self_cpu_conn = proc_cpu("self").unwrap_or(0.0) - self_cpu0;
     let mut out = json!({
         "label": args.label,
         "server": format!("{:?}", args.server).to_lowercase(),
         "mode": if args.idle { "idle" } else { "load" },
+        "transport": format!("{:?}", args.transport).to_lowercase(),
         "topic": topic,
         "url": args.url,
         "sub_url": args.sub_url.as_deref().unwrap_or(&args.url),
@@ -699,6 +1206,17 @@ async fn run(args: Args) -> i32 {
         out["server_rss_after"] = json!(rss_after);
         out["server_rss_per_conn_bytes"] = json!(per_conn);
         out["loadgen_rss"] = json!(self_rss);
+        if args.transport == Transport::Poll {
+            out["held_polls"] = json!(sh.held.load(Relaxed));
+            out["poll_timeout_s"] = json!(poll_timeout(&args));
+        }
+        if args.transport == Transport::Poll {
+            println!(
+                "held polls: {} (timeout {}s)",
+                sh.held.load(Relaxed),
+                poll_timeout(&args)
+            );
+        }
         println!(
             "idle: {connected}/{n} connected ({failed} failed) in {connect_s:.2}s; loadgen CPU {self_cpu_conn:.2}s ({:.0}% of a core) while connecting, RSS {:.1} MiB",
             100.0 * self_cpu_conn / (connect_s + args.settle),
@@ -724,8 +1242,9 @@ async fn run(args: Args) -> i32 {
         let hold = hold_t0.elapsed().as_secs_f64();
         let s1 = server_cpu(&args.server_pid);
         eprintln!(
-            "held {hold:.1}s: still open {} ; loadgen CPU {:.2}s, server CPU {}",
+            "held {hold:.1}s: still open {} (polls held {}); loadgen CPU {:.2}s, server CPU {}",
             connected - sh.closed_early.load(Relaxed),
+            sh.held.load(Relaxed),
             proc_cpu("self").unwrap_or(0.0) - c0,
             match (s0, s1) {
                 (Some(a), Some(b)) => format!("{:.2}s", b - a),
@@ -808,6 +1327,8 @@ async fn run(args: Args) -> i32 {
     out["duplicated"] = json!(dup);
     out["gap_events"] = json!(sh.gap_events.load(Relaxed));
     out["foreign_frames"] = json!(sh.foreign.load(Relaxed));
+    out["server_gap_events"] = json!(sh.srv_gaps.load(Relaxed));
+    out["poll_errors"] = json!(sh.poll_errors.load(Relaxed));
     out["closed_early"] = json!(sh.closed_early.load(Relaxed));
     out["lat_p50_ms"] = json!(q(0.5));
     out["lat_p90_ms"] = json!(q(0.9));
@@ -825,8 +1346,8 @@ async fn run(args: Args) -> i32 {
     out["server_rss_end"] = json!(rss_end);
 
     println!(
-        "{:?} {} subs x {} msg/s x {} B for {:.1}s (topic {topic})",
-        args.server, connected, args.rate, args.payload, pub_s
+        "{:?} {} {:?} subs x {} msg/s x {} B for {:.1}s (topic {topic})",
+        args.server, connected, args.transport, args.rate, args.payload, pub_s
     );
     println!(
         "  published {} (errors {}, late {}), publish RTT p50 {:.2} ms p99 {:.2} ms",
@@ -837,10 +1358,12 @@ async fn run(args: Args) -> i32 {
         ms(ps.rtt_us.value_at_quantile(0.99))
     );
     println!(
-        "  deliveries expected {expected}, delivered {delivered}, lost {lost}, duplicated {dup}, gaps {}, closed early {}, foreign frames {}",
+        "  deliveries expected {expected}, delivered {delivered}, lost {lost}, duplicated {dup}, gaps {}, closed early {}, foreign frames {}, server gap events {}, poll errors {}",
         sh.gap_events.load(Relaxed),
         sh.closed_early.load(Relaxed),
-        sh.foreign.load(Relaxed)
+        sh.foreign.load(Relaxed),
+        sh.srv_gaps.load(Relaxed),
+        sh.poll_errors.load(Relaxed)
     );
     println!(
         "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2};  {:.0} deliveries/s",
@@ -1091,11 +1614,7 @@ async fn throughput(args: Args, addr: String, sub_addr: String, topic: String) -
     };
     let sh = new_shared(m);
     let n = args.subscribers.unwrap_or(0);
-    let urls: Vec<String> = topics
-        .iter()
-        .map(|t| format!("ws://{sub_addr}/v1/ws?topic={t}"))
-        .collect();
-    let (connected, failed, connect_s) = connect_subs(&sh, &args, n, &sub_addr, &urls).await;
+    let (connected, failed, connect_s) = connect_subs(&sh, &args, n, &sub_addr, &topics).await;
     if n > 0 {
         tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     }
@@ -1182,6 +1701,7 @@ async fn throughput(args: Args, addr: String, sub_addr: String, topic: String) -
         "label": args.label,
         "server": "rtgate",
         "mode": "throughput",
+        "transport": format!("{:?}", args.transport).to_lowercase(),
         "via": format!("{:?}", args.via).to_lowercase(),
         "url": args.url,
         "sub_url": args.sub_url.as_deref().unwrap_or(&args.url),
@@ -1276,6 +1796,158 @@ async fn throughput(args: Args, addr: String, sub_addr: String, topic: String) -
         println!("{out}");
     }
     if st.errors == 0 && st.accepted > 0 && lost == 0 && dup == 0 && connected == n as u64 {
+        0
+    } else {
+        1
+    }
+}
+
+// ---------------------------------------------------------------- replay mode
+
+/// Publishes `--replay N` messages to a fresh topic, then times one SSE client
+/// that resumes (`lastEventId`) from a cursor taken before the first publish.
+async fn replay(args: Args, addr: String, sub_addr: String, topic: String) -> i32 {
+    let n = args.replay;
+    let sh = new_shared(1);
+    // A cursor at "now" on the still empty topic: before the first message.
+    let mut http = HttpPost::new(addr.clone());
+    let c0 = match http.get(&format!("/v1/poll?topic={topic}&timeout=0")).await {
+        Ok((200, body)) => poll_cursor(&body).map(|(_, c)| c),
+        Ok((code, body)) => Err(format!("HTTP {code}: {}", String::from_utf8_lossy(&body))),
+        Err(e) => Err(e),
+    };
+    let c0 = match c0 {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("initial poll: {e}");
+            return 1;
+        }
+    };
+    drop(http);
+
+    let pub_t0 = sh.now_ns();
+    let tp = Arc::new(Tp {
+        sh: sh.clone(),
+        addr: addr.clone(),
+        topics: vec![topic.clone()],
+        payload: args.payload,
+        inflight: args.inflight,
+        deadline: tokio::time::Instant::now() + Duration::from_secs(3600),
+        count: n,
+        issued: AtomicU64::new(0),
+        errors_logged: AtomicU64::new(0),
+    });
+    let handles: Vec<_> = (0..args.publishers.max(1))
+        .map(|p| match args.via {
+            Via::Http => tokio::spawn(tp_http(tp.clone(), p)),
+            Via::Ws => tokio::spawn(tp_ws(tp.clone(), p)),
+        })
+        .collect();
+    let mut st = TpStats::new(1);
+    for h in handles {
+        if let Ok(s) = h.await {
+            st.accepted += s.accepted;
+            st.errors += s.errors;
+        }
+    }
+    let pub_s = (sh.now_ns() - pub_t0) as f64 / 1e9;
+    eprintln!(
+        "published {} ({} errors) in {pub_s:.2}s; replaying over SSE from {c0}",
+        st.accepted, st.errors
+    );
+    tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+
+    let cpu0 = proc_cpu("self").unwrap_or(0.0);
+    let scpu0 = server_cpu(&args.server_pid);
+    let t0 = sh.now_ns();
+    tokio::spawn(sse_subscriber(
+        sh.clone(),
+        Arc::new(Semaphore::new(1)),
+        sub_addr,
+        topic.clone(),
+        0,
+        Some(c0),
+    ));
+    // Until everything is in, the stream ends, or nothing arrives for 10 s.
+    let expected = st.accepted;
+    let mut seen = 0;
+    let mut progress = Instant::now();
+    loop {
+        let d = sh.delivered.load(Relaxed);
+        if d >= expected
+            || sh.connect_failed.load(Relaxed) > 0
+            || sh.closed_early.load(Relaxed) > 0
+            || progress.elapsed() > Duration::from_secs(10)
+        {
+            break;
+        }
+        if d != seen {
+            seen = d;
+            progress = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let lg_cpu = proc_cpu("self").unwrap_or(0.0) - cpu0;
+    let srv_cpu = server_cpu(&args.server_pid).zip(scpu0).map(|(b, a)| b - a);
+    let delivered = sh.delivered.load(Relaxed);
+    let dup = sh.dup.load(Relaxed);
+    let lost = expected.saturating_sub(delivered.saturating_sub(dup));
+    let last = sh.last_delivery_ns.load(Relaxed).max(t0);
+    let replay_s = (last - t0) as f64 / 1e9;
+    let rate = delivered as f64 / replay_s.max(1e-9);
+    let out = json!({
+        "label": args.label,
+        "server": "rtgate",
+        "mode": "replay",
+        "transport": "sse",
+        "topic": topic,
+        "url": args.url,
+        "payload_bytes": args.payload,
+        "publishers": args.publishers.max(1),
+        "replay": n,
+        "accepted": st.accepted,
+        "publish_errors": st.errors,
+        "publish_s": pub_s,
+        "publish_per_s": st.accepted as f64 / pub_s.max(1e-9),
+        "expected": expected,
+        "delivered": delivered,
+        "lost": lost,
+        "duplicated": dup,
+        "gap_events": sh.gap_events.load(Relaxed),
+        "server_gap_events": sh.srv_gaps.load(Relaxed),
+        "foreign_frames": sh.foreign.load(Relaxed),
+        "connected": sh.connected.load(Relaxed),
+        "replay_s": replay_s,
+        "replay_msgs_per_s": rate,
+        "loadgen_cpu_s": lg_cpu,
+        "server_cpu_s": srv_cpu,
+        "server_cpu_us_per_msg": per_msg_us(srv_cpu, delivered),
+    });
+    println!(
+        "replay: published {} ({} errors) in {pub_s:.2}s ({:.0} msg/s) to {topic}",
+        st.accepted,
+        st.errors,
+        st.accepted as f64 / pub_s.max(1e-9)
+    );
+    println!(
+        "  one SSE client from before the first: {delivered}/{expected} in {replay_s:.2}s = {rate:.0} msg/s; lost {lost}, duplicated {dup}, out of order/gaps {}, server gap events {}, foreign {}",
+        sh.gap_events.load(Relaxed),
+        sh.srv_gaps.load(Relaxed),
+        sh.foreign.load(Relaxed)
+    );
+    println!(
+        "  loadgen CPU {lg_cpu:.2}s; server CPU {}",
+        srv_cpu.map_or("-".into(), |c| format!("{c:.2}s"))
+    );
+    if args.json {
+        println!("{out}");
+    }
+    if st.errors == 0
+        && lost == 0
+        && dup == 0
+        && sh.gap_events.load(Relaxed) == 0
+        && sh.srv_gaps.load(Relaxed) == 0
+    {
         0
     } else {
         1

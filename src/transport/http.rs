@@ -114,16 +114,7 @@ pub(crate) async fn history(
                         .map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?,
                 )
             }
-            "limit" => {
-                limit = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| *n >= 1)
-                    .ok_or_else(|| {
-                        ApiError::new(Code::BadRequest, "limit must be a positive integer")
-                    })?
-                    .min(HISTORY_MAX)
-            }
+            "limit" => limit = super::parse_limit(&v, HISTORY_MAX)?,
             _ => {}
         }
     }

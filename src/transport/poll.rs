@@ -112,14 +112,7 @@ fn parse_limits(query: Option<&str>, state: &AppState) -> Result<(Duration, usiz
                     Duration::from_secs_f64(secs.min(state.config.poll.max_timeout.as_secs_f64()));
             }
             "limit" => {
-                limit = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| *n >= 1)
-                    .ok_or_else(|| {
-                        ApiError::new(Code::BadRequest, "limit must be a positive integer")
-                    })?
-                    .min(MAX_LIMIT);
+                limit = super::parse_limit(&v, MAX_LIMIT)?;
             }
             _ => {}
         }
