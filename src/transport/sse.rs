@@ -149,12 +149,11 @@ fn events(
     resumes: Vec<Resume>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
     async_stream::stream! {
-        let opened = Instant::now();
-        let registered = state.shutdown.sessions().register(sub.session());
+        let _registered = state.shutdown.sessions().register(sub.session());
         let session = Arc::clone(sub.session());
-        metrics::connection_opened(Transport::Sse);
-        tracing::info!(transport = "sse", %peer, "connection opened");
-        let mut sent: u64 = 0;
+        // Records the close when the stream ends *or is dropped* (hyper drops
+        // the body when the client goes away or the connection is killed).
+        let mut record = CloseRecord::open(peer, Arc::clone(&session));
         let retry = state.config.sse.retry.as_millis();
         yield Ok(Bytes::from(format!("retry: {retry}\n\n")));
         let mut reason = Close::Client;
@@ -174,7 +173,7 @@ fn events(
                         let mut out = BytesMut::new();
                         for m in &ms {
                             if write_event(&mut out, &mut cursor, m) {
-                                sent += 1;
+                                record.sent += 1;
                             }
                         }
                         metrics::delivered(Transport::Sse, ms.len() as u64);
@@ -214,7 +213,7 @@ fn events(
                             }
                         }
                         if written > 0 {
-                            sent += written;
+                            record.sent += written;
                             metrics::delivered(Transport::Sse, written);
                             yield Ok(out.freeze());
                         }
@@ -225,13 +224,46 @@ fn events(
                 }
             }
         }
-        drop(registered);
+        record.reason = reason;
+    }
+}
+
+/// One SSE connection's open/close accounting: a log line and metrics at
+/// open, and at close however the stream ends (finished, or dropped by hyper
+/// because the client left or the connection was killed as slow).
+struct CloseRecord {
+    peer: SocketAddr,
+    session: Arc<crate::core::subscriber::Session>,
+    opened: Instant,
+    sent: u64,
+    reason: Close,
+}
+
+impl CloseRecord {
+    fn open(peer: SocketAddr, session: Arc<crate::core::subscriber::Session>) -> Self {
+        metrics::connection_opened(Transport::Sse);
+        tracing::info!(transport = "sse", %peer, "connection opened");
+        CloseRecord {
+            peer,
+            session,
+            opened: Instant::now(),
+            sent: 0,
+            reason: Close::Client,
+        }
+    }
+}
+
+impl Drop for CloseRecord {
+    fn drop(&mut self) {
+        // A reason set on the session (slow consumer, shutdown) wins over
+        // "the client went away".
+        let reason = self.session.closed().unwrap_or(self.reason);
         metrics::connection_closed(Transport::Sse, reason.label());
         tracing::info!(
             transport = "sse",
-            %peer,
-            duration_ms = opened.elapsed().as_millis() as u64,
-            msgs_out = sent,
+            peer = %self.peer,
+            duration_ms = self.opened.elapsed().as_millis() as u64,
+            msgs_out = self.sent,
             reason = reason.label(),
             "connection closed"
         );
