@@ -1167,8 +1167,14 @@ async fn run(args: Args) -> i32 {
     let rss_before = server_rss(&args.server_pid);
     let self_cpu0 = proc_cpu("self").unwrap_or(0.0);
 
-    let (connected, failed, connect_s) =
-        connect_subs(&sh, &args, n as usize, &sub_addr, &[topic.clone()]).await;
+    let (connected, failed, connect_s) = connect_subs(
+        &sh,
+        &args,
+        n as usize,
+        &sub_addr,
+        std::slice::from_ref(&topic),
+    )
+    .await;
     if args.transport == Transport::Poll {
         // A poll is held once its request is sent; wait for all of them (the
         // settle below then lets the server take them in).
