@@ -38,6 +38,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Binds with a deep accept queue (4096; the kernel caps it at
+/// `net.core.somaxconn`): connection bursts of thousands of clients are
+/// normal for a gateway, and tokio's default of 1024 overflows.
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut config = Config::load(cli.config.as_deref()).context("invalid configuration")?;
@@ -63,9 +77,8 @@ fn start() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let listener =
+            bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
         let token = CancellationToken::new();
         let signal_token = token.clone();
         tokio::spawn(async move {
