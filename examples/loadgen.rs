@@ -198,18 +198,13 @@ fn hist() -> Histogram<u64> {
 
 /// (host:port, host header) from http://HOST:PORT[/...].
 fn parse_url(url: &str) -> Result<String, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("--url must start with http:// (got {url})"))?;
+    let rest =
+        url.strip_prefix("http://").ok_or_else(|| format!("--url must start with http:// (got {url})"))?;
     let hostport = rest.split('/').next().unwrap_or("");
     if hostport.is_empty() {
         return Err(format!("no host in {url}"));
     }
-    Ok(if hostport.contains(':') {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:80")
-    })
+    Ok(if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") })
 }
 
 // ---------------------------------------------------------------- /proc sampling
@@ -296,9 +291,7 @@ async fn subscriber(
     topic_idx: usize,
 ) {
     let permit = sem.acquire_owned().await;
-    let cfg = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
+    let cfg = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
     let conn = async {
         let tcp = TcpStream::connect(&addr).await.map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
@@ -443,15 +436,11 @@ async fn sse_open(
 ) -> Result<(TcpStream, Vec<u8>, bool), String> {
     let mut tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
-    let resume = last_event_id
-        .map(|c| format!("&lastEventId={c}"))
-        .unwrap_or_default();
+    let resume = last_event_id.map(|c| format!("&lastEventId={c}")).unwrap_or_default();
     let req = format!(
         "GET /v1/sse?topic={topic}{resume} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
     );
-    tcp.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+    tcp.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut buf = Vec::with_capacity(1024);
     let head_end = loop {
         if let Some(i) = find(&buf, b"\r\n\r\n") {
@@ -461,11 +450,7 @@ async fn sse_open(
     };
     let head = parse_head(&buf[..head_end])?;
     if head.status != 200 {
-        return Err(format!(
-            "HTTP {}: {}",
-            head.status,
-            String::from_utf8_lossy(&buf[head_end..])
-        ));
+        return Err(format!("HTTP {}: {}", head.status, String::from_utf8_lossy(&buf[head_end..])));
     }
     buf.drain(..head_end);
     Ok((tcp, buf, head.chunked))
@@ -482,20 +467,19 @@ async fn sse_subscriber(
 ) {
     let permit = sem.acquire_owned().await;
     let conn = sse_open(&addr, &topic, last_event_id.as_deref());
-    let (mut tcp, mut raw, chunked) =
-        match tokio::time::timeout(Duration::from_secs(15), conn).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                if sh.connect_failed.fetch_add(1, Relaxed) < 3 {
-                    eprintln!("sse connect failed: {e}");
-                }
-                return;
+    let (mut tcp, mut raw, chunked) = match tokio::time::timeout(Duration::from_secs(15), conn).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            if sh.connect_failed.fetch_add(1, Relaxed) < 3 {
+                eprintln!("sse connect failed: {e}");
             }
-            Err(_) => {
-                sh.connect_failed.fetch_add(1, Relaxed);
-                return;
-            }
-        };
+            return;
+        }
+        Err(_) => {
+            sh.connect_failed.fetch_add(1, Relaxed);
+            return;
+        }
+    };
     sh.connected.fetch_add(1, Relaxed);
     if let Some(c) = sh.conn_by_topic.get(topic_idx) {
         c.fetch_add(1, Relaxed);
@@ -528,11 +512,7 @@ async fn sse_subscriber(
             }
             ev.line(line, |event, data| match event {
                 b"" | b"message" => {
-                    match serde_json::from_slice::<Value>(data)
-                        .ok()
-                        .as_ref()
-                        .and_then(decode_message)
-                    {
+                    match serde_json::from_slice::<Value>(data).ok().as_ref().and_then(decode_message) {
                         Some(m) => seqs.record(&sh, now, m),
                         None => {
                             sh.foreign.fetch_add(1, Relaxed);
@@ -575,11 +555,7 @@ impl Drop for Held<'_> {
 /// The `cursor` of a poll answer.
 fn poll_cursor(body: &[u8]) -> Result<(Value, String), String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("poll answer: {e}"))?;
-    let c = v
-        .get("cursor")
-        .and_then(Value::as_str)
-        .ok_or("poll answer without cursor")?
-        .to_string();
+    let c = v.get("cursor").and_then(Value::as_str).ok_or("poll answer without cursor")?.to_string();
     Ok((v, c))
 }
 
@@ -595,11 +571,9 @@ async fn poll_subscriber(
 ) {
     let permit = sem.acquire_owned().await;
     let mut http = HttpPost::new(addr);
-    let first = tokio::time::timeout(
-        Duration::from_secs(15),
-        http.get(&format!("/v1/poll?topic={topic}&timeout=0")),
-    )
-    .await;
+    let first =
+        tokio::time::timeout(Duration::from_secs(15), http.get(&format!("/v1/poll?topic={topic}&timeout=0")))
+            .await;
     let first = match first {
         Ok(Ok((200, body))) => poll_cursor(&body).map(|(_, c)| c),
         Ok(Ok((code, body))) => Err(format!("HTTP {code}: {}", String::from_utf8_lossy(&body))),
@@ -659,12 +633,7 @@ async fn poll_subscriber(
                 continue;
             }
         };
-        for m in v
-            .get("messages")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for m in v.get("messages").and_then(Value::as_array).into_iter().flatten() {
             match decode_message(m) {
                 Some(m) => seqs.record(&sh, now, m),
                 None => {
@@ -690,11 +659,7 @@ struct HttpPost {
 
 impl HttpPost {
     fn new(addr: String) -> Self {
-        HttpPost {
-            addr,
-            conn: None,
-            buf: Vec::with_capacity(4096),
-        }
+        HttpPost { addr, conn: None, buf: Vec::with_capacity(4096) }
     }
 
     /// POSTs and returns the status code; reads and discards the body.
@@ -727,9 +692,7 @@ impl HttpPost {
     /// drops the connection (`self.conn = None`).
     async fn send(&mut self, method: &str, path: &str, body: &[u8]) -> Result<(), String> {
         if self.conn.is_none() {
-            let s = TcpStream::connect(&self.addr)
-                .await
-                .map_err(|e| e.to_string())?;
+            let s = TcpStream::connect(&self.addr).await.map_err(|e| e.to_string())?;
             let _ = s.set_nodelay(true);
             self.conn = Some(s);
             self.buf.clear();
@@ -737,9 +700,7 @@ impl HttpPost {
         let s = self.conn.as_mut().ok_or("no conn")?;
         let mut req = Vec::with_capacity(200 + body.len());
         if method == "GET" {
-            req.extend_from_slice(
-                format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.addr).as_bytes(),
-            );
+            req.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.addr).as_bytes());
         } else {
             req.extend_from_slice(
                 format!(
@@ -814,17 +775,8 @@ struct Head {
 
 fn parse_head(raw: &[u8]) -> Result<Head, String> {
     let head = String::from_utf8_lossy(raw).to_ascii_lowercase();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|x| x.parse().ok())
-        .ok_or("bad status line")?;
-    let mut h = Head {
-        status,
-        content_length: None,
-        chunked: false,
-        close: false,
-    };
+    let status: u16 = head.split_whitespace().nth(1).and_then(|x| x.parse().ok()).ok_or("bad status line")?;
+    let mut h = Head { status, content_length: None, chunked: false, close: false };
     for line in head.lines().skip(1) {
         if let Some((k, v)) = line.split_once(':') {
             let v = v.trim();
@@ -860,9 +812,8 @@ impl Chunked {
                         break;
                     };
                     let line = String::from_utf8_lossy(&raw[pos..pos + i]).to_string();
-                    let size =
-                        usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
-                            .map_err(|_| format!("bad chunk size {line:?}"))?;
+                    let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                        .map_err(|_| format!("bad chunk size {line:?}"))?;
                     pos += i + 2;
                     if size == 0 {
                         self.state = 4;
@@ -953,13 +904,7 @@ async fn publisher(args: &Args, sh: &Shared, addr: String, topic: &str) -> PubSt
     let start = tokio::time::Instant::now();
     let hard_stop = start + Duration::from_secs_f64(args.duration * 1.5 + 10.0);
     let mut http = HttpPost::new(addr);
-    let mut st = PubStats {
-        published: 0,
-        errors: 0,
-        late: 0,
-        rtt_us: hist(),
-        end_ns: 0,
-    };
+    let mut st = PubStats { published: 0, errors: 0, late: 0, rtt_us: hist(), end_ns: 0 };
     let mut k: u64 = 0;
     while k < total {
         let due = start + interval.mul_f64(k as f64);
@@ -1006,14 +951,9 @@ fn ms(us: u64) -> f64 {
 fn main() {
     let args = Args::parse();
     let rt = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.threads)
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
     };
     let rt = match rt {
         Ok(rt) => rt,
@@ -1032,11 +972,7 @@ fn main() {
 /// Runs a --before-publish / --after-publish shell command (its output goes to stderr).
 fn hook(cmd: &Option<String>) {
     let Some(cmd) = cmd else { return };
-    match std::process::Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdout(std::process::Stdio::inherit())
-        .status()
+    match std::process::Command::new("sh").arg("-c").arg(cmd).stdout(std::process::Stdio::inherit()).status()
     {
         Ok(s) if s.success() => {}
         other => eprintln!("hook {cmd:?}: {other:?}"),
@@ -1065,8 +1001,7 @@ fn new_shared(topics: usize) -> Arc<Shared> {
 
 /// Seconds a poll subscriber's polls may be held.
 fn poll_timeout(args: &Args) -> f64 {
-    args.poll_timeout
-        .unwrap_or(if args.idle { 60.0 } else { 30.0 })
+    args.poll_timeout.unwrap_or(if args.idle { 60.0 } else { 30.0 })
 }
 
 /// Opens the subscribers over `--transport` (subscriber i on topic i % topics.len())
@@ -1091,25 +1026,11 @@ async fn connect_subs(
         .collect();
     for i in 0..n {
         let ti = i % topics.len().max(1);
-        let (sh, sem, addr, topic) = (
-            sh.clone(),
-            sem.clone(),
-            addr.to_string(),
-            topics[ti].clone(),
-        );
+        let (sh, sem, addr, topic) = (sh.clone(), sem.clone(), addr.to_string(), topics[ti].clone());
         match args.transport {
-            Transport::Ws => {
-                tokio::spawn(subscriber(sh, sem, args.server, addr, urls[ti].clone(), ti))
-            }
+            Transport::Ws => tokio::spawn(subscriber(sh, sem, args.server, addr, urls[ti].clone(), ti)),
             Transport::Sse => tokio::spawn(sse_subscriber(sh, sem, addr, topic, ti, None)),
-            Transport::Poll => tokio::spawn(poll_subscriber(
-                sh,
-                sem,
-                addr,
-                topic,
-                ti,
-                poll_timeout(args),
-            )),
+            Transport::Poll => tokio::spawn(poll_subscriber(sh, sem, addr, topic, ti, poll_timeout(args))),
         };
     }
     let n = n as u64;
@@ -1144,14 +1065,8 @@ async fn run(args: Args) -> i32 {
             return 2;
         }
     };
-    let unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    let topic = args
-        .topic
-        .clone()
-        .unwrap_or_else(|| format!("lg-{unix_ms}-{}", std::process::id()));
+    let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let topic = args.topic.clone().unwrap_or_else(|| format!("lg-{unix_ms}-{}", std::process::id()));
     if args.server == Flavour::Nchan && (args.transport != Transport::Ws || args.replay > 0) {
         eprintln!("--transport sse|poll and --replay support --server rtgate only");
         return 2;
@@ -1167,14 +1082,8 @@ async fn run(args: Args) -> i32 {
     let rss_before = server_rss(&args.server_pid);
     let self_cpu0 = proc_cpu("self").unwrap_or(0.0);
 
-    let (connected, failed, connect_s) = connect_subs(
-        &sh,
-        &args,
-        n as usize,
-        &sub_addr,
-        std::slice::from_ref(&topic),
-    )
-    .await;
+    let (connected, failed, connect_s) =
+        connect_subs(&sh, &args, n as usize, &sub_addr, std::slice::from_ref(&topic)).await;
     if args.transport == Transport::Poll {
         // A poll is held once its request is sent; wait for all of them (the
         // settle below then lets the server take them in).
@@ -1217,11 +1126,7 @@ async fn run(args: Args) -> i32 {
             out["poll_timeout_s"] = json!(poll_timeout(&args));
         }
         if args.transport == Transport::Poll {
-            println!(
-                "held polls: {} (timeout {}s)",
-                sh.held.load(Relaxed),
-                poll_timeout(&args)
-            );
+            println!("held polls: {} (timeout {}s)", sh.held.load(Relaxed), poll_timeout(&args));
         }
         println!(
             "idle: {connected}/{n} connected ({failed} failed) in {connect_s:.2}s; loadgen CPU {self_cpu_conn:.2}s ({:.0}% of a core) while connecting, RSS {:.1} MiB",
@@ -1286,30 +1191,16 @@ async fn run(args: Args) -> i32 {
     let unique = delivered.saturating_sub(dup);
     let lost = expected.saturating_sub(unique);
     let last = sh.last_delivery_ns.load(Relaxed);
-    let deliver_s = if last > t0_ns {
-        (last - t0_ns) as f64 / 1e9
-    } else {
-        window_s
-    };
+    let deliver_s = if last > t0_ns { (last - t0_ns) as f64 / 1e9 } else { window_s };
     let rate_dps = delivered as f64 / deliver_s.max(1e-9);
     let lg_cpu = cpu1 - cpu0;
     let srv_cpu = match (scpu0, scpu1) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
-    let per_m = srv_cpu
-        .filter(|_| delivered > 0)
-        .map(|c| c * 1e6 / delivered as f64);
-    let lg_per_m = if delivered > 0 {
-        Some(lg_cpu * 1e6 / delivered as f64)
-    } else {
-        None
-    };
-    let h = sh
-        .lat_us
-        .lock()
-        .map(|h| h.clone())
-        .unwrap_or_else(|_| hist());
+    let per_m = srv_cpu.filter(|_| delivered > 0).map(|c| c * 1e6 / delivered as f64);
+    let lg_per_m = if delivered > 0 { Some(lg_cpu * 1e6 / delivered as f64) } else { None };
+    let h = sh.lat_us.lock().map(|h| h.clone()).unwrap_or_else(|_| hist());
     let q = |p: f64| {
         if h.is_empty() {
             0.0
@@ -1440,23 +1331,14 @@ struct TpStats {
 
 impl TpStats {
     fn new(topics: usize) -> Self {
-        TpStats {
-            accepted: 0,
-            errors: 0,
-            lat_us: hist(),
-            per_topic: vec![0; topics],
-        }
+        TpStats { accepted: 0, errors: 0, lat_us: hist(), per_topic: vec![0; topics] }
     }
 }
 
 /// HTTP publisher: POST /v1/publish/{topic} on one keep-alive connection.
 async fn tp_http(tp: Arc<Tp>, p: usize) -> TpStats {
     let m = tp.topics.len();
-    let paths: Vec<String> = tp
-        .topics
-        .iter()
-        .map(|t| format!("/v1/publish/{t}"))
-        .collect();
+    let paths: Vec<String> = tp.topics.iter().map(|t| format!("/v1/publish/{t}")).collect();
     let mut seqs = vec![0u64; m];
     let mut st = TpStats::new(m);
     let mut http = HttpPost::new(tp.addr.clone());
@@ -1501,13 +1383,9 @@ async fn tp_ws(tp: Arc<Tp>, p: usize) -> TpStats {
     let mut done = false;
     while !done {
         let conn = async {
-            let tcp = TcpStream::connect(&tp.addr)
-                .await
-                .map_err(|e| e.to_string())?;
+            let tcp = TcpStream::connect(&tp.addr).await.map_err(|e| e.to_string())?;
             let _ = tcp.set_nodelay(true);
-            tokio_tungstenite::client_async(url.as_str(), tcp)
-                .await
-                .map_err(|e| e.to_string())
+            tokio_tungstenite::client_async(url.as_str(), tcp).await.map_err(|e| e.to_string())
         };
         let mut ws = match tokio::time::timeout(Duration::from_secs(10), conn).await {
             Ok(Ok((ws, _))) => ws,
@@ -1522,8 +1400,7 @@ async fn tp_ws(tp: Arc<Tp>, p: usize) -> TpStats {
             }
         };
         // ref -> (send time, topic index)
-        let mut pending: std::collections::HashMap<u64, (u64, usize)> =
-            std::collections::HashMap::new();
+        let mut pending: std::collections::HashMap<u64, (u64, usize)> = std::collections::HashMap::new();
         let broken: Option<String> = 'conn: loop {
             let mut sent = false;
             while !done && pending.len() < tp.inflight.max(1) {
@@ -1571,19 +1448,14 @@ async fn tp_ws(tp: Arc<Tp>, p: usize) -> TpStats {
             let Ok(v) = serde_json::from_str::<Value>(frame.as_str()) else {
                 continue;
             };
-            let Some(entry) = v
-                .get("ref")
-                .and_then(Value::as_u64)
-                .and_then(|r| pending.remove(&r))
-            else {
+            let Some(entry) = v.get("ref").and_then(Value::as_u64).and_then(|r| pending.remove(&r)) else {
                 continue;
             };
             match v.get("op").and_then(Value::as_str) {
                 Some("ack") if v.get("id").is_some() => {
                     st.accepted += 1;
                     st.per_topic[entry.1] += 1;
-                    st.lat_us
-                        .saturating_record((tp.sh.now_ns() - entry.0) / 1000);
+                    st.lat_us.saturating_record((tp.sh.now_ns() - entry.0) / 1000);
                 }
                 _ => {
                     st.errors += 1;
@@ -1613,11 +1485,8 @@ async fn throughput(args: Args, addr: String, sub_addr: String, topic: String) -
         return 2;
     }
     let m = args.topics.max(1);
-    let topics: Vec<String> = if m == 1 {
-        vec![topic.clone()]
-    } else {
-        (0..m).map(|i| format!("{topic}-{i}")).collect()
-    };
+    let topics: Vec<String> =
+        if m == 1 { vec![topic.clone()] } else { (0..m).map(|i| format!("{topic}-{i}")).collect() };
     let sh = new_shared(m);
     let n = args.subscribers.unwrap_or(0);
     let (connected, failed, connect_s) = connect_subs(&sh, &args, n, &sub_addr, &topics).await;
@@ -1658,12 +1527,7 @@ async fn throughput(args: Args, addr: String, sub_addr: String, topic: String) -
         }
     }
     let pub_end_ns = sh.now_ns();
-    let expected: u64 = st
-        .per_topic
-        .iter()
-        .zip(&sh.conn_by_topic)
-        .map(|(a, c)| a * c.load(Relaxed))
-        .sum();
+    let expected: u64 = st.per_topic.iter().zip(&sh.conn_by_topic).map(|(a, c)| a * c.load(Relaxed)).sum();
     let drain_until = Instant::now() + Duration::from_secs_f64(args.drain);
     while sh.delivered.load(Relaxed) < expected && Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1672,21 +1536,14 @@ async fn throughput(args: Args, addr: String, sub_addr: String, topic: String) -
     let lg_cpu = proc_cpu("self").unwrap_or(0.0) - cpu0;
     let scpu1 = pid_cpus(&args.server_pid);
     let by_pid = cpu_by_pid(&args.server_pid, &scpu0, &scpu1);
-    let scpu: Vec<Option<f64>> = scpu1
-        .iter()
-        .zip(&scpu0)
-        .map(|(a, b)| a.zip(*b).map(|(a, b)| a - b))
-        .collect();
+    let scpu: Vec<Option<f64>> =
+        scpu1.iter().zip(&scpu0).map(|(a, b)| a.zip(*b).map(|(a, b)| a - b)).collect();
     hook(&args.after_publish);
 
     let pub_s = (pub_end_ns - t0_ns) as f64 / 1e9;
     let window_s = (t1_ns - t0_ns) as f64 / 1e9;
     let rate = st.accepted as f64 / pub_s.max(1e-9);
-    let srv_cpu: Option<f64> = if scpu.is_empty() {
-        None
-    } else {
-        scpu.iter().copied().sum()
-    };
+    let srv_cpu: Option<f64> = if scpu.is_empty() { None } else { scpu.iter().copied().sum() };
     let delivered = sh.delivered.load(Relaxed);
     let dup = sh.dup.load(Relaxed);
     let lost = expected.saturating_sub(delivered.saturating_sub(dup));
@@ -1697,11 +1554,7 @@ async fn throughput(args: Args, addr: String, sub_addr: String, topic: String) -
             ms(h.value_at_quantile(p))
         }
     };
-    let dh = sh
-        .lat_us
-        .lock()
-        .map(|h| h.clone())
-        .unwrap_or_else(|_| hist());
+    let dh = sh.lat_us.lock().map(|h| h.clone()).unwrap_or_else(|_| hist());
 
     let out = json!({
         "label": args.label,
@@ -1750,11 +1603,7 @@ async fn throughput(args: Args, addr: String, sub_addr: String, topic: String) -
         "throughput via {:?}: {} publishers{} x {} B over {m} topic(s) for {pub_s:.1}s to {}",
         args.via,
         args.publishers.max(1),
-        if args.via == Via::Ws {
-            format!(" x inflight {}", args.inflight)
-        } else {
-            String::new()
-        },
+        if args.via == Via::Ws { format!(" x inflight {}", args.inflight) } else { String::new() },
         args.payload,
         args.url
     );
@@ -1784,12 +1633,7 @@ async fn throughput(args: Args, addr: String, sub_addr: String, topic: String) -
             .server_pid
             .iter()
             .zip(&scpu)
-            .map(|(p, c)| {
-                format!(
-                    "{p}: {:.1}",
-                    per_msg_us(*c, st.accepted).unwrap_or(f64::NAN)
-                )
-            })
+            .map(|(p, c)| format!("{p}: {:.1}", per_msg_us(*c, st.accepted).unwrap_or(f64::NAN)))
             .collect();
         println!(
             "  server CPU {c:.2}s = {:.0}% of one core, {:.1} us per accepted message ({})",
@@ -1941,10 +1785,7 @@ async fn replay(args: Args, addr: String, sub_addr: String, topic: String) -> i3
         sh.srv_gaps.load(Relaxed),
         sh.foreign.load(Relaxed)
     );
-    println!(
-        "  loadgen CPU {lg_cpu:.2}s; server CPU {}",
-        srv_cpu.map_or("-".into(), |c| format!("{c:.2}s"))
-    );
+    println!("  loadgen CPU {lg_cpu:.2}s; server CPU {}", srv_cpu.map_or("-".into(), |c| format!("{c:.2}s")));
     if args.json {
         println!("{out}");
     }

@@ -6,9 +6,7 @@ use futures_util::StreamExt;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "ws://127.0.0.1:8080/v1/ws?topic=chat".into());
+    let url = std::env::args().nth(1).unwrap_or_else(|| "ws://127.0.0.1:8080/v1/ws?topic=chat".into());
     let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
     eprintln!("connected to {url}");
     while let Some(frame) = ws.next().await {

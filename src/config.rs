@@ -193,9 +193,7 @@ pub struct SseConfig {
 
 impl Default for SseConfig {
     fn default() -> Self {
-        SseConfig {
-            retry: Duration::from_secs(2),
-        }
+        SseConfig { retry: Duration::from_secs(2) }
     }
 }
 
@@ -213,10 +211,7 @@ pub struct PollConfig {
 
 impl Default for PollConfig {
     fn default() -> Self {
-        PollConfig {
-            default_timeout: Duration::from_secs(25),
-            max_timeout: Duration::from_secs(60),
-        }
+        PollConfig { default_timeout: Duration::from_secs(25), max_timeout: Duration::from_secs(60) }
     }
 }
 
@@ -231,9 +226,7 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig {
-            cors_origins: vec!["*".into()],
-        }
+        HttpConfig { cors_origins: vec!["*".into()] }
     }
 }
 
@@ -299,19 +292,13 @@ impl EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig {
-            kind: EngineKind::Memory,
-        }
+        EngineConfig { kind: EngineKind::Memory }
     }
 }
 
 impl Default for HistoryConfig {
     fn default() -> Self {
-        HistoryConfig {
-            max_len: 10_000,
-            max_age: Duration::from_secs(24 * 3600),
-            replay_page: 1000,
-        }
+        HistoryConfig { max_len: 10_000, max_age: Duration::from_secs(24 * 3600), replay_page: 1000 }
     }
 }
 
@@ -328,46 +315,31 @@ impl Default for LimitsConfig {
 
 impl Default for IdempotencyConfig {
     fn default() -> Self {
-        IdempotencyConfig {
-            ttl: Duration::from_secs(24 * 3600),
-            max_keys_per_topic: 10_000,
-        }
+        IdempotencyConfig { ttl: Duration::from_secs(24 * 3600), max_keys_per_topic: 10_000 }
     }
 }
 
 impl Default for HeartbeatConfig {
     fn default() -> Self {
-        HeartbeatConfig {
-            interval: Duration::from_secs(15),
-            timeout: Duration::from_secs(45),
-        }
+        HeartbeatConfig { interval: Duration::from_secs(15), timeout: Duration::from_secs(45) }
     }
 }
 
 impl Default for WebSocketConfig {
     fn default() -> Self {
-        WebSocketConfig {
-            read_buffer_size: 1024,
-            write_buffer_size: 0,
-            max_write_buffer_size: 1 << 20,
-        }
+        WebSocketConfig { read_buffer_size: 1024, write_buffer_size: 0, max_write_buffer_size: 1 << 20 }
     }
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig {
-            grace: Duration::from_secs(10),
-        }
+        ShutdownConfig { grace: Duration::from_secs(10) }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Text,
-            level: "info".into(),
-        }
+        LogConfig { format: LogFormat::Text, level: "info".into() }
     }
 }
 
@@ -404,10 +376,7 @@ impl Config {
     /// Checks ranges and relations between keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn bad(key: &'static str, reason: &str) -> Result<(), ConfigError> {
-            Err(ConfigError::Invalid {
-                key,
-                reason: reason.into(),
-            })
+            Err(ConfigError::Invalid { key, reason: reason.into() })
         }
         if self.history.max_len == 0 {
             return bad("history.max_len", "must be at least 1");
@@ -434,19 +403,13 @@ impl Config {
             return bad("heartbeat.interval", "must be more than 0s");
         }
         if self.heartbeat.timeout <= self.heartbeat.interval {
-            return bad(
-                "heartbeat.timeout",
-                "must be longer than heartbeat.interval",
-            );
+            return bad("heartbeat.timeout", "must be longer than heartbeat.interval");
         }
         if self.websocket.read_buffer_size < 256 {
             return bad("websocket.read_buffer_size", "must be at least 256");
         }
         if self.websocket.max_write_buffer_size <= self.websocket.write_buffer_size {
-            return bad(
-                "websocket.max_write_buffer_size",
-                "must be larger than websocket.write_buffer_size",
-            );
+            return bad("websocket.max_write_buffer_size", "must be larger than websocket.write_buffer_size");
         }
         if self.redis.shards == 0 || self.redis.shards > 1024 {
             return bad("redis.shards", "must be 1 to 1024");
@@ -462,12 +425,7 @@ impl Config {
                 if redis::parse_redis_url(&self.redis.url).is_none() {
                     return bad("redis.url", "not a redis:// URL");
                 }
-            } else if self
-                .redis
-                .cluster_urls
-                .iter()
-                .any(|u| redis::parse_redis_url(u).is_none())
-            {
+            } else if self.redis.cluster_urls.iter().any(|u| redis::parse_redis_url(u).is_none()) {
                 return bad("redis.cluster_urls", "not a list of redis:// URLs");
             }
         }
@@ -518,24 +476,16 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = Config::from_toml("[history]\nmax_len = 0\n")
-            .unwrap_err()
-            .to_string();
+        let e = Config::from_toml("[history]\nmax_len = 0\n").unwrap_err().to_string();
         assert!(e.contains("history.max_len"), "{e}");
-        let e = Config::from_toml("[history]\nmax_len = \"ten\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = Config::from_toml("[history]\nmax_len = \"ten\"\n").unwrap_err().to_string();
         assert!(e.contains("max_len"), "{e}");
-        let e = Config::from_toml("[history]\nmax_lenn = 3\n")
-            .unwrap_err()
-            .to_string();
+        let e = Config::from_toml("[history]\nmax_lenn = 3\n").unwrap_err().to_string();
         assert!(e.contains("max_lenn"), "{e}");
-        let e = Config::from_toml("[heartbeat]\ninterval = \"10s\"\ntimeout = \"5s\"\n")
-            .unwrap_err()
-            .to_string();
+        let e =
+            Config::from_toml("[heartbeat]\ninterval = \"10s\"\ntimeout = \"5s\"\n").unwrap_err().to_string();
         assert!(e.contains("heartbeat.timeout"), "{e}");
-        let c =
-            Config::from_toml("listen = \"0.0.0.0:9\"\n[history]\nmax_age = \"90s\"\n").unwrap();
+        let c = Config::from_toml("listen = \"0.0.0.0:9\"\n[history]\nmax_age = \"90s\"\n").unwrap();
         assert_eq!(c.history.max_age, Duration::from_secs(90));
         assert_eq!(c.listen.port(), 9);
     }

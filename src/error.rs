@@ -71,16 +71,12 @@ pub struct ApiError {
 impl ApiError {
     /// Builds an error.
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            message: message.into(),
-        }
+        ApiError { code, message: message.into() }
     }
 
     /// The JSON body `{"error":{"code","message"}}`.
     pub fn body(&self) -> Bytes {
-        let body =
-            serde_json::json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        let body = serde_json::json!({"error": {"code": self.code.as_str(), "message": self.message}});
         Bytes::from(body.to_string())
     }
 }
@@ -91,9 +87,7 @@ impl From<EngineError> for ApiError {
         crate::metrics::engine_error();
         match e {
             EngineError::Unavailable(_) => ApiError::new(Code::Unavailable, "engine unavailable"),
-            EngineError::IdsExhausted => {
-                ApiError::new(Code::Unavailable, "topic id space exhausted")
-            }
+            EngineError::IdsExhausted => ApiError::new(Code::Unavailable, "topic id space exhausted"),
         }
     }
 }
@@ -101,13 +95,9 @@ impl From<EngineError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut res = (self.code.http_status(), self.body()).into_response();
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if self.code == Code::RateLimited || self.code == Code::Unavailable {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         res
     }

@@ -45,11 +45,7 @@ use crate::shutdown::Shutdown;
 /// Serves on `listener` until `token` is cancelled, then drains: stops
 /// accepting, closes WebSocket clients with 1001, waits for in-flight work
 /// for at most `shutdown.grace`. Returns when done.
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    token: CancellationToken,
-) -> std::io::Result<()> {
+pub async fn run(listener: TcpListener, config: Config, token: CancellationToken) -> std::io::Result<()> {
     crate::metrics::install();
     // TLS to Redis (rediss://) uses rustls with the ring provider; the first
     // install wins, later calls (tests) are no-ops.
@@ -57,30 +53,21 @@ pub async fn run(
     let config = Arc::new(config);
     let shutdown = Shutdown::new(token.clone(), config.shutdown.grace);
     let hub = Hub::new();
-    let engine = engine::build(
-        &config,
-        Arc::new(hub.clone()) as Arc<dyn Listener>,
-        &shutdown,
-    )
-    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let engine = engine::build(&config, Arc::new(hub.clone()) as Arc<dyn Listener>, &shutdown)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let bus = Bus {
         engine,
         hub,
         outbox_capacity: config.limits.outbox_capacity,
         replay_page: config.history.replay_page,
     };
-    let state = AppState {
-        bus,
-        config: Arc::clone(&config),
-        shutdown: shutdown.clone(),
-    };
+    let state = AppState { bus, config: Arc::clone(&config), shutdown: shutdown.clone() };
     let local: SocketAddr = listener.local_addr()?;
     let listener = Limited::new(listener, config.limits.max_connections);
     let app = server::app(state).into_make_service_with_connect_info::<Peer>();
     let serve_token = token.clone();
     shutdown.spawn(async move {
-        let serve =
-            axum::serve(listener, app).with_graceful_shutdown(serve_token.cancelled_owned());
+        let serve = axum::serve(listener, app).with_graceful_shutdown(serve_token.cancelled_owned());
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "server failed");
         }

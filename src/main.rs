@@ -42,11 +42,8 @@ fn main() -> ExitCode {
 /// `net.core.somaxconn`): connection bursts of thousands of clients are
 /// normal for a gateway, and tokio's default of 1024 overflows.
 fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
@@ -73,20 +70,15 @@ fn start() -> anyhow::Result<()> {
         Ok(n) => tracing::info!(limit = n, "open file limit raised to the hard limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let listener =
-            bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
+        let listener = bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
         let token = CancellationToken::new();
         let signal_token = token.clone();
         tokio::spawn(async move {
             rtgate::shutdown::signal().await;
             signal_token.cancel();
         });
-        rtgate::run(listener, config, token)
-            .await
-            .context("server failed")
+        rtgate::run(listener, config, token).await.context("server failed")
     })
 }

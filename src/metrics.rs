@@ -21,12 +21,7 @@ pub enum Transport {
 }
 
 impl Transport {
-    const ALL: [Transport; 4] = [
-        Transport::Http,
-        Transport::Ws,
-        Transport::Sse,
-        Transport::Poll,
-    ];
+    const ALL: [Transport; 4] = [Transport::Http, Transport::Ws, Transport::Sse, Transport::Poll];
 
     /// Label value.
     pub fn label(self) -> &'static str {
@@ -60,11 +55,7 @@ pub fn install() -> Option<PrometheusHandle> {
 
 /// The Prometheus text exposition.
 pub fn render() -> String {
-    HANDLE
-        .get()
-        .and_then(|h| h.as_ref())
-        .map(|h| h.render())
-        .unwrap_or_default()
+    HANDLE.get().and_then(|h| h.as_ref()).map(|h| h.render()).unwrap_or_default()
 }
 
 /// Handles per transport, indexed by `Transport::index`.
@@ -117,8 +108,7 @@ pub fn connection_closed(t: Transport, reason: &'static str) {
     if reason == "slow_consumer" {
         of(t).slow.increment(1);
     }
-    counter!("rtgate_connection_closes_total", "transport" => t.label(), "reason" => reason)
-        .increment(1);
+    counter!("rtgate_connection_closes_total", "transport" => t.label(), "reason" => reason).increment(1);
 }
 
 /// A message was accepted from `t`.

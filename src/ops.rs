@@ -8,10 +8,7 @@ use crate::server::AppState;
 
 /// `GET /healthz`: 200 while the process serves.
 pub(crate) async fn healthz() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        "{\"status\":\"ok\"}",
-    )
+    ([(header::CONTENT_TYPE, "application/json")], "{\"status\":\"ok\"}")
 }
 
 /// `GET /readyz`: 200 when the engine is reachable and the process is not
@@ -19,28 +16,17 @@ pub(crate) async fn healthz() -> impl IntoResponse {
 pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let engine = state.bus.engine.is_ready();
     let ready = engine && !state.shutdown.is_shutting_down();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "unavailable" },
         "engine": state.bus.engine.name(),
         "engine_ready": engine,
         "shutting_down": state.shutdown.is_shutting_down(),
     });
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string())
 }
 
 /// `GET /metrics`: Prometheus text format.
 pub(crate) async fn metrics() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render())
 }

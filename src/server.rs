@@ -57,21 +57,16 @@ pub fn app(state: AppState) -> Router {
 
 /// CORS for the configured origins (`*` = any).
 fn cors(origins: &[String]) -> CorsLayer {
-    let layer = CorsLayer::new()
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            header::AUTHORIZATION,
-            header::HeaderName::from_static("idempotency-key"),
-            header::HeaderName::from_static("last-event-id"),
-        ]);
+    let layer = CorsLayer::new().allow_methods([Method::GET, Method::POST, Method::OPTIONS]).allow_headers([
+        header::CONTENT_TYPE,
+        header::AUTHORIZATION,
+        header::HeaderName::from_static("idempotency-key"),
+        header::HeaderName::from_static("last-event-id"),
+    ]);
     if origins.iter().any(|o| o == "*") {
         layer.allow_origin(Any)
     } else {
-        let list: Vec<HeaderValue> = origins
-            .iter()
-            .filter_map(|o| HeaderValue::from_str(o).ok())
-            .collect();
+        let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
         layer.allow_origin(AllowOrigin::list(list))
     }
 }
@@ -107,10 +102,7 @@ impl Kill for ConnControl {
 }
 
 fn aborted() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ConnectionAborted,
-        "connection closed by the server",
-    )
+    io::Error::new(io::ErrorKind::ConnectionAborted, "connection closed by the server")
 }
 
 /// A TCP listener that holds at most `limits.max_connections` connections
@@ -124,10 +116,7 @@ pub struct Limited {
 impl Limited {
     /// Wraps `inner`.
     pub fn new(inner: TcpListener, max: usize) -> Self {
-        Limited {
-            inner,
-            permits: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
-        }
+        Limited { inner, permits: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))) }
     }
 }
 
@@ -145,14 +134,7 @@ impl axum::serve::Listener for Limited {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    return (
-                        LimitedIo {
-                            stream,
-                            control: Arc::default(),
-                            _permit: permit,
-                        },
-                        addr,
-                    );
+                    return (LimitedIo { stream, control: Arc::default(), _permit: permit }, addr);
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning; log once per streak.
@@ -179,11 +161,7 @@ pub struct LimitedIo {
 }
 
 impl AsyncRead for LimitedIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.control.killed.load(Ordering::Acquire) {
             return Poll::Ready(Err(aborted()));
@@ -194,11 +172,7 @@ impl AsyncRead for LimitedIo {
 }
 
 impl AsyncWrite for LimitedIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.control.killed.load(Ordering::Acquire) {
             return Poll::Ready(Err(aborted()));

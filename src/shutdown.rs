@@ -28,12 +28,7 @@ pub struct Shutdown {
 impl Shutdown {
     /// A handle whose cancellation is driven by `token`.
     pub fn new(token: CancellationToken, grace: Duration) -> Self {
-        Shutdown {
-            token,
-            sessions: Arc::default(),
-            tracker: TaskTracker::new(),
-            grace,
-        }
+        Shutdown { token, sessions: Arc::default(), tracker: TaskTracker::new(), grace }
     }
 
     /// Live connection sessions; [`Shutdown::drain`] closes them all.
@@ -71,9 +66,7 @@ impl Shutdown {
     pub async fn drain(&self) -> bool {
         self.sessions.close_all(Close::Shutdown);
         self.tracker.close();
-        tokio::time::timeout(self.grace, self.tracker.wait())
-            .await
-            .is_ok()
+        tokio::time::timeout(self.grace, self.tracker.wait()).await.is_ok()
     }
 }
 

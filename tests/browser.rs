@@ -36,10 +36,7 @@ const BATCH: usize = 20;
 
 fn require_browser() {
     for bin in [CHROMIUM, CHROMEDRIVER] {
-        assert!(
-            Path::new(bin).is_file(),
-            "`{bin}` not found: {INSTALL_HINT}"
-        );
+        assert!(Path::new(bin).is_file(), "`{bin}` not found: {INSTALL_HINT}");
     }
     let ok = Command::new(CHROMEDRIVER)
         .arg("--version")
@@ -51,11 +48,7 @@ fn require_browser() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// An HTTP client that never goes through a proxy (loopback only).
@@ -76,9 +69,7 @@ fn capture(child: &mut Child) -> Arc<Mutex<String>> {
                 if n == 0 {
                     break;
                 }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
     }
@@ -132,11 +123,7 @@ impl Gateway {
             if ok {
                 return Ok(g);
             }
-            assert!(
-                Instant::now() < deadline,
-                "rtgate did not become healthy: {}",
-                g.logs()
-            );
+            assert!(Instant::now() < deadline, "rtgate did not become healthy: {}", g.logs());
             tokio::time::sleep(Duration::from_millis(20)).await; // polling /healthz, bounded
         }
     }
@@ -159,21 +146,15 @@ impl Gateway {
         loop {
             match Gateway::spawn_on(port, redis_url).await {
                 Ok(g) => return g,
-                Err(e) => assert!(
-                    Instant::now() < deadline,
-                    "rtgate did not restart on port {port}: {e}"
-                ),
+                Err(e) => assert!(Instant::now() < deadline, "rtgate did not restart on port {port}: {e}"),
             }
             tokio::time::sleep(Duration::from_millis(100)).await; // retrying the bind, bounded
         }
     }
 
     fn sigterm(&self) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
+        let status =
+            Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().expect("kill");
         assert!(status.success());
     }
 
@@ -183,11 +164,7 @@ impl Gateway {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "rtgate still running after {within:?}: {}",
-                self.logs()
-            );
+            assert!(Instant::now() < deadline, "rtgate still running after {within:?}: {}", self.logs());
             tokio::time::sleep(Duration::from_millis(10)).await; // polling the child, bounded
         }
     }
@@ -333,14 +310,8 @@ impl Browser {
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run {CHROMEDRIVER}: {e}; {INSTALL_HINT}"));
             let logs = capture(&mut driver);
-            let mut b = Browser {
-                driver,
-                port,
-                session: None,
-                profile: profile.clone(),
-                logs,
-                http: client.clone(),
-            };
+            let mut b =
+                Browser { driver, port, session: None, profile: profile.clone(), logs, http: client.clone() };
             if b.wait_ready().await {
                 b.new_session().await;
                 return b;
@@ -368,20 +339,13 @@ impl Browser {
                 .send()
                 .await
             {
-                Ok(r) => r
-                    .json::<Value>()
-                    .await
-                    .is_ok_and(|v| v["value"]["ready"] == true),
+                Ok(r) => r.json::<Value>().await.is_ok_and(|v| v["value"]["ready"] == true),
                 Err(_) => false,
             };
             if ready {
                 return true;
             }
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver not ready: {}",
-                self.logs()
-            );
+            assert!(Instant::now() < deadline, "chromedriver not ready: {}", self.logs());
             tokio::time::sleep(Duration::from_millis(50)).await; // polling /status, bounded
         }
     }
@@ -389,10 +353,7 @@ impl Browser {
     /// One WebDriver command; returns its `value`, panics on an error.
     async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let url = format!("http://127.0.0.1:{}{path}", self.port);
-        let mut req = self
-            .http
-            .request(method.clone(), &url)
-            .timeout(Duration::from_secs(20));
+        let mut req = self.http.request(method.clone(), &url).timeout(Duration::from_secs(20));
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -402,12 +363,7 @@ impl Browser {
             .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}; logs: {}", self.logs()));
         let status = res.status().as_u16();
         let v: Value = res.json().await.unwrap_or(Value::Null);
-        assert_eq!(
-            status,
-            200,
-            "WebDriver {method} {path} answered {status} {v}; logs: {}",
-            self.logs()
-        );
+        assert_eq!(status, 200, "WebDriver {method} {path} answered {status} {v}; logs: {}", self.logs());
         v["value"].clone()
     }
 
@@ -430,30 +386,17 @@ impl Browser {
             "timeouts": {"script": 5000, "pageLoad": 10000},
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
         }}});
-        let v = self
-            .cmd(reqwest::Method::POST, "/session", Some(caps))
-            .await;
-        let id = v["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no sessionId in {v}"))
-            .to_owned();
+        let v = self.cmd(reqwest::Method::POST, "/session", Some(caps)).await;
+        let id = v["sessionId"].as_str().unwrap_or_else(|| panic!("no sessionId in {v}")).to_owned();
         self.session = Some(id);
     }
 
     fn session_path(&self, rest: &str) -> String {
-        format!(
-            "/session/{}{rest}",
-            self.session.as_deref().expect("session")
-        )
+        format!("/session/{}{rest}", self.session.as_deref().expect("session"))
     }
 
     async fn goto(&self, url: &str) {
-        self.cmd(
-            reqwest::Method::POST,
-            &self.session_path("/url"),
-            Some(json!({ "url": url })),
-        )
-        .await;
+        self.cmd(reqwest::Method::POST, &self.session_path("/url"), Some(json!({ "url": url }))).await;
     }
 
     /// Runs `script` in the page (`execute/sync`) and returns its result.
@@ -479,10 +422,7 @@ impl Browser {
             if done(&rec) {
                 return rec;
             }
-            assert!(
-                Instant::now() < deadline,
-                "page never got {what}; record: {rec}"
-            );
+            assert!(Instant::now() < deadline, "page never got {what}; record: {rec}");
             tokio::time::sleep(Duration::from_millis(100)).await; // polling the page, bounded
         }
     }
@@ -490,8 +430,7 @@ impl Browser {
     /// `DELETE /session/{id}`: Chromium exits.
     async fn quit(&mut self) {
         if let Some(id) = self.session.take() {
-            self.cmd(reqwest::Method::DELETE, &format!("/session/{id}"), None)
-                .await;
+            self.cmd(reqwest::Method::DELETE, &format!("/session/{id}"), None).await;
         }
     }
 }
@@ -562,11 +501,7 @@ async fn publish_batch(via: &Gateway, client: &reqwest::Client, phase: &str) -> 
 fn ids(rec: &Value) -> Vec<String> {
     rec["ids"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|v| v.as_str().unwrap_or("<not a string>").to_owned())
-                .collect()
-        })
+        .map(|a| a.iter().map(|v| v.as_str().unwrap_or("<not a string>").to_owned()).collect())
         .unwrap_or_default()
 }
 
@@ -591,20 +526,14 @@ async fn scenario() {
     let sse_url = format!("http://127.0.0.1:{port_a}/v1/sse?topic={TOPIC}");
     let page_server = PageServer::start(page(&sse_url)).await;
     let mut browser = Browser::start().await;
-    browser
-        .goto(&format!("http://127.0.0.1:{}/", page_server.port))
-        .await;
-    browser
-        .wait_for("its EventSource open", |r| r["opens"].as_u64() >= Some(1))
-        .await;
+    browser.goto(&format!("http://127.0.0.1:{}/", page_server.port)).await;
+    browser.wait_for("its EventSource open", |r| r["opens"].as_u64() >= Some(1)).await;
 
     let mut published = Vec::new();
 
     // 1. Live delivery.
     published.extend(publish_batch(&b, &client, "before").await);
-    browser
-        .wait_for("the first 20 messages", |r| ids(r).len() >= BATCH)
-        .await;
+    browser.wait_for("the first 20 messages", |r| ids(r).len() >= BATCH).await;
 
     // 2. A stops gracefully (its SSE stream ends), then 20 more while it is down.
     a.sigterm();
@@ -612,32 +541,18 @@ async fn scenario() {
     assert_eq!(status.code(), Some(0), "exit {status}; logs: {}", a.logs());
     published.extend(publish_batch(&b, &client, "down").await);
     // The stream's end is one `error`; a refused reconnect attempt is another.
-    let rec = browser
-        .wait_for("a refused reconnect attempt", |r| {
-            r["errors"].as_u64() >= Some(2)
-        })
-        .await;
+    let rec = browser.wait_for("a refused reconnect attempt", |r| r["errors"].as_u64() >= Some(2)).await;
     assert_eq!(rec["closed"], false, "the EventSource gave up: {rec}");
-    assert_eq!(
-        ids(&rec).len(),
-        BATCH,
-        "messages arrived with the gateway down: {rec}"
-    );
+    assert_eq!(ids(&rec).len(), BATCH, "messages arrived with the gateway down: {rec}");
 
     // 3. A again, same port: the browser reconnects on its own with
     // Last-Event-ID and gets the missed 20.
     let a2 = Gateway::restart_on(port_a, &redis_url).await;
-    browser
-        .wait_for("the 20 published while the gateway was down", |r| {
-            ids(r).len() >= 2 * BATCH
-        })
-        .await;
+    browser.wait_for("the 20 published while the gateway was down", |r| ids(r).len() >= 2 * BATCH).await;
 
     // 4. Live again after the resume.
     published.extend(publish_batch(&b, &client, "after").await);
-    browser
-        .wait_for("all 60 messages", |r| ids(r).len() >= 3 * BATCH)
-        .await;
+    browser.wait_for("all 60 messages", |r| ids(r).len() >= 3 * BATCH).await;
     // Anything late (a duplicate) would show up now.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rec = browser.record().await;
@@ -650,18 +565,11 @@ async fn scenario() {
         "the page must hold every published id once, in order; record: {rec}; gateway logs: {}",
         a2.logs()
     );
-    assert!(
-        rec["opens"].as_u64() >= Some(2),
-        "the EventSource did not reconnect by itself: {rec}"
-    );
+    assert!(rec["opens"].as_u64() >= Some(2), "the EventSource did not reconnect by itself: {rec}");
     assert_eq!(rec["closed"], false, "the EventSource gave up: {rec}");
     assert_eq!(rec["gaps"], json!([]), "unexpected gap events: {rec}");
     assert_eq!(rec["bad"], json!([]), "unparsable message data: {rec}");
-    assert_eq!(
-        rec["lastEventId"].as_str().map(str::is_empty),
-        Some(false),
-        "events carry an id: {rec}"
-    );
+    assert_eq!(rec["lastEventId"].as_str().map(str::is_empty), Some(false), "events carry an id: {rec}");
 
     browser.quit().await;
     drop(browser);

@@ -23,12 +23,7 @@ fn topic(name: &str) -> Topic {
 async fn publish_n(e: &dyn Engine, t: &Topic, n: usize) -> Vec<MessageId> {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        ids.push(
-            e.publish(t, Bytes::from(format!("{{\"n\":{i}}}")), None)
-                .await
-                .unwrap()
-                .id,
-        );
+        ids.push(e.publish(t, Bytes::from(format!("{{\"n\":{i}}}")), None).await.unwrap().id);
     }
     ids
 }
@@ -52,10 +47,7 @@ pub async fn ids_strictly_increase_and_history_pages(make: Factory<'_>) {
     }
     assert_eq!(got, ids);
     let newest = e.history(&t, None, 10).await.unwrap();
-    assert_eq!(
-        newest.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
-        ids[290..].to_vec()
-    );
+    assert_eq!(newest.messages.iter().map(|m| m.id).collect::<Vec<_>>(), ids[290..].to_vec());
     assert_eq!(&newest.messages[9].data[..], b"{\"n\":299}");
     assert_eq!(e.last_id(&topic("never")).await.unwrap(), None);
 }
@@ -67,29 +59,17 @@ pub async fn retention_reports_gaps(make: Factory<'_>) {
     let h = e.history(&t, Some(ids[0]), 100).await.unwrap();
     assert!(h.truncated);
     assert_eq!(h.oldest, Some(ids[15]));
-    assert_eq!(
-        h.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
-        ids[15..].to_vec()
-    );
+    assert_eq!(h.messages.iter().map(|m| m.id).collect::<Vec<_>>(), ids[15..].to_vec());
     let h = e.history(&t, Some(ids[14]), 100).await.unwrap();
-    assert!(
-        !h.truncated,
-        "resuming right before the oldest retained is not a gap"
-    );
+    assert!(!h.truncated, "resuming right before the oldest retained is not a gap");
     assert_eq!(h.messages.len(), 10);
 }
 
 pub async fn idempotency(make: Factory<'_>) {
     let e = make(100, Arc::new(Hub::new()));
     let t = topic("idem");
-    let a = e
-        .publish(&t, Bytes::from_static(b"1"), Some("key-1"))
-        .await
-        .unwrap();
-    let b = e
-        .publish(&t, Bytes::from_static(b"2"), Some("key-1"))
-        .await
-        .unwrap();
+    let a = e.publish(&t, Bytes::from_static(b"1"), Some("key-1")).await.unwrap();
+    let b = e.publish(&t, Bytes::from_static(b"2"), Some("key-1")).await.unwrap();
     assert!(!a.duplicate && b.duplicate);
     assert_eq!((a.id, a.ts), (b.id, b.ts));
     let h = e.history(&t, None, 100).await.unwrap();
@@ -106,10 +86,7 @@ pub async fn listener_hears_watched_topic_in_order(make: Factory<'_>) {
     let ids = publish_n(&*e, &t, 1000).await;
     let mut got = vec![];
     while got.len() < ids.len() {
-        let m = tokio::time::timeout(Duration::from_secs(10), sub.outbox.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.outbox.recv()).await.unwrap().unwrap();
         got.push(m.id);
     }
     assert_eq!(got, ids);
@@ -129,12 +106,7 @@ pub async fn replay_to_live_race_has_no_gap_and_no_duplicate(make: Factory<'_>) 
         tokio::spawn(async move {
             let mut ids = vec![];
             for i in 0..3000 {
-                ids.push(
-                    e.publish(&t, Bytes::from(format!("{i}")), None)
-                        .await
-                        .unwrap()
-                        .id,
-                );
+                ids.push(e.publish(&t, Bytes::from(format!("{i}")), None).await.unwrap().id);
                 if i % 50 == 0 {
                     tokio::task::yield_now().await;
                 }
@@ -162,10 +134,7 @@ pub async fn replay_to_live_race_has_no_gap_and_no_duplicate(make: Factory<'_>) 
     let during = publisher.await.unwrap();
     let last = *during.last().unwrap();
     while pos < last {
-        let m = tokio::time::timeout(Duration::from_secs(10), sub.outbox.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.outbox.recv()).await.unwrap().unwrap();
         if m.id > pos {
             pos = m.id;
             got.push(m.id);
@@ -238,10 +207,7 @@ impl Drop for RedisGuard {
 }
 
 #[allow(clippy::type_complexity)]
-fn redis_setup() -> (
-    RedisGuard,
-    impl Fn(usize, Arc<dyn Listener>) -> Arc<dyn Engine>,
-) {
+fn redis_setup() -> (RedisGuard, impl Fn(usize, Arc<dyn Listener>) -> Arc<dyn Engine>) {
     use rtgate::engine::redis::{RedisEngine, RedisOptions};
     let server = support::redis::RedisServer::start();
     let url = server.url();
@@ -261,13 +227,7 @@ fn redis_setup() -> (
         };
         RedisEngine::start(opts, listener, &shutdown).unwrap()
     };
-    (
-        RedisGuard {
-            _server: server,
-            token,
-        },
-        make,
-    )
+    (RedisGuard { _server: server, token }, make)
 }
 
 engine_suite!(memory_engine, ((), memory));

@@ -20,11 +20,7 @@ fn pid(s: &str) -> (u64, u64) {
 async fn assert_quiet(c: &mut WsClient, tag: &str) {
     c.send(json!({"op": "ping", "ref": tag})).await;
     let v = c.next().await;
-    assert_eq!(
-        v,
-        json!({"op": "pong", "ref": tag}),
-        "expected only a pong, got {v}"
-    );
+    assert_eq!(v, json!({"op": "pong", "ref": tag}), "expected only a pong, got {v}");
 }
 
 /// The next text frame, unparsed.
@@ -52,10 +48,7 @@ async fn slow_disconnects(s: &TestServer) -> u64 {
     assert_eq!(res.status().as_u16(), 200);
     let text = res.text().await.expect("metrics body");
     text.lines()
-        .find(|l| {
-            l.starts_with("rtgate_slow_consumer_disconnects_total{")
-                && l.contains(r#"transport="ws""#)
-        })
+        .find(|l| l.starts_with("rtgate_slow_consumer_disconnects_total{") && l.contains(r#"transport="ws""#))
         .and_then(|l| l.rsplit(' ').next())
         .map_or(0, |v| v.parse::<f64>().expect("metric value") as u64)
 }
@@ -96,9 +89,7 @@ async fn ten_thousand_messages_in_order_to_every_subscriber() {
             for i in 0..PER {
                 let res = tokio::time::timeout(
                     WAIT,
-                    http.post(&url)
-                        .body(format!(r#"{{"p":{p},"i":{i}}}"#))
-                        .send(),
+                    http.post(&url).body(format!(r#"{{"p":{p},"i":{i}}}"#)).send(),
                 )
                 .await
                 .expect("publish timed out")
@@ -116,18 +107,11 @@ async fn ten_thousand_messages_in_order_to_every_subscriber() {
             .await
             .expect("publisher timed out")
             .expect("join");
-        assert!(
-            ids.windows(2).all(|w| pid(&w[0]) < pid(&w[1])),
-            "publisher {p}: its own ids increase"
-        );
+        assert!(ids.windows(2).all(|w| pid(&w[0]) < pid(&w[1])), "publisher {p}: its own ids increase");
         published.extend(ids);
     }
     assert_eq!(published.len(), TOTAL);
-    assert_eq!(
-        published.iter().collect::<HashSet<_>>().len(),
-        TOTAL,
-        "ids are unique"
-    );
+    assert_eq!(published.iter().collect::<HashSet<_>>().len(), TOTAL, "ids are unique");
     published.sort_by_key(|id| pid(id));
 
     for (k, h) in readers.into_iter().enumerate() {
@@ -135,32 +119,18 @@ async fn ten_thousand_messages_in_order_to_every_subscriber() {
             .await
             .expect("reader timed out")
             .expect("reader");
-        let ids: Vec<String> = got
-            .iter()
-            .map(|m| m["id"].as_str().expect("id").to_owned())
-            .collect();
+        let ids: Vec<String> = got.iter().map(|m| m["id"].as_str().expect("id").to_owned()).collect();
         assert_eq!(ids.len(), TOTAL);
         if let Some(i) = ids.windows(2).position(|w| pid(&w[0]) >= pid(&w[1])) {
-            panic!(
-                "subscriber {k}: not ascending at {i}: {} then {}",
-                ids[i],
-                ids[i + 1]
-            );
+            panic!("subscriber {k}: not ascending at {i}: {} then {}", ids[i], ids[i + 1]);
         }
-        assert_eq!(
-            ids, published,
-            "subscriber {k}: exactly the published ids, ascending"
-        );
+        assert_eq!(ids, published, "subscriber {k}: exactly the published ids, ascending");
         // Each publisher's messages arrive in its own publish order.
         let mut next = [0u64; PUBLISHERS];
         for m in &got {
             assert_eq!(m["topic"], "fan");
             let p = m["data"]["p"].as_u64().expect("p") as usize;
-            assert_eq!(
-                m["data"]["i"].as_u64(),
-                Some(next[p]),
-                "subscriber {k}, publisher {p}"
-            );
+            assert_eq!(m["data"]["i"].as_u64(), Some(next[p]), "subscriber {k}, publisher {p}");
             next[p] += 1;
         }
         assert_quiet(&mut c, "end").await;
@@ -179,8 +149,7 @@ async fn ws_publish_reaches_subscribers_on_other_connections() {
     let mut p = s.ws("/v1/ws").await;
 
     // `data` is forwarded as the exact bytes sent (spacing, key order).
-    p.send_text(r#"{"op":"publish","topic":"wsp","data":{"b":1,  "a":[2, 3]},"ref":"p0"}"#)
-        .await;
+    p.send_text(r#"{"op":"publish","topic":"wsp","data":{"b":1,  "a":[2, 3]},"ref":"p0"}"#).await;
     let ack = p.next_op("ack").await;
     assert_eq!(ack["ref"], "p0");
     let id0 = ack["id"].as_str().expect("id").to_owned();
@@ -196,8 +165,7 @@ async fn ws_publish_reaches_subscribers_on_other_connections() {
 
     let mut acked = vec![id0];
     for i in 1..50 {
-        p.send(json!({"op": "publish", "topic": "wsp", "data": {"i": i}, "ref": i}))
-            .await;
+        p.send(json!({"op": "publish", "topic": "wsp", "data": {"i": i}, "ref": i})).await;
         let ack = p.next_op("ack").await;
         assert_eq!(ack["ref"], i);
         acked.push(ack["id"].as_str().expect("id").to_owned());
@@ -205,10 +173,7 @@ async fn ws_publish_reaches_subscribers_on_other_connections() {
     assert!(acked.windows(2).all(|w| pid(&w[0]) < pid(&w[1])));
     for c in [&mut s1, &mut s2] {
         let got = c.messages(49).await;
-        let ids: Vec<String> = got
-            .iter()
-            .map(|m| m["id"].as_str().unwrap().to_owned())
-            .collect();
+        let ids: Vec<String> = got.iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
         assert_eq!(ids, acked[1..].to_vec());
         for (k, m) in got.iter().enumerate() {
             assert_eq!(m["data"], json!({"i": k + 1}));
@@ -221,12 +186,8 @@ async fn ws_publish_reaches_subscribers_on_other_connections() {
     // And an HTTP subscriber's view agrees: the history holds them in order.
     let (status, h) = s.get("/v1/history/wsp?limit=1000").await;
     assert_eq!(status, 200);
-    let hist: Vec<String> = h["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_owned())
-        .collect();
+    let hist: Vec<String> =
+        h["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(hist, acked);
     s.stop().await;
 }
@@ -250,10 +211,7 @@ async fn non_reading_client_is_disconnected_and_others_get_everything() {
     for i in 0..MAX_PUBLISHES {
         let res = tokio::time::timeout(
             WAIT,
-            s.http
-                .post(&url)
-                .body(format!(r#"{{"i":{i},"pad":"{pad}"}}"#))
-                .send(),
+            s.http.post(&url).body(format!(r#"{{"i":{i},"pad":"{pad}"}}"#)).send(),
         )
         .await
         .expect("publish timed out")
@@ -289,11 +247,7 @@ async fn non_reading_client_is_disconnected_and_others_get_everything() {
         "a client that never reads was not disconnected after {n} messages of {DATA} bytes \
          (rtgate_slow_consumer_disconnects_total{{transport=\"ws\"}} stayed at {before})"
     );
-    assert_eq!(
-        slow_disconnects(&s).await,
-        before + 1,
-        "only the non-reading client was slow"
-    );
+    assert_eq!(slow_disconnects(&s).await, before + 1, "only the non-reading client was slow");
 
     // The fast client is still connected and live.
     let id = s.publish("slow", r#""after""#).await;
@@ -305,10 +259,7 @@ async fn non_reading_client_is_disconnected_and_others_get_everything() {
     // frame could not be written).
     let mut prefix = vec![];
     let end = loop {
-        match tokio::time::timeout(WAIT, slow.ws.next())
-            .await
-            .expect("slow client: connection did not end")
-        {
+        match tokio::time::timeout(WAIT, slow.ws.next()).await.expect("slow client: connection did not end") {
             None | Some(Err(_)) => break Ended::Dropped,
             Some(Ok(WsMessage::Close(Some(f)))) => {
                 break Ended::Closed(u16::from(f.code), f.reason.as_str().to_owned())
@@ -322,15 +273,8 @@ async fn non_reading_client_is_disconnected_and_others_get_everything() {
             Some(Ok(_)) => {}
         }
     };
-    assert!(
-        prefix.len() < published.len(),
-        "the slow client cannot have got everything"
-    );
-    assert_eq!(
-        prefix,
-        published[..prefix.len()].to_vec(),
-        "slow client: an in-order prefix"
-    );
+    assert!(prefix.len() < published.len(), "the slow client cannot have got everything");
+    assert_eq!(prefix, published[..prefix.len()].to_vec(), "slow client: an in-order prefix");
     match end {
         Ended::Closed(code, _) => assert_eq!(code, 1013, "{end:?}"),
         Ended::Dropped => {}

@@ -19,12 +19,8 @@ struct Answer {
 
 impl Answer {
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
     fn text(&self) -> String {
@@ -32,37 +28,19 @@ impl Answer {
     }
 
     fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().expect("ascii header").to_owned())
+        self.headers.get(name).map(|v| v.to_str().expect("ascii header").to_owned())
     }
 }
 
 async fn send(req: reqwest::RequestBuilder) -> Answer {
-    let res = tokio::time::timeout(WAIT, req.send())
-        .await
-        .expect("request timed out")
-        .expect("request");
+    let res = tokio::time::timeout(WAIT, req.send()).await.expect("request timed out").expect("request");
     let status = res.status().as_u16();
     let headers = res.headers().clone();
-    let body = tokio::time::timeout(WAIT, res.bytes())
-        .await
-        .expect("body timed out")
-        .expect("body")
-        .to_vec();
-    Answer {
-        status,
-        headers,
-        body,
-    }
+    let body = tokio::time::timeout(WAIT, res.bytes()).await.expect("body timed out").expect("body").to_vec();
+    Answer { status, headers, body }
 }
 
-async fn post(
-    s: &TestServer,
-    path: &str,
-    body: impl Into<reqwest::Body>,
-    key: Option<&str>,
-) -> Answer {
+async fn post(s: &TestServer, path: &str, body: impl Into<reqwest::Body>, key: Option<&str>) -> Answer {
     let mut req = s.http.post(s.url(path)).body(body);
     if let Some(k) = key {
         req = req.header("Idempotency-Key", k);
@@ -77,17 +55,8 @@ async fn get(s: &TestServer, path: &str) -> Answer {
 /// Asserts the contract's error shape: status, JSON content type, body
 /// exactly `{"error":{"code":C,"message":TEXT}}`.
 fn assert_error(a: &Answer, status: u16, code: &str) {
-    assert_eq!(
-        a.status,
-        status,
-        "status; body: {}",
-        String::from_utf8_lossy(&a.body)
-    );
-    assert_eq!(
-        a.header("content-type").as_deref(),
-        Some("application/json"),
-        "content-type"
-    );
+    assert_eq!(a.status, status, "status; body: {}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.header("content-type").as_deref(), Some("application/json"), "content-type");
     let v = a.json();
     let top = v.as_object().expect("object body");
     assert_eq!(top.len(), 1, "only `error` at top level: {v}");
@@ -96,32 +65,18 @@ fn assert_error(a: &Answer, status: u16, code: &str) {
     keys.sort_unstable();
     assert_eq!(keys, ["code", "message"], "error keys: {v}");
     assert_eq!(err["code"], code, "code: {v}");
-    assert!(
-        err["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "message is non-empty text: {v}"
-    );
+    assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "message is non-empty text: {v}");
 }
 
 fn parse_id(id: &str) -> (u64, u64) {
-    let (ms, seq) = id
-        .split_once('-')
-        .unwrap_or_else(|| panic!("id {id:?} is not <ms>-<seq>"));
-    assert!(
-        !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()),
-        "id {id:?}"
-    );
-    assert!(
-        !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()),
-        "id {id:?}"
-    );
+    let (ms, seq) = id.split_once('-').unwrap_or_else(|| panic!("id {id:?} is not <ms>-<seq>"));
+    assert!(!ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()), "id {id:?}");
+    assert!(!seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()), "id {id:?}");
     (ms.parse().expect("ms"), seq.parse().expect("seq"))
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as u64
 }
 
 /// Publishes `body` to `topic`, asserting a 200; returns the id.
@@ -143,30 +98,16 @@ async fn publish_n(s: &TestServer, topic: &str, n: usize) -> Vec<String> {
 async fn history(s: &TestServer, topic: &str, query: &str) -> (Vec<String>, Vec<Value>, bool) {
     let a = get(s, &format!("/v1/history/{topic}{query}")).await;
     assert_eq!(a.status, 200, "{}", a.text());
-    assert_eq!(
-        a.header("content-type").as_deref(),
-        Some("application/json")
-    );
+    assert_eq!(a.header("content-type").as_deref(), Some("application/json"));
     let v = a.json();
-    let msgs = v["messages"]
-        .as_array()
-        .unwrap_or_else(|| panic!("messages array: {v}"));
-    let ids = msgs
-        .iter()
-        .map(|m| m["id"].as_str().expect("id").to_owned())
-        .collect();
+    let msgs = v["messages"].as_array().unwrap_or_else(|| panic!("messages array: {v}"));
+    let ids = msgs.iter().map(|m| m["id"].as_str().expect("id").to_owned()).collect();
     let data = msgs.iter().map(|m| m["data"].clone()).collect();
     for m in msgs {
         assert_eq!(m["topic"], topic);
         assert!(m["ts"].as_u64().is_some(), "ts: {m}");
     }
-    (
-        ids,
-        data,
-        v["truncated"]
-            .as_bool()
-            .unwrap_or_else(|| panic!("truncated bool: {v}")),
-    )
+    (ids, data, v["truncated"].as_bool().unwrap_or_else(|| panic!("truncated bool: {v}")))
 }
 
 /// A raw HTTP/1.1 exchange over a plain TCP socket (for a chunked body,
@@ -176,18 +117,13 @@ async fn raw_http(s: &TestServer, request: &[u8]) -> (u16, Vec<u8>) {
         .await
         .expect("connect timed out")
         .expect("connect");
-    tokio::time::timeout(WAIT, sock.write_all(request))
-        .await
-        .expect("write timed out")
-        .expect("write");
+    tokio::time::timeout(WAIT, sock.write_all(request)).await.expect("write timed out").expect("write");
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     // Read until the head is complete and the body's Content-Length arrived.
     loop {
-        let n = tokio::time::timeout(WAIT, sock.read(&mut chunk))
-            .await
-            .expect("read timed out")
-            .expect("read");
+        let n =
+            tokio::time::timeout(WAIT, sock.read(&mut chunk)).await.expect("read timed out").expect("read");
         if n > 0 {
             buf.extend_from_slice(&chunk[..n]);
         }
@@ -199,23 +135,11 @@ async fn raw_http(s: &TestServer, request: &[u8]) -> (u16, Vec<u8>) {
                 .map(|v| v.trim().parse().expect("content-length"))
                 .expect("answer has content-length");
             if buf.len() >= end + 4 + len || n == 0 {
-                let status = head
-                    .split(' ')
-                    .nth(1)
-                    .expect("status")
-                    .parse()
-                    .expect("status code");
-                return (
-                    status,
-                    buf[end + 4..(end + 4 + len).min(buf.len())].to_vec(),
-                );
+                let status = head.split(' ').nth(1).expect("status").parse().expect("status code");
+                return (status, buf[end + 4..(end + 4 + len).min(buf.len())].to_vec());
             }
         }
-        assert!(
-            n > 0,
-            "connection closed before a full answer: {}",
-            String::from_utf8_lossy(&buf)
-        );
+        assert!(n > 0, "connection closed before a full answer: {}", String::from_utf8_lossy(&buf));
     }
 }
 
@@ -244,19 +168,10 @@ async fn publish_answers_topic_id_ts_with_increasing_ids() {
     let mut ids = vec![];
     for i in 0..20 {
         let before = now_ms();
-        let a = post(
-            &s,
-            "/v1/publish/orders.eu:1@x-y_z",
-            format!("{{\"n\":{i}}}"),
-            None,
-        )
-        .await;
+        let a = post(&s, "/v1/publish/orders.eu:1@x-y_z", format!("{{\"n\":{i}}}"), None).await;
         let after = now_ms();
         assert_eq!(a.status, 200, "{}", a.text());
-        assert_eq!(
-            a.header("content-type").as_deref(),
-            Some("application/json")
-        );
+        assert_eq!(a.header("content-type").as_deref(), Some("application/json"));
         let v = a.json();
         let obj = v.as_object().expect("object");
         let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
@@ -264,10 +179,7 @@ async fn publish_answers_topic_id_ts_with_increasing_ids() {
         assert_eq!(keys, ["id", "topic", "ts"], "{v}");
         assert_eq!(v["topic"], "orders.eu:1@x-y_z");
         let ts = v["ts"].as_u64().expect("ts is an integer");
-        assert!(
-            before <= ts && ts <= after,
-            "ts {ts} not within [{before}, {after}]"
-        );
+        assert!(before <= ts && ts <= after, "ts {ts} not within [{before}, {after}]");
         let id = v["id"].as_str().expect("id string");
         let parsed = parse_id(id);
         if let Some(p) = prev {
@@ -278,12 +190,7 @@ async fn publish_answers_topic_id_ts_with_increasing_ids() {
     }
     let (hist, data, truncated) = history(&s, "orders.eu:1@x-y_z", "").await;
     assert_eq!(hist, ids);
-    assert_eq!(
-        data,
-        (0..20)
-            .map(|i| serde_json::json!({ "n": i }))
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(data, (0..20).map(|i| serde_json::json!({ "n": i })).collect::<Vec<_>>());
     assert!(!truncated);
     s.stop().await;
 }
@@ -302,37 +209,20 @@ async fn data_is_stored_and_served_verbatim() {
     let a = get(&s, "/v1/history/verbatim").await;
     assert_eq!(a.status, 200);
     let text = a.text();
-    assert!(
-        text.contains(&format!("\"data\":{inner}")),
-        "object not verbatim in {text}"
-    );
+    assert!(text.contains(&format!("\"data\":{inner}")), "object not verbatim in {text}");
     for o in others {
-        assert!(
-            text.contains(&format!("\"data\":{o}")),
-            "{o} not verbatim in {text}"
-        );
+        assert!(text.contains(&format!("\"data\":{o}")), "{o} not verbatim in {text}");
     }
     let v = a.json();
     assert_eq!(v["messages"][0]["id"], id.as_str());
-    assert_eq!(
-        v["messages"].as_array().expect("array").len(),
-        1 + others.len()
-    );
+    assert_eq!(v["messages"].as_array().expect("array").len(), 1 + others.len());
     s.stop().await;
 }
 
 #[tokio::test]
 async fn malformed_or_empty_body_is_bad_request() {
     let s = TestServer::start("").await;
-    for body in [
-        "{",
-        "{\"a\":1,}",
-        "nope",
-        "{\"a\":1} trailing",
-        "[1,2",
-        "'single'",
-        "",
-    ] {
+    for body in ["{", "{\"a\":1,}", "nope", "{\"a\":1} trailing", "[1,2", "'single'", ""] {
         let a = post(&s, "/v1/publish/t", body.to_owned(), None).await;
         assert_error(&a, 400, "bad_request");
     }
@@ -350,14 +240,7 @@ async fn bad_topics_are_rejected() {
     let s = TestServer::start("").await;
     let long_ok = "a".repeat(128);
     let too_long = "a".repeat(129);
-    for bad in [
-        "a%20b",
-        too_long.as_str(),
-        "a%2Fb",
-        "caf%C3%A9",
-        "a*b",
-        "a%00",
-    ] {
+    for bad in ["a%20b", too_long.as_str(), "a%2Fb", "caf%C3%A9", "a*b", "a%00"] {
         let a = post(&s, &format!("/v1/publish/{bad}"), "1", None).await;
         assert_error(&a, 400, "bad_topic");
         let a = get(&s, &format!("/v1/history/{bad}")).await;
@@ -380,32 +263,16 @@ async fn body_over_limit_is_too_large() {
     let over = format!("\"{}\"", "x".repeat(999));
     let a = post(&s, "/v1/publish/big", over.clone(), None).await;
     assert_error(&a, 413, "too_large");
-    let a = post(
-        &s,
-        "/v1/publish/big",
-        format!("\"{}\"", "y".repeat(5000)),
-        None,
-    )
-    .await;
+    let a = post(&s, "/v1/publish/big", format!("\"{}\"", "y".repeat(5000)), None).await;
     assert_error(&a, 413, "too_large");
 
     // Chunked (no Content-Length): accepted under the limit, 413 over it.
-    let (status, body) = raw_http(
-        &s,
-        &chunked_publish(&s, "big", &[b"{\"a\":", b" [1, 2]", b"}"]),
-    )
-    .await;
+    let (status, body) = raw_http(&s, &chunked_publish(&s, "big", &[b"{\"a\":", b" [1, 2]", b"}"])).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let chunked_id = serde_json::from_slice::<Value>(&body).expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let chunked_id =
+        serde_json::from_slice::<Value>(&body).expect("json")["id"].as_str().expect("id").to_owned();
     let half = over.len() / 2;
-    let req = chunked_publish(
-        &s,
-        "big",
-        &[&over.as_bytes()[..half], &over.as_bytes()[half..]],
-    );
+    let req = chunked_publish(&s, "big", &[&over.as_bytes()[..half], &over.as_bytes()[half..]]);
     let (status, body) = raw_http(&s, &req).await;
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
     let v: Value = serde_json::from_slice(&body).expect("json error body");
@@ -413,18 +280,10 @@ async fn body_over_limit_is_too_large() {
 
     let a = get(&s, "/v1/history/big").await;
     let v = a.json();
-    let ids: Vec<&str> = v["messages"]
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|m| m["id"].as_str().expect("id"))
-        .collect();
+    let ids: Vec<&str> =
+        v["messages"].as_array().expect("array").iter().map(|m| m["id"].as_str().expect("id")).collect();
     assert_eq!(ids, [id.as_str(), chunked_id.as_str()]);
-    assert!(
-        a.text().contains("\"data\":{\"a\": [1, 2]}"),
-        "{}",
-        a.text()
-    );
+    assert!(a.text().contains("\"data\":{\"a\": [1, 2]}"), "{}", a.text());
     s.stop().await;
 }
 
@@ -444,22 +303,11 @@ async fn idempotency_key_dedupes_per_topic() {
         assert_eq!(again["topic"], "idem");
     }
     // Another key publishes.
-    let other = post(&s, "/v1/publish/idem", "{\"n\":3}", Some("key-2"))
-        .await
-        .json();
+    let other = post(&s, "/v1/publish/idem", "{\"n\":3}", Some("key-2")).await.json();
     assert_ne!(other["id"], first["id"]);
     let (ids, data, _) = history(&s, "idem", "").await;
-    assert_eq!(
-        ids,
-        [
-            first["id"].as_str().expect("id"),
-            other["id"].as_str().expect("id")
-        ]
-    );
-    assert_eq!(
-        data,
-        [serde_json::json!({"n":1}), serde_json::json!({"n":3})]
-    );
+    assert_eq!(ids, [first["id"].as_str().expect("id"), other["id"].as_str().expect("id")]);
+    assert_eq!(data, [serde_json::json!({"n":1}), serde_json::json!({"n":3})]);
 
     // The same key on another topic is another publish.
     let elsewhere = post(&s, "/v1/publish/idem2", "{\"n\":9}", Some("key-1")).await;
@@ -597,8 +445,7 @@ async fn metrics_expose_published_counter() {
     assert_eq!(a.status, 200);
     let text = a.text();
     assert!(
-        text.lines()
-            .any(|l| l.starts_with("rtgate_messages_published_total")),
+        text.lines().any(|l| l.starts_with("rtgate_messages_published_total")),
         "no rtgate_messages_published_total sample in:\n{text}"
     );
     s.stop().await;
@@ -614,46 +461,19 @@ async fn cors_preflight_and_simple_requests() {
                 .request(reqwest::Method::OPTIONS, s.url(path))
                 .header("Origin", origin)
                 .header("Access-Control-Request-Method", method)
-                .header(
-                    "Access-Control-Request-Headers",
-                    "content-type,idempotency-key",
-                ),
+                .header("Access-Control-Request-Headers", "content-type,idempotency-key"),
         )
         .await;
-        assert!(
-            (200..300).contains(&a.status),
-            "preflight {path}: {}",
-            a.status
-        );
-        let allow = a
-            .header("access-control-allow-origin")
-            .expect("access-control-allow-origin");
+        assert!((200..300).contains(&a.status), "preflight {path}: {}", a.status);
+        let allow = a.header("access-control-allow-origin").expect("access-control-allow-origin");
         assert!(allow == "*" || allow == origin, "allow-origin {allow}");
-        let methods = a
-            .header("access-control-allow-methods")
-            .unwrap_or_default()
-            .to_ascii_uppercase();
-        assert!(
-            methods.contains(method) || methods == "*",
-            "allow-methods {methods}"
-        );
-        let headers = a
-            .header("access-control-allow-headers")
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        assert!(
-            headers.contains("idempotency-key") || headers == "*",
-            "allow-headers {headers}"
-        );
+        let methods = a.header("access-control-allow-methods").unwrap_or_default().to_ascii_uppercase();
+        assert!(methods.contains(method) || methods == "*", "allow-methods {methods}");
+        let headers = a.header("access-control-allow-headers").unwrap_or_default().to_ascii_lowercase();
+        assert!(headers.contains("idempotency-key") || headers == "*", "allow-headers {headers}");
     }
     // Actual cross-origin requests carry the header too.
-    let a = send(
-        s.http
-            .post(s.url("/v1/publish/t"))
-            .header("Origin", origin)
-            .body("1"),
-    )
-    .await;
+    let a = send(s.http.post(s.url("/v1/publish/t")).header("Origin", origin).body("1")).await;
     assert_eq!(a.status, 200);
     assert!(a.header("access-control-allow-origin").is_some());
     let a = send(s.http.get(s.url("/v1/history/t")).header("Origin", origin)).await;

@@ -53,10 +53,7 @@ impl Answer {
     }
 
     fn gaps(&self) -> Vec<Value> {
-        self.body
-            .get("gaps")
-            .map(|g| g.as_array().expect("gaps").clone())
-            .unwrap_or_default()
+        self.body.get("gaps").map(|g| g.as_array().expect("gaps").clone()).unwrap_or_default()
     }
 }
 
@@ -74,12 +71,7 @@ async fn poll_on(http: &reqwest::Client, s: &TestServer, query: &str) -> Answer 
         .await
         .expect("poll body timed out")
         .expect("poll body is JSON");
-    Answer {
-        status,
-        headers,
-        body,
-        elapsed: started.elapsed(),
-    }
+    Answer { status, headers, body, elapsed: started.elapsed() }
 }
 
 async fn poll(s: &TestServer, query: &str) -> Answer {
@@ -104,17 +96,14 @@ async fn now_cursor(s: &TestServer, topics: &[&str]) -> String {
 fn check_cursor(c: &str) {
     assert!(!c.is_empty() && c.len() <= 4096, "cursor length: {c:?}");
     assert!(
-        c.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)),
+        c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)),
         "cursor has characters outside A-Za-z0-9-._~: {c:?}"
     );
 }
 
 /// A message is exactly `{topic, id, ts, data}` with an `<ms>-<seq>` id.
 fn check_shape(v: &Value) {
-    let o = v
-        .as_object()
-        .unwrap_or_else(|| panic!("not an object: {v}"));
+    let o = v.as_object().unwrap_or_else(|| panic!("not an object: {v}"));
     let mut keys: Vec<&str> = o.keys().map(String::as_str).collect();
     keys.sort_unstable();
     assert_eq!(keys, ["data", "id", "topic", "ts"], "{v}");
@@ -140,9 +129,7 @@ fn ids(msgs: &[Value]) -> Vec<String> {
 fn by_topic<'a>(msgs: impl IntoIterator<Item = &'a Value>) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for m in msgs {
-        out.entry(m["topic"].as_str().expect("topic").to_owned())
-            .or_default()
-            .push(id_of(m));
+        out.entry(m["topic"].as_str().expect("topic").to_owned()).or_default().push(id_of(m));
     }
     out
 }
@@ -193,15 +180,11 @@ async fn backlog_is_answered_at_once() {
     assert_eq!(messages, want);
 
     // The same cursor again: the same answer (a cursor is a position).
-    let (again, _) = poll(&s, &format!("topic={t}&cursor={c0}&timeout=30"))
-        .await
-        .ok();
+    let (again, _) = poll(&s, &format!("topic={t}&cursor={c0}&timeout=30")).await.ok();
     assert_eq!(again, want);
 
     // From the answer's cursor: nothing more.
-    let (none, c2) = poll(&s, &format!("topic={t}&cursor={c1}&timeout=0"))
-        .await
-        .ok();
+    let (none, c2) = poll(&s, &format!("topic={t}&cursor={c1}&timeout=0")).await.ok();
     assert!(none.is_empty());
     // Without a cursor a poll starts at "now": the backlog is not returned.
     let (fresh, _) = poll(&s, &format!("topic={t}&timeout=0")).await.ok();
@@ -210,9 +193,7 @@ async fn backlog_is_answered_at_once() {
     // Both later cursors continue with the next message only.
     let next = s.publish(t, r#"{"n":4}"#).await;
     for c in [&c1, &c2] {
-        let (m, _) = poll(&s, &format!("topic={t}&cursor={c}&timeout=30"))
-            .await
-            .ok();
+        let (m, _) = poll(&s, &format!("topic={t}&cursor={c}&timeout=30")).await.ok();
         assert_eq!(ids(&m), [next.as_str()]);
     }
     s.stop().await;
@@ -225,10 +206,7 @@ async fn held_poll_returns_on_publish() {
     let c0 = now_cursor(&s, &[ta, tb]).await;
 
     let http = s.http.clone();
-    let url = s.url(&format!(
-        "/v1/poll?{}&cursor={c0}&timeout=20",
-        topics_q(&[ta, tb])
-    ));
+    let url = s.url(&format!("/v1/poll?{}&cursor={c0}&timeout=20", topics_q(&[ta, tb])));
     let mut held = tokio::spawn(async move {
         let res = http.get(&url).send().await.expect("poll");
         assert_eq!(res.status().as_u16(), 200);
@@ -236,9 +214,7 @@ async fn held_poll_returns_on_publish() {
     });
     // Nothing to return yet: the poll is held.
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), &mut held)
-            .await
-            .is_err(),
+        tokio::time::timeout(Duration::from_millis(300), &mut held).await.is_err(),
         "an empty poll was answered before its timeout"
     );
     let published_at = Instant::now();
@@ -248,10 +224,7 @@ async fn held_poll_returns_on_publish() {
         .expect("the held poll was not answered after a publish")
         .expect("poll task");
     let latency = answered_at - published_at;
-    assert!(
-        latency < Duration::from_secs(2),
-        "answered {latency:?} after the publish"
-    );
+    assert!(latency < Duration::from_secs(2), "answered {latency:?} after the publish");
     assert_eq!(body["messages"].as_array().unwrap().len(), 1, "{body}");
     let m = &body["messages"][0];
     check_shape(m);
@@ -263,25 +236,15 @@ async fn held_poll_returns_on_publish() {
     // the next publish, on the other topic.
     let c1 = body["cursor"].as_str().unwrap().to_owned();
     let http = s.http.clone();
-    let url = s.url(&format!(
-        "/v1/poll?{}&cursor={c1}&timeout=20",
-        topics_q(&[ta, tb])
-    ));
+    let url = s.url(&format!("/v1/poll?{}&cursor={c1}&timeout=20", topics_q(&[ta, tb])));
     let mut held = tokio::spawn(async move {
         let res = http.get(&url).send().await.expect("poll");
         res.json::<Value>().await.expect("json")
     });
-    assert!(tokio::time::timeout(Duration::from_millis(300), &mut held)
-        .await
-        .is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(300), &mut held).await.is_err());
     let id2 = s.publish(ta, r#"{"wake":2}"#).await;
     let body = tokio::time::timeout(WAIT, held).await.unwrap().unwrap();
-    let got: Vec<String> = body["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(id_of)
-        .collect();
+    let got: Vec<String> = body["messages"].as_array().unwrap().iter().map(id_of).collect();
     assert_eq!(got, [id2]);
     assert_eq!(body["messages"][0]["topic"], ta);
     s.stop().await;
@@ -306,19 +269,13 @@ async fn timeout_answers_empty_with_a_usable_cursor() {
     // Passing it back later gets what was published meanwhile.
     let p1 = s.publish(t, r#"{"n":1}"#).await;
     let p2 = s.publish(t, r#"{"n":2}"#).await;
-    let (m, c2) = poll(&s, &format!("topic={t}&cursor={c1}&timeout=0"))
-        .await
-        .ok();
+    let (m, c2) = poll(&s, &format!("topic={t}&cursor={c1}&timeout=0")).await.ok();
     assert_eq!(ids(&m), [p1, p2]);
     assert_eq!(m[0]["data"], json!({"n": 1}));
 
     // A fractional timeout, then one above max_timeout (clamped to 1 s).
     let a = poll(&s, &format!("topic={t}&cursor={c2}&timeout=0.3")).await;
-    assert!(
-        a.elapsed >= Duration::from_millis(300) && a.elapsed < Duration::from_secs(5),
-        "{:?}",
-        a.elapsed
-    );
+    assert!(a.elapsed >= Duration::from_millis(300) && a.elapsed < Duration::from_secs(5), "{:?}", a.elapsed);
     let (m, c3) = a.ok();
     assert!(m.is_empty());
     let a = poll(&s, &format!("topic={t}&cursor={c3}&timeout=100")).await;
@@ -331,9 +288,7 @@ async fn timeout_answers_empty_with_a_usable_cursor() {
     assert!(m.is_empty());
     assert_eq!(a.body, json!({"messages": [], "cursor": c4}));
     let p3 = s.publish(t, r#"{"n":3}"#).await;
-    let (m, _) = poll(&s, &format!("topic={t}&cursor={c4}&timeout=0"))
-        .await
-        .ok();
+    let (m, _) = poll(&s, &format!("topic={t}&cursor={c4}&timeout=0")).await.ok();
     assert_eq!(ids(&m), [p3]);
     s.stop().await;
 }
@@ -356,9 +311,7 @@ async fn limit_across_topics_and_cursor_continues() {
     let mut sizes = vec![];
     let mut all = vec![];
     loop {
-        let (m, next) = poll(&s, &format!("{q}&cursor={cursor}&limit=3&timeout=0"))
-            .await
-            .ok();
+        let (m, next) = poll(&s, &format!("{q}&cursor={cursor}&limit=3&timeout=0")).await.ok();
         cursor = next;
         if m.is_empty() {
             break;
@@ -371,16 +324,12 @@ async fn limit_across_topics_and_cursor_continues() {
     assert_eq!(by_topic(&all), want, "every message once, per-topic order");
 
     // A limit above the maximum is clamped, not refused.
-    let (m, _) = poll(&s, &format!("{q}&cursor={c0}&limit=100000&timeout=0"))
-        .await
-        .ok();
+    let (m, _) = poll(&s, &format!("{q}&cursor={c0}&limit=100000&timeout=0")).await.ok();
     assert_eq!(by_topic(&m), want);
 
     // The final cursor continues exactly.
     let next = s.publish(tb, r#"{"i":5}"#).await;
-    let (m, _) = poll(&s, &format!("{q}&cursor={cursor}&limit=3&timeout=0"))
-        .await
-        .ok();
+    let (m, _) = poll(&s, &format!("{q}&cursor={cursor}&limit=3&timeout=0")).await.ok();
     assert_eq!(ids(&m), [next]);
     assert_eq!(m[0]["topic"], tb);
     s.stop().await;
@@ -470,19 +419,8 @@ async fn loop_on_cursor(poller: &TestServer, publisher: &TestServer, n: usize) {
     let mut got = vec![];
     let mut polls = 0;
     while got.len() < 2 * n {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {} messages after {polls} polls",
-            got.len(),
-            2 * n
-        );
-        let (m, next) = poll_on(
-            &http,
-            poller,
-            &format!("{q}&cursor={cursor}&limit=37&timeout=5"),
-        )
-        .await
-        .ok();
+        assert!(Instant::now() < deadline, "only {} of {} messages after {polls} polls", got.len(), 2 * n);
+        let (m, next) = poll_on(&http, poller, &format!("{q}&cursor={cursor}&limit=37&timeout=5")).await.ok();
         assert!(m.len() <= 37);
         polls += 1;
         cursor = next;
@@ -494,27 +432,18 @@ async fn loop_on_cursor(poller: &TestServer, publisher: &TestServer, n: usize) {
     want.insert(ta.to_owned(), ids_a);
     want.insert(tb.to_owned(), ids_b);
     for ids in want.values() {
-        assert!(
-            ids.windows(2).all(|w| pid(&w[0]) < pid(&w[1])),
-            "ids increase"
-        );
+        assert!(ids.windows(2).all(|w| pid(&w[0]) < pid(&w[1])), "ids increase");
     }
     assert_eq!(got.len(), 2 * n, "no duplicates");
     assert_eq!(by_topic(&got), want, "exactly once, in per-topic order");
     for t in [ta, tb] {
-        let data: Vec<Value> = got
-            .iter()
-            .filter(|m| m["topic"] == t)
-            .map(|m| m["data"].clone())
-            .collect();
+        let data: Vec<Value> = got.iter().filter(|m| m["topic"] == t).map(|m| m["data"].clone()).collect();
         let expect: Vec<Value> = (0..n).map(|i| json!({"t": t, "i": i})).collect();
         assert_eq!(data, expect);
     }
     assert!(polls > 1, "the loop should take several polls");
     // Nothing left over.
-    let (m, _) = poll_on(&http, poller, &format!("{q}&cursor={cursor}&timeout=0"))
-        .await
-        .ok();
+    let (m, _) = poll_on(&http, poller, &format!("{q}&cursor={cursor}&timeout=0")).await.ok();
     assert!(m.is_empty(), "{m:?}");
 }
 
@@ -552,17 +481,11 @@ async fn redis_held_poll_on_b_answered_by_publish_on_a() {
         let res = http.get(&url).send().await.expect("poll");
         (Instant::now(), res.json::<Value>().await.expect("json"))
     });
-    assert!(tokio::time::timeout(Duration::from_millis(300), &mut held)
-        .await
-        .is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(300), &mut held).await.is_err());
     let published_at = Instant::now();
     let id = a.publish(t, r#"{"from":"a"}"#).await;
     let (answered_at, body) = tokio::time::timeout(WAIT, held).await.unwrap().unwrap();
-    assert!(
-        answered_at - published_at < Duration::from_secs(3),
-        "{:?}",
-        answered_at - published_at
-    );
+    assert!(answered_at - published_at < Duration::from_secs(3), "{:?}", answered_at - published_at);
     assert_eq!(
         body["messages"],
         json!([{"topic": t, "id": id, "ts": body["messages"][0]["ts"], "data": {"from": "a"}}])
@@ -581,9 +504,7 @@ async fn redis_shutdown_answers_held_poll_with_usable_cursor() {
     let t = "poll.redis.down";
     let c0 = now_cursor(&a, &[t]).await;
     let p0 = a.publish(t, r#"{"n":0}"#).await;
-    let (m, c1) = poll(&a, &format!("topic={t}&cursor={c0}&timeout=0"))
-        .await
-        .ok();
+    let (m, c1) = poll(&a, &format!("topic={t}&cursor={c0}&timeout=0")).await.ok();
     assert_eq!(ids(&m), [p0]);
 
     let http = a.http.clone();
@@ -593,33 +514,22 @@ async fn redis_shutdown_answers_held_poll_with_usable_cursor() {
         let status = res.status().as_u16();
         (status, res.json::<Value>().await.expect("json"))
     });
-    assert!(tokio::time::timeout(Duration::from_millis(300), &mut held)
-        .await
-        .is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(300), &mut held).await.is_err());
     let started = Instant::now();
     let stop = tokio::spawn(a.stop());
     let (status, body) = tokio::time::timeout(WAIT, held)
         .await
         .expect("a held poll was not answered at shutdown")
         .expect("poll task");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "answered only after {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "answered only after {:?}", started.elapsed());
     assert_eq!(status, 200, "{body}");
     let c2 = body["cursor"].as_str().expect("cursor").to_owned();
     assert_eq!(body, json!({"messages": [], "cursor": c2}));
-    tokio::time::timeout(WAIT, stop)
-        .await
-        .expect("stop timed out")
-        .expect("stop");
+    tokio::time::timeout(WAIT, stop).await.expect("stop timed out").expect("stop");
 
     let b = TestServer::start(&cfg).await;
     let p1 = b.publish(t, r#"{"n":1}"#).await;
-    let (m, _) = poll(&b, &format!("topic={t}&cursor={c2}&timeout=5"))
-        .await
-        .ok();
+    let (m, _) = poll(&b, &format!("topic={t}&cursor={c2}&timeout=5")).await.ok();
     assert_eq!(ids(&m), [p1]);
     assert_eq!(m[0]["data"], json!({"n": 1}));
     b.stop().await;
@@ -648,9 +558,7 @@ async fn cors_on_poll() {
             .unwrap();
         assert_eq!(res.status().as_u16(), 200);
         for h in [pre.headers(), res.headers()] {
-            let acao = h
-                .get("access-control-allow-origin")
-                .map(|v| v.to_str().unwrap().to_owned());
+            let acao = h.get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_owned());
             if allowed {
                 assert_eq!(acao.as_deref(), Some(origin));
             } else {
@@ -677,10 +585,7 @@ async fn bad_parameters() {
         (format!("topic={t}&cursor=!!"), "bad_request"),
         (format!("topic={t}&cursor=AAAA"), "bad_request"),
         (format!("topic={t}&cursor=Zm9v"), "bad_request"),
-        (
-            format!("topic={t}&cursor={}", "A".repeat(5000)),
-            "bad_request",
-        ),
+        (format!("topic={t}&cursor={}", "A".repeat(5000)), "bad_request"),
         (format!("topic={t}&timeout=abc"), "bad_request"),
         (format!("topic={t}&timeout=-1"), "bad_request"),
         (format!("topic={t}&timeout=NaN"), "bad_request"),
@@ -693,19 +598,13 @@ async fn bad_parameters() {
     for (query, code) in cases {
         let a = poll(&s, &query).await;
         assert_eq!(a.status, 400, "GET /v1/poll?{query}: {}", a.body);
-        assert_eq!(
-            a.body["error"]["code"], code,
-            "GET /v1/poll?{query}: {}",
-            a.body
-        );
+        assert_eq!(a.body["error"]["code"], code, "GET /v1/poll?{query}: {}", a.body);
         assert!(a.body["error"]["message"].is_string(), "{}", a.body);
         assert!(a.elapsed < Duration::from_secs(5), "a bad poll is not held");
     }
     // The server is fine and the good cursor works.
     let id = s.publish(t, "1").await;
-    let (m, _) = poll(&s, &format!("topic={t}&cursor={good}&timeout=5"))
-        .await
-        .ok();
+    let (m, _) = poll(&s, &format!("topic={t}&cursor={good}&timeout=5")).await.ok();
     assert_eq!(ids(&m), [id]);
     s.stop().await;
 }

@@ -31,10 +31,7 @@ fn pid(s: &str) -> (u64, u64) {
 }
 
 fn ids(frames: &[Value]) -> Vec<String> {
-    frames
-        .iter()
-        .map(|m| m["id"].as_str().expect("id").to_owned())
-        .collect()
+    frames.iter().map(|m| m["id"].as_str().expect("id").to_owned()).collect()
 }
 
 /// The same FNV-1a as the engine: which key group (`{s<N>}`) a topic uses.
@@ -51,11 +48,7 @@ fn fnv1a(s: &str) -> u32 {
 async fn assert_quiet(c: &mut WsClient, tag: &str) {
     c.send(json!({"op": "ping", "ref": tag})).await;
     let v = c.next().await;
-    assert_eq!(
-        v,
-        json!({"op": "pong", "ref": tag}),
-        "expected only a pong, got {v}"
-    );
+    assert_eq!(v, json!({"op": "pong", "ref": tag}), "expected only a pong, got {v}");
 }
 
 /// Polls `path` until it answers `want` (bounded by `within`).
@@ -66,10 +59,7 @@ async fn wait_status(s: &TestServer, path: &str, want: u16, within: Duration) {
         if status == want {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{path} still {status} {body} after {within:?}, want {want}"
-        );
+        assert!(Instant::now() < deadline, "{path} still {status} {body} after {within:?}, want {want}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -79,9 +69,7 @@ async fn all_history(s: &TestServer, topic: &str) -> Vec<Value> {
     let mut out = vec![];
     let mut after = "0-0".to_owned();
     loop {
-        let (status, v) = s
-            .get(&format!("/v1/history/{topic}?after={after}&limit=1000"))
-            .await;
+        let (status, v) = s.get(&format!("/v1/history/{topic}?after={after}&limit=1000")).await;
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["truncated"], false, "{v}");
         let page = v["messages"].as_array().expect("messages").clone();
@@ -127,10 +115,7 @@ async fn messages_until(c: &mut WsClient, last: &str, msgs: &mut Vec<Value>) {
 async fn read_until_close(mut c: WsClient) -> (Vec<Value>, Option<u16>) {
     let mut frames = vec![];
     loop {
-        match tokio::time::timeout(WAIT, c.ws.next())
-            .await
-            .expect("timed out waiting for frames or close")
-        {
+        match tokio::time::timeout(WAIT, c.ws.next()).await.expect("timed out waiting for frames or close") {
             Some(Ok(WsMessage::Text(t))) => {
                 frames.push(serde_json::from_str(t.as_str()).expect("json frame"))
             }
@@ -147,10 +132,7 @@ async fn read_until_close(mut c: WsClient) -> (Vec<Value>, Option<u16>) {
 async fn resume(s: &TestServer, path: &str) -> (WsClient, Value) {
     for _ in 0..20 {
         let mut c = s.ws(path).await;
-        match tokio::time::timeout(WAIT, c.ws.next())
-            .await
-            .expect("timed out waiting for the first frame")
-        {
+        match tokio::time::timeout(WAIT, c.ws.next()).await.expect("timed out waiting for the first frame") {
             Some(Ok(WsMessage::Text(t))) => {
                 return (c, serde_json::from_str(t.as_str()).expect("json frame"))
             }
@@ -187,9 +169,7 @@ async fn two_processes_share_topics_and_idempotency() {
 
     // A → B over HTTP → WS.
     let mut on_b = b.ws("/v1/ws?topic=x.one").await;
-    let (status, published) = a
-        .publish_raw("x.one", r#"{"z":1,"a":[true,null],"s":"é"}"#, None)
-        .await;
+    let (status, published) = a.publish_raw("x.one", r#"{"z":1,"a":[true,null],"s":"é"}"#, None).await;
     assert_eq!(status, 200, "{published}");
     let m = on_b.next_op("message").await;
     assert_eq!(m["topic"], "x.one");
@@ -199,21 +179,11 @@ async fn two_processes_share_topics_and_idempotency() {
     assert_quiet(&mut on_b, "b1").await;
     // The bytes the publisher sent, key order kept, as stored by the other process.
     let raw = tokio::time::timeout(WAIT, async {
-        b.http
-            .get(b.url("/v1/history/x.one"))
-            .send()
-            .await
-            .expect("history")
-            .text()
-            .await
-            .expect("body")
+        b.http.get(b.url("/v1/history/x.one")).send().await.expect("history").text().await.expect("body")
     })
     .await
     .expect("history timed out");
-    assert!(
-        raw.contains(r#""data":{"z":1,"a":[true,null],"s":"é"}"#),
-        "{raw}"
-    );
+    assert!(raw.contains(r#""data":{"z":1,"a":[true,null],"s":"é"}"#), "{raw}");
 
     // B (WS publish) → A (WS subscriber).
     let mut on_a = a.ws("/v1/ws").await;
@@ -221,17 +191,12 @@ async fn two_processes_share_topics_and_idempotency() {
     assert!(before.is_empty(), "{before:?}");
     assert_eq!(ack["recovered"], true, "{ack}");
     let mut pub_b = b.ws("/v1/ws").await;
-    pub_b
-        .send(json!({"op": "publish", "topic": "x.two", "data": {"from": "b"}, "ref": "p1"}))
-        .await;
+    pub_b.send(json!({"op": "publish", "topic": "x.two", "data": {"from": "b"}, "ref": "p1"})).await;
     let ack = pub_b.next_op("ack").await;
     assert_eq!(ack["ref"], "p1", "{ack}");
     let id = ack["id"].as_str().expect("publish ack id").to_owned();
     let m = on_a.next_op("message").await;
-    assert_eq!(
-        (m["topic"].clone(), m["id"].clone()),
-        (json!("x.two"), json!(id))
-    );
+    assert_eq!((m["topic"].clone(), m["id"].clone()), (json!("x.two"), json!(id)));
     assert_eq!(m["data"], json!({"from": "b"}));
     assert_quiet(&mut on_a, "a1").await;
     assert_quiet(&mut pub_b, "p").await;
@@ -253,23 +218,14 @@ async fn two_processes_share_topics_and_idempotency() {
     assert!(pid(r4["id"].as_str().unwrap()) > pid(r1["id"].as_str().unwrap()));
     for s in [&a, &b] {
         let h = all_history(s, "x.idem").await;
-        assert_eq!(
-            ids(&h),
-            vec![r1["id"].as_str().unwrap(), r4["id"].as_str().unwrap()]
-        );
+        assert_eq!(ids(&h), vec![r1["id"].as_str().unwrap(), r4["id"].as_str().unwrap()]);
         assert_eq!(h[0]["data"], json!({"n": 1}));
         // History on either process holds what the other published.
-        assert_eq!(
-            ids(&all_history(s, "x.one").await),
-            vec![published["id"].as_str().unwrap()]
-        );
+        assert_eq!(ids(&all_history(s, "x.one").await), vec![published["id"].as_str().unwrap()]);
         assert_eq!(ids(&all_history(s, "x.two").await), vec![id.clone()]);
     }
     let got = watch.messages(2).await;
-    assert_eq!(
-        ids(&got),
-        vec![r1["id"].as_str().unwrap(), r4["id"].as_str().unwrap()]
-    );
+    assert_eq!(ids(&got), vec![r1["id"].as_str().unwrap(), r4["id"].as_str().unwrap()]);
     assert_quiet(&mut watch, "w").await;
 
     // Keys carry the configured prefix and a key-group hash tag.
@@ -306,13 +262,10 @@ async fn resume_on_other_process_after_stop_while_publishing() {
             let mut published = vec![];
             let mut extra = 0;
             for i in 0..MAX {
-                let res = tokio::time::timeout(
-                    WAIT,
-                    http.post(&url).body(format!(r#"{{"i":{i}}}"#)).send(),
-                )
-                .await
-                .expect("publish timed out")
-                .expect("publish");
+                let res = tokio::time::timeout(WAIT, http.post(&url).body(format!(r#"{{"i":{i}}}"#)).send())
+                    .await
+                    .expect("publish timed out")
+                    .expect("publish");
                 assert_eq!(res.status().as_u16(), 200);
                 let v: Value = res.json().await.expect("json");
                 published.push(v["id"].as_str().expect("id").to_owned());
@@ -338,10 +291,7 @@ async fn resume_on_other_process_after_stop_while_publishing() {
     }
     on_b.extend(rest);
     let cursor = on_b.last().unwrap()["cursor"].as_str().unwrap().to_owned();
-    assert!(
-        !publisher.is_finished(),
-        "publishing continues past B's stop"
-    );
+    assert!(!publisher.is_finished(), "publishing continues past B's stop");
 
     // Resume on A and on a fresh process C while publishing goes on.
     let c = TestServer::start(&toml).await;
@@ -352,27 +302,15 @@ async fn resume_on_other_process_after_stop_while_publishing() {
         .await
         .expect("publisher timed out")
         .expect("publisher");
-    assert!(
-        published.windows(2).all(|w| pid(&w[0]) < pid(&w[1])),
-        "ids increase"
-    );
+    assert!(published.windows(2).all(|w| pid(&w[0]) < pid(&w[1])), "ids increase");
     let n = on_b.len();
     assert!(n >= 40 && n < published.len(), "{n}");
-    assert_eq!(
-        ids(&on_b),
-        published[..n].to_vec(),
-        "B got a prefix, in order"
-    );
+    assert_eq!(ids(&on_b), published[..n].to_vec(), "B got a prefix, in order");
     let last = published.last().unwrap();
     for (name, client) in [("A", &mut on_a), ("C", &mut on_c)] {
         let mut got = vec![];
         messages_until(client, last, &mut got).await;
-        assert_eq!(
-            ids(&got),
-            published[n..].to_vec(),
-            "{name} resumes exactly after {}",
-            published[n - 1]
-        );
+        assert_eq!(ids(&got), published[n..].to_vec(), "{name} resumes exactly after {}", published[n - 1]);
         for (k, m) in got.iter().enumerate() {
             assert_eq!(m["data"], json!({"i": n + k}));
         }
@@ -390,11 +328,8 @@ async fn resume_on_other_process_after_stop_while_publishing() {
 async fn redis_outage_and_recovery() {
     const AFTER_RECOVERY: usize = 20;
     let mut redis = RedisServer::start();
-    let toml = cfg(
-        &redis.url(),
-        "op_timeout = \"500ms\"\nblock = \"1s\"",
-        "[limits]\noutbox_capacity = 100000\n",
-    );
+    let toml =
+        cfg(&redis.url(), "op_timeout = \"500ms\"\nblock = \"1s\"", "[limits]\noutbox_capacity = 100000\n");
     let s = TestServer::start(&toml).await;
     wait_status(&s, "/readyz", 200, WAIT).await;
     let topic = "outage.t";
@@ -411,13 +346,10 @@ async fn redis_outage_and_recovery() {
             let mut outcomes: Vec<(u16, String, bool)> = vec![];
             let mut after = 0;
             for i in 0..100_000 {
-                let res = tokio::time::timeout(
-                    WAIT,
-                    http.post(&url).body(format!(r#"{{"i":{i}}}"#)).send(),
-                )
-                .await
-                .expect("publish timed out")
-                .expect("publish");
+                let res = tokio::time::timeout(WAIT, http.post(&url).body(format!(r#"{{"i":{i}}}"#)).send())
+                    .await
+                    .expect("publish timed out")
+                    .expect("publish");
                 let status = res.status().as_u16();
                 let v: Value = res.json().await.expect("json body");
                 let late = recovered.load(Ordering::Acquire);
@@ -454,21 +386,14 @@ async fn redis_outage_and_recovery() {
     // Publishes during the outage: 503 `unavailable` on HTTP, an error frame
     // on WS (the connection stays open).
     for k in 0..3 {
-        let (status, v) = s
-            .publish_raw(topic, &format!(r#"{{"down":{k}}}"#), None)
-            .await;
+        let (status, v) = s.publish_raw(topic, &format!(r#"{{"down":{k}}}"#), None).await;
         assert_eq!(status, 503, "{v}");
         assert_eq!(v["error"]["code"], "unavailable", "{v}");
         assert!(v["error"]["message"].is_string(), "{v}");
     }
     let (status, v) = s.get(&format!("/v1/history/{topic}")).await;
-    assert_eq!(
-        (status, v["error"]["code"].clone()),
-        (503, json!("unavailable")),
-        "{v}"
-    );
-    w.send(json!({"op": "publish", "topic": topic, "data": {"ws": "down"}, "ref": "down"}))
-        .await;
+    assert_eq!((status, v["error"]["code"].clone()), (503, json!("unavailable")), "{v}");
+    w.send(json!({"op": "publish", "topic": topic, "data": {"ws": "down"}, "ref": "down"})).await;
     let err = until_ref(&mut w, "down", &mut w_msgs).await;
     assert_eq!(err["op"], "error", "{err}");
     assert_eq!(err["code"], "unavailable", "{err}");
@@ -486,27 +411,16 @@ async fn redis_outage_and_recovery() {
         .await
         .expect("publisher timed out")
         .expect("publisher");
-    let accepted: Vec<String> = outcomes
-        .iter()
-        .filter(|o| o.0 == 200)
-        .map(|o| o.1.clone())
-        .collect();
+    let accepted: Vec<String> = outcomes.iter().filter(|o| o.0 == 200).map(|o| o.1.clone()).collect();
     let refused = outcomes.iter().filter(|o| o.0 == 503).count();
     assert!(refused >= 1, "the publisher saw the outage: {outcomes:?}");
-    assert!(
-        accepted.windows(2).all(|w| pid(&w[0]) < pid(&w[1])),
-        "ids increase across the outage"
-    );
+    assert!(accepted.windows(2).all(|w| pid(&w[0]) < pid(&w[1])), "ids increase across the outage");
 
     // Nothing accepted is lost: the history holds every accepted id (plus at
     // most the refused publishes that Redis applied before its reply was lost).
     let history = all_history(&s, topic).await;
     let hist_ids = ids(&history);
-    assert_eq!(
-        hist_ids[..before_outage.len()],
-        ids(&before_outage)[..],
-        "history before the outage intact"
-    );
+    assert_eq!(hist_ids[..before_outage.len()], ids(&before_outage)[..], "history before the outage intact");
     let mut it = hist_ids.iter();
     for id in &accepted {
         assert!(it.any(|h| h == id), "accepted {id} missing from history");
@@ -537,10 +451,7 @@ async fn redis_outage_and_recovery() {
 async fn redis_cluster_round_trip() {
     let cluster = tokio::task::block_in_place(RedisCluster::start);
     let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
-    let toml = format!(
-        "[engine]\nkind = \"redis\"\n[redis]\ncluster_urls = [{}]\n",
-        urls.join(", ")
-    );
+    let toml = format!("[engine]\nkind = \"redis\"\n[redis]\ncluster_urls = [{}]\n", urls.join(", "));
     let a = TestServer::start(&toml).await;
     let b = TestServer::start(&toml).await;
     wait_status(&a, "/readyz", 200, WAIT).await;
@@ -548,10 +459,7 @@ async fn redis_cluster_round_trip() {
 
     let topics: Vec<String> = (0..20).map(|i| format!("cl.{i}")).collect();
     let groups: BTreeSet<u32> = topics.iter().map(|t| fnv1a(t) % 8).collect();
-    assert!(
-        groups.len() >= 4,
-        "topics spread over key groups: {groups:?}"
-    );
+    assert!(groups.len() >= 4, "topics spread over key groups: {groups:?}");
 
     let q: Vec<String> = topics.iter().map(|t| format!("topic={t}")).collect();
     let mut all_b = b.ws(&format!("/v1/ws?{}", q.join("&"))).await;
@@ -569,10 +477,7 @@ async fn redis_cluster_round_trip() {
             .iter()
             .map(|m| {
                 assert_eq!(m["data"], json!({"t": m["topic"]}), "{m}");
-                (
-                    m["topic"].as_str().unwrap().to_owned(),
-                    m["id"].as_str().unwrap().to_owned(),
-                )
+                (m["topic"].as_str().unwrap().to_owned(), m["id"].as_str().unwrap().to_owned())
             })
             .collect();
         let mut want = published.clone();
@@ -706,10 +611,8 @@ async fn thousand_topics_across_two_processes() {
             })
             .collect();
         got.sort_by(|x, y| (&x.0, &x.1).cmp(&(&y.0, &y.1)));
-        let want: Vec<(String, String, Value)> = ts
-            .iter()
-            .map(|&i| (topic(i), id_of[&i].clone(), json!(i)))
-            .collect();
+        let want: Vec<(String, String, Value)> =
+            ts.iter().map(|&i| (topic(i), id_of[&i].clone(), json!(i))).collect();
         assert_eq!(got, want, "connection on process {p}");
     }
     a.stop().await;
@@ -734,10 +637,7 @@ async fn deleted_stream_resume_reports_gap() {
     let cursor = seen[4]["cursor"].as_str().unwrap().to_owned();
     drop(w);
 
-    let keys = cli(
-        redis.port,
-        &["--scan", "--pattern", &format!("*:t:{topic}")],
-    );
+    let keys = cli(redis.port, &["--scan", "--pattern", &format!("*:t:{topic}")]);
     let key = keys.trim();
     assert_eq!(key, format!("rtgate:{{s{}}}:t:{topic}", fnv1a(topic) % 8));
     assert_eq!(cli(redis.port, &["DEL", key]).trim(), "1");
@@ -745,15 +645,8 @@ async fn deleted_stream_resume_reports_gap() {
     // Connect cursor: a gap naming the position, then nothing, then live.
     let mut c = s.ws(&format!("/v1/ws?topic={topic}&cursor={cursor}")).await;
     let gap = c.next_op("gap").await;
-    assert_eq!(
-        (gap["topic"].clone(), gap["after"].clone()),
-        (json!(topic), json!(published[4])),
-        "{gap}"
-    );
-    assert!(
-        pid(gap["oldest"].as_str().unwrap()) >= pid(&published[4]),
-        "{gap}"
-    );
+    assert_eq!((gap["topic"].clone(), gap["after"].clone()), (json!(topic), json!(published[4])), "{gap}");
+    assert!(pid(gap["oldest"].as_str().unwrap()) >= pid(&published[4]), "{gap}");
     assert_quiet(&mut c, "c").await;
 
     // Subscribe `after`: the gap precedes the ack, which says recovered:false.
@@ -761,17 +654,12 @@ async fn deleted_stream_resume_reports_gap() {
     let (before, ack) = d.subscribe(topic, Some(&published[1])).await;
     assert_eq!(before.len(), 1, "{before:?}");
     assert_eq!(before[0]["op"], "gap");
-    assert_eq!(
-        (before[0]["topic"].clone(), before[0]["after"].clone()),
-        (json!(topic), json!(published[1]))
-    );
+    assert_eq!((before[0]["topic"].clone(), before[0]["after"].clone()), (json!(topic), json!(published[1])));
     assert_eq!(ack["recovered"], false, "{ack}");
     assert_quiet(&mut d, "d").await;
 
     // History `after` an id the stream no longer has: truncated.
-    let (status, v) = s
-        .get(&format!("/v1/history/{topic}?after={}", published[1]))
-        .await;
+    let (status, v) = s.get(&format!("/v1/history/{topic}?after={}", published[1])).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v, json!({"messages": [], "truncated": true}));
 
@@ -805,9 +693,7 @@ async fn flushed_then_rewritten_stream_resume_reports_gap() {
     let fresh = s.publish(topic, r#""fresh""#).await;
     assert!(pid(&fresh) > pid(&published[4]));
 
-    let mut c = s
-        .ws(&format!("/v1/ws?topic={topic}&cursor={cursor2}"))
-        .await;
+    let mut c = s.ws(&format!("/v1/ws?topic={topic}&cursor={cursor2}")).await;
     let first = c.next().await;
     assert_eq!(
         first,
@@ -820,17 +706,12 @@ async fn flushed_then_rewritten_stream_resume_reports_gap() {
 
     let mut d = s.ws("/v1/ws").await;
     let (before, ack) = d.subscribe(topic, Some(&published[2])).await;
-    assert_eq!(
-        before,
-        vec![json!({"op": "gap", "topic": topic, "after": published[2], "oldest": fresh})]
-    );
+    assert_eq!(before, vec![json!({"op": "gap", "topic": topic, "after": published[2], "oldest": fresh})]);
     assert_eq!(ack["recovered"], false, "{ack}");
     assert_eq!(d.next_op("message").await["id"], fresh.as_str());
     assert_quiet(&mut d, "d").await;
 
-    let (status, v) = s
-        .get(&format!("/v1/history/{topic}?after={}", published[2]))
-        .await;
+    let (status, v) = s.get(&format!("/v1/history/{topic}?after={}", published[2])).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["truncated"], true, "{v}");
     assert_eq!(ids(v["messages"].as_array().unwrap()), vec![fresh.clone()]);
@@ -843,12 +724,7 @@ async fn flushed_then_rewritten_stream_resume_reports_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_closes_subscribers_then_gap() {
     let mut redis = RedisServer::start();
-    let s = TestServer::start(&cfg(
-        &redis.url(),
-        "op_timeout = \"500ms\"\nblock = \"1s\"",
-        "",
-    ))
-    .await;
+    let s = TestServer::start(&cfg(&redis.url(), "op_timeout = \"500ms\"\nblock = \"1s\"", "")).await;
     wait_status(&s, "/readyz", 200, WAIT).await;
     let topic = "lost.c";
     let mut w = s.ws(&format!("/v1/ws?topic={topic}")).await;
@@ -880,11 +756,7 @@ async fn redis_restarted_empty_closes_subscribers_then_gap() {
     wait_status(&s, "/readyz", 200, Duration::from_secs(15)).await;
     let (mut c, gap) = resume(&s, &format!("/v1/ws?topic={topic}&cursor={cursor}")).await;
     assert_eq!(gap["op"], "gap", "{gap}");
-    assert_eq!(
-        (gap["topic"].clone(), gap["after"].clone()),
-        (json!(topic), json!(published[2])),
-        "{gap}"
-    );
+    assert_eq!((gap["topic"].clone(), gap["after"].clone()), (json!(topic), json!(published[2])), "{gap}");
     assert_quiet(&mut c, "c").await;
     let live = s.publish(topic, r#""again""#).await;
     assert_eq!(c.next_op("message").await["id"], live.as_str());

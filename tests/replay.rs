@@ -17,10 +17,7 @@ fn pid(s: &str) -> (u64, u64) {
 }
 
 fn ids(frames: &[Value]) -> Vec<String> {
-    frames
-        .iter()
-        .map(|m| m["id"].as_str().expect("id").to_owned())
-        .collect()
+    frames.iter().map(|m| m["id"].as_str().expect("id").to_owned()).collect()
 }
 
 async fn publish(http: &reqwest::Client, url: &str, body: String) -> String {
@@ -38,11 +35,7 @@ async fn publish(http: &reqwest::Client, url: &str, body: String) -> String {
 async fn assert_quiet(c: &mut WsClient, tag: &str) {
     c.send(json!({"op": "ping", "ref": tag})).await;
     let v = c.next().await;
-    assert_eq!(
-        v,
-        json!({"op": "pong", "ref": tag}),
-        "expected only a pong, got {v}"
-    );
+    assert_eq!(v, json!({"op": "pong", "ref": tag}), "expected only a pong, got {v}");
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -96,10 +89,7 @@ async fn resume_while_publishing(toml: &str, mode: Mode) {
     let last = got_a.last().expect("a message");
     let last_id = last["id"].as_str().expect("id").to_owned();
     let cursor = last["cursor"].as_str().expect("cursor").to_owned();
-    tokio::time::timeout(WAIT, a.ws.close(None))
-        .await
-        .expect("close timed out")
-        .expect("close");
+    tokio::time::timeout(WAIT, a.ws.close(None)).await.expect("close timed out").expect("close");
     drop(a);
     go_tx.send(()).expect("publisher alive");
 
@@ -107,10 +97,7 @@ async fn resume_while_publishing(toml: &str, mode: Mode) {
         Mode::SubscribeAfter => {
             let mut b = s.ws("/v1/ws").await;
             let (before, ack) = b.subscribe(topic, Some(&last_id)).await;
-            assert!(
-                before.is_empty(),
-                "nothing precedes the ack without a gap: {before:?}"
-            );
+            assert!(before.is_empty(), "nothing precedes the ack without a gap: {before:?}");
             assert_eq!(ack["recovered"], true, "{ack}");
             b
         }
@@ -122,26 +109,15 @@ async fn resume_while_publishing(toml: &str, mode: Mode) {
         .expect("publisher timed out")
         .expect("publisher");
     assert_eq!(published.len(), TOTAL);
-    assert!(
-        published.windows(2).all(|w| pid(&w[0]) < pid(&w[1])),
-        "ids increase"
-    );
-    assert_eq!(
-        ids(&got_a),
-        published[..A_READS].to_vec(),
-        "A got the first messages in order"
-    );
+    assert!(published.windows(2).all(|w| pid(&w[0]) < pid(&w[1])), "ids increase");
+    assert_eq!(ids(&got_a), published[..A_READS].to_vec(), "A got the first messages in order");
     for (i, m) in got_a.iter().enumerate() {
         assert_eq!(m["data"], json!({"i": i}));
     }
 
     let expected = &published[A_READS..];
     let got_b = b.messages(expected.len()).await;
-    assert_eq!(
-        ids(&got_b),
-        expected.to_vec(),
-        "B resumes exactly after {last_id}"
-    );
+    assert_eq!(ids(&got_b), expected.to_vec(), "B resumes exactly after {last_id}");
     for (k, m) in got_b.iter().enumerate() {
         assert_eq!(m["topic"], topic);
         assert_eq!(m["data"], json!({"i": A_READS + k}));
@@ -149,13 +125,8 @@ async fn resume_while_publishing(toml: &str, mode: Mode) {
     assert_quiet(&mut b, "end").await;
 
     // B's own cursor resumes at its end: nothing more to replay.
-    let c_cursor = got_b.last().expect("last")["cursor"]
-        .as_str()
-        .expect("cursor")
-        .to_owned();
-    let mut c = s
-        .ws(&format!("/v1/ws?topic={topic}&cursor={c_cursor}"))
-        .await;
+    let c_cursor = got_b.last().expect("last")["cursor"].as_str().expect("cursor").to_owned();
+    let mut c = s.ws(&format!("/v1/ws?topic={topic}&cursor={c_cursor}")).await;
     assert_quiet(&mut c, "c").await;
     let live = s.publish(topic, r#"{"live":true}"#).await;
     assert_eq!(c.next_op("message").await["id"], live.as_str());
@@ -196,44 +167,22 @@ async fn multi_topic_cursor_resumes_both_topics() {
     let order = ["mt.a", "mt.b", "mt.a", "mt.b", "mt.a"];
     let mut seen = vec![];
     for (i, t) in order.iter().enumerate() {
-        seen.push((
-            t.to_string(),
-            s.publish(t, &format!(r#"{{"seen":{i}}}"#)).await,
-        ));
+        seen.push((t.to_string(), s.publish(t, &format!(r#"{{"seen":{i}}}"#)).await));
     }
     let got = c.messages(order.len()).await;
     let got_pairs: Vec<(String, String)> = got
         .iter()
-        .map(|m| {
-            (
-                m["topic"].as_str().unwrap().to_owned(),
-                m["id"].as_str().unwrap().to_owned(),
-            )
-        })
+        .map(|m| (m["topic"].as_str().unwrap().to_owned(), m["id"].as_str().unwrap().to_owned()))
         .collect();
     assert_eq!(got_pairs, seen, "one connection, publish order");
-    let cursor = got.last().unwrap()["cursor"]
-        .as_str()
-        .expect("cursor")
-        .to_owned();
-    assert!(
-        cursor
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)),
-        "{cursor}"
-    );
-    tokio::time::timeout(WAIT, c.ws.close(None))
-        .await
-        .expect("close timed out")
-        .expect("close");
+    let cursor = got.last().unwrap()["cursor"].as_str().expect("cursor").to_owned();
+    assert!(cursor.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)), "{cursor}");
+    tokio::time::timeout(WAIT, c.ws.close(None)).await.expect("close timed out").expect("close");
     drop(c);
 
     // Missed on both topics while away.
     let (mut missed_a, mut missed_b) = (vec![], vec![]);
-    for (i, t) in ["mt.b", "mt.a", "mt.a", "mt.b", "mt.b", "mt.a", "mt.b"]
-        .iter()
-        .enumerate()
-    {
+    for (i, t) in ["mt.b", "mt.a", "mt.a", "mt.b", "mt.b", "mt.a", "mt.b"].iter().enumerate() {
         let id = s.publish(t, &format!(r#"{{"missed":{i}}}"#)).await;
         if *t == "mt.a" {
             missed_a.push(id)
@@ -244,16 +193,10 @@ async fn multi_topic_cursor_resumes_both_topics() {
     // A topic not subscribed must not leak in.
     s.publish("mt.c", "1").await;
 
-    let mut d = s
-        .ws(&format!("/v1/ws?topic=mt.a&topic=mt.b&cursor={cursor}"))
-        .await;
+    let mut d = s.ws(&format!("/v1/ws?topic=mt.a&topic=mt.b&cursor={cursor}")).await;
     let replayed = d.messages(missed_a.len() + missed_b.len()).await;
     let of = |t: &str| -> Vec<String> {
-        replayed
-            .iter()
-            .filter(|m| m["topic"] == t)
-            .map(|m| m["id"].as_str().unwrap().to_owned())
-            .collect()
+        replayed.iter().filter(|m| m["topic"] == t).map(|m| m["id"].as_str().unwrap().to_owned()).collect()
     };
     assert_eq!(of("mt.a"), missed_a);
     assert_eq!(of("mt.b"), missed_b);
@@ -263,25 +206,14 @@ async fn multi_topic_cursor_resumes_both_topics() {
     let la = s.publish("mt.a", r#""live-a""#).await;
     let lb = s.publish("mt.b", r#""live-b""#).await;
     let live = d.messages(2).await;
-    assert_eq!(
-        (live[0]["topic"].clone(), live[0]["id"].clone()),
-        (json!("mt.a"), json!(la))
-    );
-    assert_eq!(
-        (live[1]["topic"].clone(), live[1]["id"].clone()),
-        (json!("mt.b"), json!(lb))
-    );
+    assert_eq!((live[0]["topic"].clone(), live[0]["id"].clone()), (json!("mt.a"), json!(la)));
+    assert_eq!((live[1]["topic"].clone(), live[1]["id"].clone()), (json!("mt.b"), json!(lb)));
     let cursor2 = live[1]["cursor"].as_str().unwrap().to_owned();
     drop(d);
     let a2 = s.publish("mt.a", "2").await;
-    let mut e = s
-        .ws(&format!("/v1/ws?topic=mt.a&topic=mt.b&cursor={cursor2}"))
-        .await;
+    let mut e = s.ws(&format!("/v1/ws?topic=mt.a&topic=mt.b&cursor={cursor2}")).await;
     let m = e.next_op("message").await;
-    assert_eq!(
-        (m["topic"].clone(), m["id"].clone()),
-        (json!("mt.a"), json!(a2))
-    );
+    assert_eq!((m["topic"].clone(), m["id"].clone()), (json!("mt.a"), json!(a2)));
     assert_quiet(&mut e, "e").await;
     s.stop().await;
 }
@@ -332,9 +264,7 @@ async fn no_gap_when_resuming_just_before_oldest_retained() {
     let (before, ack) = d.subscribe("edge", Some(&published[13])).await;
     assert_eq!(
         before,
-        vec![
-            json!({"op": "gap", "topic": "edge", "after": published[13], "oldest": published[15]})
-        ]
+        vec![json!({"op": "gap", "topic": "edge", "after": published[13], "oldest": published[15]})]
     );
     assert_eq!(ack["recovered"], false);
     assert_eq!(ids(&d.messages(5).await), published[15..].to_vec());
@@ -355,10 +285,7 @@ async fn gap_after_trim_connect_cursor() {
 
     let mut c = s.ws(&format!("/v1/ws?topic=gapc&cursor={cursor0}")).await;
     let gap = c.next().await;
-    assert_eq!(
-        gap,
-        json!({"op": "gap", "topic": "gapc", "after": published[0], "oldest": published[15]})
-    );
+    assert_eq!(gap, json!({"op": "gap", "topic": "gapc", "after": published[0], "oldest": published[15]}));
     let got = c.messages(5).await;
     assert_eq!(ids(&got), published[15..].to_vec());
     assert_quiet(&mut c, "q").await;
@@ -438,10 +365,7 @@ async fn resume_under_trimming(mode: Mode) {
     let first_id = first["id"].as_str().unwrap().to_owned();
     let cursor0 = first["cursor"].as_str().unwrap().to_owned();
     drop(watcher);
-    tokio::time::timeout(WAIT, started_rx)
-        .await
-        .expect("publisher start timed out")
-        .expect("started");
+    tokio::time::timeout(WAIT, started_rx).await.expect("publisher start timed out").expect("started");
 
     let mut frames = vec![];
     let mut c = match mode {
@@ -449,18 +373,12 @@ async fn resume_under_trimming(mode: Mode) {
             let mut c = s.ws("/v1/ws").await;
             let (before, ack) = c.subscribe(topic, Some(&first_id)).await;
             let gap_before_ack = before.iter().any(|f| f["op"] == "gap");
-            assert!(
-                before.iter().all(|f| f["op"] == "gap"),
-                "only gaps precede the ack: {before:?}"
-            );
+            assert!(before.iter().all(|f| f["op"] == "gap"), "only gaps precede the ack: {before:?}");
             assert_eq!(ack["recovered"], !gap_before_ack, "{ack} after {before:?}");
             frames.extend(before);
             c
         }
-        Mode::ConnectCursor => {
-            s.ws(&format!("/v1/ws?topic={topic}&cursor={cursor0}"))
-                .await
-        }
+        Mode::ConnectCursor => s.ws(&format!("/v1/ws?topic={topic}&cursor={cursor0}")).await,
     };
     let published = tokio::time::timeout(Duration::from_secs(60), publisher)
         .await
@@ -492,10 +410,7 @@ async fn resume_under_trimming(mode: Mode) {
             }
             Some("gap") => {
                 assert_eq!(f["topic"], topic);
-                let (after, oldest) = (
-                    pid(f["after"].as_str().unwrap()),
-                    pid(f["oldest"].as_str().unwrap()),
-                );
+                let (after, oldest) = (pid(f["after"].as_str().unwrap()), pid(f["oldest"].as_str().unwrap()));
                 assert!(after < oldest, "{f}");
                 assert!(oldest > pos, "gap {f} does not move past position {pos:?}");
                 gaps.push((after, oldest));

@@ -54,16 +54,10 @@ impl Proc {
                     if n == 0 {
                         break;
                     }
-                    sink.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                    sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
                 }
             });
-            let mut p = Proc {
-                child,
-                port,
-                stderr,
-            };
+            let mut p = Proc { child, port, stderr };
             let deadline = Instant::now() + WAIT;
             loop {
                 if let Some(status) = p.child.try_wait().expect("try_wait") {
@@ -80,11 +74,7 @@ impl Proc {
                 if ok {
                     return p;
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "rtgate did not become healthy: {}",
-                    p.logs()
-                );
+                assert!(Instant::now() < deadline, "rtgate did not become healthy: {}", p.logs());
                 tokio::time::sleep(Duration::from_millis(20)).await; // polling /healthz, bounded
             }
         }
@@ -107,11 +97,7 @@ impl Proc {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "rtgate still running after {within:?}: {}",
-                self.logs()
-            );
+            assert!(Instant::now() < deadline, "rtgate still running after {within:?}: {}", self.logs());
             tokio::time::sleep(Duration::from_millis(10)).await; // polling the child, bounded
         }
     }
@@ -154,51 +140,26 @@ async fn sigterm_closes_clients_with_1001_and_exits_zero() {
     let t0 = Instant::now();
     p.sigterm();
     let (ea, eb) = tokio::join!(a.ended(), b.ended());
-    assert_eq!(
-        ea,
-        Ended::Closed(1001, "shutdown".into()),
-        "client a; logs: {}",
-        p.logs()
-    );
-    assert_eq!(
-        eb,
-        Ended::Closed(1001, "shutdown".into()),
-        "client b; logs: {}",
-        p.logs()
-    );
+    assert_eq!(ea, Ended::Closed(1001, "shutdown".into()), "client a; logs: {}", p.logs());
+    assert_eq!(eb, Ended::Closed(1001, "shutdown".into()), "client b; logs: {}", p.logs());
     drop((a, b));
 
     // Shutdown has begun: a new connection is refused (TCP refused/reset, or
     // the handshake is rejected), whether or not the process has exited yet.
-    let late = tokio::time::timeout(
-        WAIT,
-        tokio_tungstenite::connect_async(format!("ws://{base}/v1/ws?topic=sd")),
-    )
-    .await
-    .expect("late connect timed out");
-    assert!(
-        late.is_err(),
-        "a WebSocket connection was accepted during shutdown"
-    );
+    let late =
+        tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(format!("ws://{base}/v1/ws?topic=sd")))
+            .await
+            .expect("late connect timed out");
+    assert!(late.is_err(), "a WebSocket connection was accepted during shutdown");
 
     let status = p.wait_exit(GRACE + Duration::from_secs(5)).await;
     let took = t0.elapsed();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status {status}; logs: {}",
-        p.logs()
-    );
-    assert!(
-        took < GRACE,
-        "exited after {took:?}, grace is {GRACE:?}; logs: {}",
-        p.logs()
-    );
+    assert_eq!(status.code(), Some(0), "exit status {status}; logs: {}", p.logs());
+    assert!(took < GRACE, "exited after {took:?}, grace is {GRACE:?}; logs: {}", p.logs());
 
     // Nothing accepts on the port any more.
-    let refused = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(&base))
-        .await
-        .expect("connect timed out");
+    let refused =
+        tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(&base)).await.expect("connect timed out");
     assert!(refused.is_err(), "connection accepted after shutdown");
     drop(silent);
 }
@@ -214,17 +175,8 @@ async fn sigterm_with_idle_client_that_ignores_close_still_exits_in_grace() {
     p.sigterm();
     let status = p.wait_exit(GRACE + Duration::from_secs(5)).await;
     let took = t0.elapsed();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status {status}; logs: {}",
-        p.logs()
-    );
-    assert!(
-        took < GRACE,
-        "exited after {took:?}, grace is {GRACE:?}; logs: {}",
-        p.logs()
-    );
+    assert_eq!(status.code(), Some(0), "exit status {status}; logs: {}", p.logs());
+    assert!(took < GRACE, "exited after {took:?}, grace is {GRACE:?}; logs: {}", p.logs());
     drop(silent);
 }
 
@@ -244,17 +196,11 @@ async fn in_process_stop_closes_ws_clients_with_1001() {
         let eb = b.ended().await;
         (ea, eb)
     });
-    tokio::time::timeout(Duration::from_secs(15), s.stop())
-        .await
-        .expect("stop timed out");
-    let (ea, eb) = tokio::time::timeout(WAIT, closes)
-        .await
-        .expect("closes timed out")
-        .expect("join");
+    tokio::time::timeout(Duration::from_secs(15), s.stop()).await.expect("stop timed out");
+    let (ea, eb) = tokio::time::timeout(WAIT, closes).await.expect("closes timed out").expect("join");
     assert_eq!(ea, Ended::Closed(1001, "shutdown".into()));
     assert_eq!(eb, Ended::Closed(1001, "shutdown".into()));
-    let refused = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr))
-        .await
-        .expect("connect timed out");
+    let refused =
+        tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr)).await.expect("connect timed out");
     assert!(refused.is_err(), "connection accepted after stop");
 }

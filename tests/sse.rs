@@ -67,18 +67,11 @@ impl Sse {
             }
             chunk
         }));
-        Sse {
-            headers,
-            version,
-            events: body.eventsource(),
-            raw,
-        }
+        Sse { headers, version, events: body.eventsource(), raw }
     }
 
     fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().expect("ascii header").to_owned())
+        self.headers.get(name).map(|v| v.to_str().expect("ascii header").to_owned())
     }
 
     fn raw_text(&self) -> String {
@@ -141,17 +134,14 @@ fn sse_path(topics: &[&str]) -> String {
 fn check_cursor(c: &str) {
     assert!(!c.is_empty() && c.len() <= 4096, "cursor length: {c:?}");
     assert!(
-        c.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)),
+        c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)),
         "cursor has characters outside A-Za-z0-9-._~: {c:?}"
     );
 }
 
 /// A message is exactly `{topic, id, ts, data}` with an `<ms>-<seq>` id.
 fn check_shape(v: &Value) {
-    let o = v
-        .as_object()
-        .unwrap_or_else(|| panic!("not an object: {v}"));
+    let o = v.as_object().unwrap_or_else(|| panic!("not an object: {v}"));
     let mut keys: Vec<&str> = o.keys().map(String::as_str).collect();
     keys.sort_unstable();
     assert_eq!(keys, ["data", "id", "topic", "ts"], "{v}");
@@ -201,12 +191,7 @@ async fn assert_quiet(s: &TestServer, topics: &[&str], clients: &mut [&mut Sse])
         want.insert(t.to_string(), vec![id]);
     }
     for c in clients.iter_mut() {
-        let got: Vec<Value> = c
-            .messages(topics.len())
-            .await
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect();
+        let got: Vec<Value> = c.messages(topics.len()).await.into_iter().map(|(_, v)| v).collect();
         assert_eq!(by_topic(&got), want, "expected only the markers");
     }
 }
@@ -275,21 +260,13 @@ async fn headers_retry_hint_and_message_events() {
     let s = TestServer::start("[sse]\nretry = \"1500ms\"\n").await;
     let t = "sse.frame";
     let mut c = Sse::open(&s, &sse_path(&[t]), None).await;
-    assert_eq!(
-        c.header("content-type").as_deref(),
-        Some("text/event-stream")
-    );
+    assert_eq!(c.header("content-type").as_deref(), Some("text/event-stream"));
     assert_eq!(c.header("cache-control").as_deref(), Some("no-cache"));
     assert_eq!(c.header("x-accel-buffering").as_deref(), Some("no"));
     assert_eq!(c.version, reqwest::Version::HTTP_11);
 
     // Published after the 200: the stream had joined already.
-    let bodies = [
-        r#"{"b":1,"a":[1,2,{"z":null}],"s":"é\"x"}"#,
-        r#""just a string""#,
-        "42",
-        "null",
-    ];
+    let bodies = [r#"{"b":1,"a":[1,2,{"z":null}],"s":"é\"x"}"#, r#""just a string""#, "42", "null"];
     let mut published = vec![];
     for b in bodies {
         let (status, reply) = s.publish_raw(t, b, None).await;
@@ -309,25 +286,16 @@ async fn headers_retry_hint_and_message_events() {
         assert_eq!(v["ts"], published[i]["ts"]);
         assert_eq!(v["data"], serde_json::from_str::<Value>(b).unwrap());
         // Forwarded as the bytes the publisher sent (key order, escapes).
-        assert!(
-            ev.data.contains(&format!("\"data\":{b}")),
-            "data not verbatim: {}",
-            ev.data
-        );
+        assert!(ev.data.contains(&format!("\"data\":{b}")), "data not verbatim: {}", ev.data);
         ids.push(ev.id);
     }
     assert!(
-        published
-            .windows(2)
-            .all(|w| pid(w[0]["id"].as_str().unwrap()) < pid(w[1]["id"].as_str().unwrap())),
+        published.windows(2).all(|w| pid(w[0]["id"].as_str().unwrap()) < pid(w[1]["id"].as_str().unwrap())),
         "ids increase"
     );
     // Each event's id is the cursor after it: distinct, and resuming from
     // the second one gets exactly the last two.
-    assert_eq!(
-        ids.iter().collect::<std::collections::BTreeSet<_>>().len(),
-        ids.len()
-    );
+    assert_eq!(ids.iter().collect::<std::collections::BTreeSet<_>>().len(), ids.len());
     let mut r = Sse::open(&s, &sse_path(&[t]), Some(&ids[1])).await;
     let rest = r.messages(2).await;
     assert_eq!(rest[0].1["id"], published[2]["id"]);
@@ -338,13 +306,8 @@ async fn headers_retry_hint_and_message_events() {
     // Byte level: the retry hint comes first, then one `id:` + `data:`
     // event per message, with no `event:` line at all.
     let raw = c.raw_text();
-    assert!(
-        raw.starts_with("retry: 1500\n\n"),
-        "retry hint not first: {raw:?}"
-    );
-    let blocks: Vec<&str> = raw["retry: 1500\n\n".len()..]
-        .split_terminator("\n\n")
-        .collect();
+    assert!(raw.starts_with("retry: 1500\n\n"), "retry hint not first: {raw:?}");
+    let blocks: Vec<&str> = raw["retry: 1500\n\n".len()..].split_terminator("\n\n").collect();
     assert_eq!(blocks.len(), 4, "{raw:?}");
     for (block, id) in blocks.iter().zip(&ids) {
         let lines: Vec<&str> = block.lines().collect();
@@ -361,12 +324,7 @@ async fn multi_topic_stream_and_cursor() {
     let s = TestServer::start("").await;
     let (ta, tb) = ("sse.mt.a", "sse.mt.b");
     // A repeated topic is one subscription.
-    let mut c = Sse::open(
-        &s,
-        "/v1/sse?topic=sse.mt.a&topic=sse.mt.b&topic=sse.mt.a",
-        None,
-    )
-    .await;
+    let mut c = Sse::open(&s, "/v1/sse?topic=sse.mt.a&topic=sse.mt.b&topic=sse.mt.a", None).await;
     let order = [ta, tb, tb, ta, tb, ta];
     let mut want: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (i, t) in order.iter().enumerate() {
@@ -384,11 +342,7 @@ async fn multi_topic_stream_and_cursor() {
         let mut r = Sse::open(&s, &sse_path(&[ta, tb]), Some(&got[k].0)).await;
         let rest = r.messages(got.len() - 1 - k).await;
         let rest: Vec<Value> = rest.into_iter().map(|(_, v)| v).collect();
-        assert_eq!(
-            by_topic(&rest),
-            by_topic(&vals[k + 1..]),
-            "resume after event {k}"
-        );
+        assert_eq!(by_topic(&rest), by_topic(&vals[k + 1..]), "resume after event {k}");
         resumed.push(r);
     }
     let mut clients: Vec<&mut Sse> = resumed.iter_mut().collect();
@@ -428,10 +382,7 @@ async fn resume_while_publishing(toml: &str, by: ResumeBy, total: usize) {
         let mut published = Vec::with_capacity(total);
         for i in 0..total {
             if i == pause_at {
-                tokio::time::timeout(WAIT, go.take().unwrap())
-                    .await
-                    .expect("go timed out")
-                    .expect("go");
+                tokio::time::timeout(WAIT, go.take().unwrap()).await.expect("go timed out").expect("go");
             }
             let t = if i % 2 == 0 { ta } else { tb };
             let id = publish(&http, &format!("{base}{t}"), format!(r#"{{"i":{i}}}"#)).await;
@@ -454,20 +405,14 @@ async fn resume_while_publishing(toml: &str, by: ResumeBy, total: usize) {
         .expect("publisher timed out")
         .expect("publisher");
     // Ids are per topic: two topics may share one.
-    let index: HashMap<(&str, &str), usize> = published
-        .iter()
-        .enumerate()
-        .map(|(i, (t, id))| ((t.as_str(), id.as_str()), i))
-        .collect();
+    let index: HashMap<(&str, &str), usize> =
+        published.iter().enumerate().map(|(i, (t, id))| ((t.as_str(), id.as_str()), i)).collect();
     let mut all: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (t, id) in &published {
         all.entry(t.clone()).or_default().push(id.clone());
     }
     for ids in all.values() {
-        assert!(
-            ids.windows(2).all(|w| pid(&w[0]) < pid(&w[1])),
-            "ids increase"
-        );
+        assert!(ids.windows(2).all(|w| pid(&w[0]) < pid(&w[1])), "ids increase");
     }
 
     // A saw a prefix of each topic.
@@ -484,11 +429,7 @@ async fn resume_while_publishing(toml: &str, by: ResumeBy, total: usize) {
 
     let got_b = b.messages(n).await;
     let b_vals: Vec<Value> = got_b.iter().map(|(_, v)| v.clone()).collect();
-    assert_eq!(
-        by_topic(&b_vals),
-        expected,
-        "B resumes exactly after {last}"
-    );
+    assert_eq!(by_topic(&b_vals), expected, "B resumes exactly after {last}");
     for v in &b_vals {
         let i = index[&(v["topic"].as_str().unwrap(), v["id"].as_str().unwrap())];
         assert_eq!(v["data"], json!({"i": i}));
@@ -516,12 +457,7 @@ async fn redis_resume_last_event_id_header_while_publishing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_resume_last_event_id_query_while_publishing() {
     let r = RedisServer::start();
-    resume_while_publishing(
-        &redis_cfg(&r.url(), "[history]\nreplay_page = 7\n"),
-        ResumeBy::Query,
-        300,
-    )
-    .await;
+    resume_while_publishing(&redis_cfg(&r.url(), "[history]\nreplay_page = 7\n"), ResumeBy::Query, 300).await;
 }
 
 /// History trimmed past the resume point: `event: gap` with `{topic, after,
@@ -546,11 +482,7 @@ async fn gap_event(toml: &str) {
     assert_eq!(gap.event, "gap", "{gap:?}");
     check_cursor(&gap.id);
     let g: Value = serde_json::from_str(&gap.data).expect("gap json");
-    assert_eq!(
-        g,
-        json!({"topic": t, "after": ids[0], "oldest": ids[6]}),
-        "gap data"
-    );
+    assert_eq!(g, json!({"topic": t, "after": ids[0], "oldest": ids[6]}), "gap data");
     let rest: Vec<Value> = b.messages(6).await.into_iter().map(|(_, v)| v).collect();
     let mut want = BTreeMap::new();
     want.insert(t.to_owned(), ids[6..].to_vec());
@@ -590,13 +522,10 @@ async fn heartbeat_comments() {
     let s = TestServer::start("[heartbeat]\ninterval = \"200ms\"\ntimeout = \"2s\"\n").await;
     let t = "sse.hb";
     let started = Instant::now();
-    let res = tokio::time::timeout(
-        WAIT,
-        reqwest::Client::new().get(s.url(&sse_path(&[t]))).send(),
-    )
-    .await
-    .expect("connect timed out")
-    .expect("connect");
+    let res = tokio::time::timeout(WAIT, reqwest::Client::new().get(s.url(&sse_path(&[t]))).send())
+        .await
+        .expect("connect timed out")
+        .expect("connect");
     assert_eq!(res.status().as_u16(), 200);
     let mut body = Box::pin(res.bytes_stream());
     let mut raw = String::new();
@@ -617,28 +546,17 @@ async fn heartbeat_comments() {
     // Three pings on a quiet stream, no sooner than three intervals.
     read_until(&mut body, &mut raw, |r| r.matches(PING).count() >= 3).await;
     let elapsed = started.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(600),
-        "pings faster than the interval: {elapsed:?}"
-    );
-    assert!(
-        elapsed < Duration::from_secs(5),
-        "pings too slow: {elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_millis(600), "pings faster than the interval: {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "pings too slow: {elapsed:?}");
 
     // A message, then pings continue after it.
     let id = s.publish(t, r#"{"hb":1}"#).await;
     read_until(&mut body, &mut raw, |r| r.contains("data: ")).await;
-    read_until(&mut body, &mut raw, |r| {
-        r.rfind("data: ")
-            .is_some_and(|i| r[i..].matches(PING).count() >= 2)
-    })
-    .await;
+    read_until(&mut body, &mut raw, |r| r.rfind("data: ").is_some_and(|i| r[i..].matches(PING).count() >= 2))
+        .await;
 
     // Byte level: retry hint, then only `: ping` comments and the one event.
-    let rest = raw
-        .strip_prefix("retry: 2000\n\n")
-        .unwrap_or_else(|| panic!("no retry hint first: {raw:?}"));
+    let rest = raw.strip_prefix("retry: 2000\n\n").unwrap_or_else(|| panic!("no retry hint first: {raw:?}"));
     let blocks: Vec<&str> = rest.split_terminator("\n\n").collect();
     let pings = blocks.iter().filter(|b| **b == ": ping").count();
     assert!(pings >= 5, "{raw:?}");
@@ -661,14 +579,9 @@ async fn heartbeat_comments() {
 async fn stalled_client(s: &TestServer, path: &str) -> (TcpStream, Vec<u8>) {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
-    let mut c = tokio::time::timeout(WAIT, sock.connect(s.addr))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
-        s.addr
-    );
+    let mut c =
+        tokio::time::timeout(WAIT, sock.connect(s.addr)).await.expect("connect timed out").expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n", s.addr);
     c.write_all(req.as_bytes()).await.unwrap();
     let mut buf = vec![];
     while find(&buf, b"\r\n\r\n").is_none() {
@@ -697,10 +610,7 @@ async fn slow_client_is_disconnected_and_resumes_without_loss() {
     let head_end = find(&head, b"\r\n\r\n").unwrap() + 4;
     let head_text = String::from_utf8_lossy(&head[..head_end]).to_ascii_lowercase();
     assert!(head_text.starts_with("http/1.1 200"), "{head_text}");
-    assert!(
-        head_text.contains("transfer-encoding: chunked"),
-        "{head_text}"
-    );
+    assert!(head_text.contains("transfer-encoding: chunked"), "{head_text}");
 
     // A fast client reads everything meanwhile. The publisher waits for it
     // after each message, so it never lags, while the stalled client's
@@ -728,15 +638,10 @@ async fn slow_client_is_disconnected_and_resumes_without_loss() {
         assert_eq!(seen, id);
         published.push(id);
     }
-    let (mut fast, got) = tokio::time::timeout(WAIT, reader)
-        .await
-        .expect("fast client timed out")
-        .expect("fast client");
+    let (mut fast, got) =
+        tokio::time::timeout(WAIT, reader).await.expect("fast client timed out").expect("fast client");
     let fast_ids: Vec<String> = got.iter().map(|(_, v)| id_of(v)).collect();
-    assert_eq!(
-        fast_ids, published,
-        "the fast client got everything, in order"
-    );
+    assert_eq!(fast_ids, published, "the fast client got everything, in order");
 
     // The stalled client's connection was ended: reading now drains what
     // the kernel buffered and then hits end of stream (or a reset).
@@ -756,10 +661,7 @@ async fn slow_client_is_disconnected_and_resumes_without_loss() {
     let events = parse_events(dechunk(&bytes)).await;
     let k = events.len();
     assert!(k < N, "the stalled client was not cut off ({k} events)");
-    assert!(
-        k > 0,
-        "the stalled client got no complete event before the cut"
-    );
+    assert!(k > 0, "the stalled client got no complete event before the cut");
     let prefix: Vec<String> = events
         .iter()
         .map(|e| {
@@ -772,12 +674,7 @@ async fn slow_client_is_disconnected_and_resumes_without_loss() {
     // It comes back like a browser: Last-Event-ID = last complete event.
     let last = events.last().map(|e| e.id.clone());
     let mut back = Sse::open(&s, &path, last.as_deref()).await;
-    let rest: Vec<String> = back
-        .messages(N - k)
-        .await
-        .iter()
-        .map(|(_, v)| id_of(v))
-        .collect();
+    let rest: Vec<String> = back.messages(N - k).await.iter().map(|(_, v)| id_of(v)).collect();
     assert_eq!(rest[..], published[k..], "the rest, with no loss");
     assert_quiet(&s, &[t], &mut [&mut back, &mut fast]).await;
 
@@ -811,18 +708,8 @@ async fn shutdown_ends_streams_cleanly() {
     for i in 0..5 {
         ids.push(s.publish(ta, &format!(r#"{{"i":{i}}}"#)).await);
     }
-    let got1: Vec<String> = one
-        .messages(5)
-        .await
-        .iter()
-        .map(|(_, v)| id_of(v))
-        .collect();
-    let got2: Vec<String> = two
-        .messages(5)
-        .await
-        .iter()
-        .map(|(_, v)| id_of(v))
-        .collect();
+    let got1: Vec<String> = one.messages(5).await.iter().map(|(_, v)| id_of(v)).collect();
+    let got2: Vec<String> = two.messages(5).await.iter().map(|(_, v)| id_of(v)).collect();
     assert_eq!(got1, ids);
     assert_eq!(got2, ids);
 
@@ -830,17 +717,11 @@ async fn shutdown_ends_streams_cleanly() {
     let stop = tokio::spawn(s.stop());
     for c in [&mut one, &mut two] {
         let extra = c.end().await;
-        assert!(
-            extra.is_empty(),
-            "nothing after the last message: {extra:?}"
-        );
+        assert!(extra.is_empty(), "nothing after the last message: {extra:?}");
         let raw = c.raw_text();
         assert!(raw.ends_with("\n\n"), "stream ended mid-event: {raw:?}");
     }
-    tokio::time::timeout(WAIT, stop)
-        .await
-        .expect("stop timed out")
-        .expect("stop");
+    tokio::time::timeout(WAIT, stop).await.expect("stop timed out").expect("stop");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "streams should end at once, not at the grace deadline: {:?}",
@@ -887,39 +768,23 @@ async fn redis_shutdown_then_resume_on_another_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_prior_knowledge() {
     let s = TestServer::start("").await;
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
     let (ta, tb) = ("sse.h2.a", "sse.h2.b");
     // Two streams multiplexed on one HTTP/2 connection.
     let mut a = Sse::open_with(&h2, &s.url(&sse_path(&[ta])), None).await;
     let mut ab = Sse::open_with(&h2, &s.url(&sse_path(&[ta, tb])), None).await;
     for c in [&a, &ab] {
         assert_eq!(c.version, reqwest::Version::HTTP_2);
-        assert_eq!(
-            c.header("content-type").as_deref(),
-            Some("text/event-stream")
-        );
+        assert_eq!(c.header("content-type").as_deref(), Some("text/event-stream"));
         assert_eq!(c.header("cache-control").as_deref(), Some("no-cache"));
     }
     let mut want: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for i in 0..20 {
         let t = if i % 3 == 0 { tb } else { ta };
-        let id = publish(
-            &h2,
-            &s.url(&format!("/v1/publish/{t}")),
-            format!(r#"{{"i":{i}}}"#),
-        )
-        .await;
+        let id = publish(&h2, &s.url(&format!("/v1/publish/{t}")), format!(r#"{{"i":{i}}}"#)).await;
         want.entry(t.to_owned()).or_default().push(id);
     }
-    let got_a: Vec<Value> = a
-        .messages(want[ta].len())
-        .await
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
+    let got_a: Vec<Value> = a.messages(want[ta].len()).await.into_iter().map(|(_, v)| v).collect();
     let got_ab = ab.messages(20).await;
     let ab_ids: Vec<String> = got_ab.iter().map(|(id, _)| id.clone()).collect();
     let got_ab: Vec<Value> = got_ab.into_iter().map(|(_, v)| v).collect();
@@ -929,12 +794,7 @@ async fn http2_prior_knowledge() {
     // Resume over HTTP/2 from the middle of the two-topic stream.
     let k = 9;
     let mut r = Sse::open_with(&h2, &s.url(&sse_path(&[ta, tb])), Some(&ab_ids[k])).await;
-    let rest: Vec<Value> = r
-        .messages(20 - k - 1)
-        .await
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
+    let rest: Vec<Value> = r.messages(20 - k - 1).await.into_iter().map(|(_, v)| v).collect();
     assert_eq!(by_topic(&rest), by_topic(&got_ab[k + 1..]));
     assert_quiet(&s, &[ta, tb], &mut [&mut ab, &mut r]).await;
     let (_, marker) = a.message().await;
@@ -952,8 +812,7 @@ async fn cors_allowed_and_disallowed_origins() {
     let url = s.url("/v1/sse?topic=sse.cors");
     let http = reqwest::Client::new();
     let acao = |h: &reqwest::header::HeaderMap| {
-        h.get("access-control-allow-origin")
-            .map(|v| v.to_str().unwrap().to_owned())
+        h.get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_owned())
     };
 
     // Preflight (EventSource with a Last-Event-ID header is not "simple").
@@ -969,23 +828,13 @@ async fn cors_allowed_and_disallowed_origins() {
         .await
         .unwrap()
         .unwrap();
-        assert!(
-            res.status().is_success(),
-            "preflight {origin}: {}",
-            res.status()
-        );
+        assert!(res.status().is_success(), "preflight {origin}: {}", res.status());
         let h = res.headers();
         if allowed {
             assert_eq!(acao(h).as_deref(), Some(origin));
-            let methods = h["access-control-allow-methods"]
-                .to_str()
-                .unwrap()
-                .to_ascii_uppercase();
+            let methods = h["access-control-allow-methods"].to_str().unwrap().to_ascii_uppercase();
             assert!(methods.contains("GET"), "{methods}");
-            let allow = h["access-control-allow-headers"]
-                .to_str()
-                .unwrap()
-                .to_ascii_lowercase();
+            let allow = h["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
             assert!(allow.contains("last-event-id"), "{allow}");
         } else {
             assert_eq!(acao(h), None, "preflight for a disallowed origin");
@@ -1020,9 +869,7 @@ async fn cors_allowed_and_disallowed_origins() {
     let any = TestServer::start("").await;
     let res = tokio::time::timeout(
         WAIT,
-        http.get(any.url("/v1/sse?topic=sse.cors"))
-            .header("Origin", "http://c.example")
-            .send(),
+        http.get(any.url("/v1/sse?topic=sse.cors")).header("Origin", "http://c.example").send(),
     )
     .await
     .unwrap()
@@ -1054,32 +901,17 @@ async fn bad_requests() {
         ("/v1/sse?topic=".into(), None, "bad_topic"),
         ("/v1/sse".into(), None, "bad_request"),
         ("/v1/sse?lastEventId=abc".into(), None, "bad_request"),
-        (
-            "/v1/sse?topic=sse.err".into(),
-            Some("!!not-a-cursor!!"),
-            "bad_request",
-        ),
+        ("/v1/sse?topic=sse.err".into(), Some("!!not-a-cursor!!"), "bad_request"),
         ("/v1/sse?topic=sse.err".into(), Some("AAAA"), "bad_request"),
-        (
-            "/v1/sse?topic=sse.err&lastEventId=zz%20z".into(),
-            None,
-            "bad_request",
-        ),
-        (
-            "/v1/sse?topic=sse.err&lastEventId=Zm9v".into(),
-            None,
-            "bad_request",
-        ),
+        ("/v1/sse?topic=sse.err&lastEventId=zz%20z".into(), None, "bad_request"),
+        ("/v1/sse?topic=sse.err&lastEventId=Zm9v".into(), None, "bad_request"),
     ];
     for (path, header, code) in cases {
         let mut req = http.get(s.url(&path));
         if let Some(h) = header {
             req = req.header("Last-Event-ID", h);
         }
-        let res = tokio::time::timeout(WAIT, req.send())
-            .await
-            .unwrap()
-            .unwrap();
+        let res = tokio::time::timeout(WAIT, req.send()).await.unwrap().unwrap();
         let status = res.status().as_u16();
         let body: Value = res.json().await.expect("JSON error body");
         assert_eq!(status, 400, "GET {path} (Last-Event-ID {header:?}): {body}");
@@ -1118,16 +950,9 @@ async fn redis_publish_on_a_stream_on_b() {
     }
     let got_b = on_b.messages(N).await;
     let b_vals: Vec<Value> = got_b.iter().map(|(_, v)| v.clone()).collect();
-    assert_eq!(
-        by_topic(&b_vals),
-        want,
-        "B got every message of A, in order"
-    );
+    assert_eq!(by_topic(&b_vals), want, "B got every message of A, in order");
     for v in &b_vals {
-        let i = all
-            .iter()
-            .position(|(t, id)| v["topic"] == *t && v["id"] == id.as_str())
-            .unwrap();
+        let i = all.iter().position(|(t, id)| v["topic"] == *t && v["id"] == id.as_str()).unwrap();
         assert_eq!(v["data"], json!({ "i": i }));
     }
     let a_vals: Vec<Value> = on_a.messages(N).await.into_iter().map(|(_, v)| v).collect();
@@ -1136,12 +961,7 @@ async fn redis_publish_on_a_stream_on_b() {
     // B's event id after message k resumes on A with exactly the rest.
     let k = N / 2 + 1;
     let mut resumed = Sse::open(&a, &path, Some(&got_b[k - 1].0)).await;
-    let rest: Vec<Value> = resumed
-        .messages(N - k)
-        .await
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
+    let rest: Vec<Value> = resumed.messages(N - k).await.into_iter().map(|(_, v)| v).collect();
     assert_eq!(by_topic(&rest), by_topic(&b_vals[k..]));
     assert_quiet(&b, &[tx, ty], &mut [&mut resumed, &mut on_a, &mut on_b]).await;
     a.stop().await;

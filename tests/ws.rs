@@ -30,12 +30,8 @@ async fn next_text(c: &mut WsClient) -> String {
 }
 
 fn keys(v: &Value) -> Vec<String> {
-    let mut k: Vec<String> = v
-        .as_object()
-        .unwrap_or_else(|| panic!("object frame: {v}"))
-        .keys()
-        .cloned()
-        .collect();
+    let mut k: Vec<String> =
+        v.as_object().unwrap_or_else(|| panic!("object frame: {v}")).keys().cloned().collect();
     k.sort_unstable();
     k
 }
@@ -44,10 +40,7 @@ fn keys(v: &Value) -> Vec<String> {
 fn assert_error_frame(v: &Value, code: &str, r: Option<Value>) {
     assert_eq!(v["op"], "error", "{v}");
     assert_eq!(v["code"], code, "{v}");
-    assert!(
-        v["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "message text: {v}"
-    );
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "message text: {v}");
     match r {
         Some(r) => {
             assert_eq!(v["ref"], r, "{v}");
@@ -71,13 +64,10 @@ async fn publish_http(s: &TestServer, topic: &str, body: &str) -> Value {
 }
 
 fn assert_cursor(v: &Value) {
-    let c = v["cursor"]
-        .as_str()
-        .unwrap_or_else(|| panic!("cursor string: {v}"));
+    let c = v["cursor"].as_str().unwrap_or_else(|| panic!("cursor string: {v}"));
     assert!(!c.is_empty() && c.len() <= 4096, "cursor length: {v}");
     assert!(
-        c.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')),
+        c.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')),
         "cursor alphabet: {c}"
     );
 }
@@ -103,19 +93,12 @@ async fn http_publish_is_delivered_with_every_field() {
     let p1 = publish_http(&s, "news", data).await;
     let raw = next_text(&mut c).await;
     let m1: Value = serde_json::from_str(&raw).expect("json");
-    assert_eq!(
-        keys(&m1),
-        ["cursor", "data", "id", "op", "topic", "ts"],
-        "{raw}"
-    );
+    assert_eq!(keys(&m1), ["cursor", "data", "id", "op", "topic", "ts"], "{raw}");
     assert_eq!(m1["op"], "message");
     assert_eq!(m1["topic"], "news");
     assert_eq!(m1["id"], p1["id"]);
     assert_eq!(m1["ts"], p1["ts"]);
-    assert!(
-        raw.contains(&format!("\"data\":{data}")),
-        "data not verbatim in {raw}"
-    );
+    assert!(raw.contains(&format!("\"data\":{data}")), "data not verbatim in {raw}");
     assert_cursor(&m1);
 
     let p2 = publish_http(&s, "news", "[]").await;
@@ -123,10 +106,7 @@ async fn http_publish_is_delivered_with_every_field() {
     assert_eq!(m2["id"], p2["id"]);
     assert_eq!(m2["data"], json!([]));
     assert_cursor(&m2);
-    assert_ne!(
-        m1["cursor"], m2["cursor"],
-        "the cursor moves with each message"
-    );
+    assert_ne!(m1["cursor"], m2["cursor"], "the cursor moves with each message");
     ping_pong(&mut c, "end").await;
     s.stop().await;
 }
@@ -137,18 +117,13 @@ async fn ws_publish_is_acked_and_delivered_to_others() {
     let mut sub = s.ws("/v1/ws").await;
     let (before, ack) = sub.subscribe("room", None).await;
     assert!(before.is_empty(), "{before:?}");
-    assert_eq!(
-        ack,
-        json!({"op": "ack", "ref": "sub-room", "recovered": true})
-    );
+    assert_eq!(ack, json!({"op": "ack", "ref": "sub-room", "recovered": true}));
 
     let mut publisher = s.ws("/v1/ws").await;
     let data = r#"{"b": [1, 2],"a":"é \u00e9"}"#;
     // The ref is any JSON value, echoed as sent.
     publisher
-        .send_text(&format!(
-            r#"{{"op":"publish","topic":"room","data":{data},"ref":{{"k":[1,"two"]}}}}"#
-        ))
+        .send_text(&format!(r#"{{"op":"publish","topic":"room","data":{data},"ref":{{"k":[1,"two"]}}}}"#))
         .await;
     let ack = publisher.next().await;
     assert_eq!(keys(&ack), ["id", "op", "ref"], "{ack}");
@@ -161,16 +136,11 @@ async fn ws_publish_is_acked_and_delivered_to_others() {
     assert_eq!(m["op"], "message");
     assert_eq!(m["topic"], "room");
     assert_eq!(m["id"], id.as_str());
-    assert!(
-        raw.contains(&format!("\"data\":{data}")),
-        "data not verbatim in {raw}"
-    );
+    assert!(raw.contains(&format!("\"data\":{data}")), "data not verbatim in {raw}");
     assert_cursor(&m);
 
     // A second publish without a ref: ack without ref, next id.
-    publisher
-        .send(json!({"op": "publish", "topic": "room", "data": 2}))
-        .await;
+    publisher.send(json!({"op": "publish", "topic": "room", "data": 2})).await;
     let ack2 = publisher.next_op("ack").await;
     assert_eq!(keys(&ack2), ["id", "op"], "{ack2}");
     let m2 = sub.next_op("message").await;
@@ -178,18 +148,12 @@ async fn ws_publish_is_acked_and_delivered_to_others() {
     assert_eq!(m2["data"], 2);
 
     // null is valid data.
-    publisher
-        .send_text(r#"{"op":"publish","topic":"room","data":null,"ref":3}"#)
-        .await;
+    publisher.send_text(r#"{"op":"publish","topic":"room","data":null,"ref":3}"#).await;
     let ack3 = publisher.next_op("ack").await;
     assert_eq!(ack3["ref"], 3);
     let m3 = sub.next_op("message").await;
     assert_eq!(m3["id"], ack3["id"]);
-    assert_eq!(
-        keys(&m3),
-        ["cursor", "data", "id", "op", "topic", "ts"],
-        "{m3}"
-    );
+    assert_eq!(keys(&m3), ["cursor", "data", "id", "op", "topic", "ts"], "{m3}");
     assert_eq!(m3["data"], Value::Null);
 
     // The publisher, not subscribed, got nothing else; history has all three,
@@ -198,24 +162,14 @@ async fn ws_publish_is_acked_and_delivered_to_others() {
     ping_pong(&mut sub, "s").await;
     assert_eq!(
         history_ids(&s, "room").await,
-        [
-            id.as_str(),
-            ack2["id"].as_str().expect("id"),
-            ack3["id"].as_str().expect("id")
-        ]
+        [id.as_str(), ack2["id"].as_str().expect("id"), ack3["id"].as_str().expect("id")]
     );
     let res = tokio::time::timeout(WAIT, s.http.get(s.url("/v1/history/room")).send())
         .await
         .expect("history timed out")
         .expect("history");
-    let text = tokio::time::timeout(WAIT, res.text())
-        .await
-        .expect("timed out")
-        .expect("body");
-    assert!(
-        text.contains(&format!("\"data\":{data}")),
-        "data not verbatim in history: {text}"
-    );
+    let text = tokio::time::timeout(WAIT, res.text()).await.expect("timed out").expect("body");
+    assert!(text.contains(&format!("\"data\":{data}")), "data not verbatim in history: {text}");
     s.stop().await;
 }
 
@@ -229,13 +183,7 @@ async fn two_topics_on_one_connection_and_unsubscribe() {
         assert_eq!(ack["recovered"], true);
     }
     let mut seen = vec![];
-    for (t, d) in [
-        ("alpha", "1"),
-        ("beta", "2"),
-        ("gamma", "99"),
-        ("alpha", "3"),
-        ("beta", "4"),
-    ] {
+    for (t, d) in [("alpha", "1"), ("beta", "2"), ("gamma", "99"), ("alpha", "3"), ("beta", "4")] {
         let p = publish_http(&s, t, d).await;
         if t == "gamma" {
             continue; // not subscribed: must never arrive
@@ -249,8 +197,7 @@ async fn two_topics_on_one_connection_and_unsubscribe() {
     }
     ping_pong(&mut c, "both").await;
 
-    c.send(json!({"op": "unsubscribe", "topic": "alpha", "ref": "u1"}))
-        .await;
+    c.send(json!({"op": "unsubscribe", "topic": "alpha", "ref": "u1"})).await;
     assert_eq!(c.next().await, json!({"op": "ack", "ref": "u1"}));
     // alpha is published first: had it still been delivered it would come
     // before beta's message (one outbox, in order), and the pong after.
@@ -286,21 +233,13 @@ async fn ping_answers_pong_with_ref() {
 async fn malformed_json_is_bad_request_and_connection_survives() {
     let s = TestServer::start("").await;
     let mut c = s.ws("/v1/ws?topic=m").await;
-    for bad in [
-        "{nope",
-        "",
-        "[1,2]",
-        "\"str\"",
-        "{\"op\":\"ping\",}",
-        "null",
-    ] {
+    for bad in ["{nope", "", "[1,2]", "\"str\"", "{\"op\":\"ping\",}", "null"] {
         c.send_text(bad).await;
         let v = c.next().await;
         assert_error_frame(&v, "bad_request", None);
     }
     ping_pong(&mut c, "alive").await;
-    c.send(json!({"op": "publish", "topic": "m", "data": {"ok": true}, "ref": "p"}))
-        .await;
+    c.send(json!({"op": "publish", "topic": "m", "data": {"ok": true}, "ref": "p"})).await;
     // Subscribed to m too: the ack and the message both arrive, in either order.
     let mut frames = [c.next().await, c.next().await];
     frames.sort_by_key(|f| f["op"].as_str().unwrap_or_default().to_owned());
@@ -327,11 +266,9 @@ async fn unknown_or_missing_op_is_bad_request_with_ref() {
     // Known op, missing fields.
     c.send(json!({"op": "subscribe", "ref": "s"})).await;
     assert_error_frame(&c.next().await, "bad_request", Some(json!("s")));
-    c.send(json!({"op": "publish", "topic": "t", "ref": "p"}))
-        .await;
+    c.send(json!({"op": "publish", "topic": "t", "ref": "p"})).await;
     assert_error_frame(&c.next().await, "bad_request", Some(json!("p")));
-    c.send(json!({"op": "subscribe", "topic": "t", "after": "garbage", "ref": "a"}))
-        .await;
+    c.send(json!({"op": "subscribe", "topic": "t", "after": "garbage", "ref": "a"})).await;
     assert_error_frame(&c.next().await, "bad_request", Some(json!("a")));
     ping_pong(&mut c, "alive").await;
     s.stop().await;
@@ -342,18 +279,12 @@ async fn bad_topic_is_rejected() {
     let s = TestServer::start("").await;
     let mut c = s.ws("/v1/ws").await;
     let long = "a".repeat(129);
-    for (i, bad) in ["a b", long.as_str(), "", "a/b", "café"]
-        .into_iter()
-        .enumerate()
-    {
-        c.send(json!({"op": "subscribe", "topic": bad, "ref": i}))
-            .await;
+    for (i, bad) in ["a b", long.as_str(), "", "a/b", "café"].into_iter().enumerate() {
+        c.send(json!({"op": "subscribe", "topic": bad, "ref": i})).await;
         assert_error_frame(&c.next().await, "bad_topic", Some(json!(i)));
-        c.send(json!({"op": "publish", "topic": bad, "data": 1, "ref": i}))
-            .await;
+        c.send(json!({"op": "publish", "topic": bad, "data": 1, "ref": i})).await;
         assert_error_frame(&c.next().await, "bad_topic", Some(json!(i)));
-        c.send(json!({"op": "unsubscribe", "topic": bad, "ref": i}))
-            .await;
+        c.send(json!({"op": "unsubscribe", "topic": bad, "ref": i})).await;
         assert_error_frame(&c.next().await, "bad_topic", Some(json!(i)));
     }
     // 128 characters is fine.
@@ -366,13 +297,11 @@ async fn bad_topic_is_rejected() {
 async fn subscribing_twice_is_an_error_and_delivers_once() {
     let s = TestServer::start("").await;
     let mut c = s.ws("/v1/ws?topic=dup").await;
-    c.send(json!({"op": "subscribe", "topic": "dup", "ref": "again"}))
-        .await;
+    c.send(json!({"op": "subscribe", "topic": "dup", "ref": "again"})).await;
     assert_error_frame(&c.next().await, "bad_request", Some(json!("again")));
     let (_, ack) = c.subscribe("other", None).await;
     assert_eq!(ack["recovered"], true);
-    c.send(json!({"op": "subscribe", "topic": "other", "ref": "again2"}))
-        .await;
+    c.send(json!({"op": "subscribe", "topic": "other", "ref": "again2"})).await;
     assert_error_frame(&c.next().await, "bad_request", Some(json!("again2")));
     // Still subscribed exactly once to each: one copy of each message.
     let a = publish_http(&s, "dup", "1").await;
@@ -392,18 +321,12 @@ async fn data_over_limit_closes_1009() {
     let mut c = s.ws("/v1/ws").await;
     // At the limit: accepted.
     let at_limit = format!("\"{}\"", "x".repeat(998));
-    c.send_text(&format!(
-        r#"{{"op":"publish","topic":"big","data":{at_limit},"ref":1}}"#
-    ))
-    .await;
+    c.send_text(&format!(r#"{{"op":"publish","topic":"big","data":{at_limit},"ref":1}}"#)).await;
     let ack = c.next_op("ack").await;
     let id = ack["id"].as_str().expect("id").to_owned();
     // One byte over (the frame itself is well under the frame limit).
     let over = format!("\"{}\"", "x".repeat(999));
-    c.send_text(&format!(
-        r#"{{"op":"publish","topic":"big","data":{over},"ref":2}}"#
-    ))
-    .await;
+    c.send_text(&format!(r#"{{"op":"publish","topic":"big","data":{over},"ref":2}}"#)).await;
     assert_eq!(c.ended().await, Ended::Closed(1009, "too_large".into()));
     // Only the accepted one was published.
     assert_eq!(watcher.next_op("message").await["id"], id.as_str());
@@ -418,8 +341,7 @@ async fn frame_over_frame_limit_closes_1009() {
     let mut watcher = s.ws("/v1/ws?topic=big").await;
     // Small data, but the frame is over the frame limit (data limit + envelope).
     let mut c = s.ws("/v1/ws").await;
-    c.send(json!({"op": "publish", "topic": "big", "data": 1, "ref": "r".repeat(4000)}))
-        .await;
+    c.send(json!({"op": "publish", "topic": "big", "data": 1, "ref": "r".repeat(4000)})).await;
     assert_eq!(c.ended().await, Ended::Closed(1009, "too_large".into()));
     // A huge frame of any kind.
     let mut c2 = s.ws("/v1/ws").await;
@@ -434,9 +356,7 @@ async fn frame_over_frame_limit_closes_1009() {
 async fn binary_frame_is_an_error_frame() {
     let s = TestServer::start("").await;
     let mut c = s.ws("/v1/ws").await;
-    c.ws.send(WsMessage::binary(br#"{"op":"ping","ref":"b"}"#.to_vec()))
-        .await
-        .expect("send");
+    c.ws.send(WsMessage::binary(br#"{"op":"ping","ref":"b"}"#.to_vec())).await.expect("send");
     assert_error_frame(&c.next().await, "bad_request", None);
     ping_pong(&mut c, "alive").await;
     s.stop().await;
@@ -448,11 +368,7 @@ async fn binary_frame_is_an_error_frame() {
 async fn bad_topic_at_connect_errors_then_closes_1008() {
     let s = TestServer::start("").await;
     let long = "a".repeat(129);
-    for q in [
-        "topic=a%20b".to_owned(),
-        format!("topic=ok&topic={long}"),
-        "topic=".to_owned(),
-    ] {
+    for q in ["topic=a%20b".to_owned(), format!("topic=ok&topic={long}"), "topic=".to_owned()] {
         let mut c = s.ws(&format!("/v1/ws?{q}")).await;
         assert_error_frame(&c.next().await, "bad_topic", None);
         match c.ended().await {
@@ -487,11 +403,7 @@ async fn bad_cursor_at_connect_errors_then_closes_1008() {
 
 const HEARTBEAT: &str = "[heartbeat]\ninterval = \"200ms\"\ntimeout = \"600ms\"\n";
 
-async fn read_more(
-    sock: &mut tokio::net::TcpStream,
-    buf: &mut Vec<u8>,
-    deadline: tokio::time::Instant,
-) {
+async fn read_more(sock: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, deadline: tokio::time::Instant) {
     let mut chunk = [0u8; 4096];
     let n = tokio::time::timeout_at(deadline, sock.read(&mut chunk))
         .await
@@ -507,9 +419,7 @@ async fn read_more(
 /// it started connecting the close came.
 async fn silent_client(s: &TestServer) -> (Vec<(u8, Vec<u8>)>, Duration) {
     let opened = Instant::now();
-    let mut sock = tokio::net::TcpStream::connect(s.addr)
-        .await
-        .expect("connect");
+    let mut sock = tokio::net::TcpStream::connect(s.addr).await.expect("connect");
     let req = format!(
         "GET /v1/ws?topic=hb HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -535,10 +445,9 @@ async fn silent_client(s: &TestServer) -> (Vec<(u8, Vec<u8>)>, Duration) {
             assert!(buf[1] & 0x80 == 0, "server frames are not masked");
             let (len, hdr) = match buf[1] & 0x7f {
                 126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-                127 if buf.len() >= 10 => (
-                    u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")) as usize,
-                    10,
-                ),
+                127 if buf.len() >= 10 => {
+                    (u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")) as usize, 10)
+                }
                 126 | 127 => (usize::MAX, 0),
                 n => (n as usize, 2),
             };
@@ -568,21 +477,12 @@ async fn heartbeat_pings_and_closes_a_silent_client() {
     assert_eq!((code, reason.as_str()), (1001, "heartbeat_timeout"));
     let pings = frames.iter().filter(|(op, _)| *op == 0x9).count();
     assert!(pings >= 1, "the server pinged before closing: {frames:?}");
-    assert!(
-        frames.iter().all(|(op, _)| *op == 0x9 || *op == 0x8),
-        "only pings then close: {frames:?}"
-    );
+    assert!(frames.iter().all(|(op, _)| *op == 0x9 || *op == 0x8), "only pings then close: {frames:?}");
     // The server's silence clock starts after our connect began, so the
     // close cannot come before the 600ms timeout; and it comes well before
     // a generous bound.
-    assert!(
-        after >= Duration::from_millis(600),
-        "closed too early: {after:?}"
-    );
-    assert!(
-        after <= Duration::from_secs(3),
-        "closed too late: {after:?}"
-    );
+    assert!(after >= Duration::from_millis(600), "closed too early: {after:?}");
+    assert!(after <= Duration::from_secs(3), "closed too late: {after:?}");
     s.stop().await;
 }
 
@@ -625,26 +525,16 @@ async fn bad_frames_never_affect_other_connections() {
     let mut bad = s.ws("/v1/ws?topic=iso").await;
     bad.send_text("{garbage").await;
     assert_error_frame(&bad.next().await, "bad_request", None);
-    bad.ws
-        .send(WsMessage::binary(vec![0u8, 159, 146, 150]))
-        .await
-        .expect("send");
+    bad.ws.send(WsMessage::binary(vec![0u8, 159, 146, 150])).await.expect("send");
     assert_error_frame(&bad.next().await, "bad_request", None);
     expected.push(publish_http(&s, "iso", "1").await["id"].clone());
     let mut connect_bad = s.ws("/v1/ws?topic=a%20b").await;
     assert_error_frame(&connect_bad.next().await, "bad_topic", None);
     assert!(matches!(connect_bad.ended().await, Ended::Closed(1008, _)));
-    bad.send_text(&format!(
-        r#"{{"op":"publish","topic":"iso","data":"{}"}}"#,
-        "x".repeat(5000)
-    ))
-    .await;
+    bad.send_text(&format!(r#"{{"op":"publish","topic":"iso","data":"{}"}}"#, "x".repeat(5000))).await;
     // The bad client may still have a message queued before its close.
     loop {
-        match tokio::time::timeout(WAIT, bad.ws.next())
-            .await
-            .expect("timed out waiting for close")
-        {
+        match tokio::time::timeout(WAIT, bad.ws.next()).await.expect("timed out waiting for close") {
             Some(Ok(WsMessage::Close(Some(f)))) => {
                 assert_eq!(u16::from(f.code), 1009);
                 break;
@@ -655,16 +545,10 @@ async fn bad_frames_never_affect_other_connections() {
     }
     expected.push(publish_http(&s, "iso", "2").await["id"].clone());
 
-    let got: Vec<Value> = good
-        .messages(3)
-        .await
-        .into_iter()
-        .map(|m| m["id"].clone())
-        .collect();
+    let got: Vec<Value> = good.messages(3).await.into_iter().map(|m| m["id"].clone()).collect();
     assert_eq!(got, expected);
     ping_pong(&mut good, "unaffected").await;
-    good.send(json!({"op": "publish", "topic": "iso", "data": 3, "ref": "g"}))
-        .await;
+    good.send(json!({"op": "publish", "topic": "iso", "data": 3, "ref": "g"})).await;
     let mut frames = [good.next().await, good.next().await];
     frames.sort_by_key(|f| f["op"].as_str().unwrap_or_default().to_owned());
     assert_eq!(frames[0]["op"], "ack");

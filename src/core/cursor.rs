@@ -86,8 +86,7 @@ impl Cursor {
     }
 
     fn find(&self, topic: &str) -> Result<usize, usize> {
-        self.entries
-            .binary_search_by(|(t, _)| t.as_str().cmp(topic))
+        self.entries.binary_search_by(|(t, _)| t.as_str().cmp(topic))
     }
 
     fn binary_len(&self) -> usize {
@@ -126,9 +125,7 @@ impl Cursor {
         if s.len() > MAX_CURSOR_LEN {
             return Err(BadCursor::TooLong);
         }
-        let raw = URL_SAFE_NO_PAD
-            .decode(s)
-            .map_err(|_| BadCursor::Malformed)?;
+        let raw = URL_SAFE_NO_PAD.decode(s).map_err(|_| BadCursor::Malformed)?;
         let (&version, mut rest) = raw.split_first().ok_or(BadCursor::Malformed)?;
         if version != VERSION {
             return Err(BadCursor::Malformed);
@@ -209,16 +206,11 @@ mod tests {
         c.set(&t("b:x@y"), MessageId::new(1_700_000_000_124, 0));
         let s = c.encode();
         assert_eq!(s.len(), c.encoded_len());
-        assert!(s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         let back = Cursor::parse(&s).unwrap();
         assert_eq!(back, c);
         assert_eq!(back.get(&t("a")), Some(MessageId::ZERO));
-        assert_eq!(
-            back.get(&t("b:x@y")),
-            Some(MessageId::new(1_700_000_000_124, 0))
-        );
+        assert_eq!(back.get(&t("b:x@y")), Some(MessageId::new(1_700_000_000_124, 0)));
         assert_eq!(back.get(&t("c")), None);
         let mut back = back;
         back.remove(&t("a"));
@@ -239,9 +231,7 @@ mod tests {
             enc(&[1, 1, b'a', 0x80, 0, 1]),          // overlong varint
             enc(&[1, 1, b'b', 1, 1, 1, b'a', 1, 1]), // unsorted
             enc(&[1, 1, b'a', 1, 1, 1, b'a', 1, 1]), // duplicate
-            enc(&[
-                1, 1, b'a', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 1,
-            ]), // overflow
+            enc(&[1, 1, b'a', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 1]), // overflow
             "A".repeat(4097),
         ] {
             assert!(Cursor::parse(&bad).is_err(), "{bad:?}");
@@ -250,18 +240,14 @@ mod tests {
     }
 
     fn arb_cursor() -> impl Strategy<Value = Cursor> {
-        proptest::collection::btree_map(
-            "[A-Za-z0-9_.:@-]{1,128}",
-            (any::<u64>(), any::<u64>()),
-            0..8,
-        )
-        .prop_map(|m| {
-            let mut c = Cursor::new();
-            for (k, (ms, seq)) in m {
-                c.set(&Topic::new(&k).unwrap(), MessageId::new(ms, seq));
-            }
-            c
-        })
+        proptest::collection::btree_map("[A-Za-z0-9_.:@-]{1,128}", (any::<u64>(), any::<u64>()), 0..8)
+            .prop_map(|m| {
+                let mut c = Cursor::new();
+                for (k, (ms, seq)) in m {
+                    c.set(&Topic::new(&k).unwrap(), MessageId::new(ms, seq));
+                }
+                c
+            })
     }
 
     proptest! {

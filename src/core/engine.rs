@@ -125,10 +125,7 @@ pub trait Engine: Send + Sync + 'static {
     /// Registers interest in `topic` (idempotent). The registration happens
     /// before this returns; the future resolves once live delivery of every
     /// later append is guaranteed.
-    fn watch(
-        &self,
-        topic: &Topic,
-    ) -> futures_util::future::BoxFuture<'static, Result<(), EngineError>>;
+    fn watch(&self, topic: &Topic) -> futures_util::future::BoxFuture<'static, Result<(), EngineError>>;
 
     /// Drops interest in `topic` (the hub's last local subscriber left).
     fn unwatch(&self, topic: &Topic);

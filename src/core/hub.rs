@@ -58,10 +58,7 @@ impl Hub {
         topic: &Topic,
         handle: SubscriberHandle,
         engine: &dyn Engine,
-    ) -> (
-        JoinKey,
-        futures_util::future::BoxFuture<'static, Result<(), super::engine::EngineError>>,
-    ) {
+    ) -> (JoinKey, futures_util::future::BoxFuture<'static, Result<(), super::engine::EngineError>>) {
         let entry = self.inner.topics.entry(topic.clone()).or_default();
         let key = entry.subs.write().insert(handle);
         let ready = engine.watch(topic);
@@ -88,20 +85,12 @@ impl Hub {
 
     /// Number of local subscribers of `topic`.
     pub fn subscriber_count(&self, topic: &Topic) -> usize {
-        self.inner
-            .topics
-            .get(topic)
-            .map_or(0, |t| t.subs.read().len())
+        self.inner.topics.get(topic).map_or(0, |t| t.subs.read().len())
     }
 
     /// Offers `message` to every local subscriber of its topic.
     pub fn fan_out(&self, message: &Arc<Message>) {
-        let Some(subs) = self
-            .inner
-            .topics
-            .get(&message.topic)
-            .map(|e| Arc::clone(e.value()))
-        else {
+        let Some(subs) = self.inner.topics.get(&message.topic).map(|e| Arc::clone(e.value())) else {
             return;
         };
         let subs = subs.subs.read();

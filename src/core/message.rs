@@ -100,10 +100,7 @@ impl MessageId {
     pub fn predecessor(self) -> Option<MessageId> {
         match self.seq.checked_sub(1) {
             Some(seq) => Some(MessageId { ms: self.ms, seq }),
-            None => self
-                .ms
-                .checked_sub(1)
-                .map(|ms| MessageId { ms, seq: u64::MAX }),
+            None => self.ms.checked_sub(1).map(|ms| MessageId { ms, seq: u64::MAX }),
         }
     }
 
@@ -202,21 +199,12 @@ impl fmt::Debug for Message {
 impl Message {
     /// Builds a message; `data` must already be valid JSON text.
     pub fn new(topic: Topic, id: MessageId, ts: u64, data: Bytes) -> Self {
-        Message {
-            topic,
-            id,
-            ts,
-            data,
-            seen: tokio::time::Instant::now(),
-            wire: Default::default(),
-        }
+        Message { topic, id, ts, data, seen: tokio::time::Instant::now(), wire: Default::default() }
     }
 
     /// The cached encoding for `wire`, computed by `encode` on first use.
     pub fn encoded(&self, wire: Wire, encode: impl FnOnce(&Message) -> Bytes) -> Bytes {
-        self.wire[wire as usize]
-            .get_or_init(|| encode(self))
-            .clone()
+        self.wire[wire as usize].get_or_init(|| encode(self)).clone()
     }
 
     /// Appends the message JSON of §1 to `out`.
@@ -294,18 +282,7 @@ mod tests {
         let id: MessageId = "1700000000000-3".parse().unwrap();
         assert_eq!(id, MessageId::new(1_700_000_000_000, 3));
         assert_eq!(id.to_string(), "1700000000000-3");
-        for bad in [
-            "",
-            "1",
-            "-1",
-            "1-",
-            "a-1",
-            "1-b",
-            "+1-1",
-            "1-1-1",
-            " 1-1",
-            "99999999999999999999-1",
-        ] {
+        for bad in ["", "1", "-1", "1-", "a-1", "1-b", "+1-1", "1-1-1", " 1-1", "99999999999999999999-1"] {
             assert!(bad.parse::<MessageId>().is_err(), "{bad}");
         }
         assert!(MessageId::new(1, 5) < MessageId::new(2, 0));
@@ -315,40 +292,17 @@ mod tests {
     #[test]
     fn next_id_is_strictly_increasing_even_when_clock_steps_back() {
         let last = MessageId::new(1000, 7);
-        assert_eq!(
-            MessageId::next_after(last, 1001),
-            Some(MessageId::new(1001, 0))
-        );
-        assert_eq!(
-            MessageId::next_after(last, 1000),
-            Some(MessageId::new(1000, 8))
-        );
-        assert_eq!(
-            MessageId::next_after(last, 10),
-            Some(MessageId::new(1000, 8))
-        );
-        assert_eq!(
-            MessageId::next_after(MessageId::new(5, u64::MAX), 3),
-            Some(MessageId::new(6, 0))
-        );
-        assert_eq!(
-            MessageId::next_after(MessageId::new(u64::MAX, u64::MAX), 3),
-            None
-        );
+        assert_eq!(MessageId::next_after(last, 1001), Some(MessageId::new(1001, 0)));
+        assert_eq!(MessageId::next_after(last, 1000), Some(MessageId::new(1000, 8)));
+        assert_eq!(MessageId::next_after(last, 10), Some(MessageId::new(1000, 8)));
+        assert_eq!(MessageId::next_after(MessageId::new(5, u64::MAX), 3), Some(MessageId::new(6, 0)));
+        assert_eq!(MessageId::next_after(MessageId::new(u64::MAX, u64::MAX), 3), None);
     }
 
     #[test]
     fn json_is_verbatim() {
         let t = Topic::new("t").unwrap();
-        let m = Message::new(
-            t,
-            MessageId::new(5, 1),
-            5,
-            Bytes::from_static(b"{\"b\":1, \"a\":2}"),
-        );
-        assert_eq!(
-            &m.json()[..],
-            br#"{"topic":"t","id":"5-1","ts":5,"data":{"b":1, "a":2}}"#
-        );
+        let m = Message::new(t, MessageId::new(5, 1), 5, Bytes::from_static(b"{\"b\":1, \"a\":2}"));
+        assert_eq!(&m.json()[..], br#"{"topic":"t","id":"5-1","ts":5,"data":{"b":1, "a":2}}"#);
     }
 }

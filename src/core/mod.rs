@@ -53,10 +53,6 @@ pub struct Bus {
 impl Bus {
     /// A subscriber with this bus's outbox capacity.
     pub fn subscriber(&self) -> Subscriber {
-        Subscriber::new(
-            self.hub.clone(),
-            Arc::clone(&self.engine),
-            self.outbox_capacity,
-        )
+        Subscriber::new(self.hub.clone(), Arc::clone(&self.engine), self.outbox_capacity)
     }
 }

@@ -108,26 +108,15 @@ impl Resume {
     /// The next step, or `None` once caught up and live.
     pub async fn next(&mut self, sub: &mut Subscriber) -> Result<Option<Step>, EngineError> {
         while !self.done {
-            let history = sub
-                .engine()
-                .history(&self.topic, Some(self.pos), self.page)
-                .await?;
+            let history = sub.engine().history(&self.topic, Some(self.pos), self.page).await?;
             if history.truncated && self.gap_at != Some((self.pos, history.trimmed)) {
                 let after = self.pos;
-                let oldest = history
-                    .oldest
-                    .or_else(|| after.successor())
-                    .unwrap_or(after);
+                let oldest = history.oldest.or_else(|| after.successor()).unwrap_or(after);
                 if let Some(trimmed) = history.trimmed {
                     self.pos = self.pos.max(trimmed);
                 }
                 self.gap_at = Some((self.pos, history.trimmed));
-                let gap = Gap {
-                    topic: self.topic.clone(),
-                    after,
-                    oldest,
-                    resume_from: self.pos,
-                };
+                let gap = Gap { topic: self.topic.clone(), after, oldest, resume_from: self.pos };
                 self.recovered = false;
                 // Re-read from the new position next time; report first.
                 return Ok(Some(Step::Gap(gap)));

@@ -34,9 +34,7 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("reason", &self.closed())
-            .finish_non_exhaustive()
+        f.debug_struct("Session").field("reason", &self.closed()).finish_non_exhaustive()
     }
 }
 
@@ -52,11 +50,7 @@ impl Session {
     /// Asks the owning task to end the connection for `reason` (first reason
     /// wins).
     pub fn close(&self, reason: Close) {
-        if self
-            .reason
-            .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+        if self.reason.compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             self.waker.wake();
             // A slow consumer may be blocked in a write nobody polls; a
             // shutdown instead lets the owner end the stream cleanly.
@@ -132,10 +126,7 @@ impl Sessions {
             session.close(reason);
         }
         let key = inner.live.insert(Arc::clone(session));
-        SessionGuard {
-            sessions: Arc::clone(self),
-            key,
-        }
+        SessionGuard { sessions: Arc::clone(self), key }
     }
 
     /// Closes every live session and every later one with `reason`.
@@ -188,14 +179,7 @@ impl Subscriber {
     pub fn new(hub: Hub, engine: Arc<dyn Engine>, capacity: usize) -> Self {
         // Bounded: when full, the hub closes this session as slow (never waits).
         let (tx, outbox) = mpsc::channel(capacity.max(1));
-        Subscriber {
-            hub,
-            engine,
-            tx,
-            outbox,
-            session: Arc::default(),
-            joined: SmallVec::new(),
-        }
+        Subscriber { hub, engine, tx, outbox, session: Arc::default(), joined: SmallVec::new() }
     }
 
     /// The session flag the hub uses to close this subscriber.
@@ -219,10 +203,7 @@ impl Subscriber {
         if self.is_joined(topic) {
             return Ok(());
         }
-        let handle = SubscriberHandle {
-            tx: self.tx.clone(),
-            session: Arc::clone(&self.session),
-        };
+        let handle = SubscriberHandle { tx: self.tx.clone(), session: Arc::clone(&self.session) };
         let (key, ready) = self.hub.join(topic, handle, &*self.engine);
         self.joined.push((topic.clone(), key));
         if let Err(e) = ready.await {

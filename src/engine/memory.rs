@@ -82,11 +82,7 @@ impl Log {
 impl MemoryEngine {
     /// An engine that notifies `listener` of every message.
     pub fn new(opts: MemoryOptions, listener: Arc<dyn Listener>) -> Self {
-        MemoryEngine {
-            topics: DashMap::new(),
-            listener,
-            opts,
-        }
+        MemoryEngine { topics: DashMap::new(), listener, opts }
     }
 
     fn log(&self, topic: &Topic) -> Option<Arc<Mutex<Log>>> {
@@ -125,11 +121,7 @@ impl Engine for MemoryEngine {
         log.trim(&self.opts, now);
         if let Some(key) = idempotency_key {
             if let Some(&(id, ts)) = log.idem.get(key) {
-                return Ok(Published {
-                    id,
-                    ts,
-                    duplicate: true,
-                });
+                return Ok(Published { id, ts, duplicate: true });
             }
         }
         let id = MessageId::next_after(log.last.unwrap_or(MessageId::ZERO), now)
@@ -145,11 +137,7 @@ impl Engine for MemoryEngine {
         log.trim(&self.opts, now);
         // Notify under the topic lock: listeners see this topic in id order.
         self.listener.deliver(&message);
-        Ok(Published {
-            id,
-            ts: now,
-            duplicate: false,
-        })
+        Ok(Published { id, ts: now, duplicate: false })
     }
 
     async fn history(
@@ -162,10 +150,7 @@ impl Engine for MemoryEngine {
             // Never written here (or written before a restart: then a
             // resume point past zero is lost history).
             let truncated = after.is_some_and(|a| lost_after(a, false, None));
-            return Ok(History {
-                truncated,
-                ..History::default()
-            });
+            return Ok(History { truncated, ..History::default() });
         };
         let mut log = log.lock();
         log.trim(&self.opts, now_ms());
@@ -178,12 +163,7 @@ impl Engine for MemoryEngine {
             None => (log.messages.len().saturating_sub(limit), false),
         };
         let messages = log.messages.range(start..).take(limit).cloned().collect();
-        Ok(History {
-            messages,
-            truncated,
-            oldest: log.oldest(),
-            trimmed: log.trimmed_through,
-        })
+        Ok(History { messages, truncated, oldest: log.oldest(), trimmed: log.trimmed_through })
     }
 
     async fn last_id(&self, topic: &Topic) -> Result<Option<MessageId>, EngineError> {
@@ -228,25 +208,14 @@ mod tests {
         let e = engine(100, Duration::from_secs(3600));
         let mut ids = vec![];
         for i in 0..10 {
-            ids.push(
-                e.publish(&t("a"), Bytes::from(i.to_string()), None)
-                    .await
-                    .unwrap()
-                    .id,
-            );
+            ids.push(e.publish(&t("a"), Bytes::from(i.to_string()), None).await.unwrap().id);
         }
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         let h = e.history(&t("a"), Some(ids[3]), 4).await.unwrap();
-        assert_eq!(
-            h.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
-            ids[4..8].to_vec()
-        );
+        assert_eq!(h.messages.iter().map(|m| m.id).collect::<Vec<_>>(), ids[4..8].to_vec());
         assert!(!h.truncated);
         let newest = e.history(&t("a"), None, 3).await.unwrap();
-        assert_eq!(
-            newest.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
-            ids[7..].to_vec()
-        );
+        assert_eq!(newest.messages.iter().map(|m| m.id).collect::<Vec<_>>(), ids[7..].to_vec());
         assert_eq!(e.last_id(&t("a")).await.unwrap(), Some(ids[9]));
         assert_eq!(e.last_id(&t("b")).await.unwrap(), None);
     }
@@ -256,12 +225,7 @@ mod tests {
         let e = engine(3, Duration::from_secs(3600));
         let mut ids = vec![];
         for i in 0..6 {
-            ids.push(
-                e.publish(&t("a"), Bytes::from(i.to_string()), None)
-                    .await
-                    .unwrap()
-                    .id,
-            );
+            ids.push(e.publish(&t("a"), Bytes::from(i.to_string()), None).await.unwrap().id);
         }
         let h = e.history(&t("a"), Some(ids[0]), 10).await.unwrap();
         assert!(h.truncated);
@@ -276,11 +240,7 @@ mod tests {
     #[tokio::test]
     async fn retention_by_age() {
         let e = engine(100, Duration::from_millis(0));
-        let id = e
-            .publish(&t("a"), Bytes::from_static(b"1"), None)
-            .await
-            .unwrap()
-            .id;
+        let id = e.publish(&t("a"), Bytes::from_static(b"1"), None).await.unwrap().id;
         // max_age 0: gone by the next read (ts < now - 0 once a ms passed).
         tokio::time::sleep(Duration::from_millis(3)).await;
         let h = e.history(&t("a"), Some(MessageId::ZERO), 10).await.unwrap();
@@ -292,38 +252,17 @@ mod tests {
     #[tokio::test]
     async fn idempotency_keys_dedupe_and_are_bounded() {
         let e = engine(100, Duration::from_secs(3600));
-        let a = e
-            .publish(&t("a"), Bytes::from_static(b"1"), Some("k"))
-            .await
-            .unwrap();
-        let b = e
-            .publish(&t("a"), Bytes::from_static(b"2"), Some("k"))
-            .await
-            .unwrap();
+        let a = e.publish(&t("a"), Bytes::from_static(b"1"), Some("k")).await.unwrap();
+        let b = e.publish(&t("a"), Bytes::from_static(b"2"), Some("k")).await.unwrap();
         assert!(!a.duplicate && b.duplicate);
         assert_eq!((a.id, a.ts), (b.id, b.ts));
         // Same key, other topic: independent.
-        assert!(
-            !e.publish(&t("b"), Bytes::from_static(b"1"), Some("k"))
-                .await
-                .unwrap()
-                .duplicate
-        );
+        assert!(!e.publish(&t("b"), Bytes::from_static(b"1"), Some("k")).await.unwrap().duplicate);
         for k in ["k2", "k3", "k4"] {
-            e.publish(&t("a"), Bytes::from_static(b"1"), Some(k))
-                .await
-                .unwrap();
+            e.publish(&t("a"), Bytes::from_static(b"1"), Some(k)).await.unwrap();
         }
         // Cap of 3 keys: "k" was forgotten.
-        assert!(
-            !e.publish(&t("a"), Bytes::from_static(b"1"), Some("k"))
-                .await
-                .unwrap()
-                .duplicate
-        );
-        assert_eq!(
-            e.history(&t("a"), None, 100).await.unwrap().messages.len(),
-            5
-        );
+        assert!(!e.publish(&t("a"), Bytes::from_static(b"1"), Some("k")).await.unwrap().duplicate);
+        assert_eq!(e.history(&t("a"), None, 100).await.unwrap().messages.len(), 5);
     }
 }

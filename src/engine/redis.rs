@@ -56,9 +56,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use rand::Rng;
-use redis::aio::{
-    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
-};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, RedisFuture, Script, Value};
@@ -215,10 +213,7 @@ impl ConnectionLike for Conn {
 #[allow(clippy::large_enum_variant)] // one per engine, never moved around
 enum Clients {
     Single(redis::Client),
-    Cluster {
-        commands: ClusterClient,
-        readers: ClusterClient,
-    },
+    Cluster { commands: ClusterClient, readers: ClusterClient },
 }
 
 impl Clients {
@@ -248,14 +243,9 @@ impl Clients {
                     .set_response_timeout(Some(opts.op_timeout))
                     .set_min_delay(Duration::from_millis(50))
                     .set_max_delay(Duration::from_secs(2));
-                Ok(Conn::Manager(ConnectionManager::new_lazy_with_config(
-                    client.clone(),
-                    config,
-                )?))
+                Ok(Conn::Manager(ConnectionManager::new_lazy_with_config(client.clone(), config)?))
             }
-            Clients::Cluster { commands, .. } => {
-                Ok(Conn::Cluster(commands.get_async_connection().await?))
-            }
+            Clients::Cluster { commands, .. } => Ok(Conn::Cluster(commands.get_async_connection().await?)),
         }
     }
 
@@ -266,15 +256,9 @@ impl Clients {
                 let config = redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(opts.op_timeout))
                     .set_response_timeout(Some(opts.block + opts.op_timeout));
-                Ok(Conn::Multiplexed(
-                    client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await?,
-                ))
+                Ok(Conn::Multiplexed(client.get_multiplexed_async_connection_with_config(&config).await?))
             }
-            Clients::Cluster { readers, .. } => {
-                Ok(Conn::Cluster(readers.get_async_connection().await?))
-            }
+            Clients::Cluster { readers, .. } => Ok(Conn::Cluster(readers.get_async_connection().await?)),
         }
     }
 }
@@ -432,9 +416,7 @@ impl RedisEngine {
         let inner = &self.inner;
         let conn = tokio::time::timeout(
             inner.opts.op_timeout,
-            inner
-                .commands
-                .get_or_try_init(|| inner.clients.commands(&inner.opts)),
+            inner.commands.get_or_try_init(|| inner.clients.commands(&inner.opts)),
         )
         .await
         .map_err(|_| EngineError::Unavailable("redis connect timed out".into()))?
@@ -466,11 +448,7 @@ impl RedisEngine {
             if ready {
                 tracing::info!(engine = "redis", "redis reachable: ready");
             } else {
-                tracing::warn!(
-                    engine = "redis",
-                    error = why.unwrap_or(""),
-                    "redis unreachable: not ready"
-                );
+                tracing::warn!(engine = "redis", error = why.unwrap_or(""), "redis unreachable: not ready");
             }
         }
         if !ready {
@@ -488,10 +466,7 @@ impl RedisEngine {
                 _ = tick.tick() => {}
             }
             let result = match self.conn().await {
-                Ok(mut c) => self
-                    .run(redis::cmd("PING").query_async::<String>(&mut c))
-                    .await
-                    .map(|_| ()),
+                Ok(mut c) => self.run(redis::cmd("PING").query_async::<String>(&mut c)).await.map(|_| ()),
                 Err(e) => {
                     self.set_ready(false, Some(&e.to_string()));
                     Err(e)
@@ -514,11 +489,7 @@ impl RedisEngine {
         let mut conn = self.conn().await?;
         let min_id = self.min_id();
         let mut inv = self.inner.history.key(self.stream_key(topic));
-        inv.key(self.marker_key(topic))
-            .arg(mode)
-            .arg(after.to_string())
-            .arg(count)
-            .arg(min_id);
+        inv.key(self.marker_key(topic)).arg(mode).arg(after.to_string()).arg(count).arg(min_id);
         let reply: Value = self.run(inv.invoke_async(&mut conn)).await?;
         let Value::Array(parts) = reply else {
             return Err(malformed("history"));
@@ -534,13 +505,7 @@ impl RedisEngine {
             _ => Vec::new(),
         };
         let present = parts.get(5).and_then(as_int) == Some(1);
-        Ok(Some(StreamRead {
-            last,
-            trimmed,
-            first,
-            entries,
-            present,
-        }))
+        Ok(Some(StreamRead { last, trimmed, first, entries, present }))
     }
 
     /// `XTRIM MINID` argument for age retention.
@@ -629,11 +594,8 @@ impl RedisEngine {
                         failing = false;
                     }
                     backoff = Duration::from_millis(100);
-                    let by_key: HashMap<&str, &Topic> = keys
-                        .iter()
-                        .map(String::as_str)
-                        .zip(watched.iter().map(|(t, _)| t))
-                        .collect();
+                    let by_key: HashMap<&str, &Topic> =
+                        keys.iter().map(String::as_str).zip(watched.iter().map(|(t, _)| t)).collect();
                     self.deliver(group, &value, &by_key, &wake_key, &mut wake_last);
                 }
                 Err(e) => {
@@ -740,10 +702,7 @@ impl RedisEngine {
             .arg("w")
             .arg(1)
             .ignore();
-        wake.cmd("PEXPIRE")
-            .arg(self.wake_key(group))
-            .arg(3_600_000)
-            .ignore();
+        wake.cmd("PEXPIRE").arg(self.wake_key(group)).arg(3_600_000).ignore();
         // Best effort: without it the topic joins at the end of the block.
         let _ = self.run(wake.query_async::<()>(&mut conn)).await;
         Ok(())
@@ -764,10 +723,7 @@ impl RedisEngine {
             let read = self.read(&topic, "check", seen, 0).await?;
             let (lost, now) = match &read {
                 None => (lost_after(seen, false, None), MessageId::ZERO),
-                Some(r) => (
-                    lost_after(seen, r.present, r.trimmed),
-                    r.last.unwrap_or_default(),
-                ),
+                Some(r) => (lost_after(seen, r.present, r.trimmed), r.last.unwrap_or_default()),
             };
             if lost {
                 tracing::warn!(engine = "redis", %topic, %seen, %now, "stream lost data in redis; closing its subscribers");
@@ -811,8 +767,7 @@ impl Engine for RedisEngine {
             Some(k) => format!("{}:i:{}:{}", self.tag(self.group_of(topic)), topic, k),
             None => stream.clone(),
         };
-        let ttl =
-            idempotency_key.map(|_| self.inner.opts.idempotency_ttl.as_secs().max(1).to_string());
+        let ttl = idempotency_key.map(|_| self.inner.opts.idempotency_ttl.as_secs().max(1).to_string());
         let now = now_ms();
         let mut inv = self.inner.publish.key(&stream);
         inv.key(self.marker_key(topic))
@@ -826,13 +781,8 @@ impl Engine for RedisEngine {
         let Value::Array(parts) = reply else {
             return Err(malformed("publish"));
         };
-        let stored = parts
-            .first()
-            .and_then(as_str)
-            .ok_or_else(|| malformed("publish id"))?;
-        let (id, ts) = stored
-            .split_once(' ')
-            .ok_or_else(|| malformed("publish id"))?;
+        let stored = parts.first().and_then(as_str).ok_or_else(|| malformed("publish id"))?;
+        let (id, ts) = stored.split_once(' ').ok_or_else(|| malformed("publish id"))?;
         let id: MessageId = id.parse().map_err(|_| malformed("publish id"))?;
         let ts: u64 = ts.parse().map_err(|_| malformed("publish ts"))?;
         let duplicate = parts.get(1).and_then(as_int) == Some(1);
@@ -850,47 +800,29 @@ impl Engine for RedisEngine {
         let Some(read) = self.read(topic, mode, after_id, limit).await? else {
             // No stream: never written, or lost with its data.
             let truncated = after.is_some_and(|a| lost_after(a, false, None));
-            return Ok(History {
-                truncated,
-                ..History::default()
-            });
+            return Ok(History { truncated, ..History::default() });
         };
-        let mut messages: Vec<Arc<Message>> = read
-            .entries
-            .iter()
-            .filter_map(|e| parse_entry(topic, e))
-            .map(Arc::new)
-            .collect();
+        let mut messages: Vec<Arc<Message>> =
+            read.entries.iter().filter_map(|e| parse_entry(topic, e)).map(Arc::new).collect();
         if after.is_none() {
             messages.reverse();
         }
         let truncated = after.is_some_and(|a| lost_after(a, read.present, read.trimmed));
-        let oldest = read
-            .first
-            .or_else(|| read.trimmed.max(read.last).and_then(MessageId::successor));
-        Ok(History {
-            messages,
-            truncated,
-            oldest,
-            trimmed: read.trimmed,
-        })
+        let oldest = read.first.or_else(|| read.trimmed.max(read.last).and_then(MessageId::successor));
+        Ok(History { messages, truncated, oldest, trimmed: read.trimmed })
     }
 
     async fn last_id(&self, topic: &Topic) -> Result<Option<MessageId>, EngineError> {
-        Ok(self
-            .read(topic, "info", MessageId::ZERO, 0)
-            .await?
-            .and_then(|r| r.last))
+        Ok(self.read(topic, "info", MessageId::ZERO, 0).await?.and_then(|r| r.last))
     }
 
     fn watch(&self, topic: &Topic) -> BoxFuture<'static, Result<(), EngineError>> {
         let group = self.group_of(topic);
         let pending = {
             let mut topics = self.inner.groups[group].topics.lock();
-            let w = topics.entry(topic.clone()).or_insert_with(|| Watched {
-                last: None,
-                start: Arc::new(OnceCell::new()),
-            });
+            let w = topics
+                .entry(topic.clone())
+                .or_insert_with(|| Watched { last: None, start: Arc::new(OnceCell::new()) });
             w.last.is_none().then(|| Arc::clone(&w.start))
         };
         let this = self.clone();
@@ -899,9 +831,7 @@ impl Engine for RedisEngine {
             let Some(start) = pending else { return Ok(()) };
             // Concurrent first subscribers share one read of the start
             // position; if it fails, the next one tries again.
-            start
-                .get_or_try_init(|| this.start_watch(group, &topic))
-                .await?;
+            start.get_or_try_init(|| this.start_watch(group, &topic)).await?;
             Ok(())
         })
     }
@@ -940,10 +870,7 @@ mod tests {
             ]),
         ]);
         let m = parse_entry(&t, &e).unwrap();
-        assert_eq!(
-            (m.id, m.ts, &m.data[..]),
-            (MessageId::new(5, 1), 7, &b"{\"a\":1}"[..])
-        );
+        assert_eq!((m.id, m.ts, &m.data[..]), (MessageId::new(5, 1), 7, &b"{\"a\":1}"[..]));
         assert!(parse_entry(&t, &Value::Nil).is_none());
     }
 }

@@ -102,16 +102,9 @@ pub fn parse(text: &str, max_data: usize) -> Result<ClientOp, FrameError> {
         r: None,
     })?;
     let r = raw.r.map(RawValue::to_owned);
-    let fail = |code, message: &str, r: Option<Ref>| FrameError {
-        code,
-        message: message.into(),
-        r,
-    };
+    let fail = |code, message: &str, r: Option<Ref>| FrameError { code, message: message.into(), r };
     let topic = |r: &Option<Ref>| -> Result<Topic, FrameError> {
-        let name = raw
-            .topic
-            .as_deref()
-            .ok_or_else(|| fail(Code::BadRequest, "missing topic", r.clone()))?;
+        let name = raw.topic.as_deref().ok_or_else(|| fail(Code::BadRequest, "missing topic", r.clone()))?;
         Topic::new(name).map_err(|e| fail(Code::BadTopic, &e.to_string(), r.clone()))
     };
     match raw.op.as_deref() {
@@ -120,42 +113,23 @@ pub fn parse(text: &str, max_data: usize) -> Result<ClientOp, FrameError> {
             let after = match raw.after.as_deref() {
                 None => None,
                 Some(a) => Some(a.parse().map_err(|_| {
-                    fail(
-                        Code::BadRequest,
-                        "after must be a message id <ms>-<seq>",
-                        r.clone(),
-                    )
+                    fail(Code::BadRequest, "after must be a message id <ms>-<seq>", r.clone())
                 })?),
             };
             Ok(ClientOp::Subscribe { topic, after, r })
         }
-        Some("unsubscribe") => Ok(ClientOp::Unsubscribe {
-            topic: topic(&r)?,
-            r,
-        }),
+        Some("unsubscribe") => Ok(ClientOp::Unsubscribe { topic: topic(&r)?, r }),
         Some("publish") => {
             let topic = topic(&r)?;
-            let data = raw
-                .data
-                .ok_or_else(|| fail(Code::BadRequest, "missing data", r.clone()))?;
+            let data = raw.data.ok_or_else(|| fail(Code::BadRequest, "missing data", r.clone()))?;
             if data.get().len() > max_data {
-                return Err(fail(
-                    Code::TooLarge,
-                    "data over limits.max_message_bytes",
-                    r,
-                ));
+                return Err(fail(Code::TooLarge, "data over limits.max_message_bytes", r));
             }
-            Ok(ClientOp::Publish {
-                topic,
-                data: Bytes::copy_from_slice(data.get().as_bytes()),
-                r,
-            })
+            Ok(ClientOp::Publish { topic, data: Bytes::copy_from_slice(data.get().as_bytes()), r })
         }
         Some("ping") => Ok(ClientOp::Ping { r }),
         Some("refresh") => {
-            let token = raw
-                .token
-                .ok_or_else(|| fail(Code::BadRequest, "missing token", r.clone()))?;
+            let token = raw.token.ok_or_else(|| fail(Code::BadRequest, "missing token", r.clone()))?;
             Ok(ClientOp::Refresh { token, r })
         }
         Some(other) => Err(fail(Code::BadRequest, &format!("unknown op {other:?}"), r)),
@@ -180,14 +154,7 @@ struct Control<'a> {
 
 impl<'a> Control<'a> {
     fn new(op: &'static str, r: Option<&'a RawValue>) -> Self {
-        Control {
-            op,
-            r,
-            recovered: None,
-            id: None,
-            code: None,
-            message: None,
-        }
+        Control { op, r, recovered: None, id: None, code: None, message: None }
     }
 
     fn encode(&self) -> String {
@@ -197,20 +164,12 @@ impl<'a> Control<'a> {
 
 /// `{"op":"ack","ref":R,"recovered":B}` for a subscribe.
 pub fn ack_subscribe(r: Option<&RawValue>, recovered: bool) -> String {
-    Control {
-        recovered: Some(recovered),
-        ..Control::new("ack", r)
-    }
-    .encode()
+    Control { recovered: Some(recovered), ..Control::new("ack", r) }.encode()
 }
 
 /// `{"op":"ack","ref":R,"id":ID}` for a publish.
 pub fn ack_publish(r: Option<&RawValue>, id: MessageId) -> String {
-    Control {
-        id: Some(id),
-        ..Control::new("ack", r)
-    }
-    .encode()
+    Control { id: Some(id), ..Control::new("ack", r) }.encode()
 }
 
 /// `{"op":"ack","ref":R}` for unsubscribe and refresh.
@@ -225,12 +184,7 @@ pub fn pong(r: Option<&RawValue>) -> String {
 
 /// `{"op":"error","ref":R,"code":C,"message":M}`.
 pub fn error(r: Option<&RawValue>, code: Code, message: &str) -> String {
-    Control {
-        code: Some(code.as_str()),
-        message: Some(message),
-        ..Control::new("error", r)
-    }
-    .encode()
+    Control { code: Some(code.as_str()), message: Some(message), ..Control::new("error", r) }.encode()
 }
 
 /// `{"op":"gap","topic":T,"after":ID,"oldest":ID}`.
@@ -265,12 +219,7 @@ mod tests {
 
     #[test]
     fn parses_ops() {
-        match parse(
-            r#"{"op":"publish","topic":"t","data":{"b":1,  "a":[2]},"ref":7}"#,
-            100,
-        )
-        .unwrap()
-        {
+        match parse(r#"{"op":"publish","topic":"t","data":{"b":1,  "a":[2]},"ref":7}"#, 100).unwrap() {
             ClientOp::Publish { topic, data, r } => {
                 assert_eq!(topic.as_str(), "t");
                 assert_eq!(&data[..], br#"{"b":1,  "a":[2]}"#);
@@ -282,22 +231,14 @@ mod tests {
             parse(r#"{"op":"publish","topic":"t","data":null}"#, 100).unwrap(),
             ClientOp::Publish { data, .. } if &data[..] == b"null"
         ));
-        match parse(
-            r#"{"op":"subscribe","topic":"t","after":"5-1","ref":"x"}"#,
-            100,
-        )
-        .unwrap()
-        {
+        match parse(r#"{"op":"subscribe","topic":"t","after":"5-1","ref":"x"}"#, 100).unwrap() {
             ClientOp::Subscribe { after, r, .. } => {
                 assert_eq!(after, Some(MessageId::new(5, 1)));
                 assert_eq!(r.unwrap().get(), "\"x\"");
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            parse(r#"{"op":"ping"}"#, 1).unwrap(),
-            ClientOp::Ping { r: None }
-        ));
+        assert!(matches!(parse(r#"{"op":"ping"}"#, 1).unwrap(), ClientOp::Ping { r: None }));
     }
 
     #[test]
@@ -321,24 +262,13 @@ mod tests {
     #[test]
     fn server_frames() {
         let r = RawValue::from_string("\"a\"".into()).unwrap();
-        assert_eq!(
-            ack_subscribe(Some(&r), false),
-            r#"{"op":"ack","ref":"a","recovered":false}"#
-        );
-        assert_eq!(
-            ack_publish(None, MessageId::new(1, 2)),
-            r#"{"op":"ack","id":"1-2"}"#
-        );
+        assert_eq!(ack_subscribe(Some(&r), false), r#"{"op":"ack","ref":"a","recovered":false}"#);
+        assert_eq!(ack_publish(None, MessageId::new(1, 2)), r#"{"op":"ack","id":"1-2"}"#);
         assert_eq!(
             error(Some(&r), Code::BadTopic, "x"),
             r#"{"op":"error","ref":"a","code":"bad_topic","message":"x"}"#
         );
-        let m = Message::new(
-            Topic::new("t").unwrap(),
-            MessageId::new(3, 4),
-            3,
-            Bytes::from_static(b"[1]"),
-        );
+        let m = Message::new(Topic::new("t").unwrap(), MessageId::new(3, 4), 3, Bytes::from_static(b"[1]"));
         let f = message(&m, "AQ");
         let v: serde_json::Value = serde_json::from_slice(&f).unwrap();
         assert_eq!(v["op"], "message");

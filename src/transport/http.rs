@@ -19,10 +19,7 @@ const HISTORY_MAX: usize = 1000;
 
 fn json(body: Vec<u8>) -> Response {
     let mut res = Bytes::from(body).into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res
 }
 
@@ -40,10 +37,8 @@ pub(crate) async fn publish(
     let topic = topic(&name)?;
     let max = state.config.limits.max_message_bytes;
     let too_large = || ApiError::new(Code::TooLarge, format!("body over {max} bytes"));
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
@@ -62,24 +57,15 @@ pub(crate) async fn publish(
             Some(v.to_str().unwrap_or_default().to_owned())
         }
     };
-    let body = axum::body::to_bytes(body, max)
-        .await
-        .map_err(|_| too_large())?;
+    let body = axum::body::to_bytes(body, max).await.map_err(|_| too_large())?;
     let data = trim_json(body);
     if data.is_empty() {
         return Err(ApiError::new(Code::BadRequest, "body must be a JSON value"));
     }
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&data) {
-        return Err(ApiError::new(
-            Code::BadRequest,
-            format!("body is not valid JSON: {e}"),
-        ));
+        return Err(ApiError::new(Code::BadRequest, format!("body is not valid JSON: {e}")));
     }
-    let published = state
-        .bus
-        .engine
-        .publish(&topic, data, key.as_deref())
-        .await?;
+    let published = state.bus.engine.publish(&topic, data, key.as_deref()).await?;
     if !published.duplicate {
         metrics::published(Transport::Http);
     }
@@ -109,23 +95,15 @@ pub(crate) async fn history(
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match &*k {
             "after" => {
-                after = Some(
-                    v.parse::<MessageId>()
-                        .map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?,
-                )
+                after =
+                    Some(v.parse::<MessageId>().map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?)
             }
             "limit" => limit = super::parse_limit(&v, HISTORY_MAX)?,
             _ => {}
         }
     }
     let history = state.bus.engine.history(&topic, after, limit).await?;
-    let mut out = Vec::with_capacity(
-        64 + history
-            .messages
-            .iter()
-            .map(|m| m.data.len() + 80)
-            .sum::<usize>(),
-    );
+    let mut out = Vec::with_capacity(64 + history.messages.iter().map(|m| m.data.len() + 80).sum::<usize>());
     out.extend_from_slice(b"{\"messages\":[");
     for (i, m) in history.messages.iter().enumerate() {
         if i > 0 {
@@ -145,10 +123,7 @@ mod tests {
 
     #[test]
     fn trims_only_outer_whitespace() {
-        assert_eq!(
-            &trim_json(Bytes::from_static(b" \n{\"a\": 1 }\r\n"))[..],
-            b"{\"a\": 1 }"
-        );
+        assert_eq!(&trim_json(Bytes::from_static(b" \n{\"a\": 1 }\r\n"))[..], b"{\"a\": 1 }");
         assert_eq!(&trim_json(Bytes::from_static(b"   "))[..], b"");
         assert_eq!(&trim_json(Bytes::from_static(b"1"))[..], b"1");
     }

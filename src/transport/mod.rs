@@ -14,16 +14,9 @@ use crate::server::AppState;
 
 /// Parses a `limit` query value: a positive integer, clamped to `max`.
 pub(crate) fn parse_limit(v: &str, max: usize) -> Result<usize, crate::error::ApiError> {
-    v.parse::<usize>()
-        .ok()
-        .filter(|n| *n >= 1)
-        .map(|n| n.min(max))
-        .ok_or_else(|| {
-            crate::error::ApiError::new(
-                crate::error::Code::BadRequest,
-                "limit must be a positive integer",
-            )
-        })
+    v.parse::<usize>().ok().filter(|n| *n >= 1).map(|n| n.min(max)).ok_or_else(|| {
+        crate::error::ApiError::new(crate::error::Code::BadRequest, "limit must be a positive integer")
+    })
 }
 
 /// Routes of every transport.

@@ -54,10 +54,7 @@ pub(crate) async fn poll(
         cursor.set(topic, pos);
     }
     if !cursor.fits() {
-        return Err(ApiError::new(
-            Code::BadRequest,
-            "too many topics for one cursor",
-        ));
+        return Err(ApiError::new(Code::BadRequest, "too many topics for one cursor"));
     }
 
     let mut sub = None;
@@ -101,15 +98,11 @@ fn parse_limits(query: Option<&str>, state: &AppState) -> Result<(Duration, usiz
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match &*k {
             "timeout" => {
-                let secs: f64 = v
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-                    .ok_or_else(|| {
+                let secs: f64 =
+                    v.parse().ok().filter(|s: &f64| s.is_finite() && *s >= 0.0).ok_or_else(|| {
                         ApiError::new(Code::BadRequest, "timeout must be a number of seconds")
                     })?;
-                timeout =
-                    Duration::from_secs_f64(secs.min(state.config.poll.max_timeout.as_secs_f64()));
+                timeout = Duration::from_secs_f64(secs.min(state.config.poll.max_timeout.as_secs_f64()));
             }
             "limit" => {
                 limit = super::parse_limit(&v, MAX_LIMIT)?;
@@ -154,9 +147,7 @@ async fn collect(
         let mut pos = pos;
         if history.truncated {
             let oldest = history.oldest.or_else(|| pos.successor()).unwrap_or(pos);
-            batch.gaps.push(format!(
-                "{{\"topic\":\"{topic}\",\"after\":\"{pos}\",\"oldest\":\"{oldest}\"}}"
-            ));
+            batch.gaps.push(format!("{{\"topic\":\"{topic}\",\"after\":\"{pos}\",\"oldest\":\"{oldest}\"}}"));
             if let Some(trimmed) = history.trimmed {
                 pos = pos.max(trimmed);
             }
@@ -193,11 +184,7 @@ fn answer(batch: Batch, cursor: &Cursor) -> Response {
     }
     out.push(b'}');
     let mut res = Bytes::from(out).into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }

@@ -56,8 +56,7 @@ pub(crate) fn parse_subscription(
     let mut cursor = header_cursor.map(str::to_owned);
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         if k == "topic" {
-            let t = crate::core::Topic::new(&v)
-                .map_err(|e| ApiError::new(Code::BadTopic, e.to_string()))?;
+            let t = crate::core::Topic::new(&v).map_err(|e| ApiError::new(Code::BadTopic, e.to_string()))?;
             if !topics.contains(&t) {
                 topics.push(t);
             }
@@ -66,21 +65,13 @@ pub(crate) fn parse_subscription(
         }
     }
     if topics.is_empty() {
-        return Err(ApiError::new(
-            Code::BadRequest,
-            "at least one topic is required",
-        ));
+        return Err(ApiError::new(Code::BadRequest, "at least one topic is required"));
     }
     if topics.len() > max_topics {
-        return Err(ApiError::new(
-            Code::BadRequest,
-            "too many topics (limits.max_topics_per_connection)",
-        ));
+        return Err(ApiError::new(Code::BadRequest, "too many topics (limits.max_topics_per_connection)"));
     }
     let cursor = match cursor {
-        Some(c) => {
-            Some(Cursor::parse(&c).map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?)
-        }
+        Some(c) => Some(Cursor::parse(&c).map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?),
         None => None,
     };
     Ok(Subscription { topics, cursor })
@@ -96,10 +87,7 @@ pub(crate) async fn stream(
     if state.shutdown.is_shutting_down() {
         return Err(ApiError::new(Code::Unavailable, "shutting down"));
     }
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty());
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
     let request = parse_subscription(
         query.as_deref(),
         last_event_id,
@@ -123,18 +111,12 @@ pub(crate) async fn stream(
         }
     }
     if !cursor.fits() {
-        return Err(ApiError::new(
-            Code::BadRequest,
-            "too many topics for one cursor",
-        ));
+        return Err(ApiError::new(Code::BadRequest, "too many topics for one cursor"));
     }
     let body = Body::from_stream(events(state, peer, sub, cursor, resumes));
     let mut res = (StatusCode::OK, body).into_response();
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(res)
@@ -243,13 +225,7 @@ impl CloseRecord {
     fn open(peer: SocketAddr, session: Arc<crate::core::subscriber::Session>) -> Self {
         metrics::connection_opened(Transport::Sse);
         tracing::info!(transport = "sse", %peer, "connection opened");
-        CloseRecord {
-            peer,
-            session,
-            opened: Instant::now(),
-            sent: 0,
-            reason: Close::Client,
-        }
+        CloseRecord { peer, session, opened: Instant::now(), sent: 0, reason: Close::Client }
     }
 }
 
@@ -283,11 +259,7 @@ fn write_event(out: &mut BytesMut, cursor: &mut Cursor, m: &Message) -> bool {
     if cursor.len() == 1 {
         out.put(m.encoded(Wire::SseSingle, |m| {
             let mut b = BytesMut::new();
-            event(
-                &mut b,
-                &Cursor::single(m.topic.clone(), m.id).encode(),
-                &m.json(),
-            );
+            event(&mut b, &Cursor::single(m.topic.clone(), m.id).encode(), &m.json());
             b.freeze()
         }));
     } else {
@@ -311,14 +283,9 @@ fn gap_event(cursor: &mut Cursor, gap: &Gap) -> Bytes {
     if let Some(pos) = cursor.get(&gap.topic) {
         cursor.set(&gap.topic, pos.max(gap.resume_from));
     }
-    let data = format!(
-        "{{\"topic\":\"{}\",\"after\":\"{}\",\"oldest\":\"{}\"}}",
-        gap.topic, gap.after, gap.oldest
-    );
-    Bytes::from(format!(
-        "event: gap\nid: {}\ndata: {data}\n\n",
-        cursor.encode()
-    ))
+    let data =
+        format!("{{\"topic\":\"{}\",\"after\":\"{}\",\"oldest\":\"{}\"}}", gap.topic, gap.after, gap.oldest);
+    Bytes::from(format!("event: gap\nid: {}\ndata: {data}\n\n", cursor.encode()))
 }
 
 #[cfg(test)]
@@ -330,56 +297,32 @@ mod tests {
     fn events_carry_cursor_and_json() {
         let t = Topic::new("a").unwrap();
         let mut c = Cursor::single(t.clone(), MessageId::new(1, 0));
-        let m = Message::new(
-            t.clone(),
-            MessageId::new(2, 0),
-            2,
-            Bytes::from_static(b"{\"x\":1}"),
-        );
+        let m = Message::new(t.clone(), MessageId::new(2, 0), 2, Bytes::from_static(b"{\"x\":1}"));
         let mut out = BytesMut::new();
         assert!(write_event(&mut out, &mut c, &m));
         assert!(!write_event(&mut out, &mut c, &m), "duplicate is dropped");
         let text = String::from_utf8(out.to_vec()).unwrap();
         let id = Cursor::single(t, MessageId::new(2, 0)).encode();
-        assert_eq!(text, format!("id: {id}\ndata: {{\"topic\":\"a\",\"id\":\"2-0\",\"ts\":2,\"data\":{{\"x\":1}}}}\n\n"));
+        assert_eq!(
+            text,
+            format!("id: {id}\ndata: {{\"topic\":\"a\",\"id\":\"2-0\",\"ts\":2,\"data\":{{\"x\":1}}}}\n\n")
+        );
     }
 
     #[test]
     fn subscription_parsing() {
-        let s = parse_subscription(Some("topic=a&topic=b&topic=a"), None, &["lastEventId"], 10)
-            .unwrap();
+        let s = parse_subscription(Some("topic=a&topic=b&topic=a"), None, &["lastEventId"], 10).unwrap();
         assert_eq!(s.topics.len(), 2);
         assert!(s.cursor.is_none());
+        assert_eq!(parse_subscription(Some(""), None, &[], 10).unwrap_err().code, Code::BadRequest);
+        assert_eq!(parse_subscription(Some("topic=a%20b"), None, &[], 10).unwrap_err().code, Code::BadTopic);
         assert_eq!(
-            parse_subscription(Some(""), None, &[], 10)
-                .unwrap_err()
-                .code,
-            Code::BadRequest
-        );
-        assert_eq!(
-            parse_subscription(Some("topic=a%20b"), None, &[], 10)
-                .unwrap_err()
-                .code,
-            Code::BadTopic
-        );
-        assert_eq!(
-            parse_subscription(Some("topic=a&lastEventId=!!"), None, &["lastEventId"], 10)
-                .unwrap_err()
-                .code,
+            parse_subscription(Some("topic=a&lastEventId=!!"), None, &["lastEventId"], 10).unwrap_err().code,
             Code::BadRequest
         );
         let c = Cursor::single(Topic::new("a").unwrap(), MessageId::new(3, 1)).encode();
         // The header wins over the query.
-        let s = parse_subscription(
-            Some("topic=a&lastEventId=!!"),
-            Some(&c),
-            &["lastEventId"],
-            10,
-        )
-        .unwrap();
-        assert_eq!(
-            s.cursor.unwrap().get(&Topic::new("a").unwrap()),
-            Some(MessageId::new(3, 1))
-        );
+        let s = parse_subscription(Some("topic=a&lastEventId=!!"), Some(&c), &["lastEventId"], 10).unwrap();
+        assert_eq!(s.cursor.unwrap().get(&Topic::new("a").unwrap()), Some(MessageId::new(3, 1)));
     }
 }

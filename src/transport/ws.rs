@@ -74,9 +74,7 @@ pub(crate) async fn upgrade(
         .max_frame_size(max_frame)
         .on_upgrade(move |socket| {
             let span = tracing::info_span!("ws", %peer);
-            state
-                .shutdown
-                .track(conn.run(socket, connect).instrument(span))
+            state.shutdown.track(conn.run(socket, connect).instrument(span))
         })
 }
 
@@ -125,17 +123,14 @@ impl Conn {
         for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*k {
                 "topic" => {
-                    let t =
-                        Topic::new(&v).map_err(|e| ApiError::new(Code::BadTopic, e.to_string()))?;
+                    let t = Topic::new(&v).map_err(|e| ApiError::new(Code::BadTopic, e.to_string()))?;
                     if !topics.contains(&t) {
                         topics.push(t);
                     }
                 }
                 "cursor" => {
-                    cursor = Some(
-                        Cursor::parse(&v)
-                            .map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?,
-                    );
+                    cursor =
+                        Some(Cursor::parse(&v).map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?);
                 }
                 _ => {}
             }
@@ -154,18 +149,13 @@ impl Conn {
                     resumes.push(Resume::after(topic, after, self.state.bus.replay_page));
                 }
                 None => {
-                    let pos = Resume::from_now(&mut self.sub, &topic)
-                        .await
-                        .map_err(ApiError::from)?;
+                    let pos = Resume::from_now(&mut self.sub, &topic).await.map_err(ApiError::from)?;
                     self.cursor.set(&topic, pos);
                 }
             }
         }
         if !self.cursor.fits() {
-            return Err(ApiError::new(
-                Code::BadRequest,
-                "too many topics for one cursor",
-            ));
+            return Err(ApiError::new(Code::BadRequest, "too many topics for one cursor"));
         }
         Ok(Connect { resumes })
     }
@@ -177,11 +167,7 @@ impl Conn {
             Ok(connect) => self.serve(&mut socket, connect).await,
             Err(e) => {
                 let _ = Box::pin(socket.send(text(frame::error(None, e.code, &e.message)))).await;
-                Err(if e.code == Code::Unavailable {
-                    Close::Unavailable
-                } else {
-                    Close::Policy
-                })
+                Err(if e.code == Code::Unavailable { Close::Unavailable } else { Close::Policy })
             }
         };
         let reason = match outcome {
@@ -189,10 +175,7 @@ impl Conn {
             Err(reason) => reason,
         };
         // Leave the hub before the (bounded) close handshake.
-        drop(std::mem::replace(
-            &mut self.sub,
-            self.state.bus.subscriber(),
-        ));
+        drop(std::mem::replace(&mut self.sub, self.state.bus.subscriber()));
         if reason != Close::Client {
             Box::pin(close(&mut socket, reason)).await;
         }
@@ -296,10 +279,7 @@ impl Conn {
         self.cursor.set(&m.topic, m.id);
         let bytes = if self.cursor.len() == 1 {
             m.encoded(Wire::WsSingle, |m| {
-                Bytes::from(frame::message(
-                    m,
-                    &Cursor::single(m.topic.clone(), m.id).encode(),
-                ))
+                Bytes::from(frame::message(m, &Cursor::single(m.topic.clone(), m.id).encode()))
             })
         } else {
             Bytes::from(frame::message(m, &self.cursor.encode()))
@@ -400,31 +380,19 @@ impl Conn {
         r: Option<&RawValue>,
     ) -> Outcome {
         if self.cursor.get(&topic).is_some() {
-            return send(
-                socket,
-                frame::error(r, Code::BadRequest, "already subscribed"),
-            )
-            .await;
+            return send(socket, frame::error(r, Code::BadRequest, "already subscribed")).await;
         }
         if self.cursor.len() >= self.state.config.limits.max_topics_per_connection {
             return send(
                 socket,
-                frame::error(
-                    r,
-                    Code::BadRequest,
-                    "too many topics (limits.max_topics_per_connection)",
-                ),
+                frame::error(r, Code::BadRequest, "too many topics (limits.max_topics_per_connection)"),
             )
             .await;
         }
         self.cursor.set(&topic, after.unwrap_or_default());
         if !self.cursor.fits() {
             self.cursor.remove(&topic);
-            return send(
-                socket,
-                frame::error(r, Code::BadRequest, "too many topics for one cursor"),
-            )
-            .await;
+            return send(socket, frame::error(r, Code::BadRequest, "too many topics for one cursor")).await;
         }
         let Some(after) = after else {
             return match Resume::from_now(&mut self.sub, &topic).await {
@@ -451,11 +419,7 @@ impl Conn {
             Err(_) => {
                 self.sub.leave(&topic);
                 self.cursor.remove(&topic);
-                return send(
-                    socket,
-                    frame::error(r, Code::Unavailable, "engine unavailable"),
-                )
-                .await;
+                return send(socket, frame::error(r, Code::Unavailable, "engine unavailable")).await;
             }
         };
         send(socket, frame::ack_subscribe(r, resume.recovered())).await?;
@@ -471,10 +435,7 @@ impl Conn {
 /// it finishes or `stop` resolves: a blocked write never keeps a connection
 /// from being closed. `stop` must not be polled again once it resolved; the
 /// caller returns instead.
-async fn guard<S: Future<Output = Close>>(
-    stop: Pin<&mut S>,
-    work: impl Future<Output = Outcome>,
-) -> Outcome {
+async fn guard<S: Future<Output = Close>>(stop: Pin<&mut S>, work: impl Future<Output = Outcome>) -> Outcome {
     tokio::select! {
         biased;
         reason = stop => Err(reason),
@@ -501,14 +462,8 @@ fn read_error(e: axum::Error) -> Close {
 
 /// Sends a close frame and waits (bounded) for the client's answer.
 async fn close(socket: &mut WebSocket, reason: Close) {
-    let frame = CloseFrame {
-        code: reason.ws_code(),
-        reason: Utf8Bytes::from_static(reason.label()),
-    };
-    if tokio::time::timeout(CLOSE_TIMEOUT, socket.send(WsMessage::Close(Some(frame))))
-        .await
-        .is_err()
-    {
+    let frame = CloseFrame { code: reason.ws_code(), reason: Utf8Bytes::from_static(reason.label()) };
+    if tokio::time::timeout(CLOSE_TIMEOUT, socket.send(WsMessage::Close(Some(frame)))).await.is_err() {
         return;
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {

@@ -29,18 +29,11 @@ impl TestServer {
     /// Starts with the defaults overridden by `toml`.
     pub async fn start(toml: &str) -> TestServer {
         let config = rtgate::config::Config::from_toml(toml).expect("test config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let token = CancellationToken::new();
         let task = tokio::spawn(rtgate::run(listener, config, token.clone()));
-        TestServer {
-            addr,
-            token,
-            task: Some(task),
-            http: reqwest::Client::new(),
-        }
+        TestServer { addr, token, task: Some(task), http: reqwest::Client::new() }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -53,17 +46,11 @@ impl TestServer {
 
     /// POST /v1/publish/{topic} with `body`; returns (status, json).
     pub async fn publish_raw(&self, topic: &str, body: &str, key: Option<&str>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .post(self.url(&format!("/v1/publish/{topic}")))
-            .body(body.to_owned());
+        let mut req = self.http.post(self.url(&format!("/v1/publish/{topic}"))).body(body.to_owned());
         if let Some(k) = key {
             req = req.header("Idempotency-Key", k);
         }
-        let res = tokio::time::timeout(WAIT, req.send())
-            .await
-            .expect("publish timed out")
-            .expect("publish");
+        let res = tokio::time::timeout(WAIT, req.send()).await.expect("publish timed out").expect("publish");
         let status = res.status().as_u16();
         let json = res.json::<Value>().await.unwrap_or(Value::Null);
         (status, json)
@@ -162,8 +149,7 @@ impl WsClient {
 
     /// Subscribes with a ref and waits for the ack; returns (frames before the ack, the ack).
     pub async fn subscribe(&mut self, topic: &str, after: Option<&str>) -> (Vec<Value>, Value) {
-        let mut req =
-            serde_json::json!({"op": "subscribe", "topic": topic, "ref": format!("sub-{topic}")});
+        let mut req = serde_json::json!({"op": "subscribe", "topic": topic, "ref": format!("sub-{topic}")});
         if let Some(a) = after {
             req["after"] = Value::from(a);
         }
@@ -192,10 +178,7 @@ impl WsClient {
     /// Waits for the connection to end; returns the close code and reason.
     pub async fn ended(&mut self) -> Ended {
         loop {
-            match tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("timed out waiting for close")
-            {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("timed out waiting for close") {
                 None | Some(Err(_)) => return Ended::Dropped,
                 Some(Ok(WsMessage::Close(Some(f)))) => {
                     return Ended::Closed(u16::from(f.code), f.reason.as_str().to_owned())

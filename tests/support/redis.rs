@@ -1,13 +1,7 @@
 //! Real `redis-server` processes for tests: one per test, on a free port,
 //! in a fresh directory; a three-node Cluster on demand. Missing
 //! `redis-server` fails the test with an install hint (never skips).
-#![allow(
-    dead_code,
-    unreachable_pub,
-    missing_docs,
-    clippy::unwrap_used,
-    clippy::disallowed_types
-)]
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::disallowed_types)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -18,29 +12,19 @@ use std::time::{Duration, Instant};
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 fn require(bin: &str) {
-    let ok = Command::new(bin)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
+    let ok = Command::new(bin).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
     assert!(ok, "`{bin}` not found: install it (Debian: apt-get install -y redis-server); .ci/run does this");
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A port `p` with `p + 10000` also free (Cluster bus port).
 fn free_cluster_port() -> u16 {
     for _ in 0..200 {
         let p = 20000 + (rand_u32() % 20000) as u16;
-        if TcpListener::bind(("127.0.0.1", p)).is_ok()
-            && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok()
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok()
         {
             return p;
         }
@@ -49,24 +33,13 @@ fn free_cluster_port() -> u16 {
 }
 
 fn rand_u32() -> u32 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    t ^ (std::process::id() << 8)
-        ^ NEXT
-            .fetch_add(7919, Ordering::Relaxed)
-            .wrapping_mul(2654435761)
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    t ^ (std::process::id() << 8) ^ NEXT.fetch_add(7919, Ordering::Relaxed).wrapping_mul(2654435761)
 }
 
 /// Runs `redis-cli` against `port`, returning stdout.
 pub fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .arg("-p")
-        .arg(port.to_string())
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -88,19 +61,13 @@ impl RedisServer {
     pub fn start_with(extra: &[&str]) -> RedisServer {
         require("redis-server");
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "rtgate-redis-{}-{n}-{}",
-            std::process::id(),
-            rand_u32()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("rtgate-redis-{}-{n}-{}", std::process::id(), rand_u32()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut last_err = String::new();
         for _ in 0..5 {
-            let port = if extra.iter().any(|a| a.contains("cluster")) {
-                free_cluster_port()
-            } else {
-                free_port()
-            };
+            let port =
+                if extra.iter().any(|a| a.contains("cluster")) { free_cluster_port() } else { free_port() };
             let mut s = RedisServer {
                 port,
                 dir: dir.clone(),
@@ -119,16 +86,7 @@ impl RedisServer {
         let mut cmd = Command::new("redis-server");
         cmd.arg("--port")
             .arg(self.port.to_string())
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir)
             .args(&self.extra)
@@ -158,10 +116,7 @@ impl RedisServer {
     /// Stops the server (SIGTERM: it writes its append-only file) and waits.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -207,19 +162,9 @@ impl RedisCluster {
     pub fn start() -> RedisCluster {
         require("redis-cli");
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| {
-                RedisServer::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-node-timeout",
-                    "2000",
-                ])
-            })
+            .map(|_| RedisServer::start_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]))
             .collect();
-        let addrs: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let out = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
@@ -227,11 +172,7 @@ impl RedisCluster {
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "cluster create failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
         let deadline = Instant::now() + Duration::from_secs(20);
         for n in &nodes {
             loop {
