@@ -84,7 +84,6 @@ impl ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         tracing::warn!(error = %e, "engine error");
-        crate::metrics::engine_error();
         match e {
             EngineError::Unavailable(_) => ApiError::new(Code::Unavailable, "engine unavailable"),
             EngineError::IdsExhausted => ApiError::new(Code::Unavailable, "topic id space exhausted"),

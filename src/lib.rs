@@ -56,7 +56,7 @@ pub async fn run(listener: TcpListener, config: Config, token: CancellationToken
     let engine = engine::build(&config, Arc::new(hub.clone()) as Arc<dyn Listener>, &shutdown)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let bus = Bus {
-        engine,
+        engine: Arc::new(engine::Metered(engine)),
         hub,
         outbox_capacity: config.limits.outbox_capacity,
         replay_page: config.history.replay_page,

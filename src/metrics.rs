@@ -2,7 +2,9 @@
 //! registered once and cached, so recording on the per-message path is an
 //! atomic add: no allocation, no lock, no registry lookup.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics::{counter, gauge, Counter, Gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -53,9 +55,81 @@ pub fn install() -> Option<PrometheusHandle> {
         .clone()
 }
 
-/// The Prometheus text exposition.
+/// The Prometheus text exposition: the recorder's metrics, then the
+/// delivery latency histograms (kept outside the recorder, see
+/// [`LatencyHistogram`]).
 pub fn render() -> String {
-    HANDLE.get().and_then(|h| h.as_ref()).map(|h| h.render()).unwrap_or_default()
+    let mut out = HANDLE.get().and_then(|h| h.as_ref()).map(|h| h.render()).unwrap_or_default();
+    out.push_str("# HELP rtgate_delivery_latency_seconds Time from a message's acceptance (or arrival from Redis) by this process to its write to a live subscriber.\n");
+    out.push_str("# TYPE rtgate_delivery_latency_seconds histogram\n");
+    for (t, h) in [Transport::Ws, Transport::Sse].iter().zip(LATENCY.iter()) {
+        h.render(&mut out, t.label());
+    }
+    out
+}
+
+/// Upper bounds of the latency buckets, in seconds (100 µs to 5 s).
+const BUCKETS: [f64; 15] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// A fixed-bucket histogram of atomics: recording is a few relaxed atomic
+/// adds, with no allocation and no lock, so it can sit on the per-delivery
+/// path (the exporter's own histograms buffer samples).
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    const fn new() -> Self {
+        LatencyHistogram {
+            buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
+            count: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn record(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(d.as_nanos().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, transport: &str) {
+        use std::fmt::Write as _;
+        let mut cumulative = 0;
+        for (b, n) in BUCKETS.iter().zip(self.buckets.iter()) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "rtgate_delivery_latency_seconds_bucket{{transport=\"{transport}\",le=\"{b}\"}} {cumulative}"
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "rtgate_delivery_latency_seconds_bucket{{transport=\"{transport}\",le=\"+Inf\"}} {count}"
+        );
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "rtgate_delivery_latency_seconds_sum{{transport=\"{transport}\"}} {sum}");
+        let _ = writeln!(out, "rtgate_delivery_latency_seconds_count{{transport=\"{transport}\"}} {count}");
+    }
+}
+
+static LATENCY: [LatencyHistogram; 2] = [LatencyHistogram::new(), LatencyHistogram::new()];
+
+/// Records the publish→deliver latency of one live delivery.
+pub fn delivery_latency(t: Transport, d: Duration) {
+    match t {
+        Transport::Ws => LATENCY[0].record(d),
+        Transport::Sse => LATENCY[1].record(d),
+        Transport::Http | Transport::Poll => {}
+    }
 }
 
 /// Handles per transport, indexed by `Transport::index`.
@@ -70,6 +144,39 @@ struct PerTransport {
 struct Handles {
     transports: Vec<PerTransport>,
     engine_errors: Counter,
+    engine_ops: Vec<[Counter; 2]>,
+    replays_recovered: Counter,
+    replays_gap: Counter,
+    replayed: Counter,
+    tcp_open: Gauge,
+    tcp_total: Counter,
+    held_polls: Gauge,
+}
+
+/// Engine operations, as metric label values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineOp {
+    /// Append a message.
+    Publish,
+    /// Read history.
+    History,
+    /// Read a topic's newest id.
+    LastId,
+    /// Start live delivery of a topic.
+    Watch,
+}
+
+impl EngineOp {
+    const ALL: [EngineOp; 4] = [EngineOp::Publish, EngineOp::History, EngineOp::LastId, EngineOp::Watch];
+
+    fn label(self) -> &'static str {
+        match self {
+            EngineOp::Publish => "publish",
+            EngineOp::History => "history",
+            EngineOp::LastId => "last_id",
+            EngineOp::Watch => "watch",
+        }
+    }
 }
 
 fn handles() -> &'static Handles {
@@ -89,6 +196,22 @@ fn handles() -> &'static Handles {
             })
             .collect(),
         engine_errors: counter!("rtgate_engine_errors_total"),
+        engine_ops: EngineOp::ALL
+            .iter()
+            .map(|op| {
+                let l = op.label();
+                [
+                    counter!("rtgate_engine_operations_total", "op" => l, "outcome" => "ok"),
+                    counter!("rtgate_engine_operations_total", "op" => l, "outcome" => "error"),
+                ]
+            })
+            .collect(),
+        replays_recovered: counter!("rtgate_replays_total", "outcome" => "recovered"),
+        replays_gap: counter!("rtgate_replays_total", "outcome" => "gap"),
+        replayed: counter!("rtgate_replayed_messages_total"),
+        tcp_open: gauge!("rtgate_tcp_connections"),
+        tcp_total: counter!("rtgate_tcp_connections_total"),
+        held_polls: gauge!("rtgate_held_polls"),
     })
 }
 
@@ -126,7 +249,50 @@ pub fn delivered_ws(n: u64) {
     delivered(Transport::Ws, n);
 }
 
-/// An engine operation failed.
+/// An engine failure seen outside a single operation (a reader or health
+/// check losing its connection).
 pub fn engine_error() {
     handles().engine_errors.increment(1);
+}
+
+/// One engine operation finished; failures also count as engine errors.
+pub fn engine_op(op: EngineOp, ok: bool) {
+    let i = EngineOp::ALL.iter().position(|o| *o == op).unwrap_or(0);
+    handles().engine_ops[i][usize::from(!ok)].increment(1);
+    if !ok {
+        handles().engine_errors.increment(1);
+    }
+}
+
+/// A resume finished its replay: `messages` were replayed, and history
+/// either reached back (`recovered`) or a gap was reported.
+pub fn replay(recovered: bool, messages: u64) {
+    let h = handles();
+    if recovered { &h.replays_recovered } else { &h.replays_gap }.increment(1);
+    h.replayed.increment(messages);
+}
+
+/// A TCP connection was accepted (`true`) or closed (`false`).
+pub fn tcp_connection(open: bool) {
+    if open {
+        handles().tcp_open.increment(1.0);
+        handles().tcp_total.increment(1);
+    } else {
+        handles().tcp_open.decrement(1.0);
+    }
+}
+
+/// A long poll started (`true`) or stopped (`false`) waiting.
+pub fn held_poll(held: bool) {
+    if held {
+        handles().held_polls.increment(1.0);
+    } else {
+        handles().held_polls.decrement(1.0);
+    }
+}
+
+/// Sets the hub gauges (at scrape time).
+pub fn hub_sizes(topics: usize, subscriptions: usize) {
+    gauge!("rtgate_topics").set(topics as f64);
+    gauge!("rtgate_subscriptions").set(subscriptions as f64);
 }

@@ -134,6 +134,7 @@ impl axum::serve::Listener for Limited {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
+                    crate::metrics::tcp_connection(true);
                     return (LimitedIo { stream, control: Arc::default(), _permit: permit }, addr);
                 }
                 Err(e) => {
@@ -158,6 +159,12 @@ pub struct LimitedIo {
     stream: TcpStream,
     control: Arc<ConnControl>,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for LimitedIo {
+    fn drop(&mut self) {
+        crate::metrics::tcp_connection(false);
+    }
 }
 
 impl AsyncRead for LimitedIo {

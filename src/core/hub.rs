@@ -83,6 +83,13 @@ impl Hub {
         self.inner.topics.len()
     }
 
+    /// Number of (subscriber, topic) memberships (walks every topic: for
+    /// scrapes, not hot paths).
+    pub fn subscription_count(&self) -> usize {
+        let subs: Vec<_> = self.inner.topics.iter().map(|e| Arc::clone(e.value())).collect();
+        subs.iter().map(|t| t.subs.read().len()).sum()
+    }
+
     /// Number of local subscribers of `topic`.
     pub fn subscriber_count(&self, topic: &Topic) -> usize {
         self.inner.topics.get(topic).map_or(0, |t| t.subs.read().len())

@@ -61,6 +61,7 @@ pub struct Resume {
     /// the position cannot advance) is not reported twice; any further trim
     /// is a new gap.
     gap_at: Option<(MessageId, Option<MessageId>)>,
+    replayed: u64,
 }
 
 impl Resume {
@@ -87,6 +88,7 @@ impl Resume {
             page: page.max(1),
             recovered: true,
             gap_at: None,
+            replayed: 0,
         }
     }
 
@@ -98,6 +100,11 @@ impl Resume {
     /// The topic being replayed.
     pub fn topic(&self) -> &Topic {
         &self.topic
+    }
+
+    /// Messages handed out so far.
+    pub fn replayed(&self) -> u64 {
+        self.replayed
     }
 
     /// False once a gap was reported.
@@ -134,6 +141,7 @@ impl Resume {
                 }
             }
             if !history.messages.is_empty() {
+                self.replayed += history.messages.len() as u64;
                 return Ok(Some(Step::Messages(history.messages)));
             }
         }

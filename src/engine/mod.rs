@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::config::{Config, EngineKind};
 use crate::core::{Engine, EngineError, Listener};
+use crate::metrics::EngineOp;
 use crate::shutdown::Shutdown;
 
 /// How often the embedded engine sweeps expired messages of idle topics.
@@ -60,5 +61,67 @@ pub fn build(
             };
             Ok(redis::RedisEngine::start(opts, listener, shutdown)?)
         }
+    }
+}
+
+/// Counts every engine operation by outcome (`rtgate_engine_operations_total`)
+/// around the configured engine, so both engines are measured the same way.
+pub struct Metered(pub Arc<dyn Engine>);
+
+#[async_trait::async_trait]
+impl Engine for Metered {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    async fn publish(
+        &self,
+        topic: &crate::core::Topic,
+        data: bytes::Bytes,
+        idempotency_key: Option<&str>,
+    ) -> Result<crate::core::Published, EngineError> {
+        let r = self.0.publish(topic, data, idempotency_key).await;
+        crate::metrics::engine_op(EngineOp::Publish, r.is_ok());
+        r
+    }
+
+    async fn history(
+        &self,
+        topic: &crate::core::Topic,
+        after: Option<crate::core::MessageId>,
+        limit: usize,
+    ) -> Result<crate::core::History, EngineError> {
+        let r = self.0.history(topic, after, limit).await;
+        crate::metrics::engine_op(EngineOp::History, r.is_ok());
+        r
+    }
+
+    async fn last_id(
+        &self,
+        topic: &crate::core::Topic,
+    ) -> Result<Option<crate::core::MessageId>, EngineError> {
+        let r = self.0.last_id(topic).await;
+        crate::metrics::engine_op(EngineOp::LastId, r.is_ok());
+        r
+    }
+
+    fn watch(
+        &self,
+        topic: &crate::core::Topic,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), EngineError>> {
+        let fut = self.0.watch(topic);
+        Box::pin(async move {
+            let r = fut.await;
+            crate::metrics::engine_op(EngineOp::Watch, r.is_ok());
+            r
+        })
+    }
+
+    fn unwatch(&self, topic: &crate::core::Topic) {
+        self.0.unwatch(topic);
+    }
+
+    fn is_ready(&self) -> bool {
+        self.0.is_ready()
     }
 }

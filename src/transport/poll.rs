@@ -77,6 +77,7 @@ pub(crate) async fn poll(
             }
         };
         let session = std::sync::Arc::clone(sub.0.session());
+        let _held = HeldPoll::start();
         tokio::select! {
             biased;
             _ = session.wait_closed() => return Ok(answer(Batch::default(), &cursor)),
@@ -89,6 +90,22 @@ pub(crate) async fn poll(
                 while sub.0.outbox.try_recv().is_ok() {}
             }
         }
+    }
+}
+
+/// Counts a poll in `rtgate_held_polls` while it waits.
+struct HeldPoll;
+
+impl HeldPoll {
+    fn start() -> Self {
+        metrics::held_poll(true);
+        HeldPoll
+    }
+}
+
+impl Drop for HeldPoll {
+    fn drop(&mut self) {
+        metrics::held_poll(false);
     }
 }
 

@@ -147,7 +147,10 @@ fn events(
                     step = resume.next(&mut sub) => step,
                 };
                 match step {
-                    Ok(None) => break,
+                    Ok(None) => {
+                        metrics::replay(resume.recovered(), resume.replayed());
+                        break;
+                    }
                     Ok(Some(Step::Gap(gap))) => {
                         yield Ok(gap_event(&mut cursor, &gap));
                     }
@@ -185,9 +188,11 @@ fn events(
                         let mut next = Some(first);
                         let mut n = 0;
                         let mut written = 0;
+                        let mut seen: smallvec::SmallVec<[Instant; 8]> = smallvec::SmallVec::new();
                         while let Some(m) = next.take() {
                             if write_event(&mut out, &mut cursor, &m) {
                                 written += 1;
+                                seen.push(m.seen);
                             }
                             n += 1;
                             if n < CHUNK_MESSAGES {
@@ -197,6 +202,10 @@ fn events(
                         if written > 0 {
                             record.sent += written;
                             metrics::delivered(Transport::Sse, written);
+                            let now = Instant::now();
+                            for at in seen {
+                                metrics::delivery_latency(Transport::Sse, now.saturating_duration_since(at));
+                            }
                             yield Ok(out.freeze());
                         }
                     }

@@ -30,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
@@ -251,10 +252,12 @@ impl Conn {
         let mut written = 0u64;
         let mut next = Some(first);
         let mut n = 0;
+        let mut seen: SmallVec<[Instant; 8]> = SmallVec::new();
         while let Some(m) = next.take() {
             if let Some(t) = self.frame_for(&m) {
                 socket.feed(t).await.map_err(|_| Close::Client)?;
                 written += 1;
+                seen.push(m.seen);
             }
             n += 1;
             if n < WRITE_BATCH {
@@ -265,6 +268,10 @@ impl Conn {
             socket.flush().await.map_err(|_| Close::Client)?;
             self.msgs_out += written;
             metrics::delivered_ws(written);
+            let now = Instant::now();
+            for at in seen {
+                metrics::delivery_latency(Transport::Ws, now.saturating_duration_since(at));
+            }
         }
         Ok(())
     }
@@ -292,6 +299,7 @@ impl Conn {
         while let Some(step) = self.step(resume).await? {
             self.write_step(socket, step).await?;
         }
+        metrics::replay(resume.recovered(), resume.replayed());
         Ok(())
     }
 
@@ -423,9 +431,12 @@ impl Conn {
             }
         };
         send(socket, frame::ack_subscribe(r, resume.recovered())).await?;
-        if let Some(step) = first {
-            self.write_step(socket, step).await?;
-            self.replay(socket, &mut resume).await?;
+        match first {
+            Some(step) => {
+                self.write_step(socket, step).await?;
+                self.replay(socket, &mut resume).await?;
+            }
+            None => metrics::replay(resume.recovered(), resume.replayed()),
         }
         Ok(())
     }
