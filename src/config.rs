@@ -57,6 +57,8 @@ pub struct Config {
     pub poll: PollConfig,
     /// Plain HTTP endpoints (CORS).
     pub http: HttpConfig,
+    /// The optional admin listener.
+    pub admin: AdminConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
     /// Logging.
@@ -230,6 +232,15 @@ impl Default for HttpConfig {
     }
 }
 
+/// `[admin]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// When set, `/metrics` (with `/healthz` and `/readyz`) is served on this
+    /// address instead of the public one.
+    pub listen: Option<SocketAddr>,
+}
+
 /// `[shutdown]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -274,6 +285,7 @@ impl Default for Config {
             sse: SseConfig::default(),
             poll: PollConfig::default(),
             http: HttpConfig::default(),
+            admin: AdminConfig::default(),
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
         }

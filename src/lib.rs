@@ -64,6 +64,18 @@ pub async fn run(listener: TcpListener, config: Config, token: CancellationToken
     let state = AppState { bus, config: Arc::clone(&config), shutdown: shutdown.clone() };
     let local: SocketAddr = listener.local_addr()?;
     let listener = Limited::new(listener, config.limits.max_connections);
+    if let Some(addr) = config.admin.listen {
+        let admin = TcpListener::bind(addr).await?;
+        let admin_app = server::admin_app(state.clone());
+        let admin_token = token.clone();
+        tracing::info!(%addr, "admin listener (health, readiness, metrics)");
+        shutdown.spawn(async move {
+            let serve = axum::serve(admin, admin_app).with_graceful_shutdown(admin_token.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "admin server failed");
+            }
+        });
+    }
     let app = server::app(state).into_make_service_with_connect_info::<Peer>();
     let serve_token = token.clone();
     shutdown.spawn(async move {

@@ -40,18 +40,34 @@ pub struct AppState {
 /// The router of every endpoint, used by `run` and by tests.
 pub fn app(state: AppState) -> Router {
     let cors = cors(&state.config.http.cors_origins);
-    Router::new()
+    let router = Router::new()
         .merge(crate::transport::routes())
         .route("/healthz", get(crate::ops::healthz))
         .route("/readyz", get(crate::ops::readyz))
-        .route("/metrics", get(crate::ops::metrics))
         .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint").into_response() })
         .method_not_allowed_fallback(|| async {
             let mut res = ApiError::new(Code::BadRequest, "method not allowed").into_response();
             *res.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
             res
         })
-        .layer(cors)
+        .layer(cors);
+    // With a separate admin listener, /metrics is served only there.
+    let router = if state.config.admin.listen.is_none() {
+        router.route("/metrics", get(crate::ops::metrics))
+    } else {
+        router
+    };
+    router.with_state(state)
+}
+
+/// The admin listener's router (`admin.listen`): health, readiness and
+/// metrics, nothing a client of the bus uses.
+pub fn admin_app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(crate::ops::healthz))
+        .route("/readyz", get(crate::ops::readyz))
+        .route("/metrics", get(crate::ops::metrics))
+        .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint").into_response() })
         .with_state(state)
 }
 
