@@ -258,6 +258,9 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A `RUST_LOG`-style filter; `RUST_LOG` wins when set.
     pub level: String,
+    /// OTLP/HTTP endpoint for span export (e.g.
+    /// `http://127.0.0.1:4318/v1/traces`); needs the `otlp` cargo feature.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Log line formats.
@@ -351,7 +354,7 @@ impl Default for ShutdownConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Text, level: "info".into() }
+        LogConfig { format: LogFormat::Text, level: "info".into(), otlp_endpoint: None }
     }
 }
 

@@ -65,7 +65,7 @@ fn start() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    rtgate::telemetry::init(config.log.format, &config.log.level);
+    let _telemetry = rtgate::telemetry::init(&config.log).context("invalid configuration")?;
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::info!(limit = n, "open file limit raised to the hard limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
