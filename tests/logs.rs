@@ -1,0 +1,590 @@
+//! Structured logs (contract §10) of the real binary: `--log-format json`
+//! lines, one open and one close line per WebSocket / SSE connection with
+//! transport, peer, duration, message counts and reason (`client`,
+//! `shutdown`), `--log-format text`, and `RUST_LOG` filtering.
+#![allow(clippy::unwrap_used, clippy::disallowed_types)]
+mod support;
+use support::*;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::MaybeTlsStream;
+
+// ---------------------------------------------------------------- process
+
+/// The real binary on a free port; killed on drop if still running.
+struct Proc {
+    child: std::process::Child,
+    port: u16,
+    stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    http: reqwest::Client,
+}
+
+impl Proc {
+    /// Starts `rtgate --listen 127.0.0.1:PORT ARGS` with `RUST_LOG` set to
+    /// `rust_log` and waits (bounded) for `/healthz`; retries on another
+    /// port when the chosen one was taken meanwhile.
+    async fn start(args: &[&str], rust_log: &str) -> Proc {
+        let http = reqwest::Client::new();
+        for _attempt in 0..5 {
+            let port = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 0");
+                l.local_addr().expect("addr").port()
+            };
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rtgate"))
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .args(args)
+                .env_remove("RTGATE_CONFIG")
+                .env_remove("RTGATE_LISTEN")
+                .env_remove("RTGATE_ADMIN__LISTEN")
+                .env_remove("RTGATE_LOG__FORMAT")
+                .env_remove("NO_COLOR")
+                .env("RUST_LOG", rust_log)
+                .env("RTGATE_SHUTDOWN__GRACE", "5s")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn rtgate");
+            let stderr = Arc::new(Mutex::new(String::new()));
+            let mut pipe = child.stderr.take().expect("stderr");
+            let sink = Arc::clone(&stderr);
+            let reader = std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+            let mut p = Proc { child, port, stderr, reader: Some(reader), http: http.clone() };
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if let Some(status) = p.child.try_wait().expect("try_wait") {
+                    eprintln!("rtgate exited early ({status}): {}", p.logs());
+                    break;
+                }
+                let ok = http
+                    .get(p.url("/healthz"))
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().as_u16() == 200);
+                if ok {
+                    return p;
+                }
+                assert!(Instant::now() < deadline, "rtgate did not become healthy: {}", p.logs());
+                tokio::time::sleep(Duration::from_millis(20)).await; // polling /healthz, bounded
+            }
+        }
+        panic!("could not start rtgate on a free port");
+    }
+
+    fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// A WebSocket client on its own TCP socket; returns it with the
+    /// socket's local address (the server's `peer`).
+    async fn ws(&self, path_and_query: &str) -> (WsClient, SocketAddr) {
+        let tcp = tokio::time::timeout(WAIT, TcpStream::connect(self.addr()))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        let local = tcp.local_addr().expect("local addr");
+        let url = format!("ws://{}{path_and_query}", self.addr());
+        let (ws, _) =
+            tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp)))
+                .await
+                .expect("handshake timed out")
+                .expect("handshake");
+        (WsClient { ws }, local)
+    }
+
+    async fn publish(&self, topic: &str, body: &str) -> String {
+        let res = tokio::time::timeout(
+            WAIT,
+            self.http.post(self.url(&format!("/v1/publish/{topic}"))).body(body.to_owned()).send(),
+        )
+        .await
+        .expect("publish timed out")
+        .expect("publish");
+        assert_eq!(res.status().as_u16(), 200);
+        let v: Value = res.json().await.expect("json");
+        v["id"].as_str().expect("id").to_owned()
+    }
+
+    /// `rtgate_connection_closes_total{transport,reason}` from `/metrics`
+    /// (an absent series is 0).
+    async fn closes(&self, transport: &str, reason: &str) -> f64 {
+        let res = tokio::time::timeout(WAIT, self.http.get(self.url("/metrics")).send())
+            .await
+            .expect("metrics timed out")
+            .expect("metrics");
+        let text = res.text().await.expect("metrics body");
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("prometheus text");
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "rtgate_connection_closes_total"
+                    && s.labels.get("transport") == Some(transport)
+                    && s.labels.get("reason") == Some(reason)
+            })
+            .map_or(0.0, |s| match s.value {
+                prometheus_parse::Value::Counter(v) => v,
+                ref v => panic!("not a counter: {v:?}"),
+            })
+    }
+
+    /// Waits (bounded) until the close counter reaches `n`.
+    async fn wait_closes(&self, transport: &str, reason: &str, n: f64) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.closes(transport, reason).await;
+            if v >= n {
+                assert_eq!(v, n, "closes{{transport={transport},reason={reason}}}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "closes{{{transport},{reason}}} stayed at {v}: {}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await; // polling /metrics, bounded
+        }
+    }
+
+    /// Waits (bounded) for a JSON log line satisfying `pred`.
+    async fn wait_line(&self, what: &str, pred: impl Fn(&Map<String, Value>) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found = self
+                .logs()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|v| v.as_object().is_some_and(&pred));
+            if found {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no log line {what}: {}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await; // polling captured stderr, bounded
+        }
+    }
+
+    fn sigterm(&self) {
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// SIGTERM, then [`Proc::wait_exit`].
+    async fn terminate(&mut self) -> String {
+        self.sigterm();
+        self.wait_exit().await
+    }
+
+    /// Waits (bounded) for exit 0; returns the complete stderr.
+    async fn wait_exit(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "rtgate still running after SIGTERM: {}", self.logs());
+            tokio::time::sleep(Duration::from_millis(10)).await; // polling the child, bounded
+        };
+        assert_eq!(status.code(), Some(0), "exit status {status}; logs: {}", self.logs());
+        // The pipe's only writer is gone: the reader thread is at EOF.
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("stderr reader");
+        }
+        self.logs()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- log lines
+
+/// Parses every stderr line as one JSON object with the json formatter's
+/// shape (event fields flattened next to `timestamp`, `level`, `target`).
+fn json_lines(logs: &str) -> Vec<Map<String, Value>> {
+    let mut out = vec![];
+    for line in logs.lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        let Value::Object(o) = v else { panic!("not a JSON object: {line:?}") };
+        let ts = o.get("timestamp").and_then(Value::as_str).unwrap_or_else(|| panic!("no timestamp: {line}"));
+        // RFC 3339, UTC: 2026-01-02T03:04:05.678901Z
+        assert!(
+            ts.len() >= 20 && ts.as_bytes()[4] == b'-' && ts.as_bytes()[10] == b'T' && ts.ends_with('Z'),
+            "timestamp {ts:?}"
+        );
+        let level = o.get("level").and_then(Value::as_str).unwrap_or_else(|| panic!("no level: {line}"));
+        assert!(["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&level), "level {level:?}");
+        assert!(
+            o.get("message").and_then(Value::as_str).is_some_and(|m| !m.is_empty()),
+            "no message: {line}"
+        );
+        assert!(o.get("target").and_then(Value::as_str).is_some(), "no target: {line}");
+        assert!(!o.contains_key("fields"), "event fields are not flattened: {line}");
+        out.push(o);
+    }
+    out
+}
+
+fn s<'a>(o: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
+    o.get(k).and_then(Value::as_str)
+}
+
+/// The "connection opened" / "connection closed" lines of one peer.
+fn conn_lines<'a>(
+    lines: &'a [Map<String, Value>],
+    message: &str,
+    peer: SocketAddr,
+) -> Vec<&'a Map<String, Value>> {
+    let peer = peer.to_string();
+    lines.iter().filter(|o| s(o, "message") == Some(message) && s(o, "peer") == Some(peer.as_str())).collect()
+}
+
+/// Checks the open and close line of `peer` and returns the close line.
+fn one_open_one_close<'a>(
+    lines: &'a [Map<String, Value>],
+    transport: &str,
+    peer: SocketAddr,
+    logs: &str,
+) -> &'a Map<String, Value> {
+    let opened = conn_lines(lines, "connection opened", peer);
+    let closed = conn_lines(lines, "connection closed", peer);
+    assert_eq!(opened.len(), 1, "opened lines for {peer}: {logs}");
+    assert_eq!(closed.len(), 1, "closed lines for {peer}: {logs}");
+    let (o, c) = (opened[0], closed[0]);
+    for l in [o, c] {
+        assert_eq!(s(l, "level"), Some("INFO"), "{l:?}");
+        assert_eq!(s(l, "transport"), Some(transport), "{l:?}");
+    }
+    assert!(s(o, "timestamp") <= s(c, "timestamp"), "close logged before open: {o:?} {c:?}");
+    let pos = |l: &Map<String, Value>| lines.iter().position(|x| std::ptr::eq(x, l)).unwrap();
+    assert!(pos(o) < pos(c), "close line before open line");
+    assert!(c.get("duration_ms").is_some_and(Value::is_u64), "duration_ms not a number: {c:?}");
+    assert!(s(c, "reason").is_some(), "no reason: {c:?}");
+    c
+}
+
+fn num(o: &Map<String, Value>, k: &str) -> u64 {
+    o.get(k).and_then(Value::as_u64).unwrap_or_else(|| panic!("{k} is not a number: {o:?}"))
+}
+
+/// A minimal SSE client over raw HTTP/1.1 on its own socket (so the test
+/// knows its local address); the chunked body is decoded by hand.
+struct RawSse {
+    stream: TcpStream,
+    local: SocketAddr,
+    raw: Vec<u8>,
+    body: Vec<u8>,
+    ended: bool,
+}
+
+impl RawSse {
+    async fn open(addr: &str, path_and_query: &str) -> RawSse {
+        let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        let local = stream.local_addr().expect("local addr");
+        let req =
+            format!("GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.expect("write request");
+        let mut s = RawSse { stream, local, raw: vec![], body: vec![], ended: false };
+        let end = loop {
+            if let Some(i) = s.raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            assert!(s.fill().await, "closed before the response head");
+        };
+        let head = String::from_utf8(s.raw[..end].to_vec()).expect("utf-8 head").to_ascii_lowercase();
+        s.raw.drain(..end + 4);
+        assert!(head.starts_with("http/1.1 200"), "SSE response: {head}");
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        s
+    }
+
+    /// Reads more bytes; false at end of stream.
+    async fn fill(&mut self) -> bool {
+        let mut buf = [0u8; 8192];
+        let n = tokio::time::timeout(WAIT, self.stream.read(&mut buf))
+            .await
+            .expect("timed out reading the SSE stream")
+            .unwrap_or(0);
+        self.raw.extend_from_slice(&buf[..n]);
+        n > 0
+    }
+
+    fn decode(&mut self) {
+        while !self.ended {
+            let Some(i) = self.raw.windows(2).position(|w| w == b"\r\n") else { return };
+            let line = std::str::from_utf8(&self.raw[..i]).expect("chunk size");
+            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).expect("hex size");
+            if self.raw.len() < i + 2 + size + 2 {
+                return;
+            }
+            self.body.extend_from_slice(&self.raw[i + 2..i + 2 + size]);
+            self.raw.drain(..i + 2 + size + 2);
+            self.ended = size == 0;
+        }
+    }
+
+    /// Reads until `n` data events arrived; returns their data.
+    async fn events(&mut self, n: usize) -> Vec<Value> {
+        let mut out = vec![];
+        while out.len() < n {
+            self.decode();
+            if let Some(i) = self.body.windows(2).position(|w| w == b"\n\n") {
+                let block = String::from_utf8(self.body[..i].to_vec()).expect("utf-8 event");
+                self.body.drain(..i + 2);
+                if let Some(d) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    out.push(serde_json::from_str(d).expect("data json"));
+                }
+                continue;
+            }
+            assert!(!self.ended, "SSE stream ended after {} of {n} events", out.len());
+            assert!(self.fill().await, "SSE connection closed after {} of {n} events", out.len());
+        }
+        out
+    }
+
+    /// Reads to the end of the body (the terminating chunk); true when the
+    /// stream ended cleanly rather than by a dropped connection.
+    async fn until_end(&mut self) -> bool {
+        loop {
+            self.decode();
+            if self.ended {
+                return true;
+            }
+            if !self.fill().await {
+                return false;
+            }
+        }
+    }
+}
+
+/// Closes from the client side (close frame) and waits for the end.
+async fn client_close(mut c: WsClient) {
+    tokio::time::timeout(WAIT, c.ws.close(None)).await.expect("close timed out").expect("close");
+    let end = c.ended().await;
+    assert!(matches!(end, Ended::Closed(..) | Ended::Dropped), "{end:?}");
+}
+
+/// Strips ANSI SGR sequences (`ESC [ ... m`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_have_one_open_and_one_close_per_ws_connection() {
+    const HTTP_PUBLISHES: usize = 3;
+    let mut p = Proc::start(&["--log-format", "json"], "info").await;
+    let t0 = Instant::now();
+    let (mut c, local) = p.ws("/v1/ws?topic=lw").await;
+    // In: a ping and two publish ops (3 frames). Out: the client's own two
+    // messages and three HTTP publishes (5 messages), besides acks and a pong.
+    c.send(json!({"op": "ping", "ref": "p"})).await;
+    assert_eq!(c.next().await, json!({"op": "pong", "ref": "p"}));
+    for i in 0..2 {
+        c.send(json!({"op": "publish", "topic": "lw", "data": i, "ref": i})).await;
+    }
+    let (mut acks, mut messages) = (0, 0);
+    while acks < 2 || messages < 2 {
+        let v = c.next().await;
+        match v["op"].as_str() {
+            Some("ack") => acks += 1,
+            Some("message") => messages += 1,
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    for i in 0..HTTP_PUBLISHES {
+        p.publish("lw", &i.to_string()).await;
+    }
+    c.messages(HTTP_PUBLISHES).await;
+    client_close(c).await;
+    let elapsed_ms = t0.elapsed().as_millis() as u64;
+    p.wait_line("closed for the ws client", |o| {
+        s(o, "message") == Some("connection closed") && s(o, "peer") == Some(local.to_string().as_str())
+    })
+    .await;
+
+    let logs = p.terminate().await;
+    let lines = json_lines(&logs);
+    let close = one_open_one_close(&lines, "ws", local, &logs);
+    assert_eq!(num(close, "msgs_in"), 3, "{close:?}");
+    assert_eq!(num(close, "msgs_out"), 2 + HTTP_PUBLISHES as u64, "{close:?}");
+    assert_eq!(s(close, "reason"), Some("client"), "{close:?}");
+    assert!(
+        num(close, "duration_ms") <= elapsed_ms,
+        "duration_ms {} > {elapsed_ms}",
+        num(close, "duration_ms")
+    );
+    // Exactly one connection happened: no other open/close lines at all.
+    let conn = |m: &str| lines.iter().filter(|o| s(o, "message") == Some(m)).count();
+    assert_eq!((conn("connection opened"), conn("connection closed")), (1, 1), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_have_one_open_and_one_close_per_sse_connection() {
+    const K: usize = 4;
+    let mut p = Proc::start(&["--log-format", "json"], "info").await;
+    let t0 = Instant::now();
+    let mut sse = RawSse::open(&p.addr(), "/v1/sse?topic=ls").await;
+    let local = sse.local;
+    let mut ids = vec![];
+    for i in 0..K {
+        ids.push(p.publish("ls", &i.to_string()).await);
+    }
+    let got = sse.events(K).await;
+    assert_eq!(got.iter().map(|d| d["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>(), ids);
+    drop(sse); // the client goes away
+    p.wait_line("closed for the sse client", |o| {
+        s(o, "message") == Some("connection closed") && s(o, "peer") == Some(local.to_string().as_str())
+    })
+    .await;
+    let elapsed_ms = t0.elapsed().as_millis() as u64;
+
+    let logs = p.terminate().await;
+    let lines = json_lines(&logs);
+    let close = one_open_one_close(&lines, "sse", local, &logs);
+    assert_eq!(num(close, "msgs_out"), K as u64, "{close:?}");
+    assert_eq!(s(close, "reason"), Some("client"), "{close:?}");
+    assert!(
+        num(close, "duration_ms") <= elapsed_ms,
+        "duration_ms {} > {elapsed_ms}",
+        num(close, "duration_ms")
+    );
+    let conn = |m: &str| lines.iter().filter(|o| s(o, "message") == Some(m)).count();
+    assert_eq!((conn("connection opened"), conn("connection closed")), (1, 1), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_logs_shutdown_closes_for_every_connection() {
+    let mut p = Proc::start(&["--log-format", "json"], "info").await;
+    let (mut ws, ws_local) = p.ws("/v1/ws?topic=lt").await;
+    let mut sse = RawSse::open(&p.addr(), "/v1/sse?topic=lt").await;
+    let sse_local = sse.local;
+    // The SSE stream is joined before its response head; the WS one before 101.
+    for i in 0..2 {
+        p.publish("lt", &i.to_string()).await;
+    }
+    ws.messages(2).await;
+    sse.events(2).await;
+
+    p.sigterm();
+    assert_eq!(ws.ended().await, Ended::Closed(1001, "shutdown".into()), "logs: {}", p.logs());
+    assert!(sse.until_end().await, "the SSE stream did not end cleanly; logs: {}", p.logs());
+    let logs = p.wait_exit().await;
+    let lines = json_lines(&logs);
+
+    let c = one_open_one_close(&lines, "ws", ws_local, &logs);
+    assert_eq!(s(c, "reason"), Some("shutdown"), "{c:?}");
+    assert_eq!((num(c, "msgs_in"), num(c, "msgs_out")), (0, 2), "{c:?}");
+    let c = one_open_one_close(&lines, "sse", sse_local, &logs);
+    assert_eq!(s(c, "reason"), Some("shutdown"), "{c:?}");
+    assert_eq!(num(c, "msgs_out"), 2, "{c:?}");
+    let conn = |m: &str| lines.iter().filter(|o| s(o, "message") == Some(m)).count();
+    assert_eq!((conn("connection opened"), conn("connection closed")), (2, 2), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_format_is_human_readable_lines() {
+    let mut p = Proc::start(&["--log-format", "text"], "info").await;
+    let (c, local) = p.ws("/v1/ws?topic=lx").await;
+    client_close(c).await;
+    p.wait_closes("ws", "client", 1.0).await;
+    let logs = p.terminate().await;
+    assert!(!logs.trim().is_empty(), "no log output");
+    for line in logs.lines() {
+        assert!(serde_json::from_str::<Value>(line).is_err(), "a JSON line in text format: {line}");
+    }
+    let plain: Vec<String> = logs.lines().map(strip_ansi).collect();
+    let find = |m: &str| {
+        let v: Vec<&String> =
+            plain.iter().filter(|l| l.contains(m) && l.contains(&local.to_string())).collect();
+        assert_eq!(v.len(), 1, "{m}: {plain:#?}");
+        v[0].clone()
+    };
+    let opened = find("connection opened");
+    let closed = find("connection closed");
+    for l in [&opened, &closed] {
+        assert!(l.contains(" INFO "), "{l}");
+        assert!(l.contains(r#"transport="ws""#), "{l}");
+        assert!(l.contains(&format!("peer={local}")), "{l}");
+        // Starts with an RFC 3339 timestamp.
+        let ts = l.split_whitespace().next().unwrap();
+        assert!(ts.len() >= 20 && ts.as_bytes()[10] == b'T', "{l}");
+    }
+    assert!(closed.contains(r#"reason="client""#), "{closed}");
+    assert!(closed.contains("msgs_in=0") && closed.contains("msgs_out=0"), "{closed}");
+    assert!(closed.contains("duration_ms="), "{closed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_warn_suppresses_info_lines() {
+    let mut p = Proc::start(&["--log-format", "json"], "warn").await;
+    let (c, _) = p.ws("/v1/ws?topic=lq").await;
+    client_close(c).await;
+    let mut sse = RawSse::open(&p.addr(), "/v1/sse?topic=lq").await;
+    p.publish("lq", "1").await;
+    sse.events(1).await;
+    drop(sse);
+    // Both connections were opened and closed (seen in the metrics, not the logs).
+    p.wait_closes("ws", "client", 1.0).await;
+    p.wait_closes("sse", "client", 1.0).await;
+    let logs = p.terminate().await;
+    for o in json_lines(&logs) {
+        assert!(matches!(s(&o, "level"), Some("WARN" | "ERROR")), "a line below warn: {o:?}");
+    }
+    assert!(!logs.contains("connection opened") && !logs.contains("connection closed"), "{logs}");
+    assert!(!logs.contains("rtgate listening"), "{logs}");
+}

@@ -1,0 +1,863 @@
+//! `/metrics` (contract §10) against the real binary: each scenario runs its
+//! own `rtgate` process (the recorder is process-global), drives traffic over
+//! one transport and asserts exact deltas in the parsed Prometheus exposition.
+#![allow(clippy::unwrap_used, clippy::disallowed_types)]
+mod support;
+use support::*;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_parse::{HistogramCount, Scrape, Value as PromValue};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+// ---------------------------------------------------------------- process
+
+/// The real binary on a free port; killed on drop.
+struct Proc {
+    child: std::process::Child,
+    port: u16,
+    stderr: Arc<Mutex<String>>,
+    http: reqwest::Client,
+}
+
+impl Proc {
+    /// Starts `rtgate --listen 127.0.0.1:PORT` with `RUST_LOG=info` and
+    /// `env`, and waits (bounded) for `/healthz`; retries on another port
+    /// when the chosen one was taken meanwhile.
+    async fn start(env: &[(&str, &str)]) -> Proc {
+        let http = reqwest::Client::new();
+        for _attempt in 0..5 {
+            let port = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 0");
+                l.local_addr().expect("addr").port()
+            };
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rtgate"));
+            cmd.arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .env_remove("RTGATE_CONFIG")
+                .env_remove("RTGATE_LISTEN")
+                .env_remove("RTGATE_ADMIN__LISTEN")
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let mut child = cmd.spawn().expect("spawn rtgate");
+            let stderr = Arc::new(Mutex::new(String::new()));
+            let mut pipe = child.stderr.take().expect("stderr");
+            let sink = Arc::clone(&stderr);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+            let mut p = Proc { child, port, stderr, http: http.clone() };
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if let Some(status) = p.child.try_wait().expect("try_wait") {
+                    eprintln!("rtgate exited early ({status}): {}", p.logs());
+                    break;
+                }
+                let ok = http
+                    .get(p.url("/healthz"))
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().as_u16() == 200);
+                if ok {
+                    return p;
+                }
+                assert!(Instant::now() < deadline, "rtgate did not become healthy: {}", p.logs());
+                tokio::time::sleep(Duration::from_millis(20)).await; // polling /healthz, bounded
+            }
+        }
+        panic!("could not start rtgate on a free port");
+    }
+
+    fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn ws(&self, path_and_query: &str) -> WsClient {
+        WsClient::connect(&format!("ws://127.0.0.1:{}{path_and_query}", self.port)).await
+    }
+
+    /// POST /v1/publish/{topic}; returns the id.
+    async fn publish(&self, topic: &str, body: &str) -> String {
+        self.publish_with_key(topic, body, None).await
+    }
+
+    async fn publish_with_key(&self, topic: &str, body: &str, key: Option<&str>) -> String {
+        let mut req = self.http.post(self.url(&format!("/v1/publish/{topic}"))).body(body.to_owned());
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let res = tokio::time::timeout(WAIT, req.send()).await.expect("publish timed out").expect("publish");
+        assert_eq!(res.status().as_u16(), 200);
+        let v: Value = res.json().await.expect("publish json");
+        v["id"].as_str().expect("id").to_owned()
+    }
+
+    async fn poll(&self, query: &str) -> (Vec<Value>, String) {
+        let res = tokio::time::timeout(WAIT, self.http.get(self.url(&format!("/v1/poll?{query}"))).send())
+            .await
+            .expect("poll timed out")
+            .expect("poll");
+        assert_eq!(res.status().as_u16(), 200);
+        let v: Value = res.json().await.expect("poll json");
+        let messages = v["messages"].as_array().expect("messages").clone();
+        (messages, v["cursor"].as_str().expect("cursor").to_owned())
+    }
+
+    /// One scrape of `/metrics`, parsed.
+    async fn scrape(&self) -> Metrics {
+        let res = tokio::time::timeout(WAIT, self.http.get(self.url("/metrics")).send())
+            .await
+            .expect("metrics timed out")
+            .expect("metrics");
+        assert_eq!(res.status().as_u16(), 200);
+        let ct = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+        assert!(ct.as_deref().is_some_and(|c| c.starts_with("text/plain")), "content-type {ct:?}");
+        let text = res.text().await.expect("metrics body");
+        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("prometheus text");
+        Metrics { scrape, text }
+    }
+
+    /// Scrapes until `done` holds (bounded); returns that scrape.
+    async fn wait_for(&self, what: &str, done: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let m = self.scrape().await;
+            if done(&m) {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; last scrape:\n{}", m.text);
+            tokio::time::sleep(Duration::from_millis(20)).await; // polling /metrics, bounded
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- metrics
+
+/// A parsed scrape (and its text, for failure messages).
+struct Metrics {
+    scrape: Scrape,
+    text: String,
+}
+
+fn labels_match(l: &prometheus_parse::Labels, want: &[(&str, &str)]) -> bool {
+    l.len() == want.len() && want.iter().all(|(k, v)| l.get(k) == Some(*v))
+}
+
+impl Metrics {
+    /// The value of the counter, gauge or untyped sample `name{labels}`
+    /// (labels matched exactly), if present.
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let found: Vec<f64> = self
+            .scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels_match(&s.labels, labels))
+            .map(|s| match s.value {
+                PromValue::Counter(v) | PromValue::Gauge(v) | PromValue::Untyped(v) => v,
+                ref other => panic!("{name}{labels:?}: not a scalar: {other:?}"),
+            })
+            .collect();
+        assert!(found.len() <= 1, "{name}{labels:?} appears {} times:\n{}", found.len(), self.text);
+        found.first().copied()
+    }
+
+    /// Like `get`, with an absent series (a counter not touched yet) as 0.
+    fn v(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(0.0)
+    }
+
+    /// A series that must be present.
+    fn must(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or_else(|| panic!("{name}{labels:?} missing:\n{}", self.text))
+    }
+
+    /// A counter that must be present and typed `counter`.
+    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let s = self.scrape.samples.iter().find(|s| s.metric == name && labels_match(&s.labels, labels));
+        match s.map(|s| &s.value) {
+            Some(PromValue::Counter(v)) => *v,
+            other => panic!("{name}{labels:?}: expected a counter, got {other:?}:\n{}", self.text),
+        }
+    }
+
+    /// A gauge that must be present and typed `gauge`.
+    fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let s = self.scrape.samples.iter().find(|s| s.metric == name && labels_match(&s.labels, labels));
+        match s.map(|s| &s.value) {
+            Some(PromValue::Gauge(v)) => *v,
+            other => panic!("{name}{labels:?}: expected a gauge, got {other:?}:\n{}", self.text),
+        }
+    }
+
+    /// The buckets of histogram `name{labels}` (without `le`), in exposition order.
+    fn histogram(&self, name: &str, labels: &[(&str, &str)]) -> Vec<HistogramCount> {
+        let found: Vec<&Vec<HistogramCount>> = self
+            .scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels_match(&s.labels, labels))
+            .filter_map(|s| match &s.value {
+                PromValue::Histogram(h) => Some(h),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "histogram {name}{labels:?}:\n{}", self.text);
+        found[0].clone()
+    }
+
+    /// Checks the histogram's shape (ascending bounds, cumulative monotone
+    /// counts, `+Inf` last and equal to `_count`) and returns `_count`.
+    fn latency_count(&self, transport: &str) -> f64 {
+        let name = "rtgate_delivery_latency_seconds";
+        let l = [("transport", transport)];
+        let buckets = self.histogram(name, &l);
+        assert!(buckets.len() >= 2, "{name}{{transport={transport}}}: {buckets:?}");
+        for w in buckets.windows(2) {
+            assert!(w[0].less_than < w[1].less_than, "{transport}: bucket bounds not ascending: {buckets:?}");
+            assert!(w[0].count <= w[1].count, "{transport}: buckets not cumulative: {buckets:?}");
+        }
+        let last = buckets.last().unwrap();
+        assert!(last.less_than.is_infinite() && last.less_than > 0.0, "{transport}: last bucket {last:?}");
+        let count = self.must(&format!("{name}_count"), &l);
+        let sum = self.must(&format!("{name}_sum"), &l);
+        assert_eq!(last.count, count, "{transport}: +Inf bucket != _count");
+        assert!(sum >= 0.0 && sum.is_finite(), "{transport}: _sum {sum}");
+        if count == 0.0 {
+            assert_eq!(sum, 0.0, "{transport}: _sum without observations");
+        }
+        count
+    }
+
+    fn published(&self, t: &str) -> f64 {
+        self.v("rtgate_messages_published_total", &[("transport", t)])
+    }
+
+    fn delivered(&self, t: &str) -> f64 {
+        self.v("rtgate_messages_delivered_total", &[("transport", t)])
+    }
+
+    fn publish_ops_ok(&self) -> f64 {
+        self.v("rtgate_engine_operations_total", &[("op", "publish"), ("outcome", "ok")])
+    }
+
+    fn connections(&self, t: &str) -> f64 {
+        self.gauge("rtgate_connections", &[("transport", t)])
+    }
+
+    fn connections_total(&self, t: &str) -> f64 {
+        self.v("rtgate_connections_total", &[("transport", t)])
+    }
+
+    fn closes(&self, t: &str, reason: &str) -> f64 {
+        self.v("rtgate_connection_closes_total", &[("transport", t), ("reason", reason)])
+    }
+
+    fn slow(&self, t: &str) -> f64 {
+        self.v("rtgate_slow_consumer_disconnects_total", &[("transport", t)])
+    }
+
+    fn topics(&self) -> f64 {
+        self.gauge("rtgate_topics", &[])
+    }
+
+    fn subscriptions(&self) -> f64 {
+        self.gauge("rtgate_subscriptions", &[])
+    }
+}
+
+// ---------------------------------------------------------------- clients
+
+/// Closes from the client side (close frame) and waits for the end.
+async fn client_close(mut c: WsClient) {
+    tokio::time::timeout(WAIT, c.ws.close(None)).await.expect("close timed out").expect("close");
+    let end = c.ended().await;
+    assert!(matches!(end, Ended::Closed(..) | Ended::Dropped), "{end:?}");
+}
+
+/// A minimal SSE client over raw HTTP/1.1 (chunked body decoded by hand).
+struct RawSse {
+    stream: TcpStream,
+    /// Undecoded bytes read from the socket.
+    raw: Vec<u8>,
+    /// Decoded body bytes not yet consumed as events.
+    body: Vec<u8>,
+    ended: bool,
+}
+
+impl RawSse {
+    async fn open(addr: &str, path_and_query: &str, last_event_id: Option<&str>) -> RawSse {
+        let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        let extra = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
+        let req = format!(
+            "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{extra}\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.expect("write request");
+        let mut s = RawSse { stream, raw: vec![], body: vec![], ended: false };
+        let end = loop {
+            if let Some(i) = s.raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            s.fill().await;
+        };
+        let head = String::from_utf8(s.raw[..end].to_vec()).expect("utf-8 head").to_ascii_lowercase();
+        s.raw.drain(..end + 4);
+        assert!(head.starts_with("http/1.1 200"), "SSE response: {head}");
+        assert!(head.contains("content-type: text/event-stream"), "{head}");
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        s
+    }
+
+    async fn fill(&mut self) {
+        let mut buf = [0u8; 8192];
+        let n = tokio::time::timeout(WAIT, self.stream.read(&mut buf))
+            .await
+            .expect("timed out reading the SSE stream")
+            .expect("read");
+        assert!(n > 0, "SSE connection closed mid-stream");
+        self.raw.extend_from_slice(&buf[..n]);
+    }
+
+    /// Decodes complete chunks from `raw` into `body`.
+    fn decode(&mut self) {
+        loop {
+            let Some(i) = self.raw.windows(2).position(|w| w == b"\r\n") else { return };
+            let size_line = std::str::from_utf8(&self.raw[..i]).expect("chunk size");
+            let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16).expect("hex");
+            if self.raw.len() < i + 2 + size + 2 {
+                return;
+            }
+            self.body.extend_from_slice(&self.raw[i + 2..i + 2 + size]);
+            self.raw.drain(..i + 2 + size + 2);
+            if size == 0 {
+                self.ended = true;
+                return;
+            }
+        }
+    }
+
+    /// The next `n` data-carrying events, as (id, data JSON).
+    async fn events(&mut self, n: usize) -> Vec<(String, Value)> {
+        let mut out = vec![];
+        while out.len() < n {
+            self.decode();
+            if let Some(i) = self.body.windows(2).position(|w| w == b"\n\n") {
+                let block = String::from_utf8(self.body[..i].to_vec()).expect("utf-8 event");
+                self.body.drain(..i + 2);
+                let mut id = None;
+                let mut data = None;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        id = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data = Some(serde_json::from_str::<Value>(v).expect("data json"));
+                    } else {
+                        assert!(
+                            line.starts_with(':') || line.starts_with("retry:"),
+                            "unexpected line {line:?}"
+                        );
+                    }
+                }
+                if let Some(d) = data {
+                    out.push((id.expect("event id"), d));
+                }
+                continue;
+            }
+            assert!(!self.ended, "SSE stream ended after {} of {n} events", out.len());
+            self.fill().await;
+        }
+        out
+    }
+}
+
+/// A WebSocket client over a raw TCP socket with a tiny receive buffer that
+/// never reads after the handshake.
+async fn raw_ws_never_reading(addr: &str, path_and_query: &str) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let sa: SocketAddr = addr.parse().expect("addr");
+    let mut stream =
+        tokio::time::timeout(WAIT, sock.connect(sa)).await.expect("connect timed out").expect("connect");
+    let req = format!(
+        "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await.expect("write handshake");
+    // Read the response head one byte at a time, so nothing after it is consumed.
+    let mut head = vec![];
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut b))
+            .await
+            .expect("handshake timed out")
+            .expect("read");
+        assert_eq!(n, 1, "closed during handshake: {}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "handshake: {head}");
+    stream
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_publishes_count_by_transport_and_engine_operation() {
+    const N: usize = 7;
+    let p = Proc::start(&[]).await;
+    let m0 = p.scrape().await;
+    for i in 0..N {
+        p.publish("mh", &format!(r#"{{"i":{i}}}"#)).await;
+    }
+    // Counted before the answer: no wait needed.
+    let m1 = p.scrape().await;
+    assert_eq!(
+        m1.counter("rtgate_messages_published_total", &[("transport", "http")]),
+        m0.published("http") + N as f64
+    );
+    assert_eq!(m1.publish_ops_ok(), m0.publish_ops_ok() + N as f64);
+    assert_eq!(m1.v("rtgate_engine_operations_total", &[("op", "publish"), ("outcome", "error")]), 0.0);
+    assert_eq!(m1.v("rtgate_engine_errors_total", &[]), 0.0);
+    for t in ["ws", "sse", "poll"] {
+        assert_eq!(m1.published(t), m0.published(t), "published{{transport={t}}}");
+    }
+    // No subscriber: nothing delivered anywhere.
+    for t in ["ws", "sse", "poll"] {
+        assert_eq!(m1.delivered(t), 0.0, "delivered{{transport={t}}}");
+    }
+
+    // An idempotent repeat publishes nothing (contract §3), so it is not a
+    // published message.
+    p.publish_with_key("mh", "1", Some("k1")).await;
+    p.publish_with_key("mh", "1", Some("k1")).await;
+    let m2 = p.scrape().await;
+    assert_eq!(m2.published("http"), m1.published("http") + 1.0, "a duplicate counted as published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_publish_ops_and_live_deliveries_with_latency_histogram() {
+    const M: usize = 5; // publish ops over WebSocket
+    const H: usize = 3; // and over HTTP
+    const K: usize = M + H; // live deliveries to the one subscriber
+    let p = Proc::start(&[]).await;
+    let mut sub = p.ws("/v1/ws?topic=mw").await;
+    let mut publisher = p.ws("/v1/ws").await; // not subscribed to anything
+    let m0 = p.scrape().await;
+    assert_eq!(m0.latency_count("ws"), 0.0);
+
+    for i in 0..M {
+        publisher.send(json!({"op": "publish", "topic": "mw", "data": {"i": i}, "ref": i})).await;
+        let ack = publisher.next_op("ack").await;
+        assert_eq!(ack["ref"], i);
+        assert!(ack["id"].is_string(), "{ack}");
+    }
+    for i in M..K {
+        p.publish("mw", &format!(r#"{{"i":{i}}}"#)).await;
+    }
+    let got = sub.messages(K).await;
+    let is: Vec<u64> = got.iter().map(|m| m["data"]["i"].as_u64().unwrap()).collect();
+    assert_eq!(is, (0..K as u64).collect::<Vec<_>>());
+
+    let m1 = p
+        .wait_for("ws deliveries", |m| {
+            m.delivered("ws") >= m0.delivered("ws") + K as f64 && m.latency_count("ws") >= K as f64
+        })
+        .await;
+    assert_eq!(m1.published("ws"), m0.published("ws") + M as f64);
+    assert_eq!(m1.published("http"), m0.published("http") + H as f64);
+    assert_eq!(m1.publish_ops_ok(), m0.publish_ops_ok() + K as f64);
+    assert_eq!(
+        m1.counter("rtgate_messages_delivered_total", &[("transport", "ws")]),
+        m0.delivered("ws") + K as f64
+    );
+    assert_eq!(m1.latency_count("ws"), m0.latency_count("ws") + K as f64);
+    // Every bucket moved by at most K, +Inf by exactly K.
+    let (h0, h1) = (
+        m0.histogram("rtgate_delivery_latency_seconds", &[("transport", "ws")]),
+        m1.histogram("rtgate_delivery_latency_seconds", &[("transport", "ws")]),
+    );
+    assert_eq!(h0.len(), h1.len());
+    for (a, b) in h0.iter().zip(&h1) {
+        assert_eq!(a.less_than, b.less_than);
+        assert!(b.count >= a.count && b.count - a.count <= K as f64, "{a:?} -> {b:?}");
+    }
+    assert_eq!(h1.last().unwrap().count - h0.last().unwrap().count, K as f64);
+    // Other transports untouched.
+    assert_eq!(m1.delivered("sse"), m0.delivered("sse"));
+    assert_eq!(m1.latency_count("sse"), m0.latency_count("sse"));
+    assert_eq!(m1.delivered("poll"), m0.delivered("poll"));
+    drop((sub, publisher));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_connection_gauge_totals_closes_topics_and_subscriptions() {
+    let p = Proc::start(&[]).await;
+    let m0 = p.scrape().await;
+    assert_eq!(m0.connections("ws"), 0.0);
+    assert_eq!((m0.topics(), m0.subscriptions()), (0.0, 0.0));
+
+    let mut a = p.ws("/v1/ws?topic=ga&topic=gb").await;
+    let m = p.wait_for("one ws connection", |m| m.connections("ws") == 1.0).await;
+    assert_eq!(m.connections_total("ws"), m0.connections_total("ws") + 1.0);
+    assert_eq!((m.topics(), m.subscriptions()), (2.0, 2.0));
+
+    let mut b = p.ws("/v1/ws?topic=ga").await;
+    let (_, ack) = b.subscribe("gc", None).await; // joined before the ack
+    assert_eq!(ack["recovered"], true);
+    let m = p.wait_for("two ws connections", |m| m.connections("ws") == 2.0).await;
+    assert_eq!(m.connections_total("ws"), m0.connections_total("ws") + 2.0);
+    assert_eq!((m.topics(), m.subscriptions()), (3.0, 4.0), "topics ga, gb, gc; a:{{ga,gb}} b:{{ga,gc}}");
+
+    a.send(json!({"op": "unsubscribe", "topic": "gb", "ref": "u"})).await;
+    assert_eq!(a.next_op("ack").await["ref"], "u");
+    let m = p.scrape().await;
+    assert_eq!((m.topics(), m.subscriptions()), (2.0, 3.0), "after unsubscribing gb");
+
+    client_close(a).await;
+    let m = p
+        .wait_for("first client close", |m| m.closes("ws", "client") == m0.closes("ws", "client") + 1.0)
+        .await;
+    assert_eq!(m.connections("ws"), 1.0);
+    assert_eq!((m.topics(), m.subscriptions()), (2.0, 2.0), "b still holds ga and gc");
+    assert_eq!(m.connections_total("ws"), m0.connections_total("ws") + 2.0, "a total never decreases");
+
+    client_close(b).await;
+    let m = p
+        .wait_for("second client close", |m| m.closes("ws", "client") == m0.closes("ws", "client") + 2.0)
+        .await;
+    assert_eq!(
+        m.counter("rtgate_connection_closes_total", &[("transport", "ws"), ("reason", "client")]),
+        2.0
+    );
+    assert_eq!(m.connections("ws"), 0.0);
+    assert_eq!((m.topics(), m.subscriptions()), (0.0, 0.0));
+    assert_eq!(m.connections_total("ws"), m0.connections_total("ws") + 2.0);
+    assert_eq!(m.slow("ws"), 0.0);
+    // No other close reason was recorded.
+    for s in m.scrape.samples.iter().filter(|s| s.metric == "rtgate_connection_closes_total") {
+        if s.labels.get("reason") != Some("client") {
+            assert_eq!(s.value, PromValue::Counter(0.0), "{:?}", s.labels);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_live_deliveries_connection_gauge_and_close() {
+    const K: usize = 6;
+    let p = Proc::start(&[]).await;
+    let m0 = p.scrape().await;
+    let mut sse = RawSse::open(&p.addr(), "/v1/sse?topic=ms", None).await;
+    let m = p.wait_for("one sse connection", |m| m.connections("sse") == 1.0).await;
+    assert_eq!(m.connections_total("sse"), m0.connections_total("sse") + 1.0);
+    assert_eq!((m.topics(), m.subscriptions()), (1.0, 1.0));
+
+    let mut ids = vec![];
+    for i in 0..K {
+        ids.push(p.publish("ms", &format!(r#"{{"i":{i}}}"#)).await);
+    }
+    let got = sse.events(K).await;
+    let got_ids: Vec<&str> = got.iter().map(|(_, d)| d["id"].as_str().unwrap()).collect();
+    assert_eq!(got_ids, ids.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let m1 = p
+        .wait_for("sse deliveries", |m| {
+            m.delivered("sse") >= m0.delivered("sse") + K as f64 && m.latency_count("sse") >= K as f64
+        })
+        .await;
+    assert_eq!(m1.delivered("sse"), m0.delivered("sse") + K as f64);
+    assert_eq!(m1.latency_count("sse"), m0.latency_count("sse") + K as f64);
+    assert_eq!(m1.delivered("ws"), m0.delivered("ws"));
+    assert_eq!(m1.latency_count("ws"), m0.latency_count("ws"));
+    assert_eq!(m1.published("http"), m0.published("http") + K as f64);
+
+    drop(sse); // the client goes away
+               // The close is counted as the body stream is dropped; the hub membership
+               // goes with it (in no guaranteed order with the counter), so wait for both.
+    let m2 = p
+        .wait_for("sse close and hub leave", |m| {
+            m.closes("sse", "client") >= m0.closes("sse", "client") + 1.0 && m.subscriptions() == 0.0
+        })
+        .await;
+    assert_eq!(m2.closes("sse", "client"), m0.closes("sse", "client") + 1.0);
+    assert_eq!(m2.connections("sse"), 0.0);
+    assert_eq!(m2.connections_total("sse"), m0.connections_total("sse") + 1.0);
+    assert_eq!((m2.topics(), m2.subscriptions()), (0.0, 0.0));
+    assert_eq!(m2.delivered("sse"), m1.delivered("sse"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_count_delivered_messages_and_held_polls() {
+    let p = Proc::start(&[]).await;
+    let m0 = p.scrape().await;
+    assert_eq!(m0.gauge("rtgate_held_polls", &[]), 0.0);
+
+    // A poll with nothing to return waits; one publish wakes it with 1 message.
+    let held = {
+        let http = p.http.clone();
+        let url = p.url("/v1/poll?topic=mp&timeout=20");
+        tokio::spawn(async move {
+            let res = tokio::time::timeout(WAIT, http.get(url).send())
+                .await
+                .expect("poll timed out")
+                .expect("poll");
+            assert_eq!(res.status().as_u16(), 200);
+            res.json::<Value>().await.expect("poll json")
+        })
+    };
+    p.wait_for("a held poll", |m| m.gauge("rtgate_held_polls", &[]) == 1.0).await;
+    let first = p.publish("mp", "0").await;
+    let v = tokio::time::timeout(WAIT, held).await.expect("held poll").expect("join");
+    let msgs = v["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 1, "{v}");
+    assert_eq!(msgs[0]["id"], first.as_str());
+    let cursor = v["cursor"].as_str().unwrap().to_owned();
+    let m1 = p.wait_for("no held poll", |m| m.gauge("rtgate_held_polls", &[]) == 0.0).await;
+    assert_eq!(m1.delivered("poll"), m0.delivered("poll") + 1.0);
+
+    // Three waiting messages come back at once; an empty poll adds nothing.
+    for i in 1..4 {
+        p.publish("mp", &i.to_string()).await;
+    }
+    let (msgs, cursor) = p.poll(&format!("topic=mp&cursor={cursor}&timeout=5")).await;
+    assert_eq!(msgs.len(), 3);
+    let (msgs, _) = p.poll(&format!("topic=mp&cursor={cursor}&timeout=0")).await;
+    assert_eq!(msgs.len(), 0);
+    let m2 = p.scrape().await;
+    assert_eq!(
+        m2.counter("rtgate_messages_delivered_total", &[("transport", "poll")]),
+        m0.delivered("poll") + 4.0
+    );
+    assert_eq!(m2.gauge("rtgate_held_polls", &[]), 0.0);
+    assert_eq!(m2.delivered("ws"), 0.0);
+    assert_eq!(m2.delivered("sse"), 0.0);
+    assert_eq!((m2.topics(), m2.subscriptions()), (0.0, 0.0), "a finished poll leaves the hub");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_count_recovered_gaps_and_replayed_messages() {
+    // History keeps 5 messages per topic.
+    let p = Proc::start(&[("RTGATE_HISTORY__MAX_LEN", "5")]).await;
+    let m0 = p.scrape().await;
+    let recovered = |m: &Metrics| m.v("rtgate_replays_total", &[("outcome", "recovered")]);
+    let gaps = |m: &Metrics| m.v("rtgate_replays_total", &[("outcome", "gap")]);
+    let replayed = |m: &Metrics| m.v("rtgate_replayed_messages_total", &[]);
+
+    // Recovered: 5 published, resume after the first: 4 replayed.
+    let mut ids = vec![];
+    for i in 0..5 {
+        ids.push(p.publish("rr", &i.to_string()).await);
+    }
+    let mut c = p.ws("/v1/ws").await;
+    let (before, ack) = c.subscribe("rr", Some(&ids[0])).await;
+    assert!(before.is_empty(), "{before:?}");
+    assert_eq!(ack["recovered"], true);
+    let got = c.messages(4).await;
+    assert_eq!(got.iter().map(|m| m["id"].as_str().unwrap()).collect::<Vec<_>>(), ids[1..].to_vec());
+    let m1 = p.wait_for("recovered replay", |m| recovered(m) >= recovered(&m0) + 1.0).await;
+    assert_eq!(m1.counter("rtgate_replays_total", &[("outcome", "recovered")]), recovered(&m0) + 1.0);
+    assert_eq!(gaps(&m1), gaps(&m0));
+    assert_eq!(m1.counter("rtgate_replayed_messages_total", &[]), replayed(&m0) + 4.0);
+    // Replayed messages are delivered, but not live: no latency observation.
+    assert_eq!(m1.delivered("ws"), m0.delivered("ws") + 4.0);
+    assert_eq!(m1.latency_count("ws"), m0.latency_count("ws"));
+
+    // Gap: 8 published, the first 3 trimmed; resume after the first: a gap,
+    // then the 5 retained.
+    let mut ids = vec![];
+    for i in 0..8 {
+        ids.push(p.publish("rg", &i.to_string()).await);
+    }
+    let (before, ack) = c.subscribe("rg", Some(&ids[0])).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0]["op"], "gap");
+    assert_eq!(ack["recovered"], false);
+    let got = c.messages(5).await;
+    assert_eq!(got.iter().map(|m| m["id"].as_str().unwrap()).collect::<Vec<_>>(), ids[3..].to_vec());
+    let m2 = p.wait_for("gap replay", |m| gaps(m) >= gaps(&m0) + 1.0).await;
+    assert_eq!(m2.counter("rtgate_replays_total", &[("outcome", "gap")]), gaps(&m0) + 1.0);
+    assert_eq!(recovered(&m2), recovered(&m1));
+    assert_eq!(replayed(&m2), replayed(&m1) + 5.0);
+    assert_eq!(m2.delivered("ws"), m1.delivered("ws") + 5.0);
+
+    // A subscribe without `after` is not a replay.
+    let (_, ack) = c.subscribe("rn", None).await;
+    assert_eq!(ack["recovered"], true);
+    let m3 = p.scrape().await;
+    assert_eq!((recovered(&m3), gaps(&m3), replayed(&m3)), (recovered(&m2), gaps(&m2), replayed(&m2)));
+    client_close(c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_reading_ws_client_counts_one_slow_consumer_disconnect() {
+    const DATA: usize = 256 * 1024;
+    const MAX_PUBLISHES: usize = 1000; // 256 MiB: far beyond any socket buffer
+    let p = Proc::start(&[
+        ("RTGATE_LIMITS__OUTBOX_CAPACITY", "8"),
+        ("RTGATE_LIMITS__MAX_MESSAGE_BYTES", "1048576"),
+        ("RTGATE_HISTORY__MAX_LEN", "16"),
+    ])
+    .await;
+    let m0 = p.scrape().await;
+    let stuck = raw_ws_never_reading(&p.addr(), "/v1/ws?topic=slow").await;
+    p.wait_for("the stuck ws connection", |m| m.connections("ws") == 1.0).await;
+
+    let pad = "x".repeat(DATA);
+    let mut dropped = false;
+    for i in 0..MAX_PUBLISHES {
+        p.publish("slow", &format!(r#"{{"i":{i},"pad":"{pad}"}}"#)).await;
+        // The overflowing session leaves the hub at once; its close (and the
+        // metrics) follow after a bounded close handshake with the stuck socket.
+        if i % 8 == 7 {
+            let m = p.scrape().await;
+            if m.subscriptions() == 0.0 || m.slow("ws") > m0.slow("ws") {
+                dropped = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        dropped,
+        "a client that never reads was not dropped after {MAX_PUBLISHES} messages of {DATA} bytes"
+    );
+    let m1 = p
+        .wait_for("the slow connection closed", |m| {
+            m.slow("ws") > m0.slow("ws") && m.connections("ws") == 0.0
+        })
+        .await;
+    assert_eq!(
+        m1.counter("rtgate_slow_consumer_disconnects_total", &[("transport", "ws")]),
+        m0.slow("ws") + 1.0
+    );
+    assert_eq!(m1.closes("ws", "slow_consumer"), m0.closes("ws", "slow_consumer") + 1.0);
+    assert_eq!(m1.closes("ws", "client"), m0.closes("ws", "client"));
+    assert_eq!(m1.connections_total("ws"), m0.connections_total("ws") + 1.0);
+    for t in ["sse", "poll", "http"] {
+        assert_eq!(m1.slow(t), 0.0, "slow{{transport={t}}}");
+    }
+    assert_eq!((m1.topics(), m1.subscriptions()), (0.0, 0.0));
+    drop(stuck);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_families_are_typed_and_named_by_prometheus_conventions() {
+    let p = Proc::start(&[]).await;
+    // Touch every family first (lazily registered series included).
+    let c = p.ws("/v1/ws?topic=nc").await;
+    p.publish("nc", "1").await;
+    client_close(c).await;
+    let m = p.wait_for("a ws close", |m| m.closes("ws", "client") == 1.0).await;
+
+    let mut counters = std::collections::BTreeSet::new();
+    let mut gauges = std::collections::BTreeSet::new();
+    let mut histograms = std::collections::BTreeSet::new();
+    for s in &m.scrape.samples {
+        assert!(s.metric.starts_with("rtgate_"), "{} lacks the rtgate_ prefix", s.metric);
+        match &s.value {
+            PromValue::Counter(v) => {
+                assert!(s.metric.ends_with("_total"), "counter {} does not end in _total", s.metric);
+                assert!(*v >= 0.0 && v.fract() == 0.0, "counter {} = {v}", s.metric);
+                counters.insert(s.metric.clone());
+            }
+            PromValue::Gauge(v) => {
+                assert!(!s.metric.ends_with("_total"), "gauge {} ends in _total", s.metric);
+                assert!(*v >= 0.0, "gauge {} = {v}", s.metric);
+                gauges.insert(s.metric.clone());
+            }
+            PromValue::Histogram(_) => {
+                assert!(s.metric.ends_with("_seconds"), "histogram {} is not in _seconds", s.metric);
+                histograms.insert(s.metric.clone());
+            }
+            PromValue::Untyped(_) => {
+                // Only a histogram's _sum and _count are untyped for the parser.
+                let base = s.metric.strip_suffix("_sum").or_else(|| s.metric.strip_suffix("_count"));
+                assert!(
+                    base.is_some_and(|b| m.text.contains(&format!("# TYPE {b} histogram"))),
+                    "untyped sample {}",
+                    s.metric
+                );
+            }
+            PromValue::Summary(_) => panic!("unexpected summary {}", s.metric),
+        }
+    }
+    for c in [
+        "rtgate_connections_total",
+        "rtgate_connection_closes_total",
+        "rtgate_messages_published_total",
+        "rtgate_messages_delivered_total",
+        "rtgate_slow_consumer_disconnects_total",
+        "rtgate_engine_errors_total",
+        "rtgate_engine_operations_total",
+        "rtgate_replays_total",
+        "rtgate_replayed_messages_total",
+        "rtgate_tcp_connections_total",
+    ] {
+        assert!(counters.contains(c), "counter {c} missing; counters: {counters:?}");
+    }
+    for g in [
+        "rtgate_connections",
+        "rtgate_topics",
+        "rtgate_subscriptions",
+        "rtgate_tcp_connections",
+        "rtgate_held_polls",
+    ] {
+        assert!(gauges.contains(g), "gauge {g} missing; gauges: {gauges:?}");
+    }
+    assert_eq!(
+        histograms.into_iter().collect::<Vec<_>>(),
+        vec!["rtgate_delivery_latency_seconds".to_owned()]
+    );
+    // Per-transport families carry each streaming transport.
+    for t in ["ws", "sse"] {
+        m.latency_count(t);
+        m.connections(t);
+        m.counter("rtgate_connections_total", &[("transport", t)]);
+        m.counter("rtgate_messages_delivered_total", &[("transport", t)]);
+        m.counter("rtgate_slow_consumer_disconnects_total", &[("transport", t)]);
+    }
+    for t in ["http", "ws"] {
+        m.counter("rtgate_messages_published_total", &[("transport", t)]);
+    }
+    m.counter("rtgate_messages_delivered_total", &[("transport", "poll")]);
+    // Each family has one TYPE line.
+    for name in counters.iter().chain(&gauges) {
+        let n = m.text.lines().filter(|l| l.starts_with(&format!("# TYPE {name} "))).count();
+        assert_eq!(n, 1, "# TYPE {name}");
+    }
+}
