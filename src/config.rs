@@ -505,3 +505,29 @@ mod tests {
         assert_eq!(c.listen.port(), 9);
     }
 }
+
+#[cfg(test)]
+mod gateway_toml {
+    use super::*;
+
+    /// `gateway.toml` documents every key with its default: loading it gives
+    /// exactly the defaults, and every section of the config appears in it.
+    #[test]
+    fn gateway_toml_matches_the_defaults() {
+        let text = include_str!("../gateway.toml");
+        let loaded = Config::from_toml(text).unwrap();
+        assert_eq!(loaded.to_toml(), Config::default().to_toml());
+        let defaults: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
+        for (key, value) in &defaults {
+            match value {
+                toml::Value::Table(t) => {
+                    assert!(text.contains(&format!("[{key}]")), "gateway.toml lacks [{key}]");
+                    for k in t.keys() {
+                        assert!(text.contains(&format!("\n{k} = ")), "gateway.toml lacks {key}.{k}");
+                    }
+                }
+                _ => assert!(text.contains(&format!("\n{key} = ")), "gateway.toml lacks {key}"),
+            }
+        }
+    }
+}
