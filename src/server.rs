@@ -102,11 +102,35 @@ impl Connected<IncomingStream<'_, Limited>> for Peer {
 /// writes fail, which makes hyper drop it even while a response body waits
 /// on a client that stopped reading. (On HTTP/2 this ends every stream of
 /// the connection.)
+///
+/// It is inert until [`ConnControl::arm`]ed (by the SSE handler): only then
+/// does the I/O remember the wakers of whoever polls it. Remembering them
+/// always would keep the finished HTTP task of every upgraded WebSocket
+/// alive through a stale waker (≈ 2.5 KiB per idle connection).
 #[derive(Debug, Default)]
 pub struct ConnControl {
+    armed: AtomicBool,
     killed: AtomicBool,
     read: AtomicWaker,
     write: AtomicWaker,
+}
+
+impl ConnControl {
+    /// Makes [`Kill::kill`] effective for this connection.
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::Release);
+    }
+
+    /// Checks the switch before an I/O poll; remembers the waker when armed.
+    fn check(&self, waker: &AtomicWaker, cx: &Context<'_>) -> Result<(), io::Error> {
+        if self.armed.load(Ordering::Acquire) {
+            if self.killed.load(Ordering::Acquire) {
+                return Err(aborted());
+            }
+            waker.register(cx.waker());
+        }
+        Ok(())
+    }
 }
 
 impl Kill for ConnControl {
@@ -186,10 +210,9 @@ impl Drop for LimitedIo {
 impl AsyncRead for LimitedIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.control.killed.load(Ordering::Acquire) {
-            return Poll::Ready(Err(aborted()));
+        if let Err(e) = this.control.check(&this.control.read, cx) {
+            return Poll::Ready(Err(e));
         }
-        this.control.read.register(cx.waker());
         Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
@@ -197,10 +220,9 @@ impl AsyncRead for LimitedIo {
 impl AsyncWrite for LimitedIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.control.killed.load(Ordering::Acquire) {
-            return Poll::Ready(Err(aborted()));
+        if let Err(e) = this.control.check(&this.control.write, cx) {
+            return Poll::Ready(Err(e));
         }
-        this.control.write.register(cx.waker());
         Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
@@ -210,10 +232,9 @@ impl AsyncWrite for LimitedIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.control.killed.load(Ordering::Acquire) {
-            return Poll::Ready(Err(aborted()));
+        if let Err(e) = this.control.check(&this.control.write, cx) {
+            return Poll::Ready(Err(e));
         }
-        this.control.write.register(cx.waker());
         Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }
 

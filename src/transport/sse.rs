@@ -95,6 +95,7 @@ pub(crate) async fn stream(
         state.config.limits.max_topics_per_connection,
     )?;
     let mut sub = state.bus.subscriber();
+    control.arm();
     sub.session().set_kill(control);
     let mut cursor = Cursor::new();
     let mut resumes = Vec::new();
