@@ -287,6 +287,8 @@ struct Inner {
     groups: Vec<Group>,
     process: String,
     ready: AtomicBool,
+    /// Whether readiness was ever decided (so the first failure is logged).
+    decided: AtomicBool,
     publish: Script,
     history: Script,
 }
@@ -377,6 +379,7 @@ impl RedisEngine {
                 groups,
                 process,
                 ready: AtomicBool::new(false),
+                decided: AtomicBool::new(false),
                 publish: Script::new(&format!("{TRIM}{PUBLISH}")),
                 history: Script::new(&format!("{TRIM}{HISTORY}")),
             }),
@@ -444,7 +447,8 @@ impl RedisEngine {
 
     fn set_ready(&self, ready: bool, why: Option<&str>) {
         let was = self.inner.ready.swap(ready, Ordering::AcqRel);
-        if was != ready {
+        let first = !self.inner.decided.swap(true, Ordering::AcqRel);
+        if was != ready || first {
             if ready {
                 tracing::info!(engine = "redis", "redis reachable: ready");
             } else {
