@@ -6,10 +6,7 @@
 mod support;
 use support::*;
 
-use std::io::Read;
 use std::net::SocketAddr;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
@@ -20,90 +17,14 @@ use tokio_tungstenite::MaybeTlsStream;
 // ---------------------------------------------------------------- process
 
 /// The real binary on a free port; killed on drop if still running.
-struct Proc {
-    child: std::process::Child,
-    port: u16,
-    stderr: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-    http: reqwest::Client,
-}
+use support::binary::Gateway as Proc;
 
 impl Proc {
-    /// Starts `rtgate --listen 127.0.0.1:PORT ARGS` with `RUST_LOG` set to
-    /// `rust_log` and waits (bounded) for `/healthz`; retries on another
-    /// port when the chosen one was taken meanwhile.
+    /// Starts the binary with `ARGS`, `RUST_LOG=rust_log` and a 5 s grace.
     async fn start(args: &[&str], rust_log: &str) -> Proc {
-        let http = reqwest::Client::new();
-        for _attempt in 0..5 {
-            let port = {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 0");
-                l.local_addr().expect("addr").port()
-            };
-            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rtgate"))
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
-                .args(args)
-                .env_remove("RTGATE_CONFIG")
-                .env_remove("RTGATE_LISTEN")
-                .env_remove("RTGATE_ADMIN__LISTEN")
-                .env_remove("RTGATE_LOG__FORMAT")
-                .env_remove("NO_COLOR")
-                .env("RUST_LOG", rust_log)
-                .env("RTGATE_SHUTDOWN__GRACE", "5s")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn rtgate");
-            let stderr = Arc::new(Mutex::new(String::new()));
-            let mut pipe = child.stderr.take().expect("stderr");
-            let sink = Arc::clone(&stderr);
-            let reader = std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-            let mut p = Proc { child, port, stderr, reader: Some(reader), http: http.clone() };
-            let deadline = Instant::now() + WAIT;
-            loop {
-                if let Some(status) = p.child.try_wait().expect("try_wait") {
-                    eprintln!("rtgate exited early ({status}): {}", p.logs());
-                    break;
-                }
-                let ok = http
-                    .get(p.url("/healthz"))
-                    .timeout(Duration::from_secs(1))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().as_u16() == 200);
-                if ok {
-                    return p;
-                }
-                assert!(Instant::now() < deadline, "rtgate did not become healthy: {}", p.logs());
-                tokio::time::sleep(Duration::from_millis(20)).await; // polling /healthz, bounded
-            }
-        }
-        panic!("could not start rtgate on a free port");
+        Proc::spawn(args, &[("RUST_LOG", rust_log), ("RTGATE_SHUTDOWN__GRACE", "5s")]).await
     }
 
-    fn logs(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// A WebSocket client on its own TCP socket; returns it with the
-    /// socket's local address (the server's `peer`).
     async fn ws(&self, path_and_query: &str) -> (WsClient, SocketAddr) {
         let tcp = tokio::time::timeout(WAIT, TcpStream::connect(self.addr()))
             .await
@@ -222,15 +143,6 @@ impl Proc {
             reader.join().expect("stderr reader");
         }
         self.logs()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 

@@ -5,10 +5,7 @@
 mod support;
 use support::*;
 
-use std::io::Read;
 use std::net::SocketAddr;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_parse::{HistogramCount, Scrape, Value as PromValue};
@@ -19,83 +16,12 @@ use tokio::net::TcpStream;
 // ---------------------------------------------------------------- process
 
 /// The real binary on a free port; killed on drop.
-struct Proc {
-    child: std::process::Child,
-    port: u16,
-    stderr: Arc<Mutex<String>>,
-    http: reqwest::Client,
-}
+use support::binary::Gateway as Proc;
 
 impl Proc {
-    /// Starts `rtgate --listen 127.0.0.1:PORT` with `RUST_LOG=info` and
-    /// `env`, and waits (bounded) for `/healthz`; retries on another port
-    /// when the chosen one was taken meanwhile.
+    /// Starts the binary with `env` (and `RUST_LOG=info`).
     async fn start(env: &[(&str, &str)]) -> Proc {
-        let http = reqwest::Client::new();
-        for _attempt in 0..5 {
-            let port = {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 0");
-                l.local_addr().expect("addr").port()
-            };
-            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rtgate"));
-            cmd.arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
-                .env_remove("RTGATE_CONFIG")
-                .env_remove("RTGATE_LISTEN")
-                .env_remove("RTGATE_ADMIN__LISTEN")
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            for (k, v) in env {
-                cmd.env(k, v);
-            }
-            let mut child = cmd.spawn().expect("spawn rtgate");
-            let stderr = Arc::new(Mutex::new(String::new()));
-            let mut pipe = child.stderr.take().expect("stderr");
-            let sink = Arc::clone(&stderr);
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-            let mut p = Proc { child, port, stderr, http: http.clone() };
-            let deadline = Instant::now() + WAIT;
-            loop {
-                if let Some(status) = p.child.try_wait().expect("try_wait") {
-                    eprintln!("rtgate exited early ({status}): {}", p.logs());
-                    break;
-                }
-                let ok = http
-                    .get(p.url("/healthz"))
-                    .timeout(Duration::from_secs(1))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().as_u16() == 200);
-                if ok {
-                    return p;
-                }
-                assert!(Instant::now() < deadline, "rtgate did not become healthy: {}", p.logs());
-                tokio::time::sleep(Duration::from_millis(20)).await; // polling /healthz, bounded
-            }
-        }
-        panic!("could not start rtgate on a free port");
-    }
-
-    fn logs(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        Proc::spawn(&[], env).await
     }
 
     async fn ws(&self, path_and_query: &str) -> WsClient {
@@ -153,15 +79,6 @@ impl Proc {
             }
             assert!(Instant::now() < deadline, "timed out waiting for {what}; last scrape:\n{}", m.text);
             tokio::time::sleep(Duration::from_millis(20)).await; // polling /metrics, bounded
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }

@@ -2,6 +2,7 @@
 //! binary), with real clients (reqwest, tokio-tungstenite).
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod binary;
 pub mod redis;
 
 use std::net::SocketAddr;
