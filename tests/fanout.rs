@@ -12,31 +12,10 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-fn pid(s: &str) -> (u64, u64) {
-    let (ms, seq) = s.split_once('-').unwrap_or_else(|| panic!("bad id {s:?}"));
-    (ms.parse().expect("ms"), seq.parse().expect("seq"))
-}
-
 async fn assert_quiet(c: &mut WsClient, tag: &str) {
     c.send(json!({"op": "ping", "ref": tag})).await;
     let v = c.next().await;
     assert_eq!(v, json!({"op": "pong", "ref": tag}), "expected only a pong, got {v}");
-}
-
-/// The next text frame, unparsed.
-async fn next_raw(c: &mut WsClient) -> String {
-    loop {
-        let msg = tokio::time::timeout(WAIT, c.ws.next())
-            .await
-            .expect("timed out waiting for a frame")
-            .expect("stream ended")
-            .expect("ws error");
-        match msg {
-            WsMessage::Text(t) => return t.as_str().to_owned(),
-            WsMessage::Close(c) => panic!("unexpected close: {c:?}"),
-            _ => continue,
-        }
-    }
 }
 
 /// The value of `rtgate_slow_consumer_disconnects_total{transport="ws"}`.
@@ -154,7 +133,7 @@ async fn ws_publish_reaches_subscribers_on_other_connections() {
     assert_eq!(ack["ref"], "p0");
     let id0 = ack["id"].as_str().expect("id").to_owned();
     for c in [&mut s1, &mut s2] {
-        let raw = next_raw(c).await;
+        let raw = c.next_text().await;
         assert!(raw.contains(r#","data":{"b":1,  "a":[2, 3]},"#), "{raw}");
         let m: Value = serde_json::from_str(&raw).expect("json");
         assert_eq!(

@@ -24,12 +24,6 @@ fn cfg(url: &str, redis: &str, rest: &str) -> String {
     format!("[engine]\nkind = \"redis\"\n[redis]\nurl = \"{url}\"\n{redis}\n{rest}\n")
 }
 
-/// Parses `"<ms>-<seq>"`.
-fn pid(s: &str) -> (u64, u64) {
-    let (ms, seq) = s.split_once('-').unwrap_or_else(|| panic!("bad id {s:?}"));
-    (ms.parse().expect("ms"), seq.parse().expect("seq"))
-}
-
 fn ids(frames: &[Value]) -> Vec<String> {
     frames.iter().map(|m| m["id"].as_str().expect("id").to_owned()).collect()
 }

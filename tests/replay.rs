@@ -10,12 +10,6 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-/// Parses `"<ms>-<seq>"`.
-fn pid(s: &str) -> (u64, u64) {
-    let (ms, seq) = s.split_once('-').unwrap_or_else(|| panic!("bad id {s:?}"));
-    (ms.parse().expect("ms"), seq.parse().expect("seq"))
-}
-
 fn ids(frames: &[Value]) -> Vec<String> {
     frames.iter().map(|m| m["id"].as_str().expect("id").to_owned()).collect()
 }

@@ -130,31 +130,6 @@ fn sse_path(topics: &[&str]) -> String {
     format!("/v1/sse?{}", q.join("&"))
 }
 
-/// The contract's cursor alphabet and size.
-fn check_cursor(c: &str) {
-    assert!(!c.is_empty() && c.len() <= 4096, "cursor length: {c:?}");
-    assert!(
-        c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)),
-        "cursor has characters outside A-Za-z0-9-._~: {c:?}"
-    );
-}
-
-/// A message is exactly `{topic, id, ts, data}` with an `<ms>-<seq>` id.
-fn check_shape(v: &Value) {
-    let o = v.as_object().unwrap_or_else(|| panic!("not an object: {v}"));
-    let mut keys: Vec<&str> = o.keys().map(String::as_str).collect();
-    keys.sort_unstable();
-    assert_eq!(keys, ["data", "id", "topic", "ts"], "{v}");
-    pid(v["id"].as_str().expect("id string"));
-    assert!(v["ts"].as_u64().is_some(), "ts: {v}");
-}
-
-/// Parses `"<ms>-<seq>"`.
-fn pid(s: &str) -> (u64, u64) {
-    let (ms, seq) = s.split_once('-').unwrap_or_else(|| panic!("bad id {s:?}"));
-    (ms.parse().expect("ms"), seq.parse().expect("seq"))
-}
-
 fn topic_of(v: &Value) -> String {
     v["topic"].as_str().expect("topic").to_owned()
 }

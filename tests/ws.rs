@@ -13,22 +13,6 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 // ---------------------------------------------------------------- helpers
 
-/// The next text frame as raw text (skipping pings/pongs).
-async fn next_text(c: &mut WsClient) -> String {
-    loop {
-        let msg = tokio::time::timeout(WAIT, c.ws.next())
-            .await
-            .expect("timed out waiting for a frame")
-            .expect("stream ended")
-            .expect("ws error");
-        match msg {
-            WsMessage::Text(t) => return t.as_str().to_owned(),
-            WsMessage::Close(c) => panic!("unexpected close: {c:?}"),
-            _ => continue,
-        }
-    }
-}
-
 fn keys(v: &Value) -> Vec<String> {
     let mut k: Vec<String> =
         v.as_object().unwrap_or_else(|| panic!("object frame: {v}")).keys().cloned().collect();
@@ -91,7 +75,7 @@ async fn http_publish_is_delivered_with_every_field() {
     let mut c = s.ws("/v1/ws?topic=news").await;
     let data = r#"{"z":1,  "a" : [ true, null, "h\u00e9 \"x\"" ], "n": 1.50}"#;
     let p1 = publish_http(&s, "news", data).await;
-    let raw = next_text(&mut c).await;
+    let raw = c.next_text().await;
     let m1: Value = serde_json::from_str(&raw).expect("json");
     assert_eq!(keys(&m1), ["cursor", "data", "id", "op", "topic", "ts"], "{raw}");
     assert_eq!(m1["op"], "message");
@@ -131,7 +115,7 @@ async fn ws_publish_is_acked_and_delivered_to_others() {
     assert_eq!(ack["ref"], json!({"k": [1, "two"]}));
     let id = ack["id"].as_str().expect("id").to_owned();
 
-    let raw = next_text(&mut sub).await;
+    let raw = sub.next_text().await;
     let m: Value = serde_json::from_str(&raw).expect("json");
     assert_eq!(m["op"], "message");
     assert_eq!(m["topic"], "room");

@@ -18,6 +18,31 @@ use tokio_util::sync::CancellationToken;
 /// Upper bound for any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Parses a message id `"<ms>-<seq>"` into comparable parts.
+pub fn pid(s: &str) -> (u64, u64) {
+    let (ms, seq) = s.split_once('-').unwrap_or_else(|| panic!("bad id {s:?}"));
+    (ms.parse().expect("ms"), seq.parse().expect("seq"))
+}
+
+/// A cursor is 1 to 4096 characters of `A-Z a-z 0-9 - . _ ~` (contract §1).
+pub fn check_cursor(c: &str) {
+    assert!(!c.is_empty() && c.len() <= 4096, "cursor length: {c:?}");
+    assert!(
+        c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)),
+        "cursor has characters outside A-Za-z0-9-._~: {c:?}"
+    );
+}
+
+/// A message is exactly `{topic, id, ts, data}` with an `<ms>-<seq>` id.
+pub fn check_shape(v: &Value) {
+    let o = v.as_object().unwrap_or_else(|| panic!("not an object: {v}"));
+    let mut keys: Vec<&str> = o.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["data", "id", "topic", "ts"], "{v}");
+    pid(v["id"].as_str().expect("id string"));
+    assert!(v["ts"].as_u64().is_some(), "ts: {v}");
+}
+
 /// An in-process rtgate on a free port.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -127,6 +152,12 @@ impl WsClient {
 
     /// The next JSON text frame (skipping pings/pongs); panics on timeout or close.
     pub async fn next(&mut self) -> Value {
+        serde_json::from_str(&self.next_text().await).expect("json frame")
+    }
+
+    /// The next text frame, unparsed (skipping pings/pongs); panics on
+    /// timeout or close.
+    pub async fn next_text(&mut self) -> String {
         loop {
             let msg = tokio::time::timeout(WAIT, self.ws.next())
                 .await
@@ -134,7 +165,7 @@ impl WsClient {
                 .expect("stream ended")
                 .expect("ws error");
             match msg {
-                WsMessage::Text(t) => return serde_json::from_str(t.as_str()).expect("json frame"),
+                WsMessage::Text(t) => return t.as_str().to_owned(),
                 WsMessage::Close(c) => panic!("unexpected close: {c:?}"),
                 _ => continue,
             }
