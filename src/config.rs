@@ -57,6 +57,10 @@ pub struct Config {
     pub poll: PollConfig,
     /// Plain HTTP endpoints (CORS).
     pub http: HttpConfig,
+    /// HTTP/2 connections (gRPC, and h2c clients of the HTTP endpoints).
+    pub http2: Http2Config,
+    /// The gRPC service.
+    pub grpc: GrpcConfig,
     /// The optional admin listener.
     pub admin: AdminConfig,
     /// Graceful shutdown.
@@ -217,6 +221,48 @@ impl Default for PollConfig {
     }
 }
 
+/// `[http2]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Config {
+    /// How often the server pings an HTTP/2 connection (keepalive).
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// How long a keepalive ping may stay unanswered before the connection
+    /// is closed.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Streams (gRPC calls) one HTTP/2 connection may have open at once.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(20),
+            max_concurrent_streams: 1024,
+        }
+    }
+}
+
+/// `[grpc]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// A stream closed as a slow consumer whose client still does not read
+    /// (HTTP/2 flow control keeps the stream from ending) for this long gets
+    /// its whole connection closed.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig { stall_timeout: Duration::from_secs(10) }
+    }
+}
+
 /// `[http]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -288,6 +334,8 @@ impl Default for Config {
             sse: SseConfig::default(),
             poll: PollConfig::default(),
             http: HttpConfig::default(),
+            http2: Http2Config::default(),
+            grpc: GrpcConfig::default(),
             admin: AdminConfig::default(),
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
@@ -457,6 +505,15 @@ impl Config {
             if origin != "*" && axum::http::HeaderValue::from_str(origin).is_err() {
                 return bad("http.cors_origins", "an origin is not a valid header value");
             }
+        }
+        if self.http2.keepalive_interval.is_zero() || self.http2.keepalive_timeout.is_zero() {
+            return bad("http2.keepalive_interval", "keepalive interval and timeout must be more than 0s");
+        }
+        if self.http2.max_concurrent_streams == 0 {
+            return bad("http2.max_concurrent_streams", "must be at least 1");
+        }
+        if self.grpc.stall_timeout.is_zero() {
+            return bad("grpc.stall_timeout", "must be more than 0s");
         }
         if self.idempotency.ttl.is_zero() {
             return bad("idempotency.ttl", "must be more than 0s");

@@ -1,6 +1,6 @@
-//! The contract's error vocabulary (§2) and its projection onto HTTP. The
-//! WebSocket projection lives in `transport::frame` (error frames) and
-//! `core::close` (close codes).
+//! The contract's error vocabulary (§2) and its projection onto HTTP and
+//! gRPC status codes. The WebSocket projection lives in `transport::frame`
+//! (error frames) and `core::close` (close codes).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -41,6 +41,18 @@ impl Code {
             Code::RateLimited => "rate_limited",
             Code::Unavailable => "unavailable",
             Code::NotFound => "not_found",
+        }
+    }
+
+    /// The gRPC status code (contract §2).
+    pub fn grpc(self) -> tonic::Code {
+        match self {
+            Code::BadRequest | Code::BadTopic => tonic::Code::InvalidArgument,
+            Code::Unauthenticated => tonic::Code::Unauthenticated,
+            Code::Forbidden => tonic::Code::PermissionDenied,
+            Code::TooLarge | Code::RateLimited => tonic::Code::ResourceExhausted,
+            Code::Unavailable => tonic::Code::Unavailable,
+            Code::NotFound => tonic::Code::NotFound,
         }
     }
 

@@ -25,6 +25,7 @@ pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod ops;
+pub mod proto;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
@@ -39,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::core::{Bus, Hub, Listener};
-use crate::server::{AppState, Limited, Peer};
+use crate::server::{AppState, Limited};
 use crate::shutdown::Shutdown;
 
 /// Serves on `listener` until `token` is cancelled, then drains: stops
@@ -76,14 +77,11 @@ pub async fn run(listener: TcpListener, config: Config, token: CancellationToken
             }
         });
     }
-    let app = server::app(state).into_make_service_with_connect_info::<Peer>();
+    let http = server::app(state.clone());
+    let grpc = transport::grpc::router(state);
     let serve_token = token.clone();
-    shutdown.spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(serve_token.cancelled_owned());
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "server failed");
-        }
-    });
+    let h2 = config.http2.clone();
+    shutdown.spawn(async move { server::serve(listener, http, grpc, &h2, serve_token).await });
     tracing::info!(addr = %local, engine = config.engine.kind_name(), "rtgate listening");
     token.cancelled().await;
     tracing::info!(grace = ?config.shutdown.grace, "draining");

@@ -20,10 +20,13 @@ pub enum Transport {
     Sse,
     /// HTTP long polling.
     Poll,
+    /// gRPC (Subscribe and Connect streams, Publish).
+    Grpc,
 }
 
 impl Transport {
-    const ALL: [Transport; 4] = [Transport::Http, Transport::Ws, Transport::Sse, Transport::Poll];
+    const ALL: [Transport; 5] =
+        [Transport::Http, Transport::Ws, Transport::Sse, Transport::Poll, Transport::Grpc];
 
     /// Label value.
     pub fn label(self) -> &'static str {
@@ -32,6 +35,7 @@ impl Transport {
             Transport::Ws => "ws",
             Transport::Sse => "sse",
             Transport::Poll => "poll",
+            Transport::Grpc => "grpc",
         }
     }
 
@@ -62,7 +66,7 @@ pub fn render() -> String {
     let mut out = HANDLE.get().and_then(|h| h.as_ref()).map(|h| h.render()).unwrap_or_default();
     out.push_str("# HELP rtgate_delivery_latency_seconds Time from a message's acceptance (or arrival from Redis) by this process to its write to a live subscriber.\n");
     out.push_str("# TYPE rtgate_delivery_latency_seconds histogram\n");
-    for (t, h) in [Transport::Ws, Transport::Sse].iter().zip(LATENCY.iter()) {
+    for (t, h) in [Transport::Ws, Transport::Sse, Transport::Grpc].iter().zip(LATENCY.iter()) {
         h.render(&mut out, t.label());
     }
     out
@@ -121,13 +125,14 @@ impl LatencyHistogram {
     }
 }
 
-static LATENCY: [LatencyHistogram; 2] = [LatencyHistogram::new(), LatencyHistogram::new()];
+static LATENCY: [LatencyHistogram; 3] = [LatencyHistogram::new(), LatencyHistogram::new(), LatencyHistogram::new()];
 
 /// Records the publish→deliver latency of one live delivery.
 pub fn delivery_latency(t: Transport, d: Duration) {
     match t {
         Transport::Ws => LATENCY[0].record(d),
         Transport::Sse => LATENCY[1].record(d),
+        Transport::Grpc => LATENCY[2].record(d),
         Transport::Http | Transport::Poll => {}
     }
 }

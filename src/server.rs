@@ -8,19 +8,23 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
+use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderValue, Method};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::serve::IncomingStream;
 use axum::Router;
 use futures_util::task::AtomicWaker;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use crate::config::Config;
+use crate::config::{Config, Http2Config};
 use crate::core::subscriber::Kill;
 use crate::core::Bus;
 use crate::error::{ApiError, Code};
@@ -92,9 +96,68 @@ fn cors(origins: &[String]) -> CorsLayer {
 #[derive(Clone, Debug)]
 pub struct Peer(pub SocketAddr, pub Arc<ConnControl>);
 
-impl Connected<IncomingStream<'_, Limited>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, Limited>) -> Self {
-        Peer(*stream.remote_addr(), Arc::clone(&stream.io().control))
+/// Serves `listener` until `token` is cancelled: each connection speaks
+/// HTTP/1.1 (with upgrades to WebSocket) or HTTP/2 (h2c: gRPC, and HTTP
+/// clients that choose it), and each request goes to `grpc` when its
+/// `content-type` is `application/grpc…`, to `http` otherwise. Then stops
+/// accepting and lets open connections finish (HTTP/1 after the request in
+/// flight, HTTP/2 after a GOAWAY); long-lived streams are ended by the
+/// shutdown's session close.
+pub async fn serve(mut listener: Limited, http: Router, grpc: Router, h2: &Http2Config, token: CancellationToken) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(h2.keepalive_interval))
+        .keep_alive_timeout(h2.keepalive_timeout)
+        .max_concurrent_streams(h2.max_concurrent_streams);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (io, addr) = tokio::select! {
+            biased;
+            _ = token.cancelled() => break,
+            conn = axum::serve::Listener::accept(&mut listener) => conn,
+        };
+        let svc = Dispatch { http: http.clone(), grpc: grpc.clone(), peer: Peer(addr, Arc::clone(&io.control)) };
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc));
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// Routes one connection's requests to the gRPC or the HTTP router, with the
+/// connection's [`Peer`] as `ConnectInfo`.
+#[derive(Clone)]
+struct Dispatch {
+    http: Router,
+    grpc: Router,
+    peer: Peer,
+}
+
+impl tower::Service<axum::http::Request<hyper::body::Incoming>> for Dispatch {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        req.extensions_mut().insert(ConnectInfo(self.peer.clone()));
+        let grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let router = if grpc { &mut self.grpc } else { &mut self.http };
+        tower::Service::call(router, req)
     }
 }
 

@@ -161,13 +161,16 @@ pub enum Wire {
     /// The WebSocket `message` frame for a single-topic subscriber (cursor
     /// names only this topic).
     WsSingle = 1,
-    /// Transport-specific slot for later adapters (SSE single-topic event).
+    /// The SSE event for a single-topic stream.
     SseSingle = 2,
-    /// Transport-specific slot for later adapters (gRPC).
+    /// The protobuf `rtgate.v1.Message` fields topic, id, ts and data
+    /// (a multi-topic gRPC subscriber appends its own cursor field).
     Grpc = 3,
+    /// The protobuf `rtgate.v1.Message` with the single-topic cursor.
+    GrpcSingle = 4,
 }
 
-const WIRE_SLOTS: usize = 4;
+const WIRE_SLOTS: usize = 5;
 
 /// One published message. Shared as `Arc<Message>` from the engine through
 /// the hub into every subscriber's outbox.

@@ -11,8 +11,6 @@ use crate::error::{ApiError, Code};
 use crate::metrics::{self, Transport};
 use crate::server::AppState;
 
-/// Longest `Idempotency-Key` accepted.
-const MAX_IDEMPOTENCY_KEY: usize = 256;
 /// History page bounds (contract §3).
 const HISTORY_DEFAULT: usize = 100;
 const HISTORY_MAX: usize = 1000;
@@ -45,42 +43,18 @@ pub(crate) async fn publish(
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
-            let ok = v.len() <= MAX_IDEMPOTENCY_KEY
-                && !v.is_empty()
-                && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
-            if !ok {
-                return Err(ApiError::new(
-                    Code::BadRequest,
-                    "Idempotency-Key must be 1 to 256 visible ASCII characters",
-                ));
-            }
+            super::check_idempotency_key(v.as_bytes())?;
             Some(v.to_str().unwrap_or_default().to_owned())
         }
     };
     let body = axum::body::to_bytes(body, max).await.map_err(|_| too_large())?;
-    let data = trim_json(body);
-    if data.is_empty() {
-        return Err(ApiError::new(Code::BadRequest, "body must be a JSON value"));
-    }
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&data) {
-        return Err(ApiError::new(Code::BadRequest, format!("body is not valid JSON: {e}")));
-    }
+    let data = super::check_data(body, max)?;
     let published = state.bus.engine.publish(&topic, data, key.as_deref()).await?;
     if !published.duplicate {
         metrics::published(Transport::Http);
     }
     let body = serde_json::json!({"topic": topic.as_str(), "id": published.id, "ts": published.ts});
     Ok(json(body.to_string().into_bytes()))
-}
-
-/// Drops leading and trailing JSON whitespace; the value itself is kept
-/// byte for byte.
-fn trim_json(mut b: Bytes) -> Bytes {
-    let ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
-    let start = b.iter().position(|c| !ws(c)).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !ws(c)).map_or(start, |i| i + 1);
-    b.truncate(end);
-    b.split_off(start)
 }
 
 /// `GET /v1/history/{topic}?after=ID&limit=N`.
@@ -115,16 +89,4 @@ pub(crate) async fn history(
     out.extend_from_slice(if history.truncated { b"true" } else { b"false" });
     out.push(b'}');
     Ok(json(out))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trims_only_outer_whitespace() {
-        assert_eq!(&trim_json(Bytes::from_static(b" \n{\"a\": 1 }\r\n"))[..], b"{\"a\": 1 }");
-        assert_eq!(&trim_json(Bytes::from_static(b"   "))[..], b"");
-        assert_eq!(&trim_json(Bytes::from_static(b"1"))[..], b"1");
-    }
 }

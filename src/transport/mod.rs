@@ -2,6 +2,7 @@
 //! sees a socket.
 
 pub mod frame;
+pub mod grpc;
 pub mod http;
 pub mod poll;
 pub mod sse;
@@ -9,14 +10,95 @@ pub mod ws;
 
 use axum::routing::{get, post};
 use axum::Router;
+use bytes::Bytes;
 
+use crate::core::replay::Resume;
+use crate::core::{Cursor, Subscriber, Topic};
+use crate::error::{ApiError, Code};
 use crate::server::AppState;
+
+/// Longest idempotency key accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 256;
 
 /// Parses a `limit` query value: a positive integer, clamped to `max`.
 pub(crate) fn parse_limit(v: &str, max: usize) -> Result<usize, crate::error::ApiError> {
     v.parse::<usize>().ok().filter(|n| *n >= 1).map(|n| n.min(max)).ok_or_else(|| {
         crate::error::ApiError::new(crate::error::Code::BadRequest, "limit must be a positive integer")
     })
+}
+
+/// Checks an idempotency key: 1 to 256 visible ASCII characters.
+pub(crate) fn check_idempotency_key(key: &[u8]) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !key.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::new(Code::BadRequest, "idempotency key must be 1 to 256 visible ASCII characters"));
+    }
+    Ok(())
+}
+
+/// Checks a message's `data`: at most `max` bytes (`too_large`) of one JSON
+/// value (`bad_request`). Returns the value without surrounding whitespace,
+/// otherwise byte for byte.
+pub(crate) fn check_data(data: Bytes, max: usize) -> Result<Bytes, ApiError> {
+    if data.len() > max {
+        return Err(ApiError::new(Code::TooLarge, format!("data over {max} bytes")));
+    }
+    let data = trim_json(data);
+    if data.is_empty() {
+        return Err(ApiError::new(Code::BadRequest, "data must be a JSON value"));
+    }
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&data) {
+        return Err(ApiError::new(Code::BadRequest, format!("data is not valid JSON: {e}")));
+    }
+    Ok(data)
+}
+
+/// Drops leading and trailing JSON whitespace; the value itself is kept
+/// byte for byte.
+fn trim_json(mut b: Bytes) -> Bytes {
+    let ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
+    let start = b.iter().position(|c| !ws(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !ws(c)).map_or(start, |i| i + 1);
+    b.truncate(end);
+    b.split_off(start)
+}
+
+/// Adds `name` to `topics` (once), or fails with `bad_topic`.
+pub(crate) fn push_topic(topics: &mut Vec<Topic>, name: &str) -> Result<(), ApiError> {
+    let t = Topic::new(name).map_err(|e| ApiError::new(Code::BadTopic, e.to_string()))?;
+    if !topics.contains(&t) {
+        topics.push(t);
+    }
+    Ok(())
+}
+
+/// Starts a streaming subscription: topics that `cursor` names are to be
+/// replayed after their position (returned, in order); the others are joined
+/// live now, so anything published after this returns reaches `sub`.
+/// Returns the stream's starting cursor too.
+pub(crate) async fn start_subscription(
+    sub: &mut Subscriber,
+    topics: Vec<Topic>,
+    cursor: Option<&Cursor>,
+    page: usize,
+) -> Result<(Cursor, Vec<Resume>), ApiError> {
+    let mut position = Cursor::new();
+    let mut resumes = Vec::new();
+    for topic in topics {
+        match cursor.and_then(|c| c.get(&topic)) {
+            Some(after) => {
+                position.set(&topic, after);
+                resumes.push(Resume::after(topic, after, page));
+            }
+            None => {
+                let pos = Resume::from_now(sub, &topic).await?;
+                position.set(&topic, pos);
+            }
+        }
+    }
+    if !position.fits() {
+        return Err(ApiError::new(Code::BadRequest, "too many topics for one cursor"));
+    }
+    Ok((position, resumes))
 }
 
 /// Routes of every transport.
@@ -27,4 +109,28 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/sse", get(sse::stream))
         .route("/v1/poll", get(poll::poll))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_only_outer_whitespace() {
+        assert_eq!(&trim_json(Bytes::from_static(b" \n{\"a\": 1 }\r\n"))[..], b"{\"a\": 1 }");
+        assert_eq!(&trim_json(Bytes::from_static(b"   "))[..], b"");
+        assert_eq!(&trim_json(Bytes::from_static(b"1"))[..], b"1");
+    }
+
+    #[test]
+    fn data_and_keys() {
+        assert_eq!(check_data(Bytes::from_static(b" [1] "), 16).unwrap(), Bytes::from_static(b"[1]"));
+        assert_eq!(check_data(Bytes::from_static(b"{"), 16).unwrap_err().code, Code::BadRequest);
+        assert_eq!(check_data(Bytes::from_static(b""), 16).unwrap_err().code, Code::BadRequest);
+        assert_eq!(check_data(Bytes::from_static(b"\"0123456789abcdef\""), 16).unwrap_err().code, Code::TooLarge);
+        assert!(check_idempotency_key(b"k-1").is_ok());
+        assert!(check_idempotency_key(b"").is_err());
+        assert!(check_idempotency_key(b"a b").is_err());
+        assert!(check_idempotency_key(&[b'x'; 257]).is_err());
+    }
 }

@@ -56,10 +56,7 @@ pub(crate) fn parse_subscription(
     let mut cursor = header_cursor.map(str::to_owned);
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         if k == "topic" {
-            let t = crate::core::Topic::new(&v).map_err(|e| ApiError::new(Code::BadTopic, e.to_string()))?;
-            if !topics.contains(&t) {
-                topics.push(t);
-            }
+            super::push_topic(&mut topics, &v)?;
         } else if cursor_params.contains(&&*k) && cursor.is_none() && !v.is_empty() {
             cursor = Some(v.into_owned());
         }
@@ -97,23 +94,9 @@ pub(crate) async fn stream(
     let mut sub = state.bus.subscriber();
     control.arm();
     sub.session().set_kill(control);
-    let mut cursor = Cursor::new();
-    let mut resumes = Vec::new();
-    for topic in request.topics {
-        match request.cursor.as_ref().and_then(|c| c.get(&topic)) {
-            Some(after) => {
-                cursor.set(&topic, after);
-                resumes.push(Resume::after(topic, after, state.bus.replay_page));
-            }
-            None => {
-                let pos = Resume::from_now(&mut sub, &topic).await?;
-                cursor.set(&topic, pos);
-            }
-        }
-    }
-    if !cursor.fits() {
-        return Err(ApiError::new(Code::BadRequest, "too many topics for one cursor"));
-    }
+    let (cursor, resumes) =
+        super::start_subscription(&mut sub, request.topics, request.cursor.as_ref(), state.bus.replay_page)
+            .await?;
     let body = Body::from_stream(events(state, peer, sub, cursor, resumes));
     let mut res = (StatusCode::OK, body).into_response();
     let h = res.headers_mut();

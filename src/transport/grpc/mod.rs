@@ -1,0 +1,219 @@
+//! gRPC (contract §7): service `rtgate.v1.Gateway`, plus `grpc.health.v1`
+//! and server reflection, on the same port as HTTP (h2c).
+//!
+//! The server routes a request here when its `content-type` starts with
+//! `application/grpc` (see `server::Dispatch`).
+//!
+//! - `Subscribe` and `Connect` are streams polled by hyper's task for the
+//!   HTTP/2 stream: no task of our own per subscriber. Each has the same
+//!   bounded outbox as every other transport; when it overflows, the stream
+//!   ends with `RESOURCE_EXHAUSTED` and the client resumes by cursor.
+//! - A client that does not read at all leaves its stream unpolled (HTTP/2
+//!   flow control), so it cannot be told; after `grpc.stall_timeout` its
+//!   connection is closed ([`StallKill`]).
+//! - Messages are written as bytes encoded once per message
+//!   ([`wire::EncodedMessage`]).
+
+mod connect;
+mod service;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tonic::{Code as GrpcCode, Status};
+use tonic_health::ServingStatus;
+
+use crate::core::subscriber::{Kill, Session};
+use crate::core::Close;
+use crate::error::{ApiError, Code};
+use crate::metrics::{self, Transport};
+use crate::server::{AppState, ConnControl, Peer};
+
+/// Server-side generated code (`rtgate.v1.Message` is [`wire::EncodedMessage`]).
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub(crate) mod pb {
+    include!(concat!(env!("OUT_DIR"), "/server/rtgate.v1.rs"));
+}
+
+/// The encoded `FileDescriptorSet` of `proto/rtgate/v1/gateway.proto`, for
+/// reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rtgate_descriptor.bin"));
+
+/// The fully qualified service name.
+pub const SERVICE: &str = "rtgate.v1.Gateway";
+
+/// Every gRPC service (Gateway, health, reflection) as one router, and the
+/// task that keeps the health status in step with engine readiness.
+pub fn router(state: AppState) -> axum::Router {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    state.shutdown.spawn(report_health(state.clone(), reporter));
+    let max_frame = state.config.ws_max_frame();
+    let gateway = pb::gateway_server::GatewayServer::new(service::Gateway::new(state))
+        .max_decoding_message_size(max_frame)
+        .max_encoding_message_size(usize::MAX);
+    let mut routes = tonic::service::Routes::builder();
+    routes.add_service(gateway).add_service(health);
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    match (reflection().build_v1(), reflection().build_v1alpha()) {
+        (Ok(v1), Ok(v1alpha)) => {
+            routes.add_service(v1).add_service(v1alpha);
+        }
+        (Err(e), _) | (_, Err(e)) => tracing::error!(error = %e, "gRPC reflection unavailable"),
+    }
+    routes.routes().prepare().into_axum_router()
+}
+
+/// Sets `grpc.health.v1` statuses ("" and `rtgate.v1.Gateway`) from engine
+/// readiness and shutdown, checking every 250 ms.
+async fn report_health(state: AppState, reporter: tonic_health::server::HealthReporter) {
+    let mut last = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        let shutting_down = state.shutdown.is_shutting_down();
+        let serving = state.bus.engine.is_ready() && !shutting_down;
+        if last != Some(serving) {
+            let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status(SERVICE, status).await;
+            last = Some(serving);
+        }
+        if shutting_down {
+            return;
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = state.shutdown.token().cancelled() => {}
+        }
+    }
+}
+
+/// The gRPC status for a contract error (§2): the message starts with the
+/// contract's code.
+pub(crate) fn status(e: &ApiError) -> Status {
+    Status::new(e.code.grpc(), format!("{}: {}", e.code.as_str(), e.message))
+}
+
+/// The status a stream ends with when the server closes it for `reason`;
+/// `None` when the client went away.
+fn end_status(reason: Close) -> Option<Status> {
+    let (code, text) = match reason {
+        Close::Client => return None,
+        Close::Slow => (
+            GrpcCode::ResourceExhausted,
+            "slow_consumer: the stream fell behind and its outbox filled; resume from the last cursor",
+        ),
+        Close::TooLarge => (GrpcCode::ResourceExhausted, "too_large: message over limits.max_message_bytes"),
+        Close::Shutdown => (GrpcCode::Unavailable, "unavailable: shutting down; resume from the last cursor"),
+        Close::Unavailable => {
+            (GrpcCode::Unavailable, "unavailable: engine unavailable; resume from the last cursor")
+        }
+        Close::Silent => (GrpcCode::Unavailable, "unavailable: heartbeat timeout"),
+        Close::Policy => (GrpcCode::InvalidArgument, "bad_request: cannot continue"),
+    };
+    Some(Status::new(code, text))
+}
+
+/// The connection a request came on (set by the server's dispatch).
+fn peer<T>(req: &tonic::Request<T>) -> Option<Peer> {
+    req.extensions().get::<axum::extract::ConnectInfo<Peer>>().map(|c| c.0.clone())
+}
+
+/// Refuses new calls while shutting down.
+fn check_open(state: &AppState) -> Result<(), Status> {
+    if state.shutdown.is_shutting_down() {
+        return Err(status(&ApiError::new(Code::Unavailable, "shutting down")));
+    }
+    Ok(())
+}
+
+/// Kill switch of a gRPC stream: when its session is closed (slow consumer,
+/// engine reset) and the stream still exists after `grpc.stall_timeout`, the
+/// client is not reading it at all, so the stream cannot even be told; the
+/// whole connection is closed.
+struct StallKill {
+    control: Arc<ConnControl>,
+    stream: Weak<()>,
+    after: Duration,
+}
+
+impl Kill for StallKill {
+    fn kill(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (control, stream, after) = (Arc::clone(&self.control), self.stream.clone(), self.after);
+        rt.spawn(async move {
+            tokio::time::sleep(after).await;
+            if stream.strong_count() > 0 {
+                tracing::warn!("gRPC stream still not reading after it was closed; closing its connection");
+                control.kill();
+            }
+        });
+    }
+}
+
+/// Arms the stall kill switch for a stream; keep the returned token alive as
+/// long as the stream is.
+fn arm_stall_kill(state: &AppState, peer: Option<&Peer>, session: &Session) -> Arc<()> {
+    let alive = Arc::new(());
+    if let Some(Peer(_, control)) = peer {
+        control.arm();
+        session.set_kill(Arc::new(StallKill {
+            control: Arc::clone(control),
+            stream: Arc::downgrade(&alive),
+            after: state.config.grpc.stall_timeout,
+        }));
+    }
+    alive
+}
+
+/// One gRPC stream's open/close accounting (a log line and metrics), however
+/// the stream ends: finished, or dropped by hyper when the client left.
+struct StreamRecord {
+    rpc: &'static str,
+    peer: Option<SocketAddr>,
+    session: Arc<Session>,
+    opened: tokio::time::Instant,
+    received: u64,
+    sent: u64,
+    reason: Close,
+}
+
+impl StreamRecord {
+    fn open(rpc: &'static str, peer: Option<SocketAddr>, session: Arc<Session>) -> Self {
+        metrics::connection_opened(Transport::Grpc);
+        tracing::info!(transport = "grpc", rpc, peer = ?peer, "stream opened");
+        StreamRecord {
+            rpc,
+            peer,
+            session,
+            opened: tokio::time::Instant::now(),
+            received: 0,
+            sent: 0,
+            reason: Close::Client,
+        }
+    }
+}
+
+impl Drop for StreamRecord {
+    fn drop(&mut self) {
+        let reason = self.session.closed().unwrap_or(self.reason);
+        metrics::connection_closed(Transport::Grpc, reason.label());
+        tracing::info!(
+            transport = "grpc",
+            rpc = self.rpc,
+            peer = ?self.peer,
+            duration_ms = self.opened.elapsed().as_millis() as u64,
+            msgs_in = self.received,
+            msgs_out = self.sent,
+            reason = reason.label(),
+            "stream closed"
+        );
+    }
+}

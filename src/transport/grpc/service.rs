@@ -1,0 +1,238 @@
+//! `rtgate.v1.Gateway`: Publish, History and Subscribe (Connect is in
+//! `connect.rs`).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::pb::{self, gateway_server};
+use super::wire::EncodedMessage;
+use super::{arm_stall_kill, check_open, end_status, peer, status, StreamRecord};
+use crate::core::replay::{Gap, Resume, Step};
+use crate::core::{Close, Cursor, Message, MessageId, Subscriber, Topic};
+use crate::error::{ApiError, Code};
+use crate::metrics::{self, Transport};
+use crate::server::AppState;
+
+/// History page bounds (as on HTTP, contract §3).
+const HISTORY_DEFAULT: usize = 100;
+const HISTORY_MAX: usize = 1000;
+
+/// A boxed response stream.
+pub(super) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The service implementation.
+pub(crate) struct Gateway {
+    state: AppState,
+}
+
+impl Gateway {
+    pub(crate) fn new(state: AppState) -> Self {
+        Gateway { state }
+    }
+}
+
+pub(super) fn topic(name: &str) -> Result<Topic, ApiError> {
+    Topic::new(name).map_err(|e| ApiError::new(Code::BadTopic, e.to_string()))
+}
+
+/// Publishes `data` on `topic` after checking it; the one path for the
+/// `Publish` rpc and Connect's publish op.
+pub(super) async fn publish(
+    state: &AppState,
+    topic: &str,
+    data: Vec<u8>,
+    key: &str,
+) -> Result<pb::PublishReply, ApiError> {
+    let topic = self::topic(topic)?;
+    let data = crate::transport::check_data(Bytes::from(data), state.config.limits.max_message_bytes)?;
+    let key = if key.is_empty() {
+        None
+    } else {
+        crate::transport::check_idempotency_key(key.as_bytes())?;
+        Some(key)
+    };
+    let published = state.bus.engine.publish(&topic, data, key).await?;
+    if !published.duplicate {
+        metrics::published(Transport::Grpc);
+    }
+    Ok(pb::PublishReply { id: published.id.to_string(), ts: published.ts, topic: topic.as_str().to_owned() })
+}
+
+#[tonic::async_trait]
+impl gateway_server::Gateway for Gateway {
+    type ConnectStream = BoxStream<pb::ServerFrame>;
+    type SubscribeStream = BoxStream<EncodedMessage>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::ClientFrame>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        check_open(&self.state)?;
+        let peer = peer(&request);
+        let stream = super::connect::serve(self.state.clone(), peer, request.into_inner());
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        check_open(&self.state)?;
+        let peer = peer(&request);
+        let req = request.into_inner();
+        let state = &self.state;
+        let mut topics = Vec::new();
+        for name in &req.topics {
+            crate::transport::push_topic(&mut topics, name).map_err(|e| status(&e))?;
+        }
+        if topics.is_empty() {
+            return Err(status(&ApiError::new(Code::BadRequest, "at least one topic is required")));
+        }
+        if topics.len() > state.config.limits.max_topics_per_connection {
+            return Err(status(&ApiError::new(
+                Code::BadRequest,
+                "too many topics (limits.max_topics_per_connection)",
+            )));
+        }
+        let cursor = if req.cursor.is_empty() {
+            None
+        } else {
+            Some(Cursor::parse(&req.cursor).map_err(|e| status(&ApiError::new(Code::BadRequest, e.to_string())))?)
+        };
+        let mut sub = state.bus.subscriber();
+        let alive = arm_stall_kill(state, peer.as_ref(), sub.session());
+        let (cursor, resumes) =
+            crate::transport::start_subscription(&mut sub, topics, cursor.as_ref(), state.bus.replay_page)
+                .await
+                .map_err(|e| status(&e))?;
+        let stream = messages(state.clone(), peer.map(|p| p.0), sub, cursor, resumes, alive);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishReply>, Status> {
+        let req = request.into_inner();
+        let reply = publish(&self.state, &req.topic, req.data, &req.idempotency_key).await.map_err(|e| status(&e))?;
+        Ok(Response::new(reply))
+    }
+
+    async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryReply>, Status> {
+        let req = request.into_inner();
+        let topic = topic(&req.topic).map_err(|e| status(&e))?;
+        let after = if req.after.is_empty() {
+            None
+        } else {
+            Some(
+                req.after
+                    .parse::<MessageId>()
+                    .map_err(|e| status(&ApiError::new(Code::BadRequest, e.to_string())))?,
+            )
+        };
+        let limit = match req.limit as usize {
+            0 => HISTORY_DEFAULT,
+            n => n.min(HISTORY_MAX),
+        };
+        let history = self.state.bus.engine.history(&topic, after, limit).await.map_err(|e| status(&e.into()))?;
+        Ok(Response::new(pb::HistoryReply {
+            messages: history.messages.iter().map(|m| EncodedMessage::plain(m)).collect(),
+            truncated: history.truncated,
+        }))
+    }
+}
+
+/// The message stream of one `Subscribe` call: replay each resumed topic,
+/// then live messages; ends with a status when the server closes it.
+fn messages(
+    state: AppState,
+    peer: Option<std::net::SocketAddr>,
+    mut sub: Subscriber,
+    mut cursor: Cursor,
+    resumes: Vec<Resume>,
+    alive: Arc<()>,
+) -> impl Stream<Item = Result<EncodedMessage, Status>> + Send {
+    async_stream::stream! {
+        let _alive = alive;
+        let _registered = state.shutdown.sessions().register(sub.session());
+        let session = Arc::clone(sub.session());
+        let mut record = StreamRecord::open("subscribe", peer, Arc::clone(&session));
+        // Gaps not yet reported: each goes out on the topic's next message,
+        // and the cursor does not move past a gap until then.
+        let mut gaps: Vec<Gap> = Vec::new();
+        let mut reason = Close::Client;
+        'replay: for mut resume in resumes {
+            loop {
+                let step = tokio::select! {
+                    biased;
+                    r = session.wait_closed() => { reason = r; break 'replay; }
+                    step = resume.next(&mut sub) => step,
+                };
+                match step {
+                    Ok(None) => {
+                        metrics::replay(resume.recovered(), resume.replayed());
+                        break;
+                    }
+                    Ok(Some(Step::Gap(gap))) => gaps.push(gap),
+                    Ok(Some(Step::Messages(ms))) => {
+                        let mut written = 0;
+                        for m in &ms {
+                            if let Some(e) = encode(&mut cursor, &mut gaps, m) {
+                                written += 1;
+                                yield Ok(e);
+                            }
+                        }
+                        record.sent += written;
+                        metrics::delivered(Transport::Grpc, written);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "gRPC replay failed");
+                        metrics::engine_error();
+                        reason = Close::Unavailable;
+                        break 'replay;
+                    }
+                }
+            }
+        }
+        if reason == Close::Client {
+            let stop = session.wait_closed();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut stop => { reason = r; break; }
+                    m = sub.outbox.recv() => {
+                        let Some(m) = m else { break };
+                        if let Some(e) = encode(&mut cursor, &mut gaps, &m) {
+                            record.sent += 1;
+                            metrics::delivered(Transport::Grpc, 1);
+                            metrics::delivery_latency(Transport::Grpc, Instant::now().saturating_duration_since(m.seen));
+                            yield Ok(e);
+                        }
+                    }
+                }
+            }
+        }
+        record.reason = reason;
+        if let Some(status) = end_status(reason) {
+            yield Err(status);
+        }
+    }
+}
+
+/// The encoding of `m` for this stream (advancing the cursor, attaching a
+/// pending gap of its topic); `None` when not subscribed or already sent.
+fn encode(cursor: &mut Cursor, gaps: &mut Vec<Gap>, m: &Message) -> Option<EncodedMessage> {
+    let pos = cursor.get(&m.topic)?;
+    if m.id <= pos {
+        return None;
+    }
+    cursor.set(&m.topic, m.id);
+    let encoded = EncodedMessage::with_cursor(m, cursor);
+    match gaps.iter().position(|g| g.topic == m.topic) {
+        Some(i) => Some(encoded.with_gap(&gaps.swap_remove(i))),
+        None => Some(encoded),
+    }
+}
