@@ -125,7 +125,8 @@ impl LatencyHistogram {
     }
 }
 
-static LATENCY: [LatencyHistogram; 3] = [LatencyHistogram::new(), LatencyHistogram::new(), LatencyHistogram::new()];
+static LATENCY: [LatencyHistogram; 3] =
+    [LatencyHistogram::new(), LatencyHistogram::new(), LatencyHistogram::new()];
 
 /// Records the publish→deliver latency of one live delivery.
 pub fn delivery_latency(t: Transport, d: Duration) {

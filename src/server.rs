@@ -103,7 +103,13 @@ pub struct Peer(pub SocketAddr, pub Arc<ConnControl>);
 /// accepting and lets open connections finish (HTTP/1 after the request in
 /// flight, HTTP/2 after a GOAWAY); long-lived streams are ended by the
 /// shutdown's session close.
-pub async fn serve(mut listener: Limited, http: Router, grpc: Router, h2: &Http2Config, token: CancellationToken) {
+pub async fn serve(
+    mut listener: Limited,
+    http: Router,
+    grpc: Router,
+    h2: &Http2Config,
+    token: CancellationToken,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     builder
@@ -119,7 +125,8 @@ pub async fn serve(mut listener: Limited, http: Router, grpc: Router, h2: &Http2
             _ = token.cancelled() => break,
             conn = axum::serve::Listener::accept(&mut listener) => conn,
         };
-        let svc = Dispatch { http: http.clone(), grpc: grpc.clone(), peer: Peer(addr, Arc::clone(&io.control)) };
+        let svc =
+            Dispatch { http: http.clone(), grpc: grpc.clone(), peer: Peer(addr, Arc::clone(&io.control)) };
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc));
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {

@@ -540,6 +540,65 @@ async fn sse_live_deliveries_connection_gauge_and_close() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_publishes_stream_deliveries_gauge_and_close() {
+    use rtgate::proto::{gateway_client::GatewayClient, PublishRequest, SubscribeRequest};
+    const K: usize = 5;
+    let p = Proc::start(&[]).await;
+    let m0 = p.scrape().await;
+    let channel = tonic::transport::Endpoint::from_shared(p.url(""))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("grpc connect");
+    let mut client = GatewayClient::new(channel);
+    let req = SubscribeRequest { topics: vec!["mg".into()], cursor: String::new() };
+    let mut stream = tokio::time::timeout(WAIT, client.subscribe(req))
+        .await
+        .expect("subscribe timed out")
+        .expect("subscribe")
+        .into_inner();
+    let m = p.wait_for("one grpc stream", |m| m.connections("grpc") == 1.0).await;
+    assert_eq!(m.connections_total("grpc"), m0.connections_total("grpc") + 1.0);
+    assert_eq!((m.topics(), m.subscriptions()), (1.0, 1.0));
+
+    let mut ids = vec![];
+    for i in 0..K {
+        let req = PublishRequest {
+            topic: "mg".into(),
+            data: format!(r#"{{"i":{i}}}"#).into_bytes(),
+            ..Default::default()
+        };
+        ids.push(client.publish(req).await.expect("publish").into_inner().id);
+    }
+    let mut got = vec![];
+    while got.len() < K {
+        let m =
+            tokio::time::timeout(WAIT, stream.message()).await.expect("message timed out").expect("status");
+        got.push(m.expect("stream ended").id);
+    }
+    assert_eq!(got, ids);
+
+    let m1 = p
+        .wait_for("grpc deliveries", |m| {
+            m.delivered("grpc") >= m0.delivered("grpc") + K as f64 && m.latency_count("grpc") >= K as f64
+        })
+        .await;
+    assert_eq!(m1.published("grpc"), m0.published("grpc") + K as f64);
+    assert_eq!(m1.published("http"), m0.published("http"));
+    assert_eq!(m1.delivered("grpc"), m0.delivered("grpc") + K as f64);
+    assert_eq!(m1.latency_count("grpc"), m0.latency_count("grpc") + K as f64);
+
+    drop(stream); // the client cancels the call
+    let m2 = p
+        .wait_for("grpc close and hub leave", |m| {
+            m.closes("grpc", "client") >= m0.closes("grpc", "client") + 1.0 && m.subscriptions() == 0.0
+        })
+        .await;
+    assert_eq!(m2.connections("grpc"), 0.0);
+    assert_eq!(m2.closes("grpc", "client"), m0.closes("grpc", "client") + 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_polls_count_delivered_messages_and_held_polls() {
     let p = Proc::start(&[]).await;
     let m0 = p.scrape().await;

@@ -30,7 +30,10 @@ pub(crate) fn parse_limit(v: &str, max: usize) -> Result<usize, crate::error::Ap
 /// Checks an idempotency key: 1 to 256 visible ASCII characters.
 pub(crate) fn check_idempotency_key(key: &[u8]) -> Result<(), ApiError> {
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !key.iter().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::new(Code::BadRequest, "idempotency key must be 1 to 256 visible ASCII characters"));
+        return Err(ApiError::new(
+            Code::BadRequest,
+            "idempotency key must be 1 to 256 visible ASCII characters",
+        ));
     }
     Ok(())
 }
@@ -127,7 +130,10 @@ mod tests {
         assert_eq!(check_data(Bytes::from_static(b" [1] "), 16).unwrap(), Bytes::from_static(b"[1]"));
         assert_eq!(check_data(Bytes::from_static(b"{"), 16).unwrap_err().code, Code::BadRequest);
         assert_eq!(check_data(Bytes::from_static(b""), 16).unwrap_err().code, Code::BadRequest);
-        assert_eq!(check_data(Bytes::from_static(b"\"0123456789abcdef\""), 16).unwrap_err().code, Code::TooLarge);
+        assert_eq!(
+            check_data(Bytes::from_static(b"\"0123456789abcdef\""), 16).unwrap_err().code,
+            Code::TooLarge
+        );
         assert!(check_idempotency_key(b"k-1").is_ok());
         assert!(check_idempotency_key(b"").is_err());
         assert!(check_idempotency_key(b"a b").is_err());

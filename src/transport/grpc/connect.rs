@@ -263,7 +263,10 @@ impl Conn {
             return Ok(());
         }
         if self.cursor.len() >= self.state.config.limits.max_topics_per_connection {
-            self.error(r, &ApiError::new(Code::BadRequest, "too many topics (limits.max_topics_per_connection)"));
+            self.error(
+                r,
+                &ApiError::new(Code::BadRequest, "too many topics (limits.max_topics_per_connection)"),
+            );
             return Ok(());
         }
         self.cursor.set(&topic, after.unwrap_or_default());

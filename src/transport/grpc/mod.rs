@@ -177,7 +177,7 @@ fn arm_stall_kill(state: &AppState, peer: Option<&Peer>, session: &Session) -> A
 /// the stream ends: finished, or dropped by hyper when the client left.
 struct StreamRecord {
     rpc: &'static str,
-    peer: Option<SocketAddr>,
+    peer: String,
     session: Arc<Session>,
     opened: tokio::time::Instant,
     received: u64,
@@ -188,7 +188,8 @@ struct StreamRecord {
 impl StreamRecord {
     fn open(rpc: &'static str, peer: Option<SocketAddr>, session: Arc<Session>) -> Self {
         metrics::connection_opened(Transport::Grpc);
-        tracing::info!(transport = "grpc", rpc, peer = ?peer, "stream opened");
+        let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+        tracing::info!(transport = "grpc", rpc, %peer, "connection opened");
         StreamRecord {
             rpc,
             peer,
@@ -208,12 +209,12 @@ impl Drop for StreamRecord {
         tracing::info!(
             transport = "grpc",
             rpc = self.rpc,
-            peer = ?self.peer,
+            peer = %self.peer,
             duration_ms = self.opened.elapsed().as_millis() as u64,
             msgs_in = self.received,
             msgs_out = self.sent,
             reason = reason.label(),
-            "stream closed"
+            "connection closed"
         );
     }
 }

@@ -102,7 +102,10 @@ impl gateway_server::Gateway for Gateway {
         let cursor = if req.cursor.is_empty() {
             None
         } else {
-            Some(Cursor::parse(&req.cursor).map_err(|e| status(&ApiError::new(Code::BadRequest, e.to_string())))?)
+            Some(
+                Cursor::parse(&req.cursor)
+                    .map_err(|e| status(&ApiError::new(Code::BadRequest, e.to_string())))?,
+            )
         };
         let mut sub = state.bus.subscriber();
         let alive = arm_stall_kill(state, peer.as_ref(), sub.session());
@@ -114,13 +117,20 @@ impl gateway_server::Gateway for Gateway {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishReply>, Status> {
+    async fn publish(
+        &self,
+        request: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishReply>, Status> {
         let req = request.into_inner();
-        let reply = publish(&self.state, &req.topic, req.data, &req.idempotency_key).await.map_err(|e| status(&e))?;
+        let reply =
+            publish(&self.state, &req.topic, req.data, &req.idempotency_key).await.map_err(|e| status(&e))?;
         Ok(Response::new(reply))
     }
 
-    async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryReply>, Status> {
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryReply>, Status> {
         let req = request.into_inner();
         let topic = topic(&req.topic).map_err(|e| status(&e))?;
         let after = if req.after.is_empty() {
@@ -136,7 +146,8 @@ impl gateway_server::Gateway for Gateway {
             0 => HISTORY_DEFAULT,
             n => n.min(HISTORY_MAX),
         };
-        let history = self.state.bus.engine.history(&topic, after, limit).await.map_err(|e| status(&e.into()))?;
+        let history =
+            self.state.bus.engine.history(&topic, after, limit).await.map_err(|e| status(&e.into()))?;
         Ok(Response::new(pb::HistoryReply {
             messages: history.messages.iter().map(|m| EncodedMessage::plain(m)).collect(),
             truncated: history.truncated,

@@ -151,14 +151,20 @@ mod tests {
     use crate::core::{MessageId, Topic};
 
     fn message(topic: &str, ms: u64) -> Message {
-        Message::new(Topic::new(topic).unwrap(), MessageId::new(ms, 7), ms, Bytes::from_static(b"{\"k\":[1,2]}"))
+        Message::new(
+            Topic::new(topic).unwrap(),
+            MessageId::new(ms, 7),
+            ms,
+            Bytes::from_static(b"{\"k\":[1,2]}"),
+        )
     }
 
     /// The bytes decode as the plain generated type, field by field.
     #[test]
     fn decodes_as_the_proto_message() {
         let m = message("room.1", 1_700_000_000_123);
-        let plain = crate::proto::Message::decode(EncodedMessage::plain(&m).encode_to_vec().as_slice()).unwrap();
+        let plain =
+            crate::proto::Message::decode(EncodedMessage::plain(&m).encode_to_vec().as_slice()).unwrap();
         assert_eq!(plain.topic, "room.1");
         assert_eq!(plain.id, "1700000000123-7");
         assert_eq!(plain.ts, 1_700_000_000_123);
