@@ -4,7 +4,7 @@
 # Operations (config, user, health check, compose stack): docs/operations.md
 FROM rust:1-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY proto ./proto
 COPY examples ./examples

@@ -1,18 +1,21 @@
-//! rtgate: one topic bus over WebSocket and HTTP (SSE, long polling and gRPC
-//! plug into the same core), backed by an embedded or (later) Redis engine.
+//! rtgate: one topic bus over WebSocket, Server-Sent Events, HTTP long
+//! polling, gRPC and an HTTP API, backed by an embedded or a Redis Streams
+//! engine.
 //!
 //! # Layout
 //!
 //! - [`core`]: topics, ids, cursors, the [`core::Engine`] seam, the hub that
 //!   fans messages out to bounded outboxes, replay-then-live hand-over. It
 //!   never imports an engine or a transport.
-//! - [`engine`]: engine implementations (embedded memory), chosen once from
-//!   config.
-//! - [`transport`]: protocol adapters (HTTP API, WebSocket) that turn sockets
-//!   into bus operations.
-//! - [`server`]: `AppState`, the router, the accept loop; [`run`] ties it all
+//! - [`engine`]: engine implementations (embedded memory, Redis Streams),
+//!   chosen once from config.
+//! - [`transport`]: protocol adapters (HTTP API, WebSocket, SSE, long poll,
+//!   gRPC) that turn sockets into bus operations.
+//! - [`server`]: `AppState`, the routers, the accept loop (HTTP/1.1 and h2c
+//!   on one port, gRPC routed by content type); [`run`] ties it all
 //!   together. [`config`], [`error`], [`metrics`], [`shutdown`],
-//!   [`telemetry`], [`ops`] are what their names say.
+//!   [`telemetry`], [`ops`] are what their names say; [`proto`] holds the
+//!   gRPC client types.
 //!
 //! # Entry points
 //!

@@ -96,6 +96,9 @@ fn cors(origins: &[String]) -> CorsLayer {
 #[derive(Clone, Debug)]
 pub struct Peer(pub SocketAddr, pub Arc<ConnControl>);
 
+/// Bytes an HTTP/2 stream may buffer towards its client.
+const SEND_BUF_PER_STREAM: usize = 64 * 1024;
+
 /// Serves `listener` until `token` is cancelled: each connection speaks
 /// HTTP/1.1 (with upgrades to WebSocket) or HTTP/2 (h2c: gRPC, and HTTP
 /// clients that choose it), and each request goes to `grpc` when its
@@ -117,7 +120,10 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(h2.keepalive_interval))
         .keep_alive_timeout(h2.keepalive_timeout)
-        .max_concurrent_streams(h2.max_concurrent_streams);
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        // What one stream may have buffered for a client that does not read
+        // (hyper's default is 400 KiB); the outbox bounds the rest.
+        .max_send_buf_size(SEND_BUF_PER_STREAM);
     let graceful = GracefulShutdown::new();
     loop {
         let (io, addr) = tokio::select! {
