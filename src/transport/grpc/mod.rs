@@ -15,6 +15,7 @@
 //!   ([`wire::EncodedMessage`]).
 
 mod connect;
+mod health;
 mod service;
 pub mod wire;
 
@@ -23,7 +24,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tonic::{Code as GrpcCode, Status};
-use tonic_health::ServingStatus;
 
 use crate::core::subscriber::{Kill, Session};
 use crate::core::Close;
@@ -44,11 +44,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// The fully qualified service name.
 pub const SERVICE: &str = "rtgate.v1.Gateway";
 
-/// Every gRPC service (Gateway, health, reflection) as one router, and the
-/// task that keeps the health status in step with engine readiness.
+/// Every gRPC service (Gateway, health, reflection) as one router.
 pub fn router(state: AppState) -> axum::Router {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    state.shutdown.spawn(report_health(state.clone(), reporter));
+    let health = health::service(state.clone());
     let max_frame = state.config.ws_max_frame();
     let gateway = pb::gateway_server::GatewayServer::new(service::Gateway::new(state))
         .max_decoding_message_size(max_frame)
@@ -67,30 +65,6 @@ pub fn router(state: AppState) -> axum::Router {
         (Err(e), _) | (_, Err(e)) => tracing::error!(error = %e, "gRPC reflection unavailable"),
     }
     routes.routes().prepare().into_axum_router()
-}
-
-/// Sets `grpc.health.v1` statuses ("" and `rtgate.v1.Gateway`) from engine
-/// readiness and shutdown, checking every 250 ms.
-async fn report_health(state: AppState, reporter: tonic_health::server::HealthReporter) {
-    let mut last = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        let shutting_down = state.shutdown.is_shutting_down();
-        let serving = state.bus.engine.is_ready() && !shutting_down;
-        if last != Some(serving) {
-            let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
-            reporter.set_service_status("", status).await;
-            reporter.set_service_status(SERVICE, status).await;
-            last = Some(serving);
-        }
-        if shutting_down {
-            return;
-        }
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = state.shutdown.token().cancelled() => {}
-        }
-    }
 }
 
 /// The gRPC status for a contract error (§2): the message starts with the
