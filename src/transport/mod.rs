@@ -12,8 +12,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
 
-use crate::core::replay::Resume;
-use crate::core::{Cursor, Subscriber, Topic};
+use crate::core::replay::{Resume, Step};
+use crate::core::subscriber::Session;
+use crate::core::{Close, Cursor, Subscriber, Topic};
 use crate::error::{ApiError, Code};
 use crate::server::AppState;
 
@@ -102,6 +103,35 @@ pub(crate) async fn start_subscription(
         return Err(ApiError::new(Code::BadRequest, "too many topics for one cursor"));
     }
     Ok((position, resumes))
+}
+
+/// The next step of `resume`, raced against `session`'s close flag.
+/// `Ok(None)` once the topic is live (the replay is then recorded in the
+/// metrics); `Err` with the reason when the session was closed, or
+/// [`Close::Unavailable`] when the engine failed (the client resumes from
+/// its cursor).
+pub(crate) async fn replay_step(
+    session: &Session,
+    resume: &mut Resume,
+    sub: &mut Subscriber,
+) -> Result<Option<Step>, Close> {
+    let step = tokio::select! {
+        biased;
+        r = session.wait_closed() => return Err(r),
+        step = resume.next(sub) => step,
+    };
+    match step {
+        Ok(None) => {
+            crate::metrics::replay(resume.recovered(), resume.replayed());
+            Ok(None)
+        }
+        Ok(Some(step)) => Ok(Some(step)),
+        Err(e) => {
+            tracing::warn!(error = %e, topic = %resume.topic(), "replay failed");
+            crate::metrics::engine_error();
+            Err(Close::Unavailable)
+        }
+    }
 }
 
 /// Routes of every transport.

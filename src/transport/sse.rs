@@ -125,33 +125,26 @@ fn events(
         let mut reason = Close::Client;
         'replay: for mut resume in resumes {
             loop {
-                let step = tokio::select! {
-                    biased;
-                    r = session.wait_closed() => { reason = r; break 'replay; }
-                    step = resume.next(&mut sub) => step,
-                };
-                match step {
-                    Ok(None) => {
-                        metrics::replay(resume.recovered(), resume.replayed());
-                        break;
+                match super::replay_step(&session, &mut resume, &mut sub).await {
+                    Err(r) => {
+                        reason = r;
+                        break 'replay;
                     }
+                    Ok(None) => break,
                     Ok(Some(Step::Gap(gap))) => {
                         yield Ok(gap_event(&mut cursor, &gap));
                     }
                     Ok(Some(Step::Messages(ms))) => {
                         let mut out = BytesMut::new();
+                        let mut written = 0;
                         for m in &ms {
                             if write_event(&mut out, &mut cursor, m) {
-                                record.sent += 1;
+                                written += 1;
                             }
                         }
-                        metrics::delivered(Transport::Sse, ms.len() as u64);
+                        record.sent += written;
+                        metrics::delivered(Transport::Sse, written);
                         yield Ok(out.freeze());
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "sse replay failed");
-                        reason = Close::Unavailable;
-                        break 'replay;
                     }
                 }
             }

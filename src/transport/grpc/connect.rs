@@ -43,18 +43,14 @@ pub(super) fn serve(
         let reason = 'conn: loop {
             if let Some(mut resume) = conn.replay.take() {
                 loop {
-                    let more = tokio::select! {
-                        biased;
-                        r = &mut stop => break 'conn r,
-                        more = conn.replay_page(&mut resume) => more,
-                    };
+                    let step = crate::transport::replay_step(&session, &mut resume, &mut conn.sub).await;
+                    match step {
+                        Ok(Some(step)) => conn.step_frames(step),
+                        Ok(None) => break,
+                        Err(r) => break 'conn r,
+                    }
                     for f in conn.out.drain(..) {
                         yield Ok(f);
-                    }
-                    match more {
-                        Ok(true) => {}
-                        Ok(false) => break,
-                        Err(r) => break 'conn r,
                     }
                 }
             }
@@ -187,20 +183,6 @@ impl Conn {
             metrics::engine_error();
             Close::Unavailable
         })
-    }
-
-    /// Queues the next replay step; `Ok(false)` once the topic is live.
-    async fn replay_page(&mut self, resume: &mut Resume) -> Result<bool, Close> {
-        match self.step(resume).await? {
-            Some(step) => {
-                self.step_frames(step);
-                Ok(true)
-            }
-            None => {
-                metrics::replay(resume.recovered(), resume.replayed());
-                Ok(false)
-            }
-        }
     }
 
     async fn handle(&mut self, f: pb::ClientFrame) -> Result<(), Close> {

@@ -176,16 +176,12 @@ fn messages(
         let mut reason = Close::Client;
         'replay: for mut resume in resumes {
             loop {
-                let step = tokio::select! {
-                    biased;
-                    r = session.wait_closed() => { reason = r; break 'replay; }
-                    step = resume.next(&mut sub) => step,
-                };
-                match step {
-                    Ok(None) => {
-                        metrics::replay(resume.recovered(), resume.replayed());
-                        break;
+                match crate::transport::replay_step(&session, &mut resume, &mut sub).await {
+                    Err(r) => {
+                        reason = r;
+                        break 'replay;
                     }
+                    Ok(None) => break,
                     Ok(Some(Step::Gap(gap))) => gaps.push(gap),
                     Ok(Some(Step::Messages(ms))) => {
                         let mut written = 0;
@@ -197,12 +193,6 @@ fn messages(
                         }
                         record.sent += written;
                         metrics::delivered(Transport::Grpc, written);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "gRPC replay failed");
-                        metrics::engine_error();
-                        reason = Close::Unavailable;
-                        break 'replay;
                     }
                 }
             }
