@@ -70,14 +70,20 @@ async fn sample(state: AppState, tx: watch::Sender<bool>) {
 impl Health for HealthService {
     type WatchStream = BoxStream<HealthCheckResponse>;
 
-    async fn check(&self, request: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
         if !known(&request.get_ref().service) {
             return Err(Status::not_found("unknown service"));
         }
         Ok(Response::new(response(ready(&self.state))))
     }
 
-    async fn watch(&self, request: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let known = known(&request.get_ref().service);
         let mut rx = self.ready.clone();
         let stream = async_stream::stream! {

@@ -64,7 +64,30 @@ pub fn router(state: AppState) -> axum::Router {
         }
         (Err(e), _) | (_, Err(e)) => tracing::error!(error = %e, "gRPC reflection unavailable"),
     }
-    routes.routes().prepare().into_axum_router()
+    routes.routes().prepare().into_axum_router().layer(axum::middleware::map_response(too_large_status))
+}
+
+/// tonic refuses a request message over the decoder's limit with
+/// `OUT_OF_RANGE` before a handler runs; the contract says `too_large`
+/// (`RESOURCE_EXHAUSTED`). Rewrites that trailers-only answer. (A `Connect`
+/// frame over the limit arrives mid-stream and is mapped by the stream.)
+async fn too_large_status(mut res: axum::response::Response) -> axum::response::Response {
+    let h = res.headers_mut();
+    let out_of_range = h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
+    // The message is percent-encoded (spaces as %20).
+    let decode_limit = h.get("grpc-message").is_some_and(|v| {
+        let v = v.as_bytes();
+        v.starts_with(b"Error,%20decoded%20message%20length%20too%20large")
+            || v.starts_with(b"Error, decoded message length too large")
+    });
+    if out_of_range && decode_limit {
+        h.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
+        h.insert(
+            "grpc-message",
+            axum::http::HeaderValue::from_static("too_large: message over limits.max_message_bytes"),
+        );
+    }
+    res
 }
 
 /// The gRPC status for a contract error (§2): the message starts with the
