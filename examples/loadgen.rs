@@ -18,10 +18,19 @@
 //! connections), then times one SSE client resuming (`lastEventId`) from a
 //! cursor taken before the first publish (messages/s, order, loss).
 //!
+//! `--transport grpc` (rtgate only) opens N `rtgate.v1.Gateway/Subscribe`
+//! streams multiplexed over `--grpc-conns` HTTP/2 connections (default: one
+//! per 100 streams, the usual MAX_CONCURRENT_STREAMS of gRPC servers and
+//! proxies); the publisher uses HTTP, or the unary `Publish` rpc with
+//! `--via grpc`.
+//!
 //! `--throughput` (rtgate only): `--publishers N` publish as fast as they can for
 //! `--duration` seconds (or `--count` publishes in all), over HTTP keep-alive
-//! (one request in flight per connection) or WebSocket (`publish` frames, up to
-//! `--inflight` unacknowledged per connection), spread over `--topics` topics.
+//! (one request in flight per connection), WebSocket (`publish` frames, up to
+//! `--inflight` unacknowledged per connection), gRPC `Publish` (`--via
+//! grpc-publish`: `--inflight` concurrent calls per HTTP/2 connection) or gRPC
+//! `Connect` (`--via grpc-connect`: publish ops on one stream per connection,
+//! up to `--inflight` unacknowledged), spread over `--topics` topics.
 //! Optional subscribers (subscriber i on topic i % topics) count deliveries.
 //! `--before-publish` / `--after-publish` run a shell command right before the
 //! first publish and after the last delivery (e.g. to snapshot Redis stats).
@@ -31,16 +40,20 @@
 //!     --subscribers 1000 --rate 100 --duration 20 --server-pid 123,124 --json
 //! taskset -c 0 loadgen --throughput --via ws --publishers 4 --inflight 32 \
 //!     --duration 10 --url http://127.0.0.1:8091 --server-pid 123,124,125 --json
+//! taskset -c 0 loadgen --transport grpc --subscribers 1000 --rate 100 --duration 20
 //! ```
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::disallowed_types)]
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use rtgate::proto::gateway_client::GatewayClient;
+use rtgate::proto::{client_frame, server_frame, ClientFrame, PublishOp, PublishRequest, SubscribeRequest};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -56,6 +69,8 @@ enum Transport {
     Ws,
     Sse,
     Poll,
+    /// `Subscribe` streams over HTTP/2.
+    Grpc,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -126,10 +141,11 @@ struct Args {
     /// Throughput mode: concurrent publishers (connections).
     #[arg(long, default_value_t = 16)]
     publishers: usize,
-    /// Throughput mode: publish over HTTP POST or WebSocket `publish` frames.
+    /// How publishes are sent (fan-out mode: http or grpc only).
     #[arg(long, value_enum, default_value = "http")]
     via: Via,
-    /// Throughput mode, --via ws: unacknowledged publishes per connection.
+    /// Throughput mode: unacknowledged publishes per connection (--via ws and
+    /// grpc-connect) or concurrent calls per connection (--via grpc-publish).
     #[arg(long, default_value_t = 32)]
     inflight: usize,
     /// Throughput mode: topics the publishes are spread over (TOPIC-0 .. TOPIC-{M-1} when M > 1).
@@ -144,9 +160,13 @@ struct Args {
     /// Shell command run after the last publish and the delivery drain.
     #[arg(long)]
     after_publish: Option<String>,
-    /// Subscriber transport (sse and poll: --server rtgate only).
+    /// Subscriber transport (sse, poll and grpc: --server rtgate only).
     #[arg(long, value_enum, default_value = "ws")]
     transport: Transport,
+    /// --transport grpc: HTTP/2 connections the Subscribe streams are spread
+    /// over (default: one per 100 streams).
+    #[arg(long)]
+    grpc_conns: Option<usize>,
     /// --transport poll: seconds each poll may be held (default 30; 60 with --idle).
     #[arg(long)]
     poll_timeout: Option<f64>,
@@ -159,8 +179,20 @@ struct Args {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Via {
+    /// POST /v1/publish/{topic}, one request in flight per connection.
     Http,
+    /// WebSocket `publish` frames.
     Ws,
+    /// The unary `Publish` rpc.
+    #[value(alias = "grpc")]
+    GrpcPublish,
+    /// Publish ops on `Connect` streams.
+    GrpcConnect,
+}
+
+/// The command-line name of a value (`grpc-publish`).
+fn name(v: impl ValueEnum) -> String {
+    v.to_possible_value().map(|p| p.get_name().to_string()).unwrap_or_default()
 }
 
 /// Counters shared by all subscriber tasks.
@@ -189,6 +221,46 @@ struct Shared {
 impl Shared {
     fn now_ns(&self) -> u64 {
         self.base.elapsed().as_nanos() as u64
+    }
+
+    /// Runs one subscriber's connection attempt (15 s at most) and counts it
+    /// as connected (on topic `topic_idx`) or failed, printing the first
+    /// failures.
+    async fn attempt<T>(
+        &self,
+        what: &str,
+        topic_idx: usize,
+        conn: impl Future<Output = Result<T, String>>,
+    ) -> Option<T> {
+        match tokio::time::timeout(Duration::from_secs(15), conn).await {
+            Ok(Ok(c)) => {
+                self.connected.fetch_add(1, Relaxed);
+                if let Some(c) = self.conn_by_topic.get(topic_idx) {
+                    c.fetch_add(1, Relaxed);
+                }
+                Some(c)
+            }
+            Ok(Err(e)) => {
+                if self.connect_failed.fetch_add(1, Relaxed) < 3 {
+                    eprintln!("{what} connect failed: {e}");
+                }
+                None
+            }
+            Err(_) => {
+                self.connect_failed.fetch_add(1, Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Counts a received data payload (JSON with seq, t, p) in `seqs`, or a foreign frame.
+    fn payload(&self, seqs: &mut SeqCheck, now: u64, m: Option<(u64, u64, usize)>) {
+        match m {
+            Some(m) => seqs.record(self, now, m),
+            None => {
+                self.foreign.fetch_add(1, Relaxed);
+            }
+        }
     }
 }
 
@@ -253,6 +325,38 @@ fn cpu_by_pid(pids: &[u32], before: &[Option<f64>], after: &[Option<f64>]) -> Va
     Value::Object(m)
 }
 
+/// CPU counters at one instant: this process and each server pid.
+struct CpuMark {
+    me: f64,
+    server: Vec<Option<f64>>,
+}
+
+/// CPU used between two [`CpuMark`]s.
+struct CpuUse {
+    loadgen: f64,
+    /// Each server pid's.
+    per_pid: Vec<Option<f64>>,
+    /// All server pids' (None when there are none or one could not be read).
+    server: Option<f64>,
+    /// {"PID": {"cpu_s": X}}
+    by_pid: Value,
+}
+
+impl CpuMark {
+    fn take(pids: &[u32]) -> Self {
+        CpuMark { me: proc_cpu("self").unwrap_or(0.0), server: pid_cpus(pids) }
+    }
+
+    /// What was used from `start` until this mark.
+    fn since(&self, start: &CpuMark, pids: &[u32]) -> CpuUse {
+        let loadgen = self.me - start.me;
+        let per_pid: Vec<Option<f64>> =
+            self.server.iter().zip(&start.server).map(|(a, b)| a.zip(*b).map(|(a, b)| a - b)).collect();
+        let server: Option<f64> = if per_pid.is_empty() { None } else { per_pid.iter().copied().sum() };
+        CpuUse { loadgen, by_pid: cpu_by_pid(pids, &start.server, &self.server), per_pid, server }
+    }
+}
+
 fn server_rss(pids: &[u32]) -> Option<u64> {
     if pids.is_empty() {
         return None;
@@ -299,23 +403,7 @@ async fn subscriber(
             .await
             .map_err(|e| e.to_string())
     };
-    let mut ws = match tokio::time::timeout(Duration::from_secs(15), conn).await {
-        Ok(Ok((ws, _resp))) => ws,
-        Ok(Err(e)) => {
-            if sh.connect_failed.fetch_add(1, Relaxed) < 3 {
-                eprintln!("connect failed: {e}");
-            }
-            return;
-        }
-        Err(_) => {
-            sh.connect_failed.fetch_add(1, Relaxed);
-            return;
-        }
-    };
-    sh.connected.fetch_add(1, Relaxed);
-    if let Some(c) = sh.conn_by_topic.get(topic_idx) {
-        c.fetch_add(1, Relaxed);
-    }
+    let Some((mut ws, _resp)) = sh.attempt("ws", topic_idx, conn).await else { return };
     drop(permit);
 
     let mut seqs = SeqCheck::default();
@@ -327,13 +415,7 @@ async fn subscriber(
             Ok(_) => continue, // ping/pong handled by tungstenite
             Err(_) => break,
         };
-        let now = sh.now_ns();
-        match decode(flavour, bytes) {
-            Some(m) => seqs.record(&sh, now, m),
-            None => {
-                sh.foreign.fetch_add(1, Relaxed);
-            }
-        }
+        sh.payload(&mut seqs, sh.now_ns(), decode(flavour, bytes));
     }
     sh.closed_early.fetch_add(1, Relaxed);
 }
@@ -467,23 +549,7 @@ async fn sse_subscriber(
 ) {
     let permit = sem.acquire_owned().await;
     let conn = sse_open(&addr, &topic, last_event_id.as_deref());
-    let (mut tcp, mut raw, chunked) = match tokio::time::timeout(Duration::from_secs(15), conn).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            if sh.connect_failed.fetch_add(1, Relaxed) < 3 {
-                eprintln!("sse connect failed: {e}");
-            }
-            return;
-        }
-        Err(_) => {
-            sh.connect_failed.fetch_add(1, Relaxed);
-            return;
-        }
-    };
-    sh.connected.fetch_add(1, Relaxed);
-    if let Some(c) = sh.conn_by_topic.get(topic_idx) {
-        c.fetch_add(1, Relaxed);
-    }
+    let Some((mut tcp, mut raw, chunked)) = sh.attempt("sse", topic_idx, conn).await else { return };
     drop(permit);
 
     let mut seqs = SeqCheck::default();
@@ -512,12 +578,8 @@ async fn sse_subscriber(
             }
             ev.line(line, |event, data| match event {
                 b"" | b"message" => {
-                    match serde_json::from_slice::<Value>(data).ok().as_ref().and_then(decode_message) {
-                        Some(m) => seqs.record(&sh, now, m),
-                        None => {
-                            sh.foreign.fetch_add(1, Relaxed);
-                        }
-                    }
+                    let m = serde_json::from_slice::<Value>(data).ok().as_ref().and_then(decode_message);
+                    sh.payload(&mut seqs, now, m);
                 }
                 b"gap" => {
                     sh.srv_gaps.fetch_add(1, Relaxed);
@@ -571,28 +633,13 @@ async fn poll_subscriber(
 ) {
     let permit = sem.acquire_owned().await;
     let mut http = HttpPost::new(addr);
-    let first =
-        tokio::time::timeout(Duration::from_secs(15), http.get(&format!("/v1/poll?topic={topic}&timeout=0")))
-            .await;
-    let first = match first {
-        Ok(Ok((200, body))) => poll_cursor(&body).map(|(_, c)| c),
-        Ok(Ok((code, body))) => Err(format!("HTTP {code}: {}", String::from_utf8_lossy(&body))),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err("timeout".into()),
-    };
-    let mut cursor = match first {
-        Ok(c) => c,
-        Err(e) => {
-            if sh.connect_failed.fetch_add(1, Relaxed) < 3 {
-                eprintln!("poll connect failed: {e}");
-            }
-            return;
+    let first = async {
+        match http.get(&format!("/v1/poll?topic={topic}&timeout=0")).await? {
+            (200, body) => poll_cursor(&body).map(|(_, c)| c),
+            (code, body) => Err(format!("HTTP {code}: {}", String::from_utf8_lossy(&body))),
         }
     };
-    sh.connected.fetch_add(1, Relaxed);
-    if let Some(c) = sh.conn_by_topic.get(topic_idx) {
-        c.fetch_add(1, Relaxed);
-    }
+    let Some(mut cursor) = sh.attempt("poll", topic_idx, first).await else { return };
     drop(permit);
 
     let mut seqs = SeqCheck::default();
@@ -634,18 +681,59 @@ async fn poll_subscriber(
             }
         };
         for m in v.get("messages").and_then(Value::as_array).into_iter().flatten() {
-            match decode_message(m) {
-                Some(m) => seqs.record(&sh, now, m),
-                None => {
-                    sh.foreign.fetch_add(1, Relaxed);
-                }
-            }
+            sh.payload(&mut seqs, now, decode_message(m));
         }
         if let Some(g) = v.get("gaps").and_then(Value::as_array) {
             sh.srv_gaps.fetch_add(g.len() as u64, Relaxed);
         }
         cursor = next;
     }
+}
+
+/// A gRPC client on one HTTP/2 connection to `addr` (host:port), made on
+/// first use; tonic's defaults otherwise (TCP_NODELAY, hyper's 2 MiB stream
+/// and 5 MiB connection receive windows).
+fn grpc_client(addr: &str) -> Result<GatewayClient<tonic::transport::Channel>, String> {
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
+    Ok(GatewayClient::new(ep.connect_timeout(Duration::from_secs(10)).connect_lazy()))
+}
+
+/// One gRPC `Subscribe` stream on a shared connection (`client`). Connected
+/// once the call answers: the subscription is in place by then.
+async fn grpc_subscriber(
+    sh: Arc<Shared>,
+    sem: Arc<Semaphore>,
+    mut client: GatewayClient<tonic::transport::Channel>,
+    topic: String,
+    topic_idx: usize,
+) {
+    let permit = sem.acquire_owned().await;
+    let req = SubscribeRequest { topics: vec![topic], cursor: String::new() };
+    let call = async { client.subscribe(req).await.map(|r| r.into_inner()).map_err(|s| s.to_string()) };
+    let Some(mut stream) = sh.attempt("grpc", topic_idx, call).await else { return };
+    drop(permit);
+
+    let mut seqs = SeqCheck::default();
+    loop {
+        match stream.message().await {
+            Ok(Some(m)) => {
+                let now = sh.now_ns();
+                if m.gap.is_some() {
+                    sh.srv_gaps.fetch_add(1, Relaxed);
+                }
+                let v = serde_json::from_slice::<Value>(&m.data).ok();
+                sh.payload(&mut seqs, now, v.as_ref().and_then(seq_t));
+            }
+            Ok(None) => break,
+            Err(status) => {
+                if sh.closed_early.load(Relaxed) < 3 {
+                    eprintln!("grpc stream ended: {status}");
+                }
+                break;
+            }
+        }
+    }
+    sh.closed_early.fetch_add(1, Relaxed);
 }
 
 // ---------------------------------------------------------------- publisher
@@ -894,16 +982,59 @@ struct PubStats {
     end_ns: u64,
 }
 
-async fn publisher(args: &Args, sh: &Shared, addr: String, topic: &str) -> PubStats {
-    let path = match args.server {
-        Flavour::Rtgate => format!("/v1/publish/{topic}"),
-        Flavour::Nchan => format!("/pub?id={topic}"),
-    };
+/// A publisher that waits for each answer: HTTP/1.1 keep-alive or the gRPC
+/// `Publish` rpc (on a connection it may share), over a list of topics.
+enum Unary {
+    Http { http: HttpPost, paths: Vec<String> },
+    Grpc { client: GatewayClient<tonic::transport::Channel>, topics: Vec<String> },
+}
+
+impl Unary {
+    /// rtgate's (or Nchan's) HTTP publish endpoint for each topic.
+    fn http(flavour: Flavour, addr: &str, topics: &[String]) -> Self {
+        let paths = topics
+            .iter()
+            .map(|t| match flavour {
+                Flavour::Rtgate => format!("/v1/publish/{t}"),
+                Flavour::Nchan => format!("/pub?id={t}"),
+            })
+            .collect();
+        Unary::Http { http: HttpPost::new(addr.to_string()), paths }
+    }
+
+    /// Publishes `body` to topic `ti` (5 s at most); Err describes a failure.
+    async fn publish(&mut self, ti: usize, body: Vec<u8>) -> Result<(), String> {
+        let limit = Duration::from_secs(5);
+        match self {
+            Unary::Http { http, paths } => {
+                match tokio::time::timeout(limit, http.post(&paths[ti], &body)).await {
+                    Ok(Ok(code)) if (200..300).contains(&code) => Ok(()),
+                    Ok(Ok(code)) => Err(format!("HTTP {code}")),
+                    other => {
+                        http.conn = None; // a timed out request leaves the connection unusable
+                        Err(format!("{other:?}"))
+                    }
+                }
+            }
+            Unary::Grpc { client, topics } => {
+                let req =
+                    PublishRequest { topic: topics[ti].clone(), data: body, idempotency_key: String::new() };
+                match tokio::time::timeout(limit, client.publish(req)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(status)) => Err(status.to_string()),
+                    Err(_) => Err("no answer within 5 s".into()),
+                }
+            }
+        }
+    }
+}
+
+/// The fan-out publisher: `--rate` messages per second for `--duration` seconds.
+async fn publisher(args: &Args, sh: &Shared, mut unary: Unary) -> PubStats {
     let total = (args.rate * args.duration).round().max(0.0) as u64;
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(1e-6));
     let start = tokio::time::Instant::now();
     let hard_stop = start + Duration::from_secs_f64(args.duration * 1.5 + 10.0);
-    let mut http = HttpPost::new(addr);
     let mut st = PubStats { published: 0, errors: 0, late: 0, rtt_us: hist(), end_ns: 0 };
     let mut k: u64 = 0;
     while k < total {
@@ -920,20 +1051,19 @@ async fn publisher(args: &Args, sh: &Shared, addr: String, topic: &str) -> PubSt
         }
         let t0 = sh.now_ns();
         let body = make_payload(st.published, t0, 0, args.payload);
-        let res = tokio::time::timeout(Duration::from_secs(5), http.post(&path, &body)).await;
+        let res = unary.publish(0, body).await;
         let rtt = sh.now_ns() - t0;
         match res {
-            Ok(Ok(code)) if (200..300).contains(&code) => {
+            Ok(()) => {
                 st.published += 1;
                 st.rtt_us.saturating_record(rtt / 1000);
             }
-            other => {
+            Err(e) => {
                 // The seq is reused by the next attempt.
                 if st.errors < 3 {
-                    eprintln!("publish failed: {other:?}");
+                    eprintln!("publish failed: {e}");
                 }
                 st.errors += 1;
-                http.conn = None;
             }
         }
         k += 1;
@@ -999,6 +1129,11 @@ fn new_shared(topics: usize) -> Arc<Shared> {
     })
 }
 
+/// HTTP/2 connections for `n` gRPC subscribers: --grpc-conns, or one per 100 streams.
+fn grpc_conns(args: &Args, n: usize) -> usize {
+    args.grpc_conns.unwrap_or(n.div_ceil(100)).max(1)
+}
+
 /// Seconds a poll subscriber's polls may be held.
 fn poll_timeout(args: &Args) -> f64 {
     args.poll_timeout.unwrap_or(if args.idle { 60.0 } else { 30.0 })
@@ -1022,8 +1157,19 @@ async fn connect_subs(
             (Transport::Ws, Flavour::Nchan) => format!("ws://{addr}/sub/{t}"),
             (Transport::Sse, _) => format!("http://{addr}/v1/sse?topic={t}"),
             (Transport::Poll, _) => format!("http://{addr}/v1/poll?topic={t}"),
+            (Transport::Grpc, _) => format!("http://{addr} rtgate.v1.Gateway/Subscribe {t}"),
         })
         .collect();
+    let grpc: Vec<_> = match args.transport {
+        Transport::Grpc => match (0..grpc_conns(args, n)).map(|_| grpc_client(addr)).collect() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return (0, n as u64, 0.0);
+            }
+        },
+        _ => Vec::new(),
+    };
     for i in 0..n {
         let ti = i % topics.len().max(1);
         let (sh, sem, addr, topic) = (sh.clone(), sem.clone(), addr.to_string(), topics[ti].clone());
@@ -1031,6 +1177,9 @@ async fn connect_subs(
             Transport::Ws => tokio::spawn(subscriber(sh, sem, args.server, addr, urls[ti].clone(), ti)),
             Transport::Sse => tokio::spawn(sse_subscriber(sh, sem, addr, topic, ti, None)),
             Transport::Poll => tokio::spawn(poll_subscriber(sh, sem, addr, topic, ti, poll_timeout(args))),
+            Transport::Grpc => {
+                tokio::spawn(grpc_subscriber(sh, sem, grpc[i % grpc.len()].clone(), topic, ti))
+            }
         };
     }
     let n = n as u64;
@@ -1047,9 +1196,10 @@ async fn connect_subs(
     let failed = sh.connect_failed.load(Relaxed);
     if n > 0 {
         eprintln!(
-            "{connected}/{n} connected ({failed} failed) in {connect_s:.2}s to {}{}",
+            "{connected}/{n} connected ({failed} failed) in {connect_s:.2}s to {}{}{}",
             urls[0],
-            if urls.len() > 1 { " ..." } else { "" }
+            if urls.len() > 1 { " ..." } else { "" },
+            if grpc.is_empty() { String::new() } else { format!(" over {} HTTP/2 connections", grpc.len()) }
         );
     }
     (connected, failed, connect_s)
@@ -1067,8 +1217,12 @@ async fn run(args: Args) -> i32 {
     };
     let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     let topic = args.topic.clone().unwrap_or_else(|| format!("lg-{unix_ms}-{}", std::process::id()));
-    if args.server == Flavour::Nchan && (args.transport != Transport::Ws || args.replay > 0) {
-        eprintln!("--transport sse|poll and --replay support --server rtgate only");
+    if args.server == Flavour::Nchan
+        && (args.transport != Transport::Ws || args.replay > 0 || args.via != Via::Http)
+    {
+        eprintln!(
+            "--transport sse|poll|grpc, --replay and --via other than http support --server rtgate only"
+        );
         return 2;
     }
     if args.replay > 0 {
@@ -1077,6 +1231,20 @@ async fn run(args: Args) -> i32 {
     if args.throughput {
         return throughput(args, addr, sub_addr, topic).await;
     }
+    let unary = match args.via {
+        Via::Http => Unary::http(args.server, &addr, std::slice::from_ref(&topic)),
+        Via::GrpcPublish => match grpc_client(&addr) {
+            Ok(client) => Unary::Grpc { client, topics: vec![topic.clone()] },
+            Err(e) => {
+                eprintln!("{e}");
+                return 2;
+            }
+        },
+        Via::Ws | Via::GrpcConnect => {
+            eprintln!("fan-out mode publishes --via http or grpc");
+            return 2;
+        }
+    };
     let sh = new_shared(1);
     let n = args.subscribers.unwrap_or(1000) as u64;
     let rss_before = server_rss(&args.server_pid);
@@ -1098,11 +1266,12 @@ async fn run(args: Args) -> i32 {
         "label": args.label,
         "server": format!("{:?}", args.server).to_lowercase(),
         "mode": if args.idle { "idle" } else { "load" },
-        "transport": format!("{:?}", args.transport).to_lowercase(),
+        "transport": name(args.transport),
         "topic": topic,
         "url": args.url,
         "sub_url": args.sub_url.as_deref().unwrap_or(&args.url),
         "subscribers": n,
+        "grpc_conns": if args.transport == Transport::Grpc { Some(grpc_conns(&args, n as usize)) } else { None },
         "connected": connected,
         "connect_failed": failed,
         "connect_s": connect_s,
@@ -1168,19 +1337,15 @@ async fn run(args: Args) -> i32 {
     // Measured window: first publish .. all deliveries in (or drain timeout).
     hook(&args.before_publish);
     let t0_ns = sh.now_ns();
-    let cpu0 = proc_cpu("self").unwrap_or(0.0);
-    let scpu0 = server_cpu(&args.server_pid);
-    let scpu0v = pid_cpus(&args.server_pid);
-    let ps = publisher(&args, &sh, addr.clone(), &topic).await;
+    let mark0 = CpuMark::take(&args.server_pid);
+    let ps = publisher(&args, &sh, unary).await;
     let expected = connected * ps.published;
     let drain_until = Instant::now() + Duration::from_secs_f64(args.drain);
     while sh.delivered.load(Relaxed) < expected && Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let t1_ns = sh.now_ns();
-    let cpu1 = proc_cpu("self").unwrap_or(0.0);
-    let scpu1 = server_cpu(&args.server_pid);
-    let scpu1v = pid_cpus(&args.server_pid);
+    let used = CpuMark::take(&args.server_pid).since(&mark0, &args.server_pid);
     let rss_end = server_rss(&args.server_pid);
     hook(&args.after_publish);
 
@@ -1193,11 +1358,7 @@ async fn run(args: Args) -> i32 {
     let last = sh.last_delivery_ns.load(Relaxed);
     let deliver_s = if last > t0_ns { (last - t0_ns) as f64 / 1e9 } else { window_s };
     let rate_dps = delivered as f64 / deliver_s.max(1e-9);
-    let lg_cpu = cpu1 - cpu0;
-    let srv_cpu = match (scpu0, scpu1) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
-    };
+    let (lg_cpu, srv_cpu) = (used.loadgen, used.server);
     let per_m = srv_cpu.filter(|_| delivered > 0).map(|c| c * 1e6 / delivered as f64);
     let lg_per_m = if delivered > 0 { Some(lg_cpu * 1e6 / delivered as f64) } else { None };
     let h = sh.lat_us.lock().map(|h| h.clone()).unwrap_or_else(|_| hist());
@@ -1212,6 +1373,7 @@ async fn run(args: Args) -> i32 {
     out["rate"] = json!(args.rate);
     out["duration_s"] = json!(args.duration);
     out["payload_bytes"] = json!(args.payload);
+    out["publish_via"] = json!(name(args.via));
     out["published"] = json!(ps.published);
     out["publish_errors"] = json!(ps.errors);
     out["publish_late"] = json!(ps.late);
@@ -1239,7 +1401,7 @@ async fn run(args: Args) -> i32 {
     out["server_cpu_s"] = json!(srv_cpu);
     out["server_cpu_pct"] = json!(srv_cpu.map(|c| 100.0 * c / window_s.max(1e-9)));
     out["server_cpu_s_per_m"] = json!(per_m);
-    out["server_cpu_by_pid"] = cpu_by_pid(&args.server_pid, &scpu0v, &scpu1v);
+    out["server_cpu_by_pid"] = used.by_pid;
     out["server_rss_end"] = json!(rss_end);
 
     println!(
@@ -1333,15 +1495,59 @@ impl TpStats {
     fn new(topics: usize) -> Self {
         TpStats { accepted: 0, errors: 0, lat_us: hist(), per_topic: vec![0; topics] }
     }
+
+    /// Counts an accepted publish to topic `ti` sent at `t0` and answered at `now` (ns).
+    fn accept(&mut self, ti: usize, t0: u64, now: u64) {
+        self.accepted += 1;
+        self.per_topic[ti] += 1;
+        self.lat_us.saturating_record(now.saturating_sub(t0) / 1000);
+    }
+
+    /// Adds another publisher's figures.
+    fn merge(&mut self, other: &TpStats) {
+        self.accepted += other.accepted;
+        self.errors += other.errors;
+        self.lat_us.add(&other.lat_us).ok();
+        for (a, b) in self.per_topic.iter_mut().zip(&other.per_topic) {
+            *a += b;
+        }
+    }
+
+    /// The summed figures of publisher tasks.
+    async fn join(topics: usize, handles: Vec<tokio::task::JoinHandle<TpStats>>) -> TpStats {
+        let mut st = TpStats::new(topics);
+        for h in handles {
+            if let Ok(s) = h.await {
+                st.merge(&s);
+            }
+        }
+        st
+    }
 }
 
-/// HTTP publisher: POST /v1/publish/{topic} on one keep-alive connection.
-async fn tp_http(tp: Arc<Tp>, p: usize) -> TpStats {
+/// Starts `publishers` publishers (connections) over `via`.
+fn spawn_publishers(tp: &Arc<Tp>, via: Via, publishers: usize) -> Vec<tokio::task::JoinHandle<TpStats>> {
+    (0..publishers.max(1))
+        .map(|p| {
+            let tp = tp.clone();
+            match via {
+                Via::Http => {
+                    let http = Unary::http(Flavour::Rtgate, &tp.addr, &tp.topics);
+                    tokio::spawn(tp_unary(tp, p, http))
+                }
+                Via::GrpcPublish => tokio::spawn(tp_grpc_publish(tp, p)),
+                Via::Ws | Via::GrpcConnect => tokio::spawn(tp_pipelined(tp, p, via)),
+            }
+        })
+        .collect()
+}
+
+/// One publisher waiting for each answer (HTTP POST or gRPC `Publish`);
+/// `p` numbers its payloads' sequences apart from the other publishers'.
+async fn tp_unary(tp: Arc<Tp>, p: usize, mut unary: Unary) -> TpStats {
     let m = tp.topics.len();
-    let paths: Vec<String> = tp.topics.iter().map(|t| format!("/v1/publish/{t}")).collect();
     let mut seqs = vec![0u64; m];
     let mut st = TpStats::new(m);
-    let mut http = HttpPost::new(tp.addr.clone());
     let mut k = p;
     while tp.claim() {
         let ti = k % m;
@@ -1349,21 +1555,11 @@ async fn tp_http(tp: Arc<Tp>, p: usize) -> TpStats {
         let t0 = tp.sh.now_ns();
         let body = make_payload(seqs[ti], t0, p, tp.payload);
         seqs[ti] += 1;
-        let res = tokio::time::timeout(Duration::from_secs(5), http.post(&paths[ti], &body)).await;
-        match res {
-            Ok(Ok(200)) => {
-                st.accepted += 1;
-                st.per_topic[ti] += 1;
-                st.lat_us.saturating_record((tp.sh.now_ns() - t0) / 1000);
-            }
-            Ok(Ok(code)) => {
+        match unary.publish(ti, body).await {
+            Ok(()) => st.accept(ti, t0, tp.sh.now_ns()),
+            Err(e) => {
                 st.errors += 1;
-                tp.log_error(&format!("HTTP {code}"));
-            }
-            other => {
-                st.errors += 1;
-                tp.log_error(&format!("{other:?}"));
-                http.conn = None;
+                tp.log_error(&e);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -1371,24 +1567,126 @@ async fn tp_http(tp: Arc<Tp>, p: usize) -> TpStats {
     st
 }
 
-/// WebSocket publisher: `publish` frames with up to `inflight` awaiting their ack.
-async fn tp_ws(tp: Arc<Tp>, p: usize) -> TpStats {
-    use futures_util::SinkExt;
+/// gRPC `Publish` calls on one HTTP/2 connection, `--inflight` of them at
+/// once (each a sequential publisher of its own).
+async fn tp_grpc_publish(tp: Arc<Tp>, p: usize) -> TpStats {
+    let client = match grpc_client(&tp.addr) {
+        Ok(c) => c,
+        Err(e) => {
+            tp.log_error(&e);
+            return TpStats { errors: 1, ..TpStats::new(tp.topics.len()) };
+        }
+    };
+    let w = tp.inflight.max(1);
+    let handles = (0..w)
+        .map(|j| {
+            let unary = Unary::Grpc { client: client.clone(), topics: tp.topics.clone() };
+            tokio::spawn(tp_unary(tp.clone(), p * w + j, unary))
+        })
+        .collect();
+    TpStats::join(tp.topics.len(), handles).await
+}
+
+/// A connection carrying publishes tagged with a numeric ref, each answered
+/// by an ack or an error: WebSocket or a gRPC `Connect` stream (one per
+/// publisher: the size of its variants does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Pipe {
+    Ws(tokio_tungstenite::WebSocketStream<TcpStream>),
+    Grpc { tx: tokio::sync::mpsc::Sender<ClientFrame>, frames: tonic::Streaming<rtgate::proto::ServerFrame> },
+}
+
+impl Pipe {
+    async fn open(tp: &Tp, via: Via) -> Result<Pipe, String> {
+        if via == Via::Ws {
+            let tcp = TcpStream::connect(&tp.addr).await.map_err(|e| e.to_string())?;
+            let _ = tcp.set_nodelay(true);
+            let url = format!("ws://{}/v1/ws", tp.addr);
+            let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.map_err(|e| e.to_string())?;
+            return Ok(Pipe::Ws(ws));
+        }
+        let mut client = grpc_client(&tp.addr)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(tp.inflight.max(1));
+        let call = client.connect(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+        Ok(Pipe::Grpc { tx, frames: call.map_err(|s| s.to_string())?.into_inner() })
+    }
+
+    /// Queues one publish (written by `flush`).
+    async fn feed(&mut self, r: u64, topic: &str, body: Vec<u8>) -> Result<(), String> {
+        match self {
+            Pipe::Ws(ws) => {
+                let data = String::from_utf8_lossy(&body);
+                let frame = format!(r#"{{"op":"publish","topic":"{topic}","data":{data},"ref":{r}}}"#);
+                ws.feed(Message::text(frame)).await.map_err(|e| e.to_string())
+            }
+            Pipe::Grpc { tx, .. } => {
+                let op = PublishOp { topic: topic.to_string(), data: body, idempotency_key: String::new() };
+                let frame = ClientFrame { r#ref: r.to_string(), op: Some(client_frame::Op::Publish(op)) };
+                tx.send(frame).await.map_err(|_| "Connect request stream closed".to_string())
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        match self {
+            Pipe::Ws(ws) => ws.flush().await.map_err(|e| e.to_string()),
+            Pipe::Grpc { .. } => Ok(()),
+        }
+    }
+
+    /// The next frame: `Some((ref, None))` for an ack with an id,
+    /// `Some((ref, Some(frame)))` for another answer, `None` for a frame that
+    /// answers no publish.
+    async fn answer(&mut self) -> Result<Option<(u64, Option<String>)>, String> {
+        match self {
+            Pipe::Ws(ws) => {
+                let text = match ws.next().await {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(c))) => return Err(format!("closed: {c:?}")),
+                    Some(Ok(_)) => return Ok(None),
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err("connection closed".into()),
+                };
+                let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else { return Ok(None) };
+                let acked = v.get("op").and_then(Value::as_str) == Some("ack") && v.get("id").is_some();
+                Ok(v.get("ref").and_then(Value::as_u64).map(|r| (r, (!acked).then(|| text.to_string()))))
+            }
+            Pipe::Grpc { frames, .. } => {
+                let frame = frames.message().await.map_err(|s| s.to_string())?.ok_or("stream ended")?;
+                let (r, failure) = match frame.frame {
+                    Some(server_frame::Frame::Ack(a)) => {
+                        (a.r#ref.clone(), a.id.is_empty().then(|| format!("{a:?}")))
+                    }
+                    Some(server_frame::Frame::Error(e)) => (e.r#ref.clone(), Some(format!("{e:?}"))),
+                    _ => return Ok(None),
+                };
+                Ok(r.parse().ok().map(|r| (r, failure)))
+            }
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Pipe::Ws(mut ws) => {
+                let _ = ws.close(None).await;
+            }
+            Pipe::Grpc { .. } => {} // dropping the sender ends the request stream
+        }
+    }
+}
+
+/// WebSocket or gRPC `Connect` publisher: up to `inflight` publishes
+/// awaiting their ack on one connection, reconnecting when it breaks.
+async fn tp_pipelined(tp: Arc<Tp>, p: usize, via: Via) -> TpStats {
     let m = tp.topics.len();
     let mut seqs = vec![0u64; m];
     let mut st = TpStats::new(m);
-    let url = format!("ws://{}/v1/ws", tp.addr);
     let mut k = p;
     let mut next_ref: u64 = 0;
     let mut done = false;
     while !done {
-        let conn = async {
-            let tcp = TcpStream::connect(&tp.addr).await.map_err(|e| e.to_string())?;
-            let _ = tcp.set_nodelay(true);
-            tokio_tungstenite::client_async(url.as_str(), tcp).await.map_err(|e| e.to_string())
-        };
-        let mut ws = match tokio::time::timeout(Duration::from_secs(10), conn).await {
-            Ok(Ok((ws, _))) => ws,
+        let mut pipe = match tokio::time::timeout(Duration::from_secs(10), Pipe::open(&tp, via)).await {
+            Ok(Ok(pipe)) => pipe,
             other => {
                 st.errors += 1;
                 tp.log_error(&format!("connect: {:?}", other.map(|r| r.map(|_| ()))));
@@ -1415,20 +1713,15 @@ async fn tp_ws(tp: Arc<Tp>, p: usize) -> TpStats {
                 seqs[ti] += 1;
                 let r = next_ref;
                 next_ref += 1;
-                let frame = format!(
-                    r#"{{"op":"publish","topic":"{}","data":{},"ref":{r}}}"#,
-                    tp.topics[ti],
-                    String::from_utf8_lossy(&body)
-                );
                 pending.insert(r, (t0, ti));
-                if let Err(e) = ws.feed(Message::text(frame)).await {
-                    break 'conn Some(e.to_string());
+                if let Err(e) = pipe.feed(r, &tp.topics[ti], body).await {
+                    break 'conn Some(e);
                 }
                 sent = true;
             }
             if sent {
-                if let Err(e) = ws.flush().await {
-                    break 'conn Some(e.to_string());
+                if let Err(e) = pipe.flush().await {
+                    break 'conn Some(e);
                 }
             }
             if pending.is_empty() {
@@ -1437,29 +1730,20 @@ async fn tp_ws(tp: Arc<Tp>, p: usize) -> TpStats {
                 }
                 continue;
             }
-            let frame = match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => t,
-                Ok(Some(Ok(Message::Close(c)))) => break Some(format!("closed: {c:?}")),
-                Ok(Some(Ok(_))) => continue,
-                Ok(Some(Err(e))) => break Some(e.to_string()),
-                Ok(None) => break Some("connection closed".into()),
+            let (r, failure) = match tokio::time::timeout(Duration::from_secs(10), pipe.answer()).await {
+                Ok(Ok(Some(answer))) => answer,
+                Ok(Ok(None)) => continue,
+                Ok(Err(e)) => break Some(e),
                 Err(_) => break Some("no ack within 10 s".into()),
             };
-            let Ok(v) = serde_json::from_str::<Value>(frame.as_str()) else {
+            let Some((t0, ti)) = pending.remove(&r) else {
                 continue;
             };
-            let Some(entry) = v.get("ref").and_then(Value::as_u64).and_then(|r| pending.remove(&r)) else {
-                continue;
-            };
-            match v.get("op").and_then(Value::as_str) {
-                Some("ack") if v.get("id").is_some() => {
-                    st.accepted += 1;
-                    st.per_topic[entry.1] += 1;
-                    st.lat_us.saturating_record((tp.sh.now_ns() - entry.0) / 1000);
-                }
-                _ => {
+            match failure {
+                None => st.accept(ti, t0, tp.sh.now_ns()),
+                Some(frame) => {
                     st.errors += 1;
-                    tp.log_error(frame.as_str());
+                    tp.log_error(&frame);
                 }
             }
         };
@@ -1469,7 +1753,7 @@ async fn tp_ws(tp: Arc<Tp>, p: usize) -> TpStats {
             tp.log_error(&format!("{e} ({} unacknowledged)", pending.len()));
             done = done || tokio::time::Instant::now() >= tp.deadline;
         } else {
-            let _ = ws.close(None).await;
+            pipe.close().await;
         }
     }
     st
@@ -1496,8 +1780,7 @@ async fn throughput(args: Args, addr: String, sub_addr: String, topic: String) -
 
     hook(&args.before_publish);
     let t0_ns = sh.now_ns();
-    let cpu0 = proc_cpu("self").unwrap_or(0.0);
-    let scpu0 = pid_cpus(&args.server_pid);
+    let mark0 = CpuMark::take(&args.server_pid);
     let tp = Arc::new(Tp {
         sh: sh.clone(),
         addr: addr.clone(),
@@ -1509,23 +1792,7 @@ async fn throughput(args: Args, addr: String, sub_addr: String, topic: String) -
         issued: AtomicU64::new(0),
         errors_logged: AtomicU64::new(0),
     });
-    let handles: Vec<_> = (0..args.publishers.max(1))
-        .map(|p| match args.via {
-            Via::Http => tokio::spawn(tp_http(tp.clone(), p)),
-            Via::Ws => tokio::spawn(tp_ws(tp.clone(), p)),
-        })
-        .collect();
-    let mut st = TpStats::new(m);
-    for h in handles {
-        if let Ok(s) = h.await {
-            st.accepted += s.accepted;
-            st.errors += s.errors;
-            st.lat_us.add(&s.lat_us).ok();
-            for (a, b) in st.per_topic.iter_mut().zip(&s.per_topic) {
-                *a += b;
-            }
-        }
-    }
+    let st = TpStats::join(m, spawn_publishers(&tp, args.via, args.publishers)).await;
     let pub_end_ns = sh.now_ns();
     let expected: u64 = st.per_topic.iter().zip(&sh.conn_by_topic).map(|(a, c)| a * c.load(Relaxed)).sum();
     let drain_until = Instant::now() + Duration::from_secs_f64(args.drain);
@@ -1533,17 +1800,13 @@ async fn throughput(args: Args, addr: String, sub_addr: String, topic: String) -
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let t1_ns = sh.now_ns();
-    let lg_cpu = proc_cpu("self").unwrap_or(0.0) - cpu0;
-    let scpu1 = pid_cpus(&args.server_pid);
-    let by_pid = cpu_by_pid(&args.server_pid, &scpu0, &scpu1);
-    let scpu: Vec<Option<f64>> =
-        scpu1.iter().zip(&scpu0).map(|(a, b)| a.zip(*b).map(|(a, b)| a - b)).collect();
+    let used = CpuMark::take(&args.server_pid).since(&mark0, &args.server_pid);
+    let (lg_cpu, srv_cpu) = (used.loadgen, used.server);
     hook(&args.after_publish);
 
     let pub_s = (pub_end_ns - t0_ns) as f64 / 1e9;
     let window_s = (t1_ns - t0_ns) as f64 / 1e9;
     let rate = st.accepted as f64 / pub_s.max(1e-9);
-    let srv_cpu: Option<f64> = if scpu.is_empty() { None } else { scpu.iter().copied().sum() };
     let delivered = sh.delivered.load(Relaxed);
     let dup = sh.dup.load(Relaxed);
     let lost = expected.saturating_sub(delivered.saturating_sub(dup));
@@ -1560,14 +1823,14 @@ async fn throughput(args: Args, addr: String, sub_addr: String, topic: String) -
         "label": args.label,
         "server": "rtgate",
         "mode": "throughput",
-        "transport": format!("{:?}", args.transport).to_lowercase(),
-        "via": format!("{:?}", args.via).to_lowercase(),
+        "transport": name(args.transport),
+        "via": name(args.via),
         "url": args.url,
         "sub_url": args.sub_url.as_deref().unwrap_or(&args.url),
         "topic": topic,
         "topics": m,
         "publishers": args.publishers.max(1),
-        "inflight": if args.via == Via::Ws { Some(args.inflight) } else { None },
+        "inflight": if args.via == Via::Http { None } else { Some(args.inflight) },
         "payload_bytes": args.payload,
         "duration_s": args.duration,
         "count": args.count,
@@ -1597,13 +1860,14 @@ async fn throughput(args: Args, addr: String, sub_addr: String, topic: String) -
         "server_cpu_s": srv_cpu,
         "server_cpu_pct": srv_cpu.map(|c| 100.0 * c / window_s.max(1e-9)),
         "server_cpu_us_per_msg": per_msg_us(srv_cpu, st.accepted),
-        "server_cpu_by_pid": by_pid,
+        "server_cpu_by_pid": used.by_pid,
     });
+
     println!(
-        "throughput via {:?}: {} publishers{} x {} B over {m} topic(s) for {pub_s:.1}s to {}",
-        args.via,
+        "throughput via {}: {} publishers{} x {} B over {m} topic(s) for {pub_s:.1}s to {}",
+        name(args.via),
         args.publishers.max(1),
-        if args.via == Via::Ws { format!(" x inflight {}", args.inflight) } else { String::new() },
+        if args.via == Via::Http { String::new() } else { format!(" x inflight {}", args.inflight) },
         args.payload,
         args.url
     );
@@ -1632,7 +1896,7 @@ async fn throughput(args: Args, addr: String, sub_addr: String, topic: String) -
         let parts: Vec<String> = args
             .server_pid
             .iter()
-            .zip(&scpu)
+            .zip(&used.per_pid)
             .map(|(p, c)| format!("{p}: {:.1}", per_msg_us(*c, st.accepted).unwrap_or(f64::NAN)))
             .collect();
         println!(
@@ -1687,19 +1951,7 @@ async fn replay(args: Args, addr: String, sub_addr: String, topic: String) -> i3
         issued: AtomicU64::new(0),
         errors_logged: AtomicU64::new(0),
     });
-    let handles: Vec<_> = (0..args.publishers.max(1))
-        .map(|p| match args.via {
-            Via::Http => tokio::spawn(tp_http(tp.clone(), p)),
-            Via::Ws => tokio::spawn(tp_ws(tp.clone(), p)),
-        })
-        .collect();
-    let mut st = TpStats::new(1);
-    for h in handles {
-        if let Ok(s) = h.await {
-            st.accepted += s.accepted;
-            st.errors += s.errors;
-        }
-    }
+    let st = TpStats::join(1, spawn_publishers(&tp, args.via, args.publishers)).await;
     let pub_s = (sh.now_ns() - pub_t0) as f64 / 1e9;
     eprintln!(
         "published {} ({} errors) in {pub_s:.2}s; replaying over SSE from {c0}",
