@@ -1160,18 +1160,7 @@ async fn redis_restarted_empty_ends_streams_unavailable_then_gap() {
     assert_eq!(ids(&seen), published);
     assert_eq!(ids(&conn.messages(3).await), published);
 
-    tokio::task::block_in_place(|| {
-        redis.stop();
-        for entry in std::fs::read_dir(&redis.dir).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                std::fs::remove_dir_all(&p).unwrap();
-            } else {
-                std::fs::remove_file(&p).unwrap();
-            }
-        }
-        redis.restart();
-    });
+    tokio::task::block_in_place(|| redis.restart_empty());
     let (rest, status) = end_of(&mut st).await;
     assert!(rest.is_empty(), "{rest:?}");
     assert_status(&status, Code::Unavailable, "unavailable");

@@ -730,18 +730,7 @@ async fn redis_restarted_empty_closes_subscribers_then_gap() {
     assert_eq!(ids(&seen), published);
     let cursor = seen[2]["cursor"].as_str().unwrap().to_owned();
 
-    tokio::task::block_in_place(|| {
-        redis.stop();
-        for entry in std::fs::read_dir(&redis.dir).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                std::fs::remove_dir_all(&p).unwrap();
-            } else {
-                std::fs::remove_file(&p).unwrap();
-            }
-        }
-        redis.restart();
-    });
+    tokio::task::block_in_place(|| redis.restart_empty());
     assert_eq!(cli(redis.port, &["DBSIZE"]).trim(), "0", "data gone");
     match w.ended().await {
         Ended::Closed(code, reason) => assert_eq!((code, reason.as_str()), (1013, "unavailable")),

@@ -129,6 +129,21 @@ impl RedisServer {
         }
     }
 
+    /// Stops it, deletes its data directory's contents and starts it again
+    /// on the same port: Redis restarted without its data.
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        for entry in std::fs::read_dir(&self.dir).expect("redis data dir") {
+            let p = entry.expect("dir entry").path();
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p).expect("remove dir");
+            } else {
+                std::fs::remove_file(&p).expect("remove file");
+            }
+        }
+        self.restart();
+    }
+
     /// Starts it again on the same port with the same data directory.
     pub fn restart(&mut self) {
         self.stop();
