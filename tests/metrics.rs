@@ -529,7 +529,11 @@ async fn sse_live_deliveries_connection_gauge_and_close() {
                // goes with it (in no guaranteed order with the counter), so wait for both.
     let m2 = p
         .wait_for("sse close and hub leave", |m| {
-            m.closes("sse", "client") >= m0.closes("sse", "client") + 1.0 && m.subscriptions() == 0.0
+            // Topics and subscriptions are read one after the other in a
+            // scrape, so a leave can fall between them: wait for both.
+            m.closes("sse", "client") >= m0.closes("sse", "client") + 1.0
+                && m.subscriptions() == 0.0
+                && m.topics() == 0.0
         })
         .await;
     assert_eq!(m2.closes("sse", "client"), m0.closes("sse", "client") + 1.0);
