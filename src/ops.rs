@@ -15,7 +15,7 @@ pub(crate) async fn healthz() -> impl IntoResponse {
 /// shutting down, 503 otherwise.
 pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let engine = state.bus.engine.is_ready();
-    let ready = engine && !state.shutdown.is_shutting_down();
+    let ready = state.is_ready();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "unavailable" },

@@ -41,6 +41,22 @@ pub struct AppState {
     pub shutdown: Shutdown,
 }
 
+impl AppState {
+    /// True when the engine is reachable and the process is not draining:
+    /// what `/readyz` and gRPC health report.
+    pub fn is_ready(&self) -> bool {
+        self.bus.engine.is_ready() && !self.shutdown.is_shutting_down()
+    }
+
+    /// Refuses new long-lived connections and streams once draining.
+    pub fn check_open(&self) -> Result<(), ApiError> {
+        if self.shutdown.is_shutting_down() {
+            return Err(ApiError::new(Code::Unavailable, "shutting down"));
+        }
+        Ok(())
+    }
+}
+
 /// The router of every endpoint, used by `run` and by tests.
 pub fn app(state: AppState) -> Router {
     let cors = cors(&state.config.http.cors_origins);

@@ -6,23 +6,14 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use crate::core::{MessageId, Topic};
 use crate::error::{ApiError, Code};
 use crate::metrics::{self, Transport};
 use crate::server::AppState;
-
-/// History page bounds (contract §3).
-const HISTORY_DEFAULT: usize = 100;
-const HISTORY_MAX: usize = 1000;
 
 fn json(body: Vec<u8>) -> Response {
     let mut res = Bytes::from(body).into_response();
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res
-}
-
-fn topic(name: &str) -> Result<Topic, ApiError> {
-    Topic::new(name).map_err(|e| ApiError::new(Code::BadTopic, e.to_string()))
 }
 
 /// `POST /v1/publish/{topic}`: the body is the message's JSON `data`.
@@ -32,7 +23,7 @@ pub(crate) async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let topic = topic(&name)?;
+    let topic = super::topic(&name)?;
     let max = state.config.limits.max_message_bytes;
     let too_large = || ApiError::new(Code::TooLarge, format!("body over {max} bytes"));
     let declared =
@@ -63,16 +54,13 @@ pub(crate) async fn history(
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let topic = topic(&name)?;
+    let topic = super::topic(&name)?;
     let mut after = None;
-    let mut limit = HISTORY_DEFAULT;
+    let mut limit = super::HISTORY_DEFAULT;
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match &*k {
-            "after" => {
-                after =
-                    Some(v.parse::<MessageId>().map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?)
-            }
-            "limit" => limit = super::parse_limit(&v, HISTORY_MAX)?,
+            "after" => after = Some(super::message_id(&v)?),
+            "limit" => limit = super::parse_limit(&v, super::HISTORY_MAX)?,
             _ => {}
         }
     }

@@ -14,12 +14,58 @@ use bytes::Bytes;
 
 use crate::core::replay::{Resume, Step};
 use crate::core::subscriber::Session;
-use crate::core::{Close, Cursor, Subscriber, Topic};
+use crate::core::{Close, Cursor, MessageId, Subscriber, Topic};
 use crate::error::{ApiError, Code};
+use crate::metrics::Transport;
 use crate::server::AppState;
 
 /// Longest idempotency key accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 256;
+/// History page bounds (contract §3; the gRPC `History` rpc uses the same).
+pub(crate) const HISTORY_DEFAULT: usize = 100;
+pub(crate) const HISTORY_MAX: usize = 1000;
+
+/// A topic name, or `bad_topic`.
+pub(crate) fn topic(name: &str) -> Result<Topic, ApiError> {
+    Topic::new(name).map_err(|e| ApiError::new(Code::BadTopic, e.to_string()))
+}
+
+/// A cursor handed out earlier, or `bad_request`.
+pub(crate) fn cursor(s: &str) -> Result<Cursor, ApiError> {
+    Cursor::parse(s).map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))
+}
+
+/// A message id (`"<ms>-<seq>"`), or `bad_request`.
+pub(crate) fn message_id(s: &str) -> Result<MessageId, ApiError> {
+    s.parse::<MessageId>().map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))
+}
+
+/// Checks the number of topics of a streaming subscription: at least one,
+/// at most `limits.max_topics_per_connection`.
+pub(crate) fn check_topic_count(n: usize, max: usize) -> Result<(), ApiError> {
+    if n == 0 {
+        return Err(ApiError::new(Code::BadRequest, "at least one topic is required"));
+    }
+    if n > max {
+        return Err(ApiError::new(Code::BadRequest, "too many topics (limits.max_topics_per_connection)"));
+    }
+    Ok(())
+}
+
+/// Runs `work` (which may wait on a client that stopped reading) until it
+/// finishes or `stop` resolves: a blocked write never keeps a connection
+/// from being closed. `stop` must not be polled again once it resolved; the
+/// caller returns instead.
+pub(crate) async fn guard<S: std::future::Future<Output = Close>>(
+    stop: std::pin::Pin<&mut S>,
+    work: impl std::future::Future<Output = Result<(), Close>>,
+) -> Result<(), Close> {
+    tokio::select! {
+        biased;
+        reason = stop => Err(reason),
+        outcome = work => outcome,
+    }
+}
 
 /// Parses a `limit` query value: a positive integer, clamped to `max`.
 pub(crate) fn parse_limit(v: &str, max: usize) -> Result<usize, crate::error::ApiError> {
@@ -68,7 +114,7 @@ fn trim_json(mut b: Bytes) -> Bytes {
 
 /// Adds `name` to `topics` (once), or fails with `bad_topic`.
 pub(crate) fn push_topic(topics: &mut Vec<Topic>, name: &str) -> Result<(), ApiError> {
-    let t = Topic::new(name).map_err(|e| ApiError::new(Code::BadTopic, e.to_string()))?;
+    let t = topic(name)?;
     if !topics.contains(&t) {
         topics.push(t);
     }
@@ -131,6 +177,66 @@ pub(crate) async fn replay_step(
             crate::metrics::engine_error();
             Err(Close::Unavailable)
         }
+    }
+}
+
+/// A long-lived stream's open/close accounting (SSE streams, gRPC
+/// `Subscribe`/`Connect`): a log line and metrics at open, and at close
+/// however the stream ends, finished or dropped by hyper because the client
+/// left or the connection was killed. A reason set on the session (slow
+/// consumer, shutdown) wins over the one recorded here.
+pub(crate) struct StreamRecord {
+    transport: Transport,
+    /// gRPC method, logged as `rpc`.
+    rpc: Option<&'static str>,
+    peer: String,
+    session: std::sync::Arc<Session>,
+    opened: tokio::time::Instant,
+    /// Frames received, logged as `msgs_in` (streams that take input).
+    pub(crate) received: Option<u64>,
+    /// Messages sent.
+    pub(crate) sent: u64,
+    /// Why it ended, when the session has no reason of its own.
+    pub(crate) reason: Close,
+}
+
+impl StreamRecord {
+    pub(crate) fn open(
+        transport: Transport,
+        rpc: Option<&'static str>,
+        peer: Option<std::net::SocketAddr>,
+        session: std::sync::Arc<Session>,
+    ) -> Self {
+        crate::metrics::connection_opened(transport);
+        let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+        tracing::info!(transport = transport.label(), rpc, %peer, "connection opened");
+        StreamRecord {
+            transport,
+            rpc,
+            peer,
+            session,
+            opened: tokio::time::Instant::now(),
+            received: None,
+            sent: 0,
+            reason: Close::Client,
+        }
+    }
+}
+
+impl Drop for StreamRecord {
+    fn drop(&mut self) {
+        let reason = self.session.closed().unwrap_or(self.reason);
+        crate::metrics::connection_closed(self.transport, reason.label());
+        tracing::info!(
+            transport = self.transport.label(),
+            rpc = self.rpc,
+            peer = %self.peer,
+            duration_ms = self.opened.elapsed().as_millis() as u64,
+            msgs_in = self.received,
+            msgs_out = self.sent,
+            reason = reason.label(),
+            "connection closed"
+        );
     }
 }
 

@@ -28,7 +28,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::core::message::Wire;
 use crate::core::replay::{Gap, Resume, Step};
 use crate::core::{Close, Cursor, Message, Subscriber};
-use crate::error::{ApiError, Code};
+use crate::error::ApiError;
 use crate::metrics::{self, Transport};
 use crate::server::{AppState, Peer};
 
@@ -61,14 +61,9 @@ pub(crate) fn parse_subscription(
             cursor = Some(v.into_owned());
         }
     }
-    if topics.is_empty() {
-        return Err(ApiError::new(Code::BadRequest, "at least one topic is required"));
-    }
-    if topics.len() > max_topics {
-        return Err(ApiError::new(Code::BadRequest, "too many topics (limits.max_topics_per_connection)"));
-    }
+    super::check_topic_count(topics.len(), max_topics)?;
     let cursor = match cursor {
-        Some(c) => Some(Cursor::parse(&c).map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?),
+        Some(c) => Some(super::cursor(&c)?),
         None => None,
     };
     Ok(Subscription { topics, cursor })
@@ -81,9 +76,7 @@ pub(crate) async fn stream(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if state.shutdown.is_shutting_down() {
-        return Err(ApiError::new(Code::Unavailable, "shutting down"));
-    }
+    state.check_open()?;
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
     let request = parse_subscription(
         query.as_deref(),
@@ -119,7 +112,7 @@ fn events(
         let session = Arc::clone(sub.session());
         // Records the close when the stream ends *or is dropped* (hyper drops
         // the body when the client goes away or the connection is killed).
-        let mut record = CloseRecord::open(peer, Arc::clone(&session));
+        let mut record = super::StreamRecord::open(Transport::Sse, None, Some(peer), Arc::clone(&session));
         let retry = state.config.sse.retry.as_millis();
         yield Ok(Bytes::from(format!("retry: {retry}\n\n")));
         let mut reason = Close::Client;
@@ -196,42 +189,6 @@ fn events(
     }
 }
 
-/// One SSE connection's open/close accounting: a log line and metrics at
-/// open, and at close however the stream ends (finished, or dropped by hyper
-/// because the client left or the connection was killed as slow).
-struct CloseRecord {
-    peer: SocketAddr,
-    session: Arc<crate::core::subscriber::Session>,
-    opened: Instant,
-    sent: u64,
-    reason: Close,
-}
-
-impl CloseRecord {
-    fn open(peer: SocketAddr, session: Arc<crate::core::subscriber::Session>) -> Self {
-        metrics::connection_opened(Transport::Sse);
-        tracing::info!(transport = "sse", %peer, "connection opened");
-        CloseRecord { peer, session, opened: Instant::now(), sent: 0, reason: Close::Client }
-    }
-}
-
-impl Drop for CloseRecord {
-    fn drop(&mut self) {
-        // A reason set on the session (slow consumer, shutdown) wins over
-        // "the client went away".
-        let reason = self.session.closed().unwrap_or(self.reason);
-        metrics::connection_closed(Transport::Sse, reason.label());
-        tracing::info!(
-            transport = "sse",
-            peer = %self.peer,
-            duration_ms = self.opened.elapsed().as_millis() as u64,
-            msgs_out = self.sent,
-            reason = reason.label(),
-            "connection closed"
-        );
-    }
-}
-
 /// Appends the event for `m` (advancing the cursor); false when `m` is not
 /// subscribed or already delivered.
 fn write_event(out: &mut BytesMut, cursor: &mut Cursor, m: &Message) -> bool {
@@ -278,6 +235,7 @@ fn gap_event(cursor: &mut Cursor, gap: &Gap) -> Bytes {
 mod tests {
     use super::*;
     use crate::core::{MessageId, Topic};
+    use crate::error::Code;
 
     #[test]
     fn events_carry_cursor_and_json() {

@@ -18,9 +18,7 @@
 //! buffer starts at `websocket.read_buffer_size` and frames are written
 //! straight to the socket (`write_buffer_size = 0` by default).
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +33,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use super::frame::{self, ClientOp};
+use super::guard;
 use crate::core::message::Wire;
 use crate::core::replay::{Resume, Step};
 use crate::core::subscriber::{Session, SessionGuard};
@@ -61,8 +60,8 @@ pub(crate) async fn upgrade(
     RawQuery(query): RawQuery,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if state.shutdown.is_shutting_down() {
-        return ApiError::new(Code::Unavailable, "shutting down").into_response();
+    if let Err(e) = state.check_open() {
+        return e.into_response();
     }
     let mut conn = Conn::new(state.clone(), peer);
     let connect = conn.connect(query.as_deref()).await;
@@ -124,15 +123,9 @@ impl Conn {
         for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*k {
                 "topic" => {
-                    let t = Topic::new(&v).map_err(|e| ApiError::new(Code::BadTopic, e.to_string()))?;
-                    if !topics.contains(&t) {
-                        topics.push(t);
-                    }
+                    super::push_topic(&mut topics, &v)?;
                 }
-                "cursor" => {
-                    cursor =
-                        Some(Cursor::parse(&v).map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))?);
-                }
+                "cursor" => cursor = Some(super::cursor(&v)?),
                 _ => {}
             }
         }
@@ -299,21 +292,13 @@ impl Conn {
         while let Some(step) = self.step(resume).await? {
             self.write_step(socket, step).await?;
         }
-        metrics::replay(resume.recovered(), resume.replayed());
         Ok(())
     }
 
+    /// The next replay step (see [`super::replay_step`]); the caller's guard
+    /// also races the session's close.
     async fn step(&mut self, resume: &mut Resume) -> Result<Option<Step>, Close> {
-        match resume.next(&mut self.sub).await {
-            Ok(step) => Ok(step),
-            Err(e) => {
-                // Cannot finish the hand-over: end the session, the client
-                // resumes from its cursor.
-                tracing::warn!(error = %e, topic = %resume.topic(), "replay failed");
-                metrics::engine_error();
-                Err(Close::Unavailable)
-            }
-        }
+        super::replay_step(&Arc::clone(&self.session), resume, &mut self.sub).await
     }
 
     async fn write_step(&mut self, socket: &mut WebSocket, step: Step) -> Outcome {
@@ -424,33 +409,19 @@ impl Conn {
         }
         let first = match first {
             Ok(first) => first,
-            Err(_) => {
+            Err(Close::Unavailable) => {
                 self.sub.leave(&topic);
                 self.cursor.remove(&topic);
                 return send(socket, frame::error(r, Code::Unavailable, "engine unavailable")).await;
             }
+            Err(closed) => return Err(closed),
         };
         send(socket, frame::ack_subscribe(r, resume.recovered())).await?;
-        match first {
-            Some(step) => {
-                self.write_step(socket, step).await?;
-                self.replay(socket, &mut resume).await?;
-            }
-            None => metrics::replay(resume.recovered(), resume.replayed()),
+        if let Some(step) = first {
+            self.write_step(socket, step).await?;
+            self.replay(socket, &mut resume).await?;
         }
         Ok(())
-    }
-}
-
-/// Runs `work` (which may wait on a socket the client stopped reading) until
-/// it finishes or `stop` resolves: a blocked write never keeps a connection
-/// from being closed. `stop` must not be polled again once it resolved; the
-/// caller returns instead.
-async fn guard<S: Future<Output = Close>>(stop: Pin<&mut S>, work: impl Future<Output = Outcome>) -> Outcome {
-    tokio::select! {
-        biased;
-        reason = stop => Err(reason),
-        outcome = work => outcome,
     }
 }
 

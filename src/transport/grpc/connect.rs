@@ -7,8 +7,6 @@
 //! WebSocket), then yields the frames that produced. Replays go page by
 //! page, so a long one never sits in memory at once.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::Stream;
@@ -16,14 +14,15 @@ use tokio::time::Instant;
 use tonic::{Status, Streaming};
 
 use super::pb::{self, client_frame::Op, server_frame::Frame};
-use super::service::{publish, topic};
+use super::service::publish;
 use super::wire::EncodedMessage;
-use super::{arm_stall_kill, end_status, StreamRecord};
+use super::{arm_stall_kill, end_status};
 use crate::core::replay::{Gap, Resume, Step};
-use crate::core::{Close, Cursor, Message, MessageId, Subscriber};
+use crate::core::{Close, Cursor, Message, Subscriber};
 use crate::error::{ApiError, Code};
 use crate::metrics::{self, Transport};
 use crate::server::{AppState, Peer};
+use crate::transport::{self, guard, topic};
 
 /// The frames of one Connect call.
 pub(super) fn serve(
@@ -36,14 +35,15 @@ pub(super) fn serve(
         let _alive = arm_stall_kill(&state, peer.as_ref(), sub.session());
         let _registered = state.shutdown.sessions().register(sub.session());
         let session = Arc::clone(sub.session());
-        let mut record = StreamRecord::open("connect", peer.map(|p| p.0), Arc::clone(&session));
+        let mut record =
+            transport::StreamRecord::open(Transport::Grpc, Some("connect"), peer.map(|p| p.0), Arc::clone(&session));
         let mut conn = Conn { state, sub, cursor: Cursor::new(), out: Vec::new(), replay: None, sent: 0 };
         let stop = session.wait_closed();
         tokio::pin!(stop);
         let reason = 'conn: loop {
             if let Some(mut resume) = conn.replay.take() {
                 loop {
-                    let step = crate::transport::replay_step(&session, &mut resume, &mut conn.sub).await;
+                    let step = transport::replay_step(&session, &mut resume, &mut conn.sub).await;
                     match step {
                         Ok(Some(step)) => conn.step_frames(step),
                         Ok(None) => break,
@@ -72,7 +72,7 @@ pub(super) fn serve(
                         Err(s) if s.code() == tonic::Code::OutOfRange => break 'conn Close::TooLarge,
                         Err(_) => break 'conn Close::Client,
                     };
-                    record.received += 1;
+                    *record.received.get_or_insert(0) += 1;
                     let handled = guard(stop.as_mut(), Box::pin(conn.handle(frame))).await;
                     for f in conn.out.drain(..) {
                         yield Ok(f);
@@ -89,18 +89,6 @@ pub(super) fn serve(
         if let Some(status) = end_status(reason) {
             yield Err(status);
         }
-    }
-}
-
-/// Runs `work` until it finishes or `stop` resolves (see `transport::ws`).
-async fn guard<S: Future<Output = Close>>(
-    stop: Pin<&mut S>,
-    work: impl Future<Output = Result<(), Close>>,
-) -> Result<(), Close> {
-    tokio::select! {
-        biased;
-        reason = stop => Err(reason),
-        outcome = work => outcome,
     }
 }
 
@@ -175,14 +163,10 @@ impl Conn {
         }
     }
 
+    /// The next replay step (see [`transport::replay_step`]); the caller
+    /// also races the session's close.
     async fn step(&mut self, resume: &mut Resume) -> Result<Option<Step>, Close> {
-        resume.next(&mut self.sub).await.map_err(|e| {
-            // Cannot finish the hand-over: end the stream; the client
-            // resumes from its cursor.
-            tracing::warn!(error = %e, topic = %resume.topic(), "gRPC replay failed");
-            metrics::engine_error();
-            Close::Unavailable
-        })
+        transport::replay_step(&Arc::clone(self.sub.session()), resume, &mut self.sub).await
     }
 
     async fn handle(&mut self, f: pb::ClientFrame) -> Result<(), Close> {
@@ -232,11 +216,11 @@ impl Conn {
                 return Ok(());
             }
         };
-        let after = match op.after.as_deref().map(str::parse::<MessageId>) {
+        let after = match op.after.as_deref().map(transport::message_id) {
             None => None,
             Some(Ok(id)) => Some(id),
             Some(Err(e)) => {
-                self.error(r, &ApiError::new(Code::BadRequest, e.to_string()));
+                self.error(r, &e);
                 return Ok(());
             }
         };
@@ -278,19 +262,20 @@ impl Conn {
             }
             first = self.step(&mut resume).await;
         }
-        let Ok(first) = first else {
-            self.sub.leave(&topic);
-            self.cursor.remove(&topic);
-            self.error(r, &ApiError::new(Code::Unavailable, "engine unavailable"));
-            return Ok(());
+        let first = match first {
+            Ok(first) => first,
+            Err(Close::Unavailable) => {
+                self.sub.leave(&topic);
+                self.cursor.remove(&topic);
+                self.error(r, &ApiError::new(Code::Unavailable, "engine unavailable"));
+                return Ok(());
+            }
+            Err(closed) => return Err(closed),
         };
         self.ack(pb::Ack { r#ref: r, recovered: resume.recovered(), ..Default::default() });
-        match first {
-            Some(step) => {
-                self.step_frames(step);
-                self.replay = Some(resume);
-            }
-            None => metrics::replay(resume.recovered(), resume.replayed()),
+        if let Some(step) = first {
+            self.step_frames(step);
+            self.replay = Some(resume);
         }
         Ok(())
     }

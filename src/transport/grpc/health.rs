@@ -22,7 +22,7 @@ const SAMPLE: Duration = Duration::from_millis(250);
 
 /// The health service, and the task feeding `Watch` streams.
 pub(super) fn service(state: AppState) -> HealthServer<HealthService> {
-    let (tx, rx) = watch::channel(ready(&state));
+    let (tx, rx) = watch::channel(state.is_ready());
     state.shutdown.spawn(sample(state.clone(), tx));
     HealthServer::new(HealthService { state, ready: rx })
 }
@@ -31,10 +31,6 @@ pub(super) fn service(state: AppState) -> HealthServer<HealthService> {
 pub(crate) struct HealthService {
     state: AppState,
     ready: watch::Receiver<bool>,
-}
-
-fn ready(state: &AppState) -> bool {
-    state.bus.engine.is_ready() && !state.shutdown.is_shutting_down()
 }
 
 /// Services this health service knows: the server as a whole and the gateway.
@@ -57,7 +53,7 @@ async fn sample(state: AppState, tx: watch::Sender<bool>) {
             _ = state.shutdown.token().cancelled() => {}
         }
         tx.send_if_modified(|last| {
-            let now = ready(&state);
+            let now = state.is_ready();
             std::mem::replace(last, now) != now
         });
         if state.shutdown.is_shutting_down() {
@@ -77,7 +73,7 @@ impl Health for HealthService {
         if !known(&request.get_ref().service) {
             return Err(Status::not_found("unknown service"));
         }
-        Ok(Response::new(response(ready(&self.state))))
+        Ok(Response::new(response(self.state.is_ready())))
     }
 
     async fn watch(

@@ -19,7 +19,6 @@ mod health;
 mod service;
 pub mod wire;
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -27,8 +26,7 @@ use tonic::{Code as GrpcCode, Status};
 
 use crate::core::subscriber::{Kill, Session};
 use crate::core::Close;
-use crate::error::{ApiError, Code};
-use crate::metrics::{self, Transport};
+use crate::error::ApiError;
 use crate::server::{AppState, ConnControl, Peer};
 
 /// Server-side generated code (`rtgate.v1.Message` is [`wire::EncodedMessage`]).
@@ -92,8 +90,10 @@ async fn too_large_status(mut res: axum::response::Response) -> axum::response::
 
 /// The gRPC status for a contract error (§2): the message starts with the
 /// contract's code.
-pub(crate) fn status(e: &ApiError) -> Status {
-    Status::new(e.code.grpc(), format!("{}: {}", e.code.as_str(), e.message))
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        Status::new(e.code.grpc(), format!("{}: {}", e.code.as_str(), e.message))
+    }
 }
 
 /// The status a stream ends with when the server closes it for `reason`;
@@ -119,14 +119,6 @@ fn end_status(reason: Close) -> Option<Status> {
 /// The connection a request came on (set by the server's dispatch).
 fn peer<T>(req: &tonic::Request<T>) -> Option<Peer> {
     req.extensions().get::<axum::extract::ConnectInfo<Peer>>().map(|c| c.0.clone())
-}
-
-/// Refuses new calls while shutting down.
-fn check_open(state: &AppState) -> Result<(), Status> {
-    if state.shutdown.is_shutting_down() {
-        return Err(status(&ApiError::new(Code::Unavailable, "shutting down")));
-    }
-    Ok(())
 }
 
 /// Kill switch of a gRPC stream: when its session is closed (slow consumer,
@@ -168,50 +160,4 @@ fn arm_stall_kill(state: &AppState, peer: Option<&Peer>, session: &Session) -> A
         }));
     }
     alive
-}
-
-/// One gRPC stream's open/close accounting (a log line and metrics), however
-/// the stream ends: finished, or dropped by hyper when the client left.
-struct StreamRecord {
-    rpc: &'static str,
-    peer: String,
-    session: Arc<Session>,
-    opened: tokio::time::Instant,
-    received: u64,
-    sent: u64,
-    reason: Close,
-}
-
-impl StreamRecord {
-    fn open(rpc: &'static str, peer: Option<SocketAddr>, session: Arc<Session>) -> Self {
-        metrics::connection_opened(Transport::Grpc);
-        let peer = peer.map(|p| p.to_string()).unwrap_or_default();
-        tracing::info!(transport = "grpc", rpc, %peer, "connection opened");
-        StreamRecord {
-            rpc,
-            peer,
-            session,
-            opened: tokio::time::Instant::now(),
-            received: 0,
-            sent: 0,
-            reason: Close::Client,
-        }
-    }
-}
-
-impl Drop for StreamRecord {
-    fn drop(&mut self) {
-        let reason = self.session.closed().unwrap_or(self.reason);
-        metrics::connection_closed(Transport::Grpc, reason.label());
-        tracing::info!(
-            transport = "grpc",
-            rpc = self.rpc,
-            peer = %self.peer,
-            duration_ms = self.opened.elapsed().as_millis() as u64,
-            msgs_in = self.received,
-            msgs_out = self.sent,
-            reason = reason.label(),
-            "connection closed"
-        );
-    }
 }

@@ -11,16 +11,13 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::pb::{self, gateway_server};
 use super::wire::EncodedMessage;
-use super::{arm_stall_kill, check_open, end_status, peer, status, StreamRecord};
+use super::{arm_stall_kill, end_status, peer};
 use crate::core::replay::{Gap, Resume, Step};
-use crate::core::{Close, Cursor, Message, MessageId, Subscriber, Topic};
-use crate::error::{ApiError, Code};
+use crate::core::{Close, Cursor, Message, Subscriber};
+use crate::error::ApiError;
 use crate::metrics::{self, Transport};
 use crate::server::AppState;
-
-/// History page bounds (as on HTTP, contract §3).
-const HISTORY_DEFAULT: usize = 100;
-const HISTORY_MAX: usize = 1000;
+use crate::transport;
 
 /// A boxed response stream.
 pub(super) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -36,10 +33,6 @@ impl Gateway {
     }
 }
 
-pub(super) fn topic(name: &str) -> Result<Topic, ApiError> {
-    Topic::new(name).map_err(|e| ApiError::new(Code::BadTopic, e.to_string()))
-}
-
 /// Publishes `data` on `topic` after checking it; the one path for the
 /// `Publish` rpc and Connect's publish op.
 pub(super) async fn publish(
@@ -48,12 +41,12 @@ pub(super) async fn publish(
     data: Vec<u8>,
     key: &str,
 ) -> Result<pb::PublishReply, ApiError> {
-    let topic = self::topic(topic)?;
-    let data = crate::transport::check_data(Bytes::from(data), state.config.limits.max_message_bytes)?;
+    let topic = transport::topic(topic)?;
+    let data = transport::check_data(Bytes::from(data), state.config.limits.max_message_bytes)?;
     let key = if key.is_empty() {
         None
     } else {
-        crate::transport::check_idempotency_key(key.as_bytes())?;
+        transport::check_idempotency_key(key.as_bytes())?;
         Some(key)
     };
     let published = state.bus.engine.publish(&topic, data, key).await?;
@@ -72,7 +65,7 @@ impl gateway_server::Gateway for Gateway {
         &self,
         request: Request<Streaming<pb::ClientFrame>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        check_open(&self.state)?;
+        self.state.check_open()?;
         let peer = peer(&request);
         let stream = super::connect::serve(self.state.clone(), peer, request.into_inner());
         Ok(Response::new(Box::pin(stream)))
@@ -82,37 +75,20 @@ impl gateway_server::Gateway for Gateway {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        check_open(&self.state)?;
+        self.state.check_open()?;
         let peer = peer(&request);
         let req = request.into_inner();
         let state = &self.state;
         let mut topics = Vec::new();
         for name in &req.topics {
-            crate::transport::push_topic(&mut topics, name).map_err(|e| status(&e))?;
+            transport::push_topic(&mut topics, name)?;
         }
-        if topics.is_empty() {
-            return Err(status(&ApiError::new(Code::BadRequest, "at least one topic is required")));
-        }
-        if topics.len() > state.config.limits.max_topics_per_connection {
-            return Err(status(&ApiError::new(
-                Code::BadRequest,
-                "too many topics (limits.max_topics_per_connection)",
-            )));
-        }
-        let cursor = if req.cursor.is_empty() {
-            None
-        } else {
-            Some(
-                Cursor::parse(&req.cursor)
-                    .map_err(|e| status(&ApiError::new(Code::BadRequest, e.to_string())))?,
-            )
-        };
+        transport::check_topic_count(topics.len(), state.config.limits.max_topics_per_connection)?;
+        let cursor = if req.cursor.is_empty() { None } else { Some(transport::cursor(&req.cursor)?) };
         let mut sub = state.bus.subscriber();
         let alive = arm_stall_kill(state, peer.as_ref(), sub.session());
         let (cursor, resumes) =
-            crate::transport::start_subscription(&mut sub, topics, cursor.as_ref(), state.bus.replay_page)
-                .await
-                .map_err(|e| status(&e))?;
+            transport::start_subscription(&mut sub, topics, cursor.as_ref(), state.bus.replay_page).await?;
         let stream = messages(state.clone(), peer.map(|p| p.0), sub, cursor, resumes, alive);
         Ok(Response::new(Box::pin(stream)))
     }
@@ -122,9 +98,7 @@ impl gateway_server::Gateway for Gateway {
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishReply>, Status> {
         let req = request.into_inner();
-        let reply =
-            publish(&self.state, &req.topic, req.data, &req.idempotency_key).await.map_err(|e| status(&e))?;
-        Ok(Response::new(reply))
+        Ok(Response::new(publish(&self.state, &req.topic, req.data, &req.idempotency_key).await?))
     }
 
     async fn history(
@@ -132,22 +106,13 @@ impl gateway_server::Gateway for Gateway {
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryReply>, Status> {
         let req = request.into_inner();
-        let topic = topic(&req.topic).map_err(|e| status(&e))?;
-        let after = if req.after.is_empty() {
-            None
-        } else {
-            Some(
-                req.after
-                    .parse::<MessageId>()
-                    .map_err(|e| status(&ApiError::new(Code::BadRequest, e.to_string())))?,
-            )
-        };
+        let topic = transport::topic(&req.topic)?;
+        let after = if req.after.is_empty() { None } else { Some(transport::message_id(&req.after)?) };
         let limit = match req.limit as usize {
-            0 => HISTORY_DEFAULT,
-            n => n.min(HISTORY_MAX),
+            0 => transport::HISTORY_DEFAULT,
+            n => n.min(transport::HISTORY_MAX),
         };
-        let history =
-            self.state.bus.engine.history(&topic, after, limit).await.map_err(|e| status(&e.into()))?;
+        let history = self.state.bus.engine.history(&topic, after, limit).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::HistoryReply {
             messages: history.messages.iter().map(|m| EncodedMessage::plain(m)).collect(),
             truncated: history.truncated,
@@ -169,14 +134,14 @@ fn messages(
         let _alive = alive;
         let _registered = state.shutdown.sessions().register(sub.session());
         let session = Arc::clone(sub.session());
-        let mut record = StreamRecord::open("subscribe", peer, Arc::clone(&session));
+        let mut record = transport::StreamRecord::open(Transport::Grpc, Some("subscribe"), peer, Arc::clone(&session));
         // Gaps not yet reported: each goes out on the topic's next message,
         // and the cursor does not move past a gap until then.
         let mut gaps: Vec<Gap> = Vec::new();
         let mut reason = Close::Client;
         'replay: for mut resume in resumes {
             loop {
-                match crate::transport::replay_step(&session, &mut resume, &mut sub).await {
+                match transport::replay_step(&session, &mut resume, &mut sub).await {
                     Err(r) => {
                         reason = r;
                         break 'replay;
