@@ -4,13 +4,13 @@
 //! `shutdown`), `--log-format text`, and `RUST_LOG` filtering.
 #![allow(clippy::unwrap_used, clippy::disallowed_types)]
 mod support;
+use support::sse::RawSse;
 use support::*;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::MaybeTlsStream;
 
@@ -41,16 +41,7 @@ impl Proc {
     }
 
     async fn publish(&self, topic: &str, body: &str) -> String {
-        let res = tokio::time::timeout(
-            WAIT,
-            self.http.post(self.url(&format!("/v1/publish/{topic}"))).body(body.to_owned()).send(),
-        )
-        .await
-        .expect("publish timed out")
-        .expect("publish");
-        assert_eq!(res.status().as_u16(), 200);
-        let v: Value = res.json().await.expect("json");
-        v["id"].as_str().expect("id").to_owned()
+        post_publish(&self.http, &self.url(&format!("/v1/publish/{topic}")), body.to_owned()).await
     }
 
     /// `rtgate_connection_closes_total{transport,reason}` from `/metrics`
@@ -216,106 +207,6 @@ fn num(o: &Map<String, Value>, k: &str) -> u64 {
     o.get(k).and_then(Value::as_u64).unwrap_or_else(|| panic!("{k} is not a number: {o:?}"))
 }
 
-/// A minimal SSE client over raw HTTP/1.1 on its own socket (so the test
-/// knows its local address); the chunked body is decoded by hand.
-struct RawSse {
-    stream: TcpStream,
-    local: SocketAddr,
-    raw: Vec<u8>,
-    body: Vec<u8>,
-    ended: bool,
-}
-
-impl RawSse {
-    async fn open(addr: &str, path_and_query: &str) -> RawSse {
-        let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
-            .await
-            .expect("connect timed out")
-            .expect("connect");
-        let local = stream.local_addr().expect("local addr");
-        let req =
-            format!("GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
-        stream.write_all(req.as_bytes()).await.expect("write request");
-        let mut s = RawSse { stream, local, raw: vec![], body: vec![], ended: false };
-        let end = loop {
-            if let Some(i) = s.raw.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i;
-            }
-            assert!(s.fill().await, "closed before the response head");
-        };
-        let head = String::from_utf8(s.raw[..end].to_vec()).expect("utf-8 head").to_ascii_lowercase();
-        s.raw.drain(..end + 4);
-        assert!(head.starts_with("http/1.1 200"), "SSE response: {head}");
-        assert!(head.contains("transfer-encoding: chunked"), "{head}");
-        s
-    }
-
-    /// Reads more bytes; false at end of stream.
-    async fn fill(&mut self) -> bool {
-        let mut buf = [0u8; 8192];
-        let n = tokio::time::timeout(WAIT, self.stream.read(&mut buf))
-            .await
-            .expect("timed out reading the SSE stream")
-            .unwrap_or(0);
-        self.raw.extend_from_slice(&buf[..n]);
-        n > 0
-    }
-
-    fn decode(&mut self) {
-        while !self.ended {
-            let Some(i) = self.raw.windows(2).position(|w| w == b"\r\n") else { return };
-            let line = std::str::from_utf8(&self.raw[..i]).expect("chunk size");
-            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).expect("hex size");
-            if self.raw.len() < i + 2 + size + 2 {
-                return;
-            }
-            self.body.extend_from_slice(&self.raw[i + 2..i + 2 + size]);
-            self.raw.drain(..i + 2 + size + 2);
-            self.ended = size == 0;
-        }
-    }
-
-    /// Reads until `n` data events arrived; returns their data.
-    async fn events(&mut self, n: usize) -> Vec<Value> {
-        let mut out = vec![];
-        while out.len() < n {
-            self.decode();
-            if let Some(i) = self.body.windows(2).position(|w| w == b"\n\n") {
-                let block = String::from_utf8(self.body[..i].to_vec()).expect("utf-8 event");
-                self.body.drain(..i + 2);
-                if let Some(d) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
-                    out.push(serde_json::from_str(d).expect("data json"));
-                }
-                continue;
-            }
-            assert!(!self.ended, "SSE stream ended after {} of {n} events", out.len());
-            assert!(self.fill().await, "SSE connection closed after {} of {n} events", out.len());
-        }
-        out
-    }
-
-    /// Reads to the end of the body (the terminating chunk); true when the
-    /// stream ended cleanly rather than by a dropped connection.
-    async fn until_end(&mut self) -> bool {
-        loop {
-            self.decode();
-            if self.ended {
-                return true;
-            }
-            if !self.fill().await {
-                return false;
-            }
-        }
-    }
-}
-
-/// Closes from the client side (close frame) and waits for the end.
-async fn client_close(mut c: WsClient) {
-    tokio::time::timeout(WAIT, c.ws.close(None)).await.expect("close timed out").expect("close");
-    let end = c.ended().await;
-    assert!(matches!(end, Ended::Closed(..) | Ended::Dropped), "{end:?}");
-}
-
 /// Strips ANSI SGR sequences (`ESC [ ... m`).
 fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -362,7 +253,7 @@ async fn json_lines_have_one_open_and_one_close_per_ws_connection() {
         p.publish("lw", &i.to_string()).await;
     }
     c.messages(HTTP_PUBLISHES).await;
-    client_close(c).await;
+    c.close_and_wait().await;
     let elapsed_ms = t0.elapsed().as_millis() as u64;
     p.wait_line("closed for the ws client", |o| {
         s(o, "message") == Some("connection closed") && s(o, "peer") == Some(local.to_string().as_str())
@@ -390,14 +281,14 @@ async fn json_lines_have_one_open_and_one_close_per_sse_connection() {
     const K: usize = 4;
     let mut p = Proc::start(&["--log-format", "json"], "info").await;
     let t0 = Instant::now();
-    let mut sse = RawSse::open(&p.addr(), "/v1/sse?topic=ls").await;
+    let mut sse = RawSse::open(&p.addr(), "/v1/sse?topic=ls", None).await;
     let local = sse.local;
     let mut ids = vec![];
     for i in 0..K {
         ids.push(p.publish("ls", &i.to_string()).await);
     }
     let got = sse.events(K).await;
-    assert_eq!(got.iter().map(|d| d["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>(), ids);
+    assert_eq!(got.iter().map(|(_, d)| d["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>(), ids);
     drop(sse); // the client goes away
     p.wait_line("closed for the sse client", |o| {
         s(o, "message") == Some("connection closed") && s(o, "peer") == Some(local.to_string().as_str())
@@ -423,7 +314,7 @@ async fn json_lines_have_one_open_and_one_close_per_sse_connection() {
 async fn sigterm_logs_shutdown_closes_for_every_connection() {
     let mut p = Proc::start(&["--log-format", "json"], "info").await;
     let (mut ws, ws_local) = p.ws("/v1/ws?topic=lt").await;
-    let mut sse = RawSse::open(&p.addr(), "/v1/sse?topic=lt").await;
+    let mut sse = RawSse::open(&p.addr(), "/v1/sse?topic=lt", None).await;
     let sse_local = sse.local;
     // The SSE stream is joined before its response head; the WS one before 101.
     for i in 0..2 {
@@ -452,7 +343,7 @@ async fn sigterm_logs_shutdown_closes_for_every_connection() {
 async fn text_format_is_human_readable_lines() {
     let mut p = Proc::start(&["--log-format", "text"], "info").await;
     let (c, local) = p.ws("/v1/ws?topic=lx").await;
-    client_close(c).await;
+    c.close_and_wait().await;
     p.wait_closes("ws", "client", 1.0).await;
     let logs = p.terminate().await;
     assert!(!logs.trim().is_empty(), "no log output");
@@ -485,8 +376,8 @@ async fn text_format_is_human_readable_lines() {
 async fn rust_log_warn_suppresses_info_lines() {
     let mut p = Proc::start(&["--log-format", "json"], "warn").await;
     let (c, _) = p.ws("/v1/ws?topic=lq").await;
-    client_close(c).await;
-    let mut sse = RawSse::open(&p.addr(), "/v1/sse?topic=lq").await;
+    c.close_and_wait().await;
+    let mut sse = RawSse::open(&p.addr(), "/v1/sse?topic=lq", None).await;
     p.publish("lq", "1").await;
     sse.events(1).await;
     drop(sse);

@@ -3,6 +3,7 @@
 //! one transport and asserts exact deltas in the parsed Prometheus exposition.
 #![allow(clippy::unwrap_used, clippy::disallowed_types)]
 mod support;
+use support::sse::RawSse;
 use support::*;
 
 use std::net::SocketAddr;
@@ -219,111 +220,6 @@ impl Metrics {
 
 // ---------------------------------------------------------------- clients
 
-/// Closes from the client side (close frame) and waits for the end.
-async fn client_close(mut c: WsClient) {
-    tokio::time::timeout(WAIT, c.ws.close(None)).await.expect("close timed out").expect("close");
-    let end = c.ended().await;
-    assert!(matches!(end, Ended::Closed(..) | Ended::Dropped), "{end:?}");
-}
-
-/// A minimal SSE client over raw HTTP/1.1 (chunked body decoded by hand).
-struct RawSse {
-    stream: TcpStream,
-    /// Undecoded bytes read from the socket.
-    raw: Vec<u8>,
-    /// Decoded body bytes not yet consumed as events.
-    body: Vec<u8>,
-    ended: bool,
-}
-
-impl RawSse {
-    async fn open(addr: &str, path_and_query: &str, last_event_id: Option<&str>) -> RawSse {
-        let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
-            .await
-            .expect("connect timed out")
-            .expect("connect");
-        let extra = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
-        let req = format!(
-            "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{extra}\r\n"
-        );
-        stream.write_all(req.as_bytes()).await.expect("write request");
-        let mut s = RawSse { stream, raw: vec![], body: vec![], ended: false };
-        let end = loop {
-            if let Some(i) = s.raw.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i;
-            }
-            s.fill().await;
-        };
-        let head = String::from_utf8(s.raw[..end].to_vec()).expect("utf-8 head").to_ascii_lowercase();
-        s.raw.drain(..end + 4);
-        assert!(head.starts_with("http/1.1 200"), "SSE response: {head}");
-        assert!(head.contains("content-type: text/event-stream"), "{head}");
-        assert!(head.contains("transfer-encoding: chunked"), "{head}");
-        s
-    }
-
-    async fn fill(&mut self) {
-        let mut buf = [0u8; 8192];
-        let n = tokio::time::timeout(WAIT, self.stream.read(&mut buf))
-            .await
-            .expect("timed out reading the SSE stream")
-            .expect("read");
-        assert!(n > 0, "SSE connection closed mid-stream");
-        self.raw.extend_from_slice(&buf[..n]);
-    }
-
-    /// Decodes complete chunks from `raw` into `body`.
-    fn decode(&mut self) {
-        loop {
-            let Some(i) = self.raw.windows(2).position(|w| w == b"\r\n") else { return };
-            let size_line = std::str::from_utf8(&self.raw[..i]).expect("chunk size");
-            let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16).expect("hex");
-            if self.raw.len() < i + 2 + size + 2 {
-                return;
-            }
-            self.body.extend_from_slice(&self.raw[i + 2..i + 2 + size]);
-            self.raw.drain(..i + 2 + size + 2);
-            if size == 0 {
-                self.ended = true;
-                return;
-            }
-        }
-    }
-
-    /// The next `n` data-carrying events, as (id, data JSON).
-    async fn events(&mut self, n: usize) -> Vec<(String, Value)> {
-        let mut out = vec![];
-        while out.len() < n {
-            self.decode();
-            if let Some(i) = self.body.windows(2).position(|w| w == b"\n\n") {
-                let block = String::from_utf8(self.body[..i].to_vec()).expect("utf-8 event");
-                self.body.drain(..i + 2);
-                let mut id = None;
-                let mut data = None;
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id: ") {
-                        id = Some(v.to_owned());
-                    } else if let Some(v) = line.strip_prefix("data: ") {
-                        data = Some(serde_json::from_str::<Value>(v).expect("data json"));
-                    } else {
-                        assert!(
-                            line.starts_with(':') || line.starts_with("retry:"),
-                            "unexpected line {line:?}"
-                        );
-                    }
-                }
-                if let Some(d) = data {
-                    out.push((id.expect("event id"), d));
-                }
-                continue;
-            }
-            assert!(!self.ended, "SSE stream ended after {} of {n} events", out.len());
-            self.fill().await;
-        }
-        out
-    }
-}
-
 /// A WebSocket client over a raw TCP socket with a tiny receive buffer that
 /// never reads after the handshake.
 async fn raw_ws_never_reading(addr: &str, path_and_query: &str) -> TcpStream {
@@ -467,7 +363,7 @@ async fn ws_connection_gauge_totals_closes_topics_and_subscriptions() {
     let m = p.scrape().await;
     assert_eq!((m.topics(), m.subscriptions()), (2.0, 3.0), "after unsubscribing gb");
 
-    client_close(a).await;
+    a.close_and_wait().await;
     let m = p
         .wait_for("first client close", |m| m.closes("ws", "client") == m0.closes("ws", "client") + 1.0)
         .await;
@@ -475,7 +371,7 @@ async fn ws_connection_gauge_totals_closes_topics_and_subscriptions() {
     assert_eq!((m.topics(), m.subscriptions()), (2.0, 2.0), "b still holds ga and gc");
     assert_eq!(m.connections_total("ws"), m0.connections_total("ws") + 2.0, "a total never decreases");
 
-    client_close(b).await;
+    b.close_and_wait().await;
     let m = p
         .wait_for("second client close", |m| m.closes("ws", "client") == m0.closes("ws", "client") + 2.0)
         .await;
@@ -701,7 +597,7 @@ async fn replays_count_recovered_gaps_and_replayed_messages() {
     assert_eq!(ack["recovered"], true);
     let m3 = p.scrape().await;
     assert_eq!((recovered(&m3), gaps(&m3), replayed(&m3)), (recovered(&m2), gaps(&m2), replayed(&m2)));
-    client_close(c).await;
+    c.close_and_wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -761,7 +657,7 @@ async fn metric_families_are_typed_and_named_by_prometheus_conventions() {
     // Touch every family first (lazily registered series included).
     let c = p.ws("/v1/ws?topic=nc").await;
     p.publish("nc", "1").await;
-    client_close(c).await;
+    c.close_and_wait().await;
     let m = p.wait_for("a ws close", |m| m.closes("ws", "client") == 1.0).await;
 
     let mut counters = std::collections::BTreeSet::new();

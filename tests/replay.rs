@@ -3,6 +3,7 @@
 //! publisher keeps going; trimmed history is reported with a `gap` frame.
 #![allow(clippy::unwrap_used, clippy::disallowed_types)]
 mod support;
+use support::post_publish as publish;
 use support::*;
 
 use std::time::Duration;
@@ -12,16 +13,6 @@ use tokio::sync::oneshot;
 
 fn ids(frames: &[Value]) -> Vec<String> {
     frames.iter().map(|m| m["id"].as_str().expect("id").to_owned()).collect()
-}
-
-async fn publish(http: &reqwest::Client, url: &str, body: String) -> String {
-    let res = tokio::time::timeout(WAIT, http.post(url).body(body).send())
-        .await
-        .expect("publish timed out")
-        .expect("publish");
-    assert_eq!(res.status().as_u16(), 200);
-    let v: Value = res.json().await.expect("json");
-    v["id"].as_str().expect("id").to_owned()
 }
 
 /// Sends a ping and asserts the very next frame is its pong: nothing else

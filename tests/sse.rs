@@ -5,6 +5,7 @@
 //! HTTP/2, CORS, bad requests, and the Redis engine across two processes.
 #![allow(clippy::unwrap_used, clippy::disallowed_types)]
 mod support;
+use support::post_publish as publish;
 use support::redis::RedisServer;
 use support::*;
 
@@ -145,16 +146,6 @@ fn by_topic<'a>(msgs: impl IntoIterator<Item = &'a Value>) -> BTreeMap<String, V
         out.entry(topic_of(m)).or_default().push(id_of(m));
     }
     out
-}
-
-async fn publish(http: &reqwest::Client, url: &str, body: String) -> String {
-    let res = tokio::time::timeout(WAIT, http.post(url).body(body).send())
-        .await
-        .expect("publish timed out")
-        .expect("publish");
-    assert_eq!(res.status().as_u16(), 200);
-    let v: Value = res.json().await.expect("json");
-    v["id"].as_str().expect("id").to_owned()
 }
 
 /// Publishes one marker per topic and asserts they are the very next events

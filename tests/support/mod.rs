@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod redis;
+pub mod sse;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -41,6 +42,17 @@ pub fn check_shape(v: &Value) {
     assert_eq!(keys, ["data", "id", "topic", "ts"], "{v}");
     pid(v["id"].as_str().expect("id string"));
     assert!(v["ts"].as_u64().is_some(), "ts: {v}");
+}
+
+/// POSTs `body` to a publish `url`; asserts 200 and returns the id.
+pub async fn post_publish(http: &reqwest::Client, url: &str, body: String) -> String {
+    let res = tokio::time::timeout(WAIT, http.post(url).body(body).send())
+        .await
+        .expect("publish timed out")
+        .expect("publish");
+    assert_eq!(res.status().as_u16(), 200);
+    let v: Value = res.json().await.expect("json");
+    v["id"].as_str().expect("id").to_owned()
 }
 
 /// An in-process rtgate on a free port.
@@ -205,6 +217,13 @@ impl WsClient {
             out.push(v);
         }
         out
+    }
+
+    /// Closes from the client side (close frame) and waits for the end.
+    pub async fn close_and_wait(mut self) {
+        tokio::time::timeout(WAIT, self.ws.close(None)).await.expect("close timed out").expect("close");
+        let end = self.ended().await;
+        assert!(matches!(end, Ended::Closed(..) | Ended::Dropped), "{end:?}");
     }
 
     /// Waits for the connection to end; returns the close code and reason.
