@@ -76,103 +76,34 @@ fn capture(child: &mut Child) -> Arc<Mutex<String>> {
     logs
 }
 
-/// The real `rtgate` binary (Redis engine) on a given port; killed on drop
-/// if still running.
-struct Gateway {
-    child: Child,
-    port: u16,
-    logs: Arc<Mutex<String>>,
+/// The real `rtgate` binary; killed on drop if still running.
+use support::binary::Gateway;
+
+/// The gateway's settings here: the Redis engine on `redis_url`, a short SSE
+/// retry hint, a 5 s grace.
+fn gateway_env(redis_url: &str) -> [(&str, &str); 4] {
+    [
+        ("RTGATE_ENGINE__KIND", "redis"),
+        ("RTGATE_REDIS__URL", redis_url),
+        ("RTGATE_SSE__RETRY", SSE_RETRY),
+        ("RTGATE_SHUTDOWN__GRACE", "5s"),
+    ]
 }
 
 impl Gateway {
-    fn logs(&self) -> String {
-        self.logs.lock().unwrap().clone()
-    }
-
-    /// Starts on `port` and waits (bounded) for `/healthz`; `Err` when the
-    /// process exits first (the port is taken).
-    async fn spawn_on(port: u16, redis_url: &str) -> Result<Gateway, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rtgate"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .env_remove("RTGATE_CONFIG")
-            .env_remove("RTGATE_LISTEN")
-            .env("RTGATE_ENGINE__KIND", "redis")
-            .env("RTGATE_REDIS__URL", redis_url)
-            .env("RTGATE_SSE__RETRY", SSE_RETRY)
-            .env("RTGATE_SHUTDOWN__GRACE", "5s")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn rtgate");
-        let logs = capture(&mut child);
-        let mut g = Gateway { child, port, logs };
-        let client = http();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = g.child.try_wait().unwrap() {
-                return Err(format!("rtgate exited early ({status}): {}", g.logs()));
-            }
-            let ok = client
-                .get(format!("http://127.0.0.1:{port}/healthz"))
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().as_u16() == 200);
-            if ok {
-                return Ok(g);
-            }
-            assert!(Instant::now() < deadline, "rtgate did not become healthy: {}", g.logs());
-            tokio::time::sleep(Duration::from_millis(20)).await; // polling /healthz, bounded
-        }
-    }
-
-    /// Starts on a free port (another one if it was taken meanwhile).
     async fn start(redis_url: &str) -> Gateway {
-        let mut last = String::new();
-        for _ in 0..5 {
-            match Gateway::spawn_on(free_port(), redis_url).await {
-                Ok(g) => return g,
-                Err(e) => last = e,
-            }
-        }
-        panic!("could not start rtgate on a free port: {last}");
+        Gateway::spawn(&[], &gateway_env(redis_url)).await
     }
 
     /// Starts again on the same `port` (bounded retries while it frees up).
-    async fn restart_on(port: u16, redis_url: &str) -> Gateway {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match Gateway::spawn_on(port, redis_url).await {
-                Ok(g) => return g,
-                Err(e) => assert!(Instant::now() < deadline, "rtgate did not restart on port {port}: {e}"),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await; // retrying the bind, bounded
-        }
-    }
-
-    fn sigterm(&self) {
-        let status =
-            Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().expect("kill");
-        assert!(status.success());
-    }
-
-    async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "rtgate still running after {within:?}: {}", self.logs());
-            tokio::time::sleep(Duration::from_millis(10)).await; // polling the child, bounded
-        }
+    async fn restart(port: u16, redis_url: &str) -> Gateway {
+        Gateway::restart_on(port, &[], &gateway_env(redis_url)).await
     }
 
     /// `POST /v1/publish/{topic}`; returns the message id.
     async fn publish(&self, client: &reqwest::Client, topic: &str, data: &Value) -> String {
         let res = client
-            .post(format!("http://127.0.0.1:{}/v1/publish/{topic}", self.port))
+            .post(self.url(&format!("/v1/publish/{topic}")))
             .body(data.to_string())
             .timeout(WAIT)
             .send()
@@ -182,15 +113,6 @@ impl Gateway {
         let body: Value = res.json().await.unwrap_or(Value::Null);
         assert_eq!(status, 200, "publish answered {status} {body}");
         body["id"].as_str().expect("id").to_owned()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -537,7 +459,7 @@ async fn scenario() {
 
     // 2. A stops gracefully (its SSE stream ends), then 20 more while it is down.
     a.sigterm();
-    let status = a.wait_exit(Duration::from_secs(10)).await;
+    let status = a.exited(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "exit {status}; logs: {}", a.logs());
     published.extend(publish_batch(&b, &client, "down").await);
     // The stream's end is one `error`; a refused reconnect attempt is another.
@@ -547,7 +469,7 @@ async fn scenario() {
 
     // 3. A again, same port: the browser reconnects on its own with
     // Last-Event-ID and gets the missed 20.
-    let a2 = Gateway::restart_on(port_a, &redis_url).await;
+    let a2 = Gateway::restart(port_a, &redis_url).await;
     browser.wait_for("the 20 published while the gateway was down", |r| ids(r).len() >= 2 * BATCH).await;
 
     // 4. Live again after the resume.

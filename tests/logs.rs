@@ -103,15 +103,6 @@ impl Proc {
         }
     }
 
-    fn sigterm(&self) {
-        let status = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
     /// SIGTERM, then [`Proc::wait_exit`].
     async fn terminate(&mut self) -> String {
         self.sigterm();
@@ -120,14 +111,7 @@ impl Proc {
 
     /// Waits (bounded) for exit 0; returns the complete stderr.
     async fn wait_exit(&mut self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "rtgate still running after SIGTERM: {}", self.logs());
-            tokio::time::sleep(Duration::from_millis(10)).await; // polling the child, bounded
-        };
+        let status = self.exited(Duration::from_secs(15)).await;
         assert_eq!(status.code(), Some(0), "exit status {status}; logs: {}", self.logs());
         // The pipe's only writer is gone: the reader thread is at EOF.
         if let Some(reader) = self.reader.take() {

@@ -4,111 +4,19 @@
 mod support;
 use support::*;
 
-use std::io::Read;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 const GRACE: Duration = Duration::from_secs(5);
 
-/// The real binary on a free port; killed on drop if still running.
-struct Proc {
-    child: std::process::Child,
-    port: u16,
-    stderr: Arc<Mutex<String>>,
-}
+/// The real binary on a free port with a 5 s grace; killed on drop if still
+/// running.
+use support::binary::Gateway as Proc;
 
 impl Proc {
-    fn logs(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Starts the binary and waits (bounded) for `/healthz` to answer 200;
-    /// retries on another port when the chosen one was taken meanwhile.
     async fn start() -> Proc {
-        let http = reqwest::Client::new();
-        for _attempt in 0..5 {
-            let port = {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 0");
-                l.local_addr().expect("addr").port()
-            };
-            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rtgate"))
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
-                .env("RTGATE_SHUTDOWN__GRACE", "5s")
-                .env_remove("RTGATE_CONFIG")
-                .env_remove("RTGATE_LISTEN")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn rtgate");
-            let stderr = Arc::new(Mutex::new(String::new()));
-            let mut pipe = child.stderr.take().expect("stderr");
-            let sink = Arc::clone(&stderr);
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-            let mut p = Proc { child, port, stderr };
-            let deadline = Instant::now() + WAIT;
-            loop {
-                if let Some(status) = p.child.try_wait().expect("try_wait") {
-                    // Most likely the port was taken between probe and bind: retry.
-                    eprintln!("rtgate exited early ({status}): {}", p.logs());
-                    break;
-                }
-                let ok = http
-                    .get(format!("http://127.0.0.1:{port}/healthz"))
-                    .timeout(Duration::from_secs(1))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().as_u16() == 200);
-                if ok {
-                    return p;
-                }
-                assert!(Instant::now() < deadline, "rtgate did not become healthy: {}", p.logs());
-                tokio::time::sleep(Duration::from_millis(20)).await; // polling /healthz, bounded
-            }
-        }
-        panic!("could not start rtgate on a free port");
-    }
-
-    fn sigterm(&self) {
-        let status = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    /// Waits (bounded) for the process to exit.
-    async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "rtgate still running after {within:?}: {}", self.logs());
-            tokio::time::sleep(Duration::from_millis(10)).await; // polling the child, bounded
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        Proc::spawn(&[], &[("RTGATE_SHUTDOWN__GRACE", "5s")]).await
     }
 }
 
@@ -152,7 +60,7 @@ async fn sigterm_closes_clients_with_1001_and_exits_zero() {
             .expect("late connect timed out");
     assert!(late.is_err(), "a WebSocket connection was accepted during shutdown");
 
-    let status = p.wait_exit(GRACE + Duration::from_secs(5)).await;
+    let status = p.exited(GRACE + Duration::from_secs(5)).await;
     let took = t0.elapsed();
     assert_eq!(status.code(), Some(0), "exit status {status}; logs: {}", p.logs());
     assert!(took < GRACE, "exited after {took:?}, grace is {GRACE:?}; logs: {}", p.logs());
@@ -173,7 +81,7 @@ async fn sigterm_with_idle_client_that_ignores_close_still_exits_in_grace() {
     let silent = WsClient::connect(&format!("ws://{base}/v1/ws?topic=idle")).await;
     let t0 = Instant::now();
     p.sigterm();
-    let status = p.wait_exit(GRACE + Duration::from_secs(5)).await;
+    let status = p.exited(GRACE + Duration::from_secs(5)).await;
     let took = t0.elapsed();
     assert_eq!(status.code(), Some(0), "exit status {status}; logs: {}", p.logs());
     assert!(took < GRACE, "exited after {took:?}, grace is {GRACE:?}; logs: {}", p.logs());
