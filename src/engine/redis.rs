@@ -559,12 +559,8 @@ impl RedisEngine {
                 } {
                     Ok(c) => conn.insert(c),
                     Err(e) => {
-                        if !failing {
-                            tracing::warn!(engine = "redis", group, error = %e, "reader cannot connect; retrying");
-                            failing = true;
-                        }
+                        note_failure(group, &e, "reader cannot connect; retrying", &mut failing);
                         check_pending = true;
-                        crate::metrics::engine_error();
                         if sleep_backoff(&token, &mut backoff).await {
                             return;
                         }
@@ -603,12 +599,8 @@ impl RedisEngine {
                     self.deliver(group, &value, &by_key, &wake_key, &mut wake_last);
                 }
                 Err(e) => {
-                    if !failing {
-                        tracing::warn!(engine = "redis", group, error = %e, "reader failed; reconnecting");
-                        failing = true;
-                    }
+                    note_failure(group, &e, "reader failed; reconnecting", &mut failing);
                     check_pending = true;
-                    crate::metrics::engine_error();
                     conn = None;
                     if sleep_backoff(&token, &mut backoff).await {
                         return;
@@ -739,6 +731,15 @@ impl RedisEngine {
         }
         Ok(())
     }
+}
+
+/// A reader failure: counted always, logged once per streak of failures.
+fn note_failure(group: usize, e: &redis::RedisError, what: &str, failing: &mut bool) {
+    if !*failing {
+        tracing::warn!(engine = "redis", group, error = %e, "{what}");
+        *failing = true;
+    }
+    crate::metrics::engine_error();
 }
 
 /// Sleeps `backoff` with ±50 % jitter and doubles it (max 5 s); true when
