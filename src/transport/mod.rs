@@ -240,6 +240,20 @@ impl Drop for StreamRecord {
     }
 }
 
+/// The first steps of a subscribe op with `after`: a gap step when history
+/// was trimmed past `after` (reported before the op's ack), then the first
+/// real step or the failure (see [`replay_step`]).
+pub(crate) async fn first_steps(
+    session: &Session,
+    resume: &mut Resume,
+    sub: &mut Subscriber,
+) -> (Option<Step>, Result<Option<Step>, Close>) {
+    match replay_step(session, resume, sub).await {
+        Ok(Some(gap @ Step::Gap(_))) => (Some(gap), replay_step(session, resume, sub).await),
+        first => (None, first),
+    }
+}
+
 /// Routes of every transport.
 pub fn routes() -> Router<AppState> {
     Router::new()

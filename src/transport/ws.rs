@@ -400,12 +400,9 @@ impl Conn {
             };
         };
         let mut resume = Resume::after(topic.clone(), after, self.state.bus.replay_page);
-        let mut first = self.step(&mut resume).await;
-        if let Ok(Some(Step::Gap(_))) = first {
-            if let Ok(Some(gap)) = first {
-                self.write_step(socket, gap).await?;
-            }
-            first = self.step(&mut resume).await;
+        let (gap, first) = super::first_steps(&Arc::clone(&self.session), &mut resume, &mut self.sub).await;
+        if let Some(gap) = gap {
+            self.write_step(socket, gap).await?;
         }
         let first = match first {
             Ok(first) => first,

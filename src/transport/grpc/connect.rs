@@ -163,12 +163,6 @@ impl Conn {
         }
     }
 
-    /// The next replay step (see [`transport::replay_step`]); the caller
-    /// also races the session's close.
-    async fn step(&mut self, resume: &mut Resume) -> Result<Option<Step>, Close> {
-        transport::replay_step(&Arc::clone(self.sub.session()), resume, &mut self.sub).await
-    }
-
     async fn handle(&mut self, f: pb::ClientFrame) -> Result<(), Close> {
         let r = f.r#ref;
         match f.op {
@@ -255,12 +249,10 @@ impl Conn {
             return Ok(());
         };
         let mut resume = Resume::after(topic.clone(), after, self.state.bus.replay_page);
-        let mut first = self.step(&mut resume).await;
-        if let Ok(Some(Step::Gap(_))) = first {
-            if let Ok(Some(gap)) = first {
-                self.step_frames(gap);
-            }
-            first = self.step(&mut resume).await;
+        let (gap, first) =
+            transport::first_steps(&Arc::clone(self.sub.session()), &mut resume, &mut self.sub).await;
+        if let Some(gap) = gap {
+            self.step_frames(gap);
         }
         let first = match first {
             Ok(first) => first,
