@@ -35,7 +35,7 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Address to listen on for HTTP, WebSocket (and later SSE, gRPC).
+    /// Address to listen on for every transport: HTTP, WebSocket, SSE, long polling and gRPC.
     pub listen: SocketAddr,
     /// Which engine stores messages.
     pub engine: EngineConfig,

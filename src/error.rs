@@ -1,12 +1,17 @@
-//! The contract's error vocabulary (§2) and its projection onto HTTP and
-//! gRPC status codes. The WebSocket projection lives in `transport::frame`
-//! (error frames) and `core::close` (close codes).
+//! The contract's error vocabulary (§2) and every projection of a reason
+//! onto a wire: [`Code`] → HTTP status and gRPC code, [`ApiError`] → HTTP
+//! response, gRPC [`Status`] and the WebSocket close of a refused connect,
+//! and [`Close`] (why a stream ends) → the gRPC status it ends with. The
+//! WebSocket close codes are [`Close::ws_code`] in `core::close`. These
+//! conversions only convert: whoever makes an error logs it.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use crate::core::EngineError;
+use tonic::Status;
+
+use crate::core::{Close, EngineError};
 
 /// An error code from contract §2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +91,16 @@ impl ApiError {
         ApiError { code, message: message.into() }
     }
 
+    /// How a WebSocket connect refused with this error is closed: 1013
+    /// (try again) when the engine is unavailable, 1008 (policy) otherwise.
+    pub fn connect_close(&self) -> Close {
+        if self.code == Code::Unavailable {
+            Close::Unavailable
+        } else {
+            Close::Policy
+        }
+    }
+
     /// The JSON body `{"error":{"code","message"}}`.
     pub fn body(&self) -> Bytes {
         let body = serde_json::json!({"error": {"code": self.code.as_str(), "message": self.message}});
@@ -95,7 +110,6 @@ impl ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        tracing::warn!(error = %e, "engine error");
         match e {
             EngineError::Unavailable(_) => ApiError::new(Code::Unavailable, "engine unavailable"),
             EngineError::IdsExhausted => ApiError::new(Code::Unavailable, "topic id space exhausted"),
@@ -112,4 +126,40 @@ impl IntoResponse for ApiError {
         }
         res
     }
+}
+
+/// The gRPC status for a contract error (§2): the message starts with the
+/// contract's code.
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        Status::new(e.code.grpc(), format!("{}: {}", e.code.as_str(), e.message))
+    }
+}
+
+/// The status a gRPC stream ends with when the server closes it for
+/// `reason`; `None` when the client went away.
+pub fn stream_end(reason: Close) -> Option<Status> {
+    use tonic::Code as Grpc;
+    let (code, text) = match reason {
+        Close::Client => return None,
+        Close::Slow => (
+            Grpc::ResourceExhausted,
+            "slow_consumer: the stream fell behind and its outbox filled; resume from the last cursor",
+        ),
+        Close::TooLarge => (Grpc::ResourceExhausted, "too_large: message over limits.max_message_bytes"),
+        Close::Shutdown => (Grpc::Unavailable, "unavailable: shutting down; resume from the last cursor"),
+        Close::Unavailable => {
+            (Grpc::Unavailable, "unavailable: engine unavailable; resume from the last cursor")
+        }
+        Close::Silent => (Grpc::Unavailable, "unavailable: heartbeat timeout"),
+        Close::Policy => (Grpc::InvalidArgument, "bad_request: cannot continue"),
+    };
+    Some(Status::new(code, text))
+}
+
+/// The status of a request tonic refused before any handler ran because it
+/// was over the decoder's size limit (tonic says `OUT_OF_RANGE`, which no
+/// handler of ours returns): the contract's `too_large`.
+pub fn decode_limit_status() -> Status {
+    Status::new(tonic::Code::ResourceExhausted, "too_large: message over limits.max_message_bytes")
 }

@@ -4,18 +4,31 @@
 //!
 //! # Layout
 //!
+//! Every arrow points down; nothing imports a module above it.
+//!
+//! - [`server`]: composes the HTTP and gRPC routers into one [`server::App`],
+//!   runs the accept loop (HTTP/1.1 and h2c on one port, gRPC routed by
+//!   content type) and drains; [`run`] ties it all together.
+//! - [`transport`]: protocol adapters (HTTP API, WebSocket, SSE, long poll,
+//!   gRPC) that read their client's input and encode events for their wire,
+//!   over three shared pieces: `transport::subscription` (the one
+//!   subscription driver: replay → live, de-duplication, gaps, close),
+//!   `transport::ops` (the one publish path and the op handler of WebSocket
+//!   and gRPC `Connect`) and `transport::request` (parsing and checks).
+//! - [`state`]: [`state::AppState`] and the per-connection [`state::Peer`]:
+//!   what every adapter is handed.
 //! - [`core`]: topics, ids, cursors, the [`core::Engine`] seam, the hub that
-//!   fans messages out to bounded outboxes, replay-then-live hand-over. It
-//!   never imports an engine or a transport.
+//!   fans messages out to bounded outboxes, sessions (close flags), replay.
+//!   It never imports an engine or a transport.
 //! - [`engine`]: engine implementations (embedded memory, Redis Streams),
 //!   chosen once from config.
-//! - [`transport`]: protocol adapters (HTTP API, WebSocket, SSE, long poll,
-//!   gRPC) that turn sockets into bus operations.
-//! - [`server`]: `AppState`, the routers, the accept loop (HTTP/1.1 and h2c
-//!   on one port, gRPC routed by content type); [`run`] ties it all
-//!   together. [`config`], [`error`], [`metrics`], [`shutdown`],
-//!   [`telemetry`], [`ops`] are what their names say; [`proto`] holds the
-//!   gRPC client types.
+//! - Beside the stack: [`config`], [`error`] (the contract's codes and every
+//!   projection of a reason onto a wire, with `core::close`), [`metrics`],
+//!   [`shutdown`], [`telemetry`], [`ops`] (health, readiness, metrics
+//!   endpoints) and [`proto`] (the gRPC client types).
+//!
+//! `docs/architecture.md` walks one published message and one resumed
+//! subscription through these modules.
 //!
 //! # Entry points
 //!
@@ -31,8 +44,12 @@ pub mod ops;
 pub mod proto;
 pub mod server;
 pub mod shutdown;
+pub mod state;
 pub mod telemetry;
 pub mod transport;
+
+#[cfg(test)]
+mod testing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,8 +60,24 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::core::{Bus, Hub, Listener};
-use crate::server::{AppState, Limited};
+use crate::server::Limited;
 use crate::shutdown::Shutdown;
+use crate::state::AppState;
+
+/// The application state for `config`: the configured engine (metered),
+/// the hub it feeds, and `shutdown`, which the engine's background tasks
+/// obey.
+pub fn state(config: Arc<Config>, shutdown: Shutdown) -> Result<AppState, core::EngineError> {
+    let hub = Hub::new();
+    let engine = engine::build(&config, Arc::new(hub.clone()) as Arc<dyn Listener>, &shutdown)?;
+    let bus = Bus {
+        engine: Arc::new(engine::Metered(engine)),
+        hub,
+        outbox_capacity: config.limits.outbox_capacity,
+        replay_page: config.history.replay_page,
+    };
+    Ok(AppState { bus, config, shutdown })
+}
 
 /// Serves on `listener` until `token` is cancelled, then drains: stops
 /// accepting, closes WebSocket clients with 1001, waits for in-flight work
@@ -56,16 +89,8 @@ pub async fn run(listener: TcpListener, config: Config, token: CancellationToken
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Arc::new(config);
     let shutdown = Shutdown::new(token.clone(), config.shutdown.grace);
-    let hub = Hub::new();
-    let engine = engine::build(&config, Arc::new(hub.clone()) as Arc<dyn Listener>, &shutdown)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let bus = Bus {
-        engine: Arc::new(engine::Metered(engine)),
-        hub,
-        outbox_capacity: config.limits.outbox_capacity,
-        replay_page: config.history.replay_page,
-    };
-    let state = AppState { bus, config: Arc::clone(&config), shutdown: shutdown.clone() };
+    let state =
+        state(Arc::clone(&config), shutdown.clone()).map_err(|e| std::io::Error::other(e.to_string()))?;
     let local: SocketAddr = listener.local_addr()?;
     let listener = Limited::new(listener, config.limits.max_connections);
     if let Some(addr) = config.admin.listen {
@@ -80,11 +105,10 @@ pub async fn run(listener: TcpListener, config: Config, token: CancellationToken
             }
         });
     }
-    let http = server::app(state.clone());
-    let grpc = transport::grpc::router(state);
+    let app = server::app(state);
     let serve_token = token.clone();
     let h2 = config.http2.clone();
-    shutdown.spawn(async move { server::serve(listener, http, grpc, &h2, serve_token).await });
+    shutdown.spawn(async move { server::serve(listener, app, &h2, serve_token).await });
     tracing::info!(addr = %local, engine = config.engine.kind_name(), "rtgate listening");
     token.cancelled().await;
     tracing::info!(grace = ?config.shutdown.grace, "draining");

@@ -9,7 +9,7 @@ use clap::Parser;
 use rtgate::config::{Config, LogFormat};
 use tokio_util::sync::CancellationToken;
 
-/// rtgate: a realtime gateway (WebSocket + HTTP today) over one topic bus.
+/// rtgate: a realtime gateway (WebSocket, SSE, long polling, gRPC and an HTTP API) over one topic bus.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {

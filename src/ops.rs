@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// `GET /healthz`: 200 while the process serves.
 pub(crate) async fn healthz() -> impl IntoResponse {

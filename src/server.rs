@@ -1,9 +1,12 @@
 //! Application state, the router, the accept loop and the drain.
 
+//! The server: composes the HTTP and gRPC routers into one [`App`], runs the
+//! accept loop (HTTP/1.1 with upgrades and h2c on one port, gRPC routed by
+//! content type) and drains on shutdown.
+
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -13,7 +16,6 @@ use axum::http::{header, HeaderValue, Method};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use futures_util::task::AtomicWaker;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -24,41 +26,29 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use crate::config::{Config, Http2Config};
-use crate::core::subscriber::Kill;
-use crate::core::Bus;
+use crate::config::Http2Config;
 use crate::error::{ApiError, Code};
-use crate::shutdown::Shutdown;
+use crate::state::{AppState, ConnControl, Peer};
 
-/// Everything a handler needs. Clone = `Arc` bumps.
+/// Every endpoint of the public port: the HTTP router (API, WebSocket, SSE,
+/// long polling, health, metrics) and the gRPC router (gateway, health,
+/// reflection). [`serve`] picks one per request by content type.
 #[derive(Clone)]
-pub struct AppState {
-    /// Engine + hub.
-    pub bus: Bus,
-    /// The effective configuration.
-    pub config: Arc<Config>,
-    /// Shutdown token and task tracker.
-    pub shutdown: Shutdown,
+pub struct App {
+    /// Everything that is not gRPC.
+    pub http: Router,
+    /// `application/grpc…` requests.
+    pub grpc: Router,
 }
 
-impl AppState {
-    /// True when the engine is reachable and the process is not draining:
-    /// what `/readyz` and gRPC health report.
-    pub fn is_ready(&self) -> bool {
-        self.bus.engine.is_ready() && !self.shutdown.is_shutting_down()
-    }
-
-    /// Refuses new long-lived connections and streams once draining.
-    pub fn check_open(&self) -> Result<(), ApiError> {
-        if self.shutdown.is_shutting_down() {
-            return Err(ApiError::new(Code::Unavailable, "shutting down"));
-        }
-        Ok(())
-    }
+/// The routers of every endpoint, used by `run` and by tests.
+pub fn app(state: AppState) -> App {
+    App { grpc: crate::transport::grpc::router(state.clone()), http: http_app(state) }
 }
 
-/// The router of every endpoint, used by `run` and by tests.
-pub fn app(state: AppState) -> Router {
+/// The HTTP router: the transports' routes, health, readiness and (without
+/// an admin listener) metrics.
+fn http_app(state: AppState) -> Router {
     let cors = cors(&state.config.http.cors_origins);
     let router = Router::new()
         .merge(crate::transport::routes())
@@ -107,28 +97,17 @@ fn cors(origins: &[String]) -> CorsLayer {
     }
 }
 
-/// What a handler knows of its connection (axum `ConnectInfo`): the peer
-/// address and the connection's kill switch.
-#[derive(Clone, Debug)]
-pub struct Peer(pub SocketAddr, pub Arc<ConnControl>);
-
 /// Bytes an HTTP/2 stream may buffer towards its client.
 const SEND_BUF_PER_STREAM: usize = 64 * 1024;
 
 /// Serves `listener` until `token` is cancelled: each connection speaks
 /// HTTP/1.1 (with upgrades to WebSocket) or HTTP/2 (h2c: gRPC, and HTTP
-/// clients that choose it), and each request goes to `grpc` when its
-/// `content-type` is `application/grpc…`, to `http` otherwise. Then stops
+/// clients that choose it), and each request goes to `app.grpc` when its
+/// `content-type` is `application/grpc…`, to `app.http` otherwise. Then stops
 /// accepting and lets open connections finish (HTTP/1 after the request in
 /// flight, HTTP/2 after a GOAWAY); long-lived streams are ended by the
 /// shutdown's session close.
-pub async fn serve(
-    mut listener: Limited,
-    http: Router,
-    grpc: Router,
-    h2: &Http2Config,
-    token: CancellationToken,
-) {
+pub async fn serve(mut listener: Limited, app: App, h2: &Http2Config, token: CancellationToken) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     builder
@@ -147,8 +126,11 @@ pub async fn serve(
             _ = token.cancelled() => break,
             conn = axum::serve::Listener::accept(&mut listener) => conn,
         };
-        let svc =
-            Dispatch { http: http.clone(), grpc: grpc.clone(), peer: Peer(addr, Arc::clone(&io.control)) };
+        let svc = Dispatch {
+            http: app.http.clone(),
+            grpc: app.grpc.clone(),
+            peer: Peer(addr, Arc::clone(&io.control)),
+        };
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc));
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
@@ -188,53 +170,6 @@ impl tower::Service<axum::http::Request<hyper::body::Incoming>> for Dispatch {
         let router = if grpc { &mut self.grpc } else { &mut self.http };
         tower::Service::call(router, req)
     }
-}
-
-/// Per-connection kill switch: once killed, the connection's reads and
-/// writes fail, which makes hyper drop it even while a response body waits
-/// on a client that stopped reading. (On HTTP/2 this ends every stream of
-/// the connection.)
-///
-/// It is inert until [`ConnControl::arm`]ed (by the SSE handler): only then
-/// does the I/O remember the wakers of whoever polls it. Remembering them
-/// always would keep the finished HTTP task of every upgraded WebSocket
-/// alive through a stale waker (≈ 2.5 KiB per idle connection).
-#[derive(Debug, Default)]
-pub struct ConnControl {
-    armed: AtomicBool,
-    killed: AtomicBool,
-    read: AtomicWaker,
-    write: AtomicWaker,
-}
-
-impl ConnControl {
-    /// Makes [`Kill::kill`] effective for this connection.
-    pub fn arm(&self) {
-        self.armed.store(true, Ordering::Release);
-    }
-
-    /// Checks the switch before an I/O poll; remembers the waker when armed.
-    fn check(&self, waker: &AtomicWaker, cx: &Context<'_>) -> Result<(), io::Error> {
-        if self.armed.load(Ordering::Acquire) {
-            if self.killed.load(Ordering::Acquire) {
-                return Err(aborted());
-            }
-            waker.register(cx.waker());
-        }
-        Ok(())
-    }
-}
-
-impl Kill for ConnControl {
-    fn kill(&self) {
-        self.killed.store(true, Ordering::Release);
-        self.read.wake();
-        self.write.wake();
-    }
-}
-
-fn aborted() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionAborted, "connection closed by the server")
 }
 
 /// A TCP listener that holds at most `limits.max_connections` connections
@@ -302,7 +237,7 @@ impl Drop for LimitedIo {
 impl AsyncRead for LimitedIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Err(e) = this.control.check(&this.control.read, cx) {
+        if let Err(e) = this.control.check_read(cx) {
             return Poll::Ready(Err(e));
         }
         Pin::new(&mut this.stream).poll_read(cx, buf)
@@ -312,7 +247,7 @@ impl AsyncRead for LimitedIo {
 impl AsyncWrite for LimitedIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if let Err(e) = this.control.check(&this.control.write, cx) {
+        if let Err(e) = this.control.check_write(cx) {
             return Poll::Ready(Err(e));
         }
         Pin::new(&mut this.stream).poll_write(cx, buf)
@@ -324,7 +259,7 @@ impl AsyncWrite for LimitedIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if let Err(e) = this.control.check(&this.control.write, cx) {
+        if let Err(e) = this.control.check_write(cx) {
             return Poll::Ready(Err(e));
         }
         Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::core::subscriber::Sessions;
+use crate::core::session::Sessions;
 use crate::core::Close;
 
 /// The process's shutdown handle. Clone = `Arc` bumps.

@@ -15,12 +15,20 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use parking_lot::RwLock;
 use slab::Slab;
+use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::close::Close;
 use super::engine::{Engine, Listener};
 use super::message::{Message, Topic};
-use super::subscriber::SubscriberHandle;
+use super::session::Session;
+
+/// The hub's side of a subscriber: the outbox sender and the session.
+#[derive(Debug, Clone)]
+pub struct SubscriberHandle {
+    pub(super) tx: mpsc::Sender<Arc<Message>>,
+    pub(super) session: Arc<Session>,
+}
 
 /// Registry of local subscribers per topic. Clone = `Arc` bump.
 #[derive(Clone, Default)]
@@ -122,5 +130,115 @@ impl Listener for Hub {
                 handle.session.close(Close::Unavailable);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::core::engine::{EngineError, History, Published};
+    use crate::core::message::MessageId;
+    use crate::core::Subscriber;
+
+    /// Counts watch/unwatch; the hub never reads or writes messages.
+    #[derive(Default)]
+    struct Watches {
+        watched: AtomicUsize,
+        unwatched: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Engine for Watches {
+        fn name(&self) -> &'static str {
+            "watches"
+        }
+        async fn publish(&self, _: &Topic, _: Bytes, _: Option<&str>) -> Result<Published, EngineError> {
+            Err(EngineError::Unavailable("not in hub tests".into()))
+        }
+        async fn history(&self, _: &Topic, _: Option<MessageId>, _: usize) -> Result<History, EngineError> {
+            Ok(History::default())
+        }
+        async fn last_id(&self, _: &Topic) -> Result<Option<MessageId>, EngineError> {
+            Ok(None)
+        }
+        fn watch(&self, _: &Topic) -> futures_util::future::BoxFuture<'static, Result<(), EngineError>> {
+            self.watched.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        }
+        fn unwatch(&self, _: &Topic) {
+            self.unwatched.fetch_add(1, Ordering::SeqCst);
+        }
+        fn is_ready(&self) -> bool {
+            true
+        }
+    }
+
+    fn message(topic: &Topic, ms: u64) -> Arc<Message> {
+        Arc::new(Message::new(topic.clone(), MessageId::new(ms, 0), ms, Bytes::from_static(b"1")))
+    }
+
+    #[tokio::test]
+    async fn a_full_outbox_closes_only_its_session() {
+        let hub = Hub::new();
+        let engine: Arc<dyn Engine> = Arc::new(Watches::default());
+        let t = Topic::new("t").unwrap();
+        let mut slow = Subscriber::new(hub.clone(), Arc::clone(&engine), 2);
+        let mut fast = Subscriber::new(hub.clone(), Arc::clone(&engine), 64);
+        slow.join(&t).await.unwrap();
+        fast.join(&t).await.unwrap();
+        assert_eq!((hub.topic_count(), hub.subscription_count(), hub.subscriber_count(&t)), (1, 2, 2));
+        for ms in 1..=3 {
+            hub.fan_out(&message(&t, ms));
+        }
+        // The third message found the slow outbox full: closed as slow.
+        assert_eq!(slow.session().closed(), Some(Close::Slow));
+        assert_eq!(fast.session().closed(), None);
+        let mut got = Vec::new();
+        while let Ok(m) = fast.outbox.try_recv() {
+            got.push(m.id.ms);
+        }
+        assert_eq!(got, [1, 2, 3], "the fast subscriber lost nothing");
+        assert_eq!(slow.outbox.len(), 2, "the slow one keeps what fit; it resumes by cursor");
+        // A message for another topic reaches nobody.
+        hub.fan_out(&message(&Topic::new("other").unwrap(), 4));
+        assert!(fast.outbox.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn the_last_leave_unwatches_once() {
+        let hub = Hub::new();
+        let watches = Arc::new(Watches::default());
+        let engine: Arc<dyn Engine> = watches.clone();
+        let t = Topic::new("t").unwrap();
+        let mut a = Subscriber::new(hub.clone(), Arc::clone(&engine), 4);
+        let mut b = Subscriber::new(hub.clone(), Arc::clone(&engine), 4);
+        a.join(&t).await.unwrap();
+        a.join(&t).await.unwrap(); // idempotent
+        b.join(&t).await.unwrap();
+        assert_eq!(watches.watched.load(Ordering::SeqCst), 2);
+        a.leave(&t);
+        assert_eq!((watches.unwatched.load(Ordering::SeqCst), hub.topic_count()), (0, 1));
+        drop(b); // dropping a subscriber leaves every topic
+        assert_eq!((watches.unwatched.load(Ordering::SeqCst), hub.topic_count()), (1, 0));
+        hub.fan_out(&message(&t, 1));
+        assert!(a.outbox.try_recv().is_err(), "a left: nothing delivered");
+    }
+
+    #[tokio::test]
+    async fn reset_closes_the_topics_subscribers_as_unavailable() {
+        let hub = Hub::new();
+        let engine: Arc<dyn Engine> = Arc::new(Watches::default());
+        let (t, u) = (Topic::new("t").unwrap(), Topic::new("u").unwrap());
+        let mut a = Subscriber::new(hub.clone(), Arc::clone(&engine), 4);
+        let mut b = Subscriber::new(hub.clone(), Arc::clone(&engine), 4);
+        a.join(&t).await.unwrap();
+        b.join(&u).await.unwrap();
+        Listener::reset(&hub, &t);
+        assert_eq!((a.session().closed(), b.session().closed()), (Some(Close::Unavailable), None));
     }
 }

@@ -26,6 +26,7 @@ pub mod engine;
 pub mod hub;
 pub mod message;
 pub mod replay;
+pub mod session;
 pub mod subscriber;
 
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub use cursor::Cursor;
 pub use engine::{Engine, EngineError, History, Listener, Published};
 pub use hub::Hub;
 pub use message::{Message, MessageId, Topic};
+pub use session::Session;
 pub use subscriber::Subscriber;
 
 /// The bus as transports see it: the engine plus the local hub.

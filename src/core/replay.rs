@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use super::engine::EngineError;
+use super::engine::{EngineError, History};
 use super::message::{Message, MessageId, Topic};
 use super::subscriber::Subscriber;
 
@@ -35,6 +35,32 @@ pub struct Gap {
     /// or `after` itself when the history is gone); the subscriber's cursor
     /// moves here.
     pub resume_from: MessageId,
+}
+
+impl Gap {
+    /// The gap's JSON fields, `"topic":T,"after":ID,"oldest":ID`, without
+    /// braces: every wire's gap notice is built from them (topic and id
+    /// alphabets need no escaping).
+    pub fn json_fields(&self) -> String {
+        format!("\"topic\":\"{}\",\"after\":\"{}\",\"oldest\":\"{}\"", self.topic, self.after, self.oldest)
+    }
+
+    /// The gap as a JSON object (SSE `event: gap` data, long-poll `gaps`).
+    pub fn json(&self) -> String {
+        format!("{{{}}}", self.json_fields())
+    }
+
+    /// The gap a history read after `after` reports, if it was truncated:
+    /// what can still be delivered starts at `oldest`, and the position
+    /// moves to the newest trimmed id (`resume_from`).
+    pub fn in_history(topic: &Topic, after: MessageId, history: &History) -> Option<Gap> {
+        if !history.truncated {
+            return None;
+        }
+        let oldest = history.oldest.or_else(|| after.successor()).unwrap_or(after);
+        let resume_from = history.trimmed.map_or(after, |t| after.max(t));
+        Some(Gap { topic: topic.clone(), after, oldest, resume_from })
+    }
 }
 
 /// One step of a replay.
@@ -116,17 +142,14 @@ impl Resume {
     pub async fn next(&mut self, sub: &mut Subscriber) -> Result<Option<Step>, EngineError> {
         while !self.done {
             let history = sub.engine().history(&self.topic, Some(self.pos), self.page).await?;
-            if history.truncated && self.gap_at != Some((self.pos, history.trimmed)) {
-                let after = self.pos;
-                let oldest = history.oldest.or_else(|| after.successor()).unwrap_or(after);
-                if let Some(trimmed) = history.trimmed {
-                    self.pos = self.pos.max(trimmed);
+            if self.gap_at != Some((self.pos, history.trimmed)) {
+                if let Some(gap) = Gap::in_history(&self.topic, self.pos, &history) {
+                    self.pos = gap.resume_from;
+                    self.gap_at = Some((self.pos, history.trimmed));
+                    self.recovered = false;
+                    // Re-read from the new position next time; report first.
+                    return Ok(Some(Step::Gap(gap)));
                 }
-                self.gap_at = Some((self.pos, history.trimmed));
-                let gap = Gap { topic: self.topic.clone(), after, oldest, resume_from: self.pos };
-                self.recovered = false;
-                // Re-read from the new position next time; report first.
-                return Ok(Some(Step::Gap(gap)));
             }
             let short = history.messages.len() < self.page;
             if let Some(last) = history.messages.last() {

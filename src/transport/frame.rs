@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use thiserror::Error;
 
+use super::ops::{Op, Reply};
 use crate::core::message::{write_id, write_u64};
 use crate::core::replay::Gap;
 use crate::core::{Message, MessageId, Topic};
@@ -19,48 +20,6 @@ use crate::error::Code;
 
 /// A client's `ref`, echoed verbatim (any JSON value).
 pub type Ref = Box<RawValue>;
-
-/// A parsed client frame.
-#[derive(Debug)]
-pub enum ClientOp {
-    /// `{"op":"subscribe","topic":T,"after":ID?,"ref":R?}`
-    Subscribe {
-        /// Topic.
-        topic: Topic,
-        /// Resume after this id.
-        after: Option<MessageId>,
-        /// Correlation.
-        r: Option<Ref>,
-    },
-    /// `{"op":"unsubscribe","topic":T,"ref":R?}`
-    Unsubscribe {
-        /// Topic.
-        topic: Topic,
-        /// Correlation.
-        r: Option<Ref>,
-    },
-    /// `{"op":"publish","topic":T,"data":D,"ref":R?}`
-    Publish {
-        /// Topic.
-        topic: Topic,
-        /// The JSON text of `data`, as sent.
-        data: Bytes,
-        /// Correlation.
-        r: Option<Ref>,
-    },
-    /// `{"op":"ping","ref":R?}`
-    Ping {
-        /// Correlation.
-        r: Option<Ref>,
-    },
-    /// `{"op":"refresh","token":JWT,"ref":R?}`
-    Refresh {
-        /// The new token.
-        token: String,
-        /// Correlation.
-        r: Option<Ref>,
-    },
-}
 
 /// A client frame that cannot be acted on.
 #[derive(Debug, Error)]
@@ -94,8 +53,9 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
     <&'de RawValue>::deserialize(d).map(Some)
 }
 
-/// Parses one text frame; `max_data` bounds `data` (over it: `too_large`).
-pub fn parse(text: &str, max_data: usize) -> Result<ClientOp, FrameError> {
+/// Parses one text frame into its `ref` and op; `max_data` bounds `data`
+/// (over it: `too_large`).
+pub(crate) fn parse(text: &str, max_data: usize) -> Result<(Option<Ref>, Op), FrameError> {
     let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|e| FrameError {
         code: Code::BadRequest,
         message: format!("malformed frame: {e}"),
@@ -116,21 +76,24 @@ pub fn parse(text: &str, max_data: usize) -> Result<ClientOp, FrameError> {
                     fail(Code::BadRequest, "after must be a message id <ms>-<seq>", r.clone())
                 })?),
             };
-            Ok(ClientOp::Subscribe { topic, after, r })
+            Ok((r, Op::Subscribe { topic, after }))
         }
-        Some("unsubscribe") => Ok(ClientOp::Unsubscribe { topic: topic(&r)?, r }),
+        Some("unsubscribe") => {
+            let topic = topic(&r)?;
+            Ok((r, Op::Unsubscribe { topic }))
+        }
         Some("publish") => {
             let topic = topic(&r)?;
             let data = raw.data.ok_or_else(|| fail(Code::BadRequest, "missing data", r.clone()))?;
             if data.get().len() > max_data {
                 return Err(fail(Code::TooLarge, "data over limits.max_message_bytes", r));
             }
-            Ok(ClientOp::Publish { topic, data: Bytes::copy_from_slice(data.get().as_bytes()), r })
+            Ok((r, Op::Publish { topic, data: Bytes::copy_from_slice(data.get().as_bytes()), key: None }))
         }
-        Some("ping") => Ok(ClientOp::Ping { r }),
+        Some("ping") => Ok((r, Op::Ping)),
         Some("refresh") => {
             let token = raw.token.ok_or_else(|| fail(Code::BadRequest, "missing token", r.clone()))?;
-            Ok(ClientOp::Refresh { token, r })
+            Ok((r, Op::Refresh { token }))
         }
         Some(other) => Err(fail(Code::BadRequest, &format!("unknown op {other:?}"), r)),
         None => Err(fail(Code::BadRequest, "missing op", r)),
@@ -189,10 +152,19 @@ pub fn error(r: Option<&RawValue>, code: Code, message: &str) -> String {
 
 /// `{"op":"gap","topic":T,"after":ID,"oldest":ID}`.
 pub fn gap(gap: &Gap) -> String {
-    format!(
-        "{{\"op\":\"gap\",\"topic\":\"{}\",\"after\":\"{}\",\"oldest\":\"{}\"}}",
-        gap.topic, gap.after, gap.oldest
-    )
+    format!("{{\"op\":\"gap\",{}}}", gap.json_fields())
+}
+
+/// The frame answering one op [`Reply`].
+pub(crate) fn reply(r: Option<&RawValue>, reply: &Reply) -> String {
+    match reply {
+        Reply::Gap(g) => gap(g),
+        Reply::Subscribed { recovered } => ack_subscribe(r, *recovered),
+        Reply::Published(p) => ack_publish(r, p.id),
+        Reply::Done => ack(r),
+        Reply::Pong => pong(r),
+        Reply::Error(e) => error(r, e.code, &e.message),
+    }
 }
 
 /// `{"op":"message","topic":T,"id":ID,"ts":MS,"data":D,"cursor":"C"}`.
@@ -220,7 +192,7 @@ mod tests {
     #[test]
     fn parses_ops() {
         match parse(r#"{"op":"publish","topic":"t","data":{"b":1,  "a":[2]},"ref":7}"#, 100).unwrap() {
-            ClientOp::Publish { topic, data, r } => {
+            (r, Op::Publish { topic, data, .. }) => {
                 assert_eq!(topic.as_str(), "t");
                 assert_eq!(&data[..], br#"{"b":1,  "a":[2]}"#);
                 assert_eq!(r.unwrap().get(), "7");
@@ -229,16 +201,16 @@ mod tests {
         }
         assert!(matches!(
             parse(r#"{"op":"publish","topic":"t","data":null}"#, 100).unwrap(),
-            ClientOp::Publish { data, .. } if &data[..] == b"null"
+            (_, Op::Publish { data, .. }) if &data[..] == b"null"
         ));
         match parse(r#"{"op":"subscribe","topic":"t","after":"5-1","ref":"x"}"#, 100).unwrap() {
-            ClientOp::Subscribe { after, r, .. } => {
+            (r, Op::Subscribe { after, .. }) => {
                 assert_eq!(after, Some(MessageId::new(5, 1)));
                 assert_eq!(r.unwrap().get(), "\"x\"");
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse(r#"{"op":"ping"}"#, 1).unwrap(), ClientOp::Ping { r: None }));
+        assert!(matches!(parse(r#"{"op":"ping"}"#, 1).unwrap(), (None, Op::Ping)));
     }
 
     #[test]

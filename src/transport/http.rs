@@ -6,9 +6,10 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
+use super::{ops, request};
 use crate::error::{ApiError, Code};
-use crate::metrics::{self, Transport};
-use crate::server::AppState;
+use crate::metrics::Transport;
+use crate::state::AppState;
 
 fn json(body: Vec<u8>) -> Response {
     let mut res = Bytes::from(body).into_response();
@@ -23,7 +24,7 @@ pub(crate) async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let topic = super::topic(&name)?;
+    let topic = request::topic(&name)?;
     let max = state.config.limits.max_message_bytes;
     let too_large = || ApiError::new(Code::TooLarge, format!("body over {max} bytes"));
     let declared =
@@ -31,19 +32,10 @@ pub(crate) async fn publish(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => {
-            super::check_idempotency_key(v.as_bytes())?;
-            Some(v.to_str().unwrap_or_default().to_owned())
-        }
-    };
+    // Checked (with the data) by the one publish path.
+    let key = headers.get("idempotency-key").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let body = axum::body::to_bytes(body, max).await.map_err(|_| too_large())?;
-    let data = super::check_data(body, max)?;
-    let published = state.bus.engine.publish(&topic, data, key.as_deref()).await?;
-    if !published.duplicate {
-        metrics::published(Transport::Http);
-    }
+    let published = ops::publish(&state, Transport::Http, &topic, body, key.as_deref()).await?;
     let body = serde_json::json!({"topic": topic.as_str(), "id": published.id, "ts": published.ts});
     Ok(json(body.to_string().into_bytes()))
 }
@@ -54,13 +46,13 @@ pub(crate) async fn history(
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let topic = super::topic(&name)?;
+    let topic = request::topic(&name)?;
     let mut after = None;
-    let mut limit = super::HISTORY_DEFAULT;
+    let mut limit = request::HISTORY_DEFAULT;
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match &*k {
-            "after" => after = Some(super::message_id(&v)?),
-            "limit" => limit = super::parse_limit(&v, super::HISTORY_MAX)?,
+            "after" => after = Some(request::message_id(&v)?),
+            "limit" => limit = request::parse_limit(&v, request::HISTORY_MAX)?,
             _ => {}
         }
     }

@@ -18,11 +18,12 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::sse::parse_subscription;
+use super::request::{self, Topics};
+use crate::core::replay::Gap;
 use crate::core::{Cursor, MessageId, Topic};
 use crate::error::{ApiError, Code};
 use crate::metrics::{self, Transport};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Messages per answer when the client gives no `limit` (contract §6).
 const DEFAULT_LIMIT: usize = 100;
@@ -34,12 +35,8 @@ pub(crate) async fn poll(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let request = parse_subscription(
-        query.as_deref(),
-        None,
-        &["cursor"],
-        state.config.limits.max_topics_per_connection,
-    )?;
+    let max = state.config.limits.max_topics_per_connection;
+    let request = Topics::from_query(query.as_deref(), None, &["cursor"], 1, max)?;
     let (timeout, limit) = parse_limits(query.as_deref(), &state)?;
     let deadline = Instant::now() + timeout;
     let engine = &state.bus.engine;
@@ -122,7 +119,7 @@ fn parse_limits(query: Option<&str>, state: &AppState) -> Result<(Duration, usiz
                 timeout = Duration::from_secs_f64(secs.min(state.config.poll.max_timeout.as_secs_f64()));
             }
             "limit" => {
-                limit = super::parse_limit(&v, MAX_LIMIT)?;
+                limit = request::parse_limit(&v, MAX_LIMIT)?;
             }
             _ => {}
         }
@@ -162,12 +159,9 @@ async fn collect(
         };
         let history = state.bus.engine.history(topic, Some(pos), room).await?;
         let mut pos = pos;
-        if history.truncated {
-            let oldest = history.oldest.or_else(|| pos.successor()).unwrap_or(pos);
-            batch.gaps.push(format!("{{\"topic\":\"{topic}\",\"after\":\"{pos}\",\"oldest\":\"{oldest}\"}}"));
-            if let Some(trimmed) = history.trimmed {
-                pos = pos.max(trimmed);
-            }
+        if let Some(gap) = Gap::in_history(topic, pos, &history) {
+            batch.gaps.push(gap.json());
+            pos = gap.resume_from;
         }
         for m in &history.messages {
             if m.id > pos {
@@ -204,4 +198,60 @@ fn answer(batch: Batch, cursor: &Cursor) -> Response {
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::testing;
+
+    async fn json(res: Response) -> Value {
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.expect("body");
+        serde_json::from_slice(&body).expect("JSON answer")
+    }
+
+    async fn get(state: &AppState, query: &str) -> Value {
+        let res = poll(State(state.clone()), RawQuery(Some(query.to_owned()))).await.expect("an answer");
+        json(res).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_poll_answers_at_its_timeout_with_a_cursor() {
+        let state = testing::state(Config::default());
+        let start = Instant::now();
+        let answer = get(&state, "topic=p&timeout=5").await;
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(6), "{waited:?}");
+        assert_eq!(answer["messages"], serde_json::json!([]));
+        let cursor = request::cursor(answer["cursor"].as_str().expect("cursor")).expect("valid");
+        assert_eq!(cursor.get(&testing::topic("p")), Some(MessageId::ZERO));
+        // The timeout is capped by poll.max_timeout.
+        let start = Instant::now();
+        get(&state, "topic=p&timeout=100000").await;
+        assert!(start.elapsed() <= state.config.poll.max_timeout + Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_poll_answers_at_the_first_publish() {
+        let state = testing::state(Config::default());
+        let first = get(&state, "topic=q&timeout=0").await;
+        let cursor = first["cursor"].as_str().expect("cursor").to_owned();
+        let held = tokio::spawn({
+            let state = state.clone();
+            async move { get(&state, &format!("topic=q&timeout=30&cursor={cursor}")).await }
+        });
+        // Let the poll find nothing and wait on its outbox.
+        while state.bus.hub.subscriber_count(&testing::topic("q")) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let start = Instant::now();
+        let id = testing::publish(&state, "q", "{\"n\":1}").await;
+        let answer = held.await.expect("poll task");
+        assert!(start.elapsed() < Duration::from_secs(1), "answered at the publish, not the timeout");
+        assert_eq!(answer["messages"][0]["id"].as_str(), Some(&*id.to_string()));
+        assert_eq!(answer["messages"].as_array().map(Vec::len), Some(1));
+    }
 }

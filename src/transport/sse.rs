@@ -1,6 +1,6 @@
 //! Server-Sent Events (contract §5): `GET /v1/sse?topic=A&topic=B`.
 //!
-//! One event per message: `id:` is the cursor after it (naming every topic
+//! One event per message (the shared driver's events, encoded): `id:` is the cursor after it (naming every topic
 //! of the stream), `data:` the message JSON of §1, no `event:` field (so
 //! `EventSource.onmessage` fires). A trimmed history sends `event: gap`
 //! first. `Last-Event-ID` (header, as browsers send on reconnect) or
@@ -16,7 +16,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, RawQuery, State};
@@ -25,49 +24,17 @@ use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::request::Topics;
+use super::subscription::{Event, GapReport, Subscription};
 use crate::core::message::Wire;
-use crate::core::replay::{Gap, Resume, Step};
-use crate::core::{Close, Cursor, Message, Subscriber};
+use crate::core::replay::Gap;
+use crate::core::{Cursor, Message};
 use crate::error::ApiError;
-use crate::metrics::{self, Transport};
-use crate::server::{AppState, Peer};
+use crate::metrics::Transport;
+use crate::state::{AppState, Peer};
 
-/// Outbox messages gathered into one body chunk.
-const CHUNK_MESSAGES: usize = 64;
-
-/// The parsed request: topics and where each resumes.
-#[derive(Debug)]
-pub(crate) struct Subscription {
-    /// Topics in request order.
-    pub(crate) topics: Vec<crate::core::Topic>,
-    /// The resume cursor (`Last-Event-ID` / `lastEventId` / `cursor`).
-    pub(crate) cursor: Option<Cursor>,
-}
-
-/// Parses `topic` (repeatable) and a resume cursor from the query, with the
-/// cursor header taking precedence when given.
-pub(crate) fn parse_subscription(
-    query: Option<&str>,
-    header_cursor: Option<&str>,
-    cursor_params: &[&str],
-    max_topics: usize,
-) -> Result<Subscription, ApiError> {
-    let mut topics = Vec::new();
-    let mut cursor = header_cursor.map(str::to_owned);
-    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        if k == "topic" {
-            super::push_topic(&mut topics, &v)?;
-        } else if cursor_params.contains(&&*k) && cursor.is_none() && !v.is_empty() {
-            cursor = Some(v.into_owned());
-        }
-    }
-    super::check_topic_count(topics.len(), max_topics)?;
-    let cursor = match cursor {
-        Some(c) => Some(super::cursor(&c)?),
-        None => None,
-    };
-    Ok(Subscription { topics, cursor })
-}
+/// Events gathered into one body chunk.
+const CHUNK_EVENTS: usize = 64;
 
 /// `GET /v1/sse`.
 pub(crate) async fn stream(
@@ -78,19 +45,13 @@ pub(crate) async fn stream(
 ) -> Result<Response, ApiError> {
     state.check_open()?;
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
-    let request = parse_subscription(
-        query.as_deref(),
-        last_event_id,
-        &["lastEventId"],
-        state.config.limits.max_topics_per_connection,
-    )?;
-    let mut sub = state.bus.subscriber();
+    let max = state.config.limits.max_topics_per_connection;
+    let request = Topics::from_query(query.as_deref(), last_event_id, &["lastEventId"], 1, max)?;
+    let mut sub = Subscription::new(&state, Transport::Sse, GapReport::Event);
     control.arm();
     sub.session().set_kill(control);
-    let (cursor, resumes) =
-        super::start_subscription(&mut sub, request.topics, request.cursor.as_ref(), state.bus.replay_page)
-            .await?;
-    let body = Body::from_stream(events(state, peer, sub, cursor, resumes));
+    sub.start(request.topics, request.cursor.as_ref()).await?;
+    let body = Body::from_stream(events(state, peer, sub));
     let mut res = (StatusCode::OK, body).into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -103,116 +64,96 @@ pub(crate) async fn stream(
 fn events(
     state: AppState,
     peer: SocketAddr,
-    mut sub: Subscriber,
-    mut cursor: Cursor,
-    resumes: Vec<Resume>,
+    mut sub: Subscription,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
     async_stream::stream! {
-        let _registered = state.shutdown.sessions().register(sub.session());
-        let session = Arc::clone(sub.session());
-        // Records the close when the stream ends *or is dropped* (hyper drops
-        // the body when the client goes away or the connection is killed).
-        let mut record = super::StreamRecord::open(Transport::Sse, None, Some(peer), Arc::clone(&session));
+        // The close is recorded when the stream ends *or is dropped* (hyper
+        // drops the body when the client goes away or the connection is
+        // killed): the subscription logs it when dropped.
+        sub.open(None, Some(peer), false);
         let retry = state.config.sse.retry.as_millis();
         yield Ok(Bytes::from(format!("retry: {retry}\n\n")));
-        let mut reason = Close::Client;
-        'replay: for mut resume in resumes {
-            loop {
-                match super::replay_step(&session, &mut resume, &mut sub).await {
-                    Err(r) => {
-                        reason = r;
-                        break 'replay;
-                    }
-                    Ok(None) => break,
-                    Ok(Some(Step::Gap(gap))) => {
-                        yield Ok(gap_event(&mut cursor, &gap));
-                    }
-                    Ok(Some(Step::Messages(ms))) => {
-                        let mut out = BytesMut::new();
-                        let mut written = 0;
-                        for m in &ms {
-                            if write_event(&mut out, &mut cursor, m) {
-                                written += 1;
-                            }
-                        }
-                        record.sent += written;
-                        metrics::delivered(Transport::Sse, written);
-                        yield Ok(out.freeze());
-                    }
+        let interval = state.config.heartbeat.interval;
+        // Comments keep proxies from timing the stream out once it is live.
+        let mut tick = None;
+        loop {
+            let first = if sub.replaying() {
+                match sub.next_replayed().await {
+                    Some(event) => event,
+                    None => continue,
                 }
-            }
-        }
-        if reason == Close::Client {
-            let interval = state.config.heartbeat.interval;
-            let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
-            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            let stop = session.wait_closed();
-            tokio::pin!(stop);
-            loop {
+            } else {
+                let tick = tick.get_or_insert_with(|| {
+                    let mut t = tokio::time::interval_at(Instant::now() + interval, interval);
+                    t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                    t
+                });
                 tokio::select! {
                     biased;
-                    r = &mut stop => { reason = r; break; }
-                    first = sub.outbox.recv() => {
-                        let Some(first) = first else { break };
-                        let mut out = BytesMut::new();
-                        let mut next = Some(first);
-                        let mut n = 0;
-                        let mut written = 0;
-                        let mut seen: smallvec::SmallVec<[Instant; 8]> = smallvec::SmallVec::new();
-                        while let Some(m) = next.take() {
-                            if write_event(&mut out, &mut cursor, &m) {
-                                written += 1;
-                                seen.push(m.seen);
-                            }
-                            n += 1;
-                            if n < CHUNK_MESSAGES {
-                                next = sub.outbox.try_recv().ok();
-                            }
-                        }
-                        if written > 0 {
-                            record.sent += written;
-                            metrics::delivered(Transport::Sse, written);
-                            let now = Instant::now();
-                            for at in seen {
-                                metrics::delivery_latency(Transport::Sse, now.saturating_duration_since(at));
-                            }
-                            yield Ok(out.freeze());
-                        }
-                    }
+                    event = sub.next() => event,
                     _ = tick.tick() => {
                         yield Ok(Bytes::from_static(b": ping\n\n"));
+                        continue;
                     }
                 }
+            };
+            let mut out = BytesMut::new();
+            let mut next = Some(first);
+            let mut n = 0;
+            let mut closed = None;
+            while let Some(event) = next.take() {
+                match event {
+                    Event::Closed(reason) => {
+                        closed = Some(reason);
+                        break;
+                    }
+                    Event::Gap(gap) => gap_event(&mut out, sub.cursor(), &gap),
+                    Event::Message { message, .. } => message_event(&mut out, sub.cursor(), &message),
+                }
+                n += 1;
+                if n < CHUNK_EVENTS {
+                    next = sub.try_next();
+                }
+            }
+            if !out.is_empty() {
+                yield Ok(out.freeze());
+            }
+            if let Some(reason) = closed {
+                sub.ended(reason);
+                break;
             }
         }
-        record.reason = reason;
     }
 }
 
-/// Appends the event for `m` (advancing the cursor); false when `m` is not
-/// subscribed or already delivered.
-fn write_event(out: &mut BytesMut, cursor: &mut Cursor, m: &Message) -> bool {
-    let Some(pos) = cursor.get(&m.topic) else {
-        return false;
-    };
-    if m.id <= pos {
-        return false;
-    }
-    cursor.set(&m.topic, m.id);
+/// Appends the event for `m` at position `cursor` (the cached event for a
+/// single-topic stream).
+fn message_event(out: &mut BytesMut, cursor: &Cursor, m: &Message) {
     if cursor.len() == 1 {
         out.put(m.encoded(Wire::SseSingle, |m| {
             let mut b = BytesMut::new();
-            event(&mut b, &Cursor::single(m.topic.clone(), m.id).encode(), &m.json());
+            event(&mut b, None, &Cursor::single(m.topic.clone(), m.id).encode(), &m.json());
             b.freeze()
         }));
     } else {
-        event(out, &cursor.encode(), &m.json());
+        event(out, None, &cursor.encode(), &m.json());
     }
-    true
 }
 
-fn event(out: &mut BytesMut, id: &str, data: &[u8]) {
-    out.reserve(id.len() + data.len() + 16);
+/// `event: gap`, with the cursor already moved past the gap, so a
+/// reconnect does not report it again.
+fn gap_event(out: &mut BytesMut, cursor: &Cursor, gap: &Gap) {
+    event(out, Some("gap"), &cursor.encode(), gap.json().as_bytes());
+}
+
+/// One event: `event:` (when named), `id:`, `data:`, blank line.
+fn event(out: &mut BytesMut, name: Option<&str>, id: &str, data: &[u8]) {
+    out.reserve(id.len() + data.len() + 32);
+    if let Some(name) = name {
+        out.put_slice(b"event: ");
+        out.put_slice(name.as_bytes());
+        out.put_slice(b"\n");
+    }
     out.put_slice(b"id: ");
     out.put_slice(id.as_bytes());
     out.put_slice(b"\ndata: ");
@@ -220,53 +161,37 @@ fn event(out: &mut BytesMut, id: &str, data: &[u8]) {
     out.put_slice(b"\n\n");
 }
 
-/// `event: gap` with the cursor moved past the gap, so a reconnect does not
-/// report it again.
-fn gap_event(cursor: &mut Cursor, gap: &Gap) -> Bytes {
-    if let Some(pos) = cursor.get(&gap.topic) {
-        cursor.set(&gap.topic, pos.max(gap.resume_from));
-    }
-    let data =
-        format!("{{\"topic\":\"{}\",\"after\":\"{}\",\"oldest\":\"{}\"}}", gap.topic, gap.after, gap.oldest);
-    Bytes::from(format!("event: gap\nid: {}\ndata: {data}\n\n", cursor.encode()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::core::{MessageId, Topic};
-    use crate::error::Code;
 
     #[test]
     fn events_carry_cursor_and_json() {
         let t = Topic::new("a").unwrap();
-        let mut c = Cursor::single(t.clone(), MessageId::new(1, 0));
+        let c = Cursor::single(t.clone(), MessageId::new(2, 0));
         let m = Message::new(t.clone(), MessageId::new(2, 0), 2, Bytes::from_static(b"{\"x\":1}"));
         let mut out = BytesMut::new();
-        assert!(write_event(&mut out, &mut c, &m));
-        assert!(!write_event(&mut out, &mut c, &m), "duplicate is dropped");
+        message_event(&mut out, &c, &m);
         let text = String::from_utf8(out.to_vec()).unwrap();
-        let id = Cursor::single(t, MessageId::new(2, 0)).encode();
+        let id = c.encode();
         assert_eq!(
             text,
             format!("id: {id}\ndata: {{\"topic\":\"a\",\"id\":\"2-0\",\"ts\":2,\"data\":{{\"x\":1}}}}\n\n")
         );
-    }
-
-    #[test]
-    fn subscription_parsing() {
-        let s = parse_subscription(Some("topic=a&topic=b&topic=a"), None, &["lastEventId"], 10).unwrap();
-        assert_eq!(s.topics.len(), 2);
-        assert!(s.cursor.is_none());
-        assert_eq!(parse_subscription(Some(""), None, &[], 10).unwrap_err().code, Code::BadRequest);
-        assert_eq!(parse_subscription(Some("topic=a%20b"), None, &[], 10).unwrap_err().code, Code::BadTopic);
+        let gap = Gap {
+            topic: t,
+            after: MessageId::new(1, 0),
+            oldest: MessageId::new(5, 0),
+            resume_from: MessageId::new(4, 0),
+        };
+        let mut out = BytesMut::new();
+        gap_event(&mut out, &c, &gap);
         assert_eq!(
-            parse_subscription(Some("topic=a&lastEventId=!!"), None, &["lastEventId"], 10).unwrap_err().code,
-            Code::BadRequest
+            String::from_utf8(out.to_vec()).unwrap(),
+            format!(
+                "event: gap\nid: {id}\ndata: {{\"topic\":\"a\",\"after\":\"1-0\",\"oldest\":\"5-0\"}}\n\n"
+            )
         );
-        let c = Cursor::single(Topic::new("a").unwrap(), MessageId::new(3, 1)).encode();
-        // The header wins over the query.
-        let s = parse_subscription(Some("topic=a&lastEventId=!!"), Some(&c), &["lastEventId"], 10).unwrap();
-        assert_eq!(s.cursor.unwrap().get(&Topic::new("a").unwrap()), Some(MessageId::new(3, 1)));
     }
 }

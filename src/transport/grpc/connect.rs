@@ -2,27 +2,32 @@
 //! gRPC stream.
 //!
 //! The stream is polled by hyper's task for the HTTP/2 stream. Each turn of
-//! its loop finishes a replay page, or takes one outbox message, or handles
-//! one client frame (raced against the session's close flag, as on
-//! WebSocket), then yields the frames that produced. Replays go page by
-//! page, so a long one never sits in memory at once.
+//! its loop writes the driver's next events (a replay runs to its end
+//! first), or handles one client frame through the op handler WebSocket
+//! uses (raced against the session's close flag, as on WebSocket), then
+//! yields the frames that produced. Replays go page by page, so a long one
+//! never sits in memory at once.
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::Stream;
-use tokio::time::Instant;
 use tonic::{Status, Streaming};
 
-use super::pb::{self, client_frame::Op, server_frame::Frame};
-use super::service::publish;
+use super::arm_stall_kill;
+use super::pb::{self, client_frame::Op as PbOp, server_frame::Frame};
 use super::wire::EncodedMessage;
-use super::{arm_stall_kill, end_status};
-use crate::core::replay::{Gap, Resume, Step};
-use crate::core::{Close, Cursor, Message, Subscriber};
-use crate::error::{ApiError, Code};
-use crate::metrics::{self, Transport};
-use crate::server::{AppState, Peer};
-use crate::transport::{self, guard, topic};
+use crate::core::replay::Gap;
+use crate::core::Close;
+use crate::error::{self, ApiError, Code};
+use crate::metrics::Transport;
+use crate::state::{AppState, Peer};
+use crate::transport::ops::{self, Op, Reply};
+use crate::transport::subscription::{Event, GapReport, Subscription};
+use crate::transport::{guard, request};
+
+/// Events turned into frames per turn of the loop.
+const BATCH: usize = 64;
 
 /// The frames of one Connect call.
 pub(super) fn serve(
@@ -31,244 +36,145 @@ pub(super) fn serve(
     mut inbound: Streaming<pb::ClientFrame>,
 ) -> impl Stream<Item = Result<pb::ServerFrame, Status>> + Send {
     async_stream::stream! {
-        let sub = state.bus.subscriber();
+        let mut sub = Subscription::new(&state, Transport::Grpc, GapReport::Event);
         let _alive = arm_stall_kill(&state, peer.as_ref(), sub.session());
-        let _registered = state.shutdown.sessions().register(sub.session());
+        sub.open(Some("connect"), peer.map(|p| p.0), true);
         let session = Arc::clone(sub.session());
-        let mut record =
-            transport::StreamRecord::open(Transport::Grpc, Some("connect"), peer.map(|p| p.0), Arc::clone(&session));
-        let mut conn = Conn { state, sub, cursor: Cursor::new(), out: Vec::new(), replay: None, sent: 0 };
         let stop = session.wait_closed();
         tokio::pin!(stop);
-        let reason = 'conn: loop {
-            if let Some(mut resume) = conn.replay.take() {
-                loop {
-                    let step = transport::replay_step(&session, &mut resume, &mut conn.sub).await;
-                    match step {
-                        Ok(Some(step)) => conn.step_frames(step),
-                        Ok(None) => break,
-                        Err(r) => break 'conn r,
-                    }
-                    for f in conn.out.drain(..) {
-                        yield Ok(f);
+        let mut out: Vec<pb::ServerFrame> = Vec::new();
+        let reason = loop {
+            let closed = if sub.replaying() {
+                match sub.next_replayed().await {
+                    Some(first) => events(&mut sub, first, &mut out),
+                    None => None,
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    r = &mut stop => break r,
+                    event = sub.next() => events(&mut sub, event, &mut out),
+                    frame = inbound.message() => {
+                        let frame = match frame {
+                            Ok(Some(f)) => f,
+                            Ok(None) => break Close::Client,
+                            // Over the decoder's size limit.
+                            Err(s) if s.code() == tonic::Code::OutOfRange => break Close::TooLarge,
+                            Err(_) => break Close::Client,
+                        };
+                        sub.received();
+                        guard(stop.as_mut(), Box::pin(handle(&state, &mut sub, frame, &mut out))).await.err()
                     }
                 }
+            };
+            for f in out.drain(..) {
+                yield Ok(f);
             }
-            tokio::select! {
-                biased;
-                r = &mut stop => break 'conn r,
-                Some(m) = conn.sub.outbox.recv() => {
-                    if let Some(f) = conn.message(&m) {
-                        metrics::delivered(Transport::Grpc, 1);
-                        metrics::delivery_latency(Transport::Grpc, Instant::now().saturating_duration_since(m.seen));
-                        yield Ok(f);
-                    }
-                }
-                frame = inbound.message() => {
-                    let frame = match frame {
-                        Ok(Some(f)) => f,
-                        Ok(None) => break 'conn Close::Client,
-                        // Over the decoder's size limit.
-                        Err(s) if s.code() == tonic::Code::OutOfRange => break 'conn Close::TooLarge,
-                        Err(_) => break 'conn Close::Client,
-                    };
-                    *record.received.get_or_insert(0) += 1;
-                    let handled = guard(stop.as_mut(), Box::pin(conn.handle(frame))).await;
-                    for f in conn.out.drain(..) {
-                        yield Ok(f);
-                    }
-                    if let Err(r) = handled {
-                        break 'conn r;
-                    }
-                }
+            if let Some(reason) = closed {
+                break reason;
             }
         };
-        record.reason = reason;
-        record.sent = conn.sent;
-        drop(conn);
-        if let Some(status) = end_status(reason) {
+        sub.ended(reason);
+        drop(sub);
+        if let Some(status) = error::stream_end(reason) {
             yield Err(status);
         }
     }
-}
-
-/// One Connect call's state.
-struct Conn {
-    state: AppState,
-    sub: Subscriber,
-    cursor: Cursor,
-    /// Frames to send, in order.
-    out: Vec<pb::ServerFrame>,
-    /// A subscribe's replay still in progress.
-    replay: Option<Resume>,
-    /// Messages sent.
-    sent: u64,
 }
 
 fn frame(f: Frame) -> pb::ServerFrame {
     pb::ServerFrame { frame: Some(f) }
 }
 
-impl Conn {
-    /// The frame for `m`, advancing the cursor; `None` when not subscribed
-    /// or already delivered.
-    fn message(&mut self, m: &Message) -> Option<pb::ServerFrame> {
-        let pos = self.cursor.get(&m.topic)?;
-        if m.id <= pos {
-            return None;
-        }
-        self.cursor.set(&m.topic, m.id);
-        self.sent += 1;
-        Some(frame(Frame::Message(EncodedMessage::with_cursor(m, &self.cursor))))
-    }
-
-    fn error(&mut self, r: String, e: &ApiError) {
-        self.out.push(frame(Frame::Error(pb::Error {
-            r#ref: r,
-            code: e.code.as_str().to_owned(),
-            message: e.message.clone(),
-            status: e.code.grpc() as i32,
-        })));
-    }
-
-    fn ack(&mut self, ack: pb::Ack) {
-        self.out.push(frame(Frame::Ack(ack)));
-    }
-
-    fn gap(&mut self, gap: &Gap) {
-        if let Some(pos) = self.cursor.get(&gap.topic) {
-            self.cursor.set(&gap.topic, pos.max(gap.resume_from));
-        }
-        self.out.push(frame(Frame::Gap(pb::Gap {
-            topic: gap.topic.as_str().to_owned(),
-            after: gap.after.to_string(),
-            oldest: gap.oldest.to_string(),
-        })));
-    }
-
-    /// Frames for one replay step.
-    fn step_frames(&mut self, step: Step) {
-        match step {
-            Step::Gap(gap) => self.gap(&gap),
-            Step::Messages(ms) => {
-                let mut written = 0;
-                for m in &ms {
-                    if let Some(f) = self.message(m) {
-                        self.out.push(f);
-                        written += 1;
-                    }
-                }
-                metrics::delivered(Transport::Grpc, written);
+/// Frames for `first` and whatever else is ready; the close reason when the
+/// stream must end.
+fn events(sub: &mut Subscription, first: Event, out: &mut Vec<pb::ServerFrame>) -> Option<Close> {
+    let mut next = Some(first);
+    let mut n = 0;
+    while let Some(event) = next.take() {
+        match event {
+            Event::Closed(reason) => return Some(reason),
+            Event::Gap(gap) => out.push(gap_frame(&gap)),
+            Event::Message { message, .. } => {
+                out.push(frame(Frame::Message(EncodedMessage::with_cursor(&message, sub.cursor()))));
             }
         }
-    }
-
-    async fn handle(&mut self, f: pb::ClientFrame) -> Result<(), Close> {
-        let r = f.r#ref;
-        match f.op {
-            None => {
-                self.error(r, &ApiError::new(Code::BadRequest, "unknown or missing op"));
-                Ok(())
-            }
-            Some(Op::Ping(_)) => {
-                self.out.push(frame(Frame::Pong(pb::Pong { r#ref: r })));
-                Ok(())
-            }
-            Some(Op::Refresh(_)) => {
-                self.ack(pb::Ack { r#ref: r, ..Default::default() });
-                Ok(())
-            }
-            Some(Op::Unsubscribe(op)) => {
-                match topic(&op.topic) {
-                    Ok(t) => {
-                        self.sub.leave(&t);
-                        self.cursor.remove(&t);
-                        self.ack(pb::Ack { r#ref: r, ..Default::default() });
-                    }
-                    Err(e) => self.error(r, &e),
-                }
-                Ok(())
-            }
-            Some(Op::Publish(op)) => {
-                match publish(&self.state, &op.topic, op.data, &op.idempotency_key).await {
-                    Ok(p) => self.ack(pb::Ack { r#ref: r, id: p.id, ts: p.ts, recovered: false }),
-                    // As on WebSocket (close 1009): the stream ends.
-                    Err(e) if e.code == Code::TooLarge => return Err(Close::TooLarge),
-                    Err(e) => self.error(r, &e),
-                }
-                Ok(())
-            }
-            Some(Op::Subscribe(op)) => self.subscribe(op, r).await,
+        n += 1;
+        if n < BATCH {
+            next = sub.try_next();
         }
     }
+    None
+}
 
-    async fn subscribe(&mut self, op: pb::SubscribeOp, r: String) -> Result<(), Close> {
-        let topic = match topic(&op.topic) {
-            Ok(t) => t,
-            Err(e) => {
-                self.error(r, &e);
-                return Ok(());
-            }
-        };
-        let after = match op.after.as_deref().map(transport::message_id) {
-            None => None,
-            Some(Ok(id)) => Some(id),
-            Some(Err(e)) => {
-                self.error(r, &e);
-                return Ok(());
-            }
-        };
-        if self.cursor.get(&topic).is_some() {
-            self.error(r, &ApiError::new(Code::BadRequest, "already subscribed"));
+fn gap_frame(gap: &Gap) -> pb::ServerFrame {
+    frame(Frame::Gap(pb::Gap {
+        topic: gap.topic.as_str().to_owned(),
+        after: gap.after.to_string(),
+        oldest: gap.oldest.to_string(),
+    }))
+}
+
+fn error_frame(r: String, e: &ApiError) -> pb::ServerFrame {
+    frame(Frame::Error(pb::Error {
+        r#ref: r,
+        code: e.code.as_str().to_owned(),
+        message: e.message.clone(),
+        status: e.code.grpc() as i32,
+    }))
+}
+
+/// The op a client frame asks for, or why it cannot be carried out.
+fn op(f: Option<PbOp>) -> Result<Op, ApiError> {
+    Ok(match f {
+        None => return Err(ApiError::new(Code::BadRequest, "unknown or missing op")),
+        Some(PbOp::Ping(_)) => Op::Ping,
+        Some(PbOp::Refresh(op)) => Op::Refresh { token: op.token },
+        Some(PbOp::Unsubscribe(op)) => Op::Unsubscribe { topic: request::topic(&op.topic)? },
+        Some(PbOp::Publish(op)) => Op::Publish {
+            topic: request::topic(&op.topic)?,
+            data: Bytes::from(op.data),
+            key: Some(op.idempotency_key).filter(|k| !k.is_empty()),
+        },
+        Some(PbOp::Subscribe(op)) => Op::Subscribe {
+            topic: request::topic(&op.topic)?,
+            after: op.after.as_deref().map(request::message_id).transpose()?,
+        },
+    })
+}
+
+/// One client frame: decode, carry out through the shared op handler,
+/// answer.
+async fn handle(
+    state: &AppState,
+    sub: &mut Subscription,
+    f: pb::ClientFrame,
+    out: &mut Vec<pb::ServerFrame>,
+) -> Result<(), Close> {
+    let r = f.r#ref;
+    let op = match op(f.op) {
+        Ok(op) => op,
+        Err(e) => {
+            out.push(error_frame(r, &e));
             return Ok(());
         }
-        if self.cursor.len() >= self.state.config.limits.max_topics_per_connection {
-            self.error(
-                r,
-                &ApiError::new(Code::BadRequest, "too many topics (limits.max_topics_per_connection)"),
-            );
-            return Ok(());
-        }
-        self.cursor.set(&topic, after.unwrap_or_default());
-        if !self.cursor.fits() {
-            self.cursor.remove(&topic);
-            self.error(r, &ApiError::new(Code::BadRequest, "too many topics for one cursor"));
-            return Ok(());
-        }
-        let Some(after) = after else {
-            match Resume::from_now(&mut self.sub, &topic).await {
-                Ok(pos) => {
-                    self.cursor.set(&topic, pos);
-                    self.ack(pb::Ack { r#ref: r, recovered: true, ..Default::default() });
-                }
-                Err(e) => {
-                    self.cursor.remove(&topic);
-                    self.error(r, &e.into());
-                }
+    };
+    for reply in ops::handle(state, Transport::Grpc, sub, op).await? {
+        out.push(match reply {
+            Reply::Gap(gap) => gap_frame(&gap),
+            Reply::Subscribed { recovered } => {
+                frame(Frame::Ack(pb::Ack { r#ref: r.clone(), recovered, ..Default::default() }))
             }
-            return Ok(());
-        };
-        let mut resume = Resume::after(topic.clone(), after, self.state.bus.replay_page);
-        let (gap, first) =
-            transport::first_steps(&Arc::clone(self.sub.session()), &mut resume, &mut self.sub).await;
-        if let Some(gap) = gap {
-            self.step_frames(gap);
-        }
-        let first = match first {
-            Ok(first) => first,
-            Err(Close::Unavailable) => {
-                self.sub.leave(&topic);
-                self.cursor.remove(&topic);
-                self.error(r, &ApiError::new(Code::Unavailable, "engine unavailable"));
-                return Ok(());
-            }
-            Err(closed) => return Err(closed),
-        };
-        self.ack(pb::Ack { r#ref: r, recovered: resume.recovered(), ..Default::default() });
-        if let Some(step) = first {
-            self.step_frames(step);
-            self.replay = Some(resume);
-        }
-        Ok(())
+            Reply::Published(p) => frame(Frame::Ack(pb::Ack {
+                r#ref: r.clone(),
+                id: p.id.to_string(),
+                ts: p.ts,
+                recovered: false,
+            })),
+            Reply::Done => frame(Frame::Ack(pb::Ack { r#ref: r.clone(), ..Default::default() })),
+            Reply::Pong => frame(Frame::Pong(pb::Pong { r#ref: r.clone() })),
+            Reply::Error(e) => error_frame(r.clone(), &e),
+        });
     }
+    Ok(())
 }

@@ -15,7 +15,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use super::service::BoxStream;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// How often readiness is sampled for `Watch` streams.
 const SAMPLE: Duration = Duration::from_millis(250);

@@ -22,12 +22,9 @@ pub mod wire;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tonic::{Code as GrpcCode, Status};
-
-use crate::core::subscriber::{Kill, Session};
-use crate::core::Close;
-use crate::error::ApiError;
-use crate::server::{AppState, ConnControl, Peer};
+use crate::core::session::{Kill, Session};
+use crate::error;
+use crate::state::{AppState, ConnControl, Peer};
 
 /// Server-side generated code (`rtgate.v1.Message` is [`wire::EncodedMessage`]).
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
@@ -66,54 +63,22 @@ pub fn router(state: AppState) -> axum::Router {
 }
 
 /// tonic refuses a request message over the decoder's limit with
-/// `OUT_OF_RANGE` before a handler runs; the contract says `too_large`
-/// (`RESOURCE_EXHAUSTED`). Rewrites that trailers-only answer. (A `Connect`
-/// frame over the limit arrives mid-stream and is mapped by the stream.)
+/// `OUT_OF_RANGE` before a handler runs (no handler of ours answers that
+/// code); the contract says `too_large` ([`error::decode_limit_status`]).
+/// Rewrites that trailers-only answer. (A `Connect` frame over the limit
+/// arrives mid-stream and is mapped by the stream.)
 async fn too_large_status(mut res: axum::response::Response) -> axum::response::Response {
     let h = res.headers_mut();
     let out_of_range = h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
-    // The message is percent-encoded (spaces as %20).
-    let decode_limit = h.get("grpc-message").is_some_and(|v| {
-        let v = v.as_bytes();
-        v.starts_with(b"Error,%20decoded%20message%20length%20too%20large")
-            || v.starts_with(b"Error, decoded message length too large")
-    });
-    if out_of_range && decode_limit {
-        h.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
-        h.insert(
-            "grpc-message",
-            axum::http::HeaderValue::from_static("too_large: message over limits.max_message_bytes"),
-        );
+    if out_of_range {
+        let status = error::decode_limit_status().into_http::<()>();
+        for (name, value) in status.headers() {
+            if name.as_str().starts_with("grpc-") {
+                h.insert(name.clone(), value.clone());
+            }
+        }
     }
     res
-}
-
-/// The gRPC status for a contract error (§2): the message starts with the
-/// contract's code.
-impl From<ApiError> for Status {
-    fn from(e: ApiError) -> Self {
-        Status::new(e.code.grpc(), format!("{}: {}", e.code.as_str(), e.message))
-    }
-}
-
-/// The status a stream ends with when the server closes it for `reason`;
-/// `None` when the client went away.
-fn end_status(reason: Close) -> Option<Status> {
-    let (code, text) = match reason {
-        Close::Client => return None,
-        Close::Slow => (
-            GrpcCode::ResourceExhausted,
-            "slow_consumer: the stream fell behind and its outbox filled; resume from the last cursor",
-        ),
-        Close::TooLarge => (GrpcCode::ResourceExhausted, "too_large: message over limits.max_message_bytes"),
-        Close::Shutdown => (GrpcCode::Unavailable, "unavailable: shutting down; resume from the last cursor"),
-        Close::Unavailable => {
-            (GrpcCode::Unavailable, "unavailable: engine unavailable; resume from the last cursor")
-        }
-        Close::Silent => (GrpcCode::Unavailable, "unavailable: heartbeat timeout"),
-        Close::Policy => (GrpcCode::InvalidArgument, "bad_request: cannot continue"),
-    };
-    Some(Status::new(code, text))
 }
 
 /// The connection a request came on (set by the server's dispatch).

@@ -2,22 +2,20 @@
 //! `connect.rs`).
 
 use std::pin::Pin;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::pb::{self, gateway_server};
 use super::wire::EncodedMessage;
-use super::{arm_stall_kill, end_status, peer};
-use crate::core::replay::{Gap, Resume, Step};
-use crate::core::{Close, Cursor, Message, Subscriber};
-use crate::error::ApiError;
-use crate::metrics::{self, Transport};
-use crate::server::AppState;
-use crate::transport;
+use super::{arm_stall_kill, peer};
+use crate::error::{self, ApiError};
+use crate::metrics::Transport;
+use crate::state::AppState;
+use crate::transport::ops;
+use crate::transport::request::{self, Topics};
+use crate::transport::subscription::{Event, GapReport, Subscription};
 
 /// A boxed response stream.
 pub(super) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -33,27 +31,9 @@ impl Gateway {
     }
 }
 
-/// Publishes `data` on `topic` after checking it; the one path for the
-/// `Publish` rpc and Connect's publish op.
-pub(super) async fn publish(
-    state: &AppState,
-    topic: &str,
-    data: Vec<u8>,
-    key: &str,
-) -> Result<pb::PublishReply, ApiError> {
-    let topic = transport::topic(topic)?;
-    let data = transport::check_data(Bytes::from(data), state.config.limits.max_message_bytes)?;
-    let key = if key.is_empty() {
-        None
-    } else {
-        transport::check_idempotency_key(key.as_bytes())?;
-        Some(key)
-    };
-    let published = state.bus.engine.publish(&topic, data, key).await?;
-    if !published.duplicate {
-        metrics::published(Transport::Grpc);
-    }
-    Ok(pb::PublishReply { id: published.id.to_string(), ts: published.ts, topic: topic.as_str().to_owned() })
+/// The reply to a publish.
+fn publish_reply(topic: &str, p: &crate::core::Published) -> pb::PublishReply {
+    pb::PublishReply { id: p.id.to_string(), ts: p.ts, topic: topic.to_owned() }
 }
 
 #[tonic::async_trait]
@@ -79,17 +59,13 @@ impl gateway_server::Gateway for Gateway {
         let peer = peer(&request);
         let req = request.into_inner();
         let state = &self.state;
-        let mut topics = Vec::new();
-        for name in &req.topics {
-            transport::push_topic(&mut topics, name)?;
-        }
-        transport::check_topic_count(topics.len(), state.config.limits.max_topics_per_connection)?;
-        let cursor = if req.cursor.is_empty() { None } else { Some(transport::cursor(&req.cursor)?) };
-        let mut sub = state.bus.subscriber();
+        let max = state.config.limits.max_topics_per_connection;
+        let cursor = if req.cursor.is_empty() { None } else { Some(request::cursor(&req.cursor)?) };
+        let topics = Topics::from_names(req.topics.iter().map(String::as_str), cursor, 1, max)?;
+        let mut sub = Subscription::new(state, Transport::Grpc, GapReport::OnNextMessage);
         let alive = arm_stall_kill(state, peer.as_ref(), sub.session());
-        let (cursor, resumes) =
-            transport::start_subscription(&mut sub, topics, cursor.as_ref(), state.bus.replay_page).await?;
-        let stream = messages(state.clone(), peer.map(|p| p.0), sub, cursor, resumes, alive);
+        sub.start(topics.topics, topics.cursor.as_ref()).await?;
+        let stream = messages(peer.map(|p| p.0), sub, alive);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -98,7 +74,11 @@ impl gateway_server::Gateway for Gateway {
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishReply>, Status> {
         let req = request.into_inner();
-        Ok(Response::new(publish(&self.state, &req.topic, req.data, &req.idempotency_key).await?))
+        let topic = request::topic(&req.topic)?;
+        let key = Some(req.idempotency_key.as_str()).filter(|k| !k.is_empty());
+        let published =
+            ops::publish(&self.state, Transport::Grpc, &topic, Bytes::from(req.data), key).await?;
+        Ok(Response::new(publish_reply(topic.as_str(), &published)))
     }
 
     async fn history(
@@ -106,11 +86,11 @@ impl gateway_server::Gateway for Gateway {
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryReply>, Status> {
         let req = request.into_inner();
-        let topic = transport::topic(&req.topic)?;
-        let after = if req.after.is_empty() { None } else { Some(transport::message_id(&req.after)?) };
+        let topic = request::topic(&req.topic)?;
+        let after = if req.after.is_empty() { None } else { Some(request::message_id(&req.after)?) };
         let limit = match req.limit as usize {
-            0 => transport::HISTORY_DEFAULT,
-            n => n.min(transport::HISTORY_MAX),
+            0 => request::HISTORY_DEFAULT,
+            n => n.min(request::HISTORY_MAX),
         };
         let history = self.state.bus.engine.history(&topic, after, limit).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::HistoryReply {
@@ -120,85 +100,35 @@ impl gateway_server::Gateway for Gateway {
     }
 }
 
-/// The message stream of one `Subscribe` call: replay each resumed topic,
-/// then live messages; ends with a status when the server closes it.
+/// The message stream of one `Subscribe` call: the driver's messages (a
+/// gap rides on its topic's next message); ends with a status when the
+/// server closes it.
 fn messages(
-    state: AppState,
     peer: Option<std::net::SocketAddr>,
-    mut sub: Subscriber,
-    mut cursor: Cursor,
-    resumes: Vec<Resume>,
-    alive: Arc<()>,
+    mut sub: Subscription,
+    alive: std::sync::Arc<()>,
 ) -> impl Stream<Item = Result<EncodedMessage, Status>> + Send {
     async_stream::stream! {
         let _alive = alive;
-        let _registered = state.shutdown.sessions().register(sub.session());
-        let session = Arc::clone(sub.session());
-        let mut record = transport::StreamRecord::open(Transport::Grpc, Some("subscribe"), peer, Arc::clone(&session));
-        // Gaps not yet reported: each goes out on the topic's next message,
-        // and the cursor does not move past a gap until then.
-        let mut gaps: Vec<Gap> = Vec::new();
-        let mut reason = Close::Client;
-        'replay: for mut resume in resumes {
-            loop {
-                match transport::replay_step(&session, &mut resume, &mut sub).await {
-                    Err(r) => {
-                        reason = r;
-                        break 'replay;
-                    }
-                    Ok(None) => break,
-                    Ok(Some(Step::Gap(gap))) => gaps.push(gap),
-                    Ok(Some(Step::Messages(ms))) => {
-                        let mut written = 0;
-                        for m in &ms {
-                            if let Some(e) = encode(&mut cursor, &mut gaps, m) {
-                                written += 1;
-                                yield Ok(e);
-                            }
-                        }
-                        record.sent += written;
-                        metrics::delivered(Transport::Grpc, written);
-                    }
+        sub.open(Some("subscribe"), peer, false);
+        let reason = loop {
+            match sub.next().await {
+                Event::Closed(reason) => break reason,
+                Event::Message { message, gap } => {
+                    let encoded = EncodedMessage::with_cursor(&message, sub.cursor());
+                    yield Ok(match gap {
+                        Some(gap) => encoded.with_gap(&gap),
+                        None => encoded,
+                    });
                 }
+                // Not produced with `GapReport::OnNextMessage`.
+                Event::Gap(_) => {}
             }
-        }
-        if reason == Close::Client {
-            let stop = session.wait_closed();
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    biased;
-                    r = &mut stop => { reason = r; break; }
-                    m = sub.outbox.recv() => {
-                        let Some(m) = m else { break };
-                        if let Some(e) = encode(&mut cursor, &mut gaps, &m) {
-                            record.sent += 1;
-                            metrics::delivered(Transport::Grpc, 1);
-                            metrics::delivery_latency(Transport::Grpc, Instant::now().saturating_duration_since(m.seen));
-                            yield Ok(e);
-                        }
-                    }
-                }
-            }
-        }
-        record.reason = reason;
-        if let Some(status) = end_status(reason) {
+        };
+        sub.ended(reason);
+        drop(sub);
+        if let Some(status) = error::stream_end(reason) {
             yield Err(status);
         }
-    }
-}
-
-/// The encoding of `m` for this stream (advancing the cursor, attaching a
-/// pending gap of its topic); `None` when not subscribed or already sent.
-fn encode(cursor: &mut Cursor, gaps: &mut Vec<Gap>, m: &Message) -> Option<EncodedMessage> {
-    let pos = cursor.get(&m.topic)?;
-    if m.id <= pos {
-        return None;
-    }
-    cursor.set(&m.topic, m.id);
-    let encoded = EncodedMessage::with_cursor(m, cursor);
-    match gaps.iter().position(|g| g.topic == m.topic) {
-        Some(i) => Some(encoded.with_gap(&gaps.swap_remove(i))),
-        None => Some(encoded),
     }
 }

@@ -1,0 +1,152 @@
+//! [`Session`]: the close flag of one client stream, and [`Sessions`], the
+//! registry shutdown uses to close them all.
+//!
+//! Whoever may end a stream (the hub on overflow, the server on shutdown, the
+//! engine on a reset) calls [`Session::close`] with a [`Close`] reason; the
+//! task that owns the stream waits on [`Session::wait_closed`], an atomic
+//! load plus a waker registration, so the per-message loop takes no lock.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
+
+use super::close::Close;
+
+/// State shared between a session's task and whoever may close it (the hub
+/// on overflow, the server on shutdown).
+///
+/// Waiting is an atomic load plus an [`AtomicWaker`] registration: the
+/// owning task polls it on every wake-up, so it must not take a lock.
+#[derive(Default)]
+pub struct Session {
+    reason: AtomicU8,
+    waker: AtomicWaker,
+    kill: std::sync::OnceLock<Arc<dyn Kill>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("reason", &self.closed()).finish_non_exhaustive()
+    }
+}
+
+/// Aborts a connection whose owner cannot be woken by the session flag,
+/// e.g. a streamed HTTP body that the server stopped polling because the
+/// client stopped reading.
+pub trait Kill: Send + Sync {
+    /// Abort the connection now (its I/O starts failing).
+    fn kill(&self);
+}
+
+impl Session {
+    /// Asks the owning task to end the connection for `reason` (first reason
+    /// wins).
+    pub fn close(&self, reason: Close) {
+        if self.reason.compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.waker.wake();
+            // A slow consumer may be blocked in a write nobody polls; a
+            // shutdown instead lets the owner end the stream cleanly.
+            if reason != Close::Shutdown {
+                if let Some(kill) = self.kill.get() {
+                    kill.kill();
+                }
+            }
+        }
+    }
+
+    /// Installs the connection's kill switch (once).
+    pub fn set_kill(&self, kill: Arc<dyn Kill>) {
+        let _ = self.kill.set(kill);
+    }
+
+    /// The reason given to [`Session::close`], if any.
+    pub fn closed(&self) -> Option<Close> {
+        Close::from_u8(self.reason.load(Ordering::Acquire))
+    }
+
+    /// Resolves when [`Session::close`] was called. Only the owning task
+    /// should wait (one waker is kept).
+    pub fn wait_closed(&self) -> WaitClosed<'_> {
+        WaitClosed(self)
+    }
+}
+
+/// Future of [`Session::wait_closed`].
+#[derive(Debug)]
+pub struct WaitClosed<'a>(&'a Session);
+
+impl Future for WaitClosed<'_> {
+    type Output = Close;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Close> {
+        if let Some(reason) = self.0.closed() {
+            return Poll::Ready(reason);
+        }
+        self.0.waker.register(cx.waker());
+        match self.0.closed() {
+            Some(reason) => Poll::Ready(reason),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// Every live session, so shutdown can close them all (each with
+/// [`Close::Shutdown`]) without every connection polling a shared token.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    inner: parking_lot::Mutex<SessionsInner>,
+}
+
+#[derive(Debug, Default)]
+struct SessionsInner {
+    live: slab::Slab<Arc<Session>>,
+    closing: Option<Close>,
+}
+
+/// Membership in [`Sessions`]; dropping it unregisters.
+#[derive(Debug)]
+pub struct SessionGuard {
+    sessions: Arc<Sessions>,
+    key: usize,
+}
+
+impl Sessions {
+    /// Registers `session`; if everything is already closing, closes it too.
+    pub fn register(self: &Arc<Self>, session: &Arc<Session>) -> SessionGuard {
+        let mut inner = self.inner.lock();
+        if let Some(reason) = inner.closing {
+            session.close(reason);
+        }
+        let key = inner.live.insert(Arc::clone(session));
+        SessionGuard { sessions: Arc::clone(self), key }
+    }
+
+    /// Closes every live session and every later one with `reason`.
+    pub fn close_all(&self, reason: Close) {
+        let mut inner = self.inner.lock();
+        inner.closing = Some(reason);
+        for (_, s) in inner.live.iter() {
+            s.close(reason);
+        }
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.inner.lock().live.len()
+    }
+
+    /// True when no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.sessions.inner.lock().live.try_remove(self.key);
+    }
+}

@@ -1,0 +1,130 @@
+//! Client operations, the same whatever carries them: the one publish path
+//! (HTTP, WebSocket, gRPC `Publish` and `Connect`) and the one handler of
+//! the WebSocket ops (contract §4), which gRPC `Connect` frames share.
+//!
+//! An adapter decodes its frame into an [`Op`] (keeping its own `ref`),
+//! calls [`handle`], and encodes the [`Reply`]s it gets back, in order.
+
+use bytes::Bytes;
+use smallvec::SmallVec;
+
+use super::request;
+use super::subscription::{SubscribeError, Subscription};
+use crate::core::replay::Gap;
+use crate::core::{Close, MessageId, Published, Topic};
+use crate::error::{ApiError, Code};
+use crate::metrics::{self, Transport};
+use crate::state::AppState;
+
+/// One client op.
+#[derive(Debug)]
+pub(crate) enum Op {
+    /// Subscribe to `topic`, from `after` or from now.
+    Subscribe {
+        /// Topic.
+        topic: Topic,
+        /// Resume after this id.
+        after: Option<MessageId>,
+    },
+    /// Leave `topic`.
+    Unsubscribe {
+        /// Topic.
+        topic: Topic,
+    },
+    /// Publish `data` (JSON text, as sent) on `topic`.
+    Publish {
+        /// Topic.
+        topic: Topic,
+        /// The JSON text of `data`.
+        data: Bytes,
+        /// Idempotency key, when the wire has one.
+        key: Option<String>,
+    },
+    /// Liveness check.
+    Ping,
+    /// Replace the connection's token (acknowledged; auth comes later).
+    Refresh {
+        /// The new token.
+        #[allow(dead_code)]
+        token: String,
+    },
+}
+
+/// What an op answers, in order.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// History was trimmed past a subscribe's position (before its ack).
+    Gap(Gap),
+    /// A subscribe was carried out.
+    Subscribed {
+        /// False when a gap was reported.
+        recovered: bool,
+    },
+    /// A publish was accepted.
+    Published(Published),
+    /// An unsubscribe or a refresh was carried out.
+    Done,
+    /// The answer to a ping.
+    Pong,
+    /// The op was refused; the connection goes on.
+    Error(ApiError),
+}
+
+/// Replies of one op (at most two: a gap and an ack).
+pub(crate) type Replies = SmallVec<[Reply; 2]>;
+
+/// Carries out `op` for the stream `sub`. `Err` ends the connection: a
+/// publish over the size limit, or the stream closed meanwhile.
+pub(crate) async fn handle(
+    state: &AppState,
+    transport: Transport,
+    sub: &mut Subscription,
+    op: Op,
+) -> Result<Replies, Close> {
+    let mut out = Replies::new();
+    match op {
+        Op::Ping => out.push(Reply::Pong),
+        Op::Refresh { .. } => out.push(Reply::Done),
+        Op::Unsubscribe { topic } => {
+            sub.leave(&topic);
+            out.push(Reply::Done);
+        }
+        Op::Publish { topic, data, key } => {
+            match publish(state, transport, &topic, data, key.as_deref()).await {
+                Ok(p) => out.push(Reply::Published(p)),
+                // Contract §4: a message over the limit closes the connection.
+                Err(e) if e.code == Code::TooLarge => return Err(Close::TooLarge),
+                Err(e) => out.push(Reply::Error(e)),
+            }
+        }
+        Op::Subscribe { topic, after } => match sub.subscribe(topic, after).await {
+            Ok(done) => {
+                out.extend(done.gap.map(Reply::Gap));
+                out.push(Reply::Subscribed { recovered: done.recovered });
+            }
+            Err(SubscribeError::Refused(e)) => out.push(Reply::Error(e)),
+            Err(SubscribeError::Closed(reason)) => return Err(reason),
+        },
+    }
+    Ok(out)
+}
+
+/// Publishes `data` on `topic` after checking it (size, one JSON value, the
+/// idempotency key): the one publish path of every transport.
+pub(crate) async fn publish(
+    state: &AppState,
+    transport: Transport,
+    topic: &Topic,
+    data: Bytes,
+    key: Option<&str>,
+) -> Result<Published, ApiError> {
+    if let Some(key) = key {
+        request::check_idempotency_key(key.as_bytes())?;
+    }
+    let data = request::check_data(data, state.config.limits.max_message_bytes)?;
+    let published = state.bus.engine.publish(topic, data, key).await?;
+    if !published.duplicate {
+        metrics::published(transport);
+    }
+    Ok(published)
+}

@@ -1,0 +1,195 @@
+//! What a client asks for, parsed and checked: topic names, message ids,
+//! cursors, limits, idempotency keys, message data and the topics of a
+//! streaming subscription. Every transport parses through here, so a value
+//! is accepted or refused the same way everywhere.
+
+use bytes::Bytes;
+
+use crate::core::{Cursor, MessageId, Topic};
+use crate::error::{ApiError, Code};
+
+/// Longest idempotency key accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 256;
+/// History page bounds (contract §3; the gRPC `History` rpc uses the same).
+pub(crate) const HISTORY_DEFAULT: usize = 100;
+pub(crate) const HISTORY_MAX: usize = 1000;
+
+/// A topic name, or `bad_topic`.
+pub(crate) fn topic(name: &str) -> Result<Topic, ApiError> {
+    Topic::new(name).map_err(|e| ApiError::new(Code::BadTopic, e.to_string()))
+}
+
+/// A cursor handed out earlier, or `bad_request`.
+pub(crate) fn cursor(s: &str) -> Result<Cursor, ApiError> {
+    Cursor::parse(s).map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))
+}
+
+/// A message id (`"<ms>-<seq>"`), or `bad_request`.
+pub(crate) fn message_id(s: &str) -> Result<MessageId, ApiError> {
+    s.parse::<MessageId>().map_err(|e| ApiError::new(Code::BadRequest, e.to_string()))
+}
+
+/// Checks the number of topics of a streaming subscription: at least
+/// `min`, at most `limits.max_topics_per_connection`.
+pub(crate) fn check_topic_count(n: usize, min: usize, max: usize) -> Result<(), ApiError> {
+    if n < min {
+        return Err(ApiError::new(Code::BadRequest, "at least one topic is required"));
+    }
+    if n > max {
+        return Err(ApiError::new(Code::BadRequest, "too many topics (limits.max_topics_per_connection)"));
+    }
+    Ok(())
+}
+
+/// Parses a `limit` query value: a positive integer, clamped to `max`.
+pub(crate) fn parse_limit(v: &str, max: usize) -> Result<usize, ApiError> {
+    v.parse::<usize>()
+        .ok()
+        .filter(|n| *n >= 1)
+        .map(|n| n.min(max))
+        .ok_or_else(|| ApiError::new(Code::BadRequest, "limit must be a positive integer"))
+}
+
+/// Checks an idempotency key: 1 to 256 visible ASCII characters.
+pub(crate) fn check_idempotency_key(key: &[u8]) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !key.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::new(
+            Code::BadRequest,
+            "idempotency key must be 1 to 256 visible ASCII characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a message's `data`: at most `max` bytes (`too_large`) of one JSON
+/// value (`bad_request`). Returns the value without surrounding whitespace,
+/// otherwise byte for byte.
+pub(crate) fn check_data(data: Bytes, max: usize) -> Result<Bytes, ApiError> {
+    if data.len() > max {
+        return Err(ApiError::new(Code::TooLarge, format!("data over {max} bytes")));
+    }
+    let data = trim_json(data);
+    if data.is_empty() {
+        return Err(ApiError::new(Code::BadRequest, "data must be a JSON value"));
+    }
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&data) {
+        return Err(ApiError::new(Code::BadRequest, format!("data is not valid JSON: {e}")));
+    }
+    Ok(data)
+}
+
+/// Drops leading and trailing JSON whitespace; the value itself is kept
+/// byte for byte.
+fn trim_json(mut b: Bytes) -> Bytes {
+    let ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
+    let start = b.iter().position(|c| !ws(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !ws(c)).map_or(start, |i| i + 1);
+    b.truncate(end);
+    b.split_off(start)
+}
+
+/// The topics of a streaming subscription or poll, and where they resume.
+#[derive(Debug)]
+pub(crate) struct Topics {
+    /// Topics in request order, each once.
+    pub(crate) topics: Vec<Topic>,
+    /// The resume cursor (`Last-Event-ID` / `lastEventId` / `cursor`).
+    pub(crate) cursor: Option<Cursor>,
+}
+
+impl Topics {
+    /// Topics from names (each once), or `bad_topic`; checked against
+    /// `min..=max`.
+    pub(crate) fn from_names<'a>(
+        names: impl IntoIterator<Item = &'a str>,
+        cursor: Option<Cursor>,
+        min: usize,
+        max: usize,
+    ) -> Result<Self, ApiError> {
+        let mut topics = Vec::new();
+        for name in names {
+            let t = topic(name)?;
+            if !topics.contains(&t) {
+                topics.push(t);
+            }
+        }
+        check_topic_count(topics.len(), min, max)?;
+        Ok(Topics { topics, cursor })
+    }
+
+    /// Parses `topic` (repeatable) and a resume cursor from a query string,
+    /// the cursor from the first of `cursor_params` present unless
+    /// `header_cursor` (which wins) is given.
+    pub(crate) fn from_query(
+        query: Option<&str>,
+        header_cursor: Option<&str>,
+        cursor_params: &[&str],
+        min: usize,
+        max: usize,
+    ) -> Result<Self, ApiError> {
+        let mut names = Vec::new();
+        let mut cursor_text = header_cursor.map(str::to_owned);
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            if k == "topic" {
+                names.push(v);
+            } else if cursor_params.contains(&&*k) && cursor_text.is_none() && !v.is_empty() {
+                cursor_text = Some(v.into_owned());
+            }
+        }
+        // Topics are checked before the cursor: a bad topic is `bad_topic`
+        // whatever the cursor says.
+        let mut parsed = Topics::from_names(names.iter().map(|n| &**n), None, min, max)?;
+        if let Some(c) = cursor_text {
+            parsed.cursor = Some(cursor(&c)?);
+        }
+        Ok(parsed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_only_outer_whitespace() {
+        assert_eq!(&trim_json(Bytes::from_static(b" \n{\"a\": 1 }\r\n"))[..], b"{\"a\": 1 }");
+        assert_eq!(&trim_json(Bytes::from_static(b"   "))[..], b"");
+        assert_eq!(&trim_json(Bytes::from_static(b"1"))[..], b"1");
+    }
+
+    #[test]
+    fn data_and_keys() {
+        assert_eq!(check_data(Bytes::from_static(b" [1] "), 16).unwrap(), Bytes::from_static(b"[1]"));
+        assert_eq!(check_data(Bytes::from_static(b"{"), 16).unwrap_err().code, Code::BadRequest);
+        assert_eq!(check_data(Bytes::from_static(b""), 16).unwrap_err().code, Code::BadRequest);
+        assert_eq!(
+            check_data(Bytes::from_static(b"\"0123456789abcdef\""), 16).unwrap_err().code,
+            Code::TooLarge
+        );
+        assert!(check_idempotency_key(b"k-1").is_ok());
+        assert!(check_idempotency_key(b"").is_err());
+        assert!(check_idempotency_key(b"a b").is_err());
+        assert!(check_idempotency_key(&[b'x'; 257]).is_err());
+    }
+
+    #[test]
+    fn subscription_parsing() {
+        let parse = |q: &str, h: Option<&str>| Topics::from_query(Some(q), h, &["lastEventId"], 1, 10);
+        let s = parse("topic=a&topic=b&topic=a", None).unwrap();
+        assert_eq!(s.topics.len(), 2);
+        assert!(s.cursor.is_none());
+        assert_eq!(parse("", None).unwrap_err().code, Code::BadRequest);
+        assert_eq!(parse("topic=a%20b", None).unwrap_err().code, Code::BadTopic);
+        assert_eq!(parse("topic=a&lastEventId=!!", None).unwrap_err().code, Code::BadRequest);
+        let c = Cursor::single(Topic::new("a").unwrap(), MessageId::new(3, 1)).encode();
+        // The header wins over the query.
+        let s = parse("topic=a&lastEventId=!!", Some(&c)).unwrap();
+        assert_eq!(s.cursor.unwrap().get(&Topic::new("a").unwrap()), Some(MessageId::new(3, 1)));
+        // Zero topics are fine where the minimum is zero (WebSocket connect).
+        assert!(Topics::from_query(Some("cursor=AQ"), None, &["cursor"], 0, 10).unwrap().topics.is_empty());
+        assert_eq!(
+            Topics::from_query(Some("topic=a&topic=b"), None, &[], 1, 1).unwrap_err().code,
+            Code::BadRequest
+        );
+    }
+}

@@ -1,0 +1,597 @@
+//! The one subscription driver: everything a client stream does between the
+//! bus and its wire, the same for WebSocket, SSE, gRPC `Subscribe` and gRPC
+//! `Connect`.
+//!
+//! A [`Subscription`] owns the stream's [`Subscriber`] (outbox and joined
+//! topics), its [`Cursor`], the replays in progress and the open/close
+//! record. It yields neutral [`Event`]s: a message (the cursor has moved past
+//! it), a gap, or the reason the stream must end. An adapter reads its
+//! client's input, calls [`Subscription::next`] / [`Subscription::try_next`]
+//! and encodes what comes out; it never touches the outbox, the replay or
+//! the cursor itself.
+//!
+//! # Replay → live, in one place
+//!
+//! A topic resumed from a position is replayed first ([`Resume`]: page by
+//! page, join live when caught up, read once more); only when every replay
+//! is done does the driver read the outbox. Each message is checked against
+//! the cursor before it is handed out: a message of a topic no longer
+//! subscribed, or with an id not greater than the position already
+//! delivered (the replay/live overlap), is dropped. So each topic reaches
+//! the client in id order, each message once.
+//!
+//! # Gaps
+//!
+//! A gap either becomes an [`Event::Gap`] at once, the cursor moving past it
+//! so a reconnect does not report it again ([`GapReport::Event`]), or rides
+//! on the topic's next message, the cursor staying put until then
+//! ([`GapReport::OnNextMessage`], for wires with no frame of their own for a
+//! gap).
+//!
+//! # Cancellation
+//!
+//! While [`Subscription::replaying`], the next event comes from a history
+//! read that may join a topic: take it with
+//! [`Subscription::next_replayed`], to completion (it races the session's
+//! close flag itself), never inside a `select!`. Once live,
+//! [`Subscription::next`] only waits on the outbox and the close flag and is
+//! safe to race against client input and timers.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::core::replay::{Gap, Resume, Step};
+use crate::core::session::SessionGuard;
+use crate::core::{Close, Cursor, Message, MessageId, Session, Subscriber, Topic};
+use crate::error::{ApiError, Code};
+use crate::metrics::{self, Transport};
+use crate::state::AppState;
+
+/// What a stream delivers next.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A message to write; [`Subscription::cursor`] is now the position after
+    /// it. `gap` is a pending gap of its topic ([`GapReport::OnNextMessage`]).
+    Message {
+        /// The message.
+        message: Arc<Message>,
+        /// A gap reported with this message.
+        gap: Option<Gap>,
+    },
+    /// History no longer reaches back; the cursor has moved past the gap.
+    Gap(Gap),
+    /// The stream must end for this reason (slow consumer, shutdown, engine
+    /// failure); the client resumes from its last cursor.
+    Closed(Close),
+}
+
+/// How a stream reports gaps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GapReport {
+    /// As an [`Event::Gap`] at once.
+    Event,
+    /// On the topic's next [`Event::Message`].
+    OnNextMessage,
+}
+
+/// A subscribe op that could not be carried out.
+#[derive(Debug)]
+pub(crate) enum SubscribeError {
+    /// Refused; the stream goes on.
+    Refused(ApiError),
+    /// The stream was closed meanwhile.
+    Closed(Close),
+}
+
+/// A subscribe op that was carried out.
+#[derive(Debug)]
+pub(crate) struct Subscribed {
+    /// History was trimmed past the requested position (reported before the
+    /// op's acknowledgement).
+    pub(crate) gap: Option<Gap>,
+    /// False when a gap was reported.
+    pub(crate) recovered: bool,
+}
+
+/// A replayed item not yet handed out.
+#[derive(Debug)]
+enum Pending {
+    Message(Arc<Message>),
+    Gap(Gap),
+}
+
+/// One client stream's subscription; see the module docs.
+pub(crate) struct Subscription {
+    sub: Subscriber,
+    session: Arc<Session>,
+    _registered: SessionGuard,
+    cursor: Cursor,
+    /// Topics still replaying, in order; the outbox is read once empty.
+    resumes: VecDeque<Resume>,
+    /// Replayed items of the current page, handed out one by one so the
+    /// cursor is right for each.
+    pending: VecDeque<Pending>,
+    gap_report: GapReport,
+    /// Gaps waiting for their topic's next message (`OnNextMessage`).
+    held_gaps: Vec<Gap>,
+    transport: Transport,
+    replay_page: usize,
+    max_topics: usize,
+    record: Option<Record>,
+    sent: u64,
+}
+
+/// The open/close accounting of a stream: a log line and metrics at open,
+/// and at close however the stream ends (finished, or dropped by hyper
+/// because the client left or the connection was killed).
+struct Record {
+    rpc: Option<&'static str>,
+    peer: String,
+    opened: Instant,
+    received: Option<u64>,
+    reason: Close,
+}
+
+impl Subscription {
+    /// A subscription with no topic yet, registered for shutdown.
+    pub(crate) fn new(state: &AppState, transport: Transport, gap_report: GapReport) -> Self {
+        let sub = state.bus.subscriber();
+        let session = Arc::clone(sub.session());
+        let registered = state.shutdown.sessions().register(&session);
+        Subscription {
+            sub,
+            session,
+            _registered: registered,
+            cursor: Cursor::new(),
+            resumes: VecDeque::new(),
+            pending: VecDeque::new(),
+            gap_report,
+            held_gaps: Vec::new(),
+            transport,
+            replay_page: state.bus.replay_page,
+            max_topics: state.config.limits.max_topics_per_connection,
+            record: None,
+            sent: 0,
+        }
+    }
+
+    /// Subscribes to `topics`: those `cursor` names are replayed after their
+    /// position; the others are joined live now, so anything published after
+    /// this returns reaches the stream.
+    pub(crate) async fn start(
+        &mut self,
+        topics: Vec<Topic>,
+        cursor: Option<&Cursor>,
+    ) -> Result<(), ApiError> {
+        for topic in topics {
+            match cursor.and_then(|c| c.get(&topic)) {
+                Some(after) => {
+                    self.cursor.set(&topic, after);
+                    self.resumes.push_back(Resume::after(topic, after, self.replay_page));
+                }
+                None => {
+                    let pos = Resume::from_now(&mut self.sub, &topic).await?;
+                    self.cursor.set(&topic, pos);
+                }
+            }
+        }
+        if !self.cursor.fits() {
+            return Err(ApiError::new(Code::BadRequest, "too many topics for one cursor"));
+        }
+        Ok(())
+    }
+
+    /// The subscribe op: adds `topic` from `after` (replayed, its first page
+    /// read before this returns) or from now.
+    pub(crate) async fn subscribe(
+        &mut self,
+        topic: Topic,
+        after: Option<MessageId>,
+    ) -> Result<Subscribed, SubscribeError> {
+        let refuse = |m: &str| Err(SubscribeError::Refused(ApiError::new(Code::BadRequest, m)));
+        if self.cursor.get(&topic).is_some() {
+            return refuse("already subscribed");
+        }
+        if self.cursor.len() >= self.max_topics {
+            return refuse("too many topics (limits.max_topics_per_connection)");
+        }
+        self.cursor.set(&topic, after.unwrap_or_default());
+        if !self.cursor.fits() {
+            self.cursor.remove(&topic);
+            return refuse("too many topics for one cursor");
+        }
+        let Some(after) = after else {
+            return match Resume::from_now(&mut self.sub, &topic).await {
+                Ok(pos) => {
+                    self.cursor.set(&topic, pos);
+                    Ok(Subscribed { gap: None, recovered: true })
+                }
+                Err(e) => {
+                    self.cursor.remove(&topic);
+                    Err(SubscribeError::Refused(e.into()))
+                }
+            };
+        };
+        let mut resume = Resume::after(topic.clone(), after, self.replay_page);
+        // A gap goes out before the acknowledgement, then the first page is
+        // read so an engine failure can still be answered as an error.
+        let mut gap = None;
+        let mut first = self.replay_step(&mut resume).await;
+        if let Ok(Some(Step::Gap(g))) = first {
+            if let Some(Event::Gap(g)) = self.gap_now(g) {
+                gap = Some(g);
+            }
+            first = self.replay_step(&mut resume).await;
+        }
+        let recovered = resume.recovered();
+        match first {
+            Ok(None) => {}
+            Ok(Some(step)) => {
+                self.hold(step);
+                self.resumes.push_back(resume);
+            }
+            Err(Close::Unavailable) => {
+                self.leave(&topic);
+                return Err(SubscribeError::Refused(ApiError::new(Code::Unavailable, "engine unavailable")));
+            }
+            Err(closed) => return Err(SubscribeError::Closed(closed)),
+        }
+        Ok(Subscribed { gap, recovered })
+    }
+
+    /// Leaves `topic` (unsubscribe); what was queued for it is dropped.
+    pub(crate) fn leave(&mut self, topic: &Topic) {
+        self.sub.leave(topic);
+        self.cursor.remove(topic);
+        self.resumes.retain(|r| r.topic() != topic);
+    }
+
+    /// Leaves every topic (before a close handshake).
+    pub(crate) fn leave_all(&mut self) {
+        self.sub.leave_all();
+        self.resumes.clear();
+        self.pending.clear();
+    }
+
+    /// True while a replay is in progress (see the module docs on
+    /// cancellation).
+    pub(crate) fn replaying(&self) -> bool {
+        !self.resumes.is_empty() || !self.pending.is_empty()
+    }
+
+    /// The position after everything handed out so far.
+    pub(crate) fn cursor(&self) -> &Cursor {
+        &self.cursor
+    }
+
+    /// The stream's close flag (hub, shutdown and kill switch use it).
+    pub(crate) fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    /// The next event, waiting for one: the replay's first, then live ones.
+    pub(crate) async fn next(&mut self) -> Event {
+        if let Some(event) = self.next_replayed().await {
+            return event;
+        }
+        loop {
+            tokio::select! {
+                biased;
+                reason = self.session.wait_closed() => return Event::Closed(reason),
+                m = self.sub.outbox.recv() => match m {
+                    Some(m) => {
+                        if let Some(event) = self.accept(m, true) {
+                            return event;
+                        }
+                    }
+                    // The subscriber holds a sender itself; never seen.
+                    None => return Event::Closed(Close::Client),
+                },
+            }
+        }
+    }
+
+    /// The replay's next event; `None` once every replay is done (the
+    /// stream is live). Not to be raced: see the module docs.
+    pub(crate) async fn next_replayed(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.take_pending() {
+                return Some(event);
+            }
+            let mut resume = self.resumes.pop_front()?;
+            match self.replay_step(&mut resume).await {
+                Err(reason) => return Some(Event::Closed(reason)),
+                Ok(None) => {}
+                Ok(Some(step)) => {
+                    self.hold(step);
+                    self.resumes.push_front(resume);
+                }
+            }
+        }
+    }
+
+    /// The next event if one is ready without waiting (to batch writes).
+    pub(crate) fn try_next(&mut self) -> Option<Event> {
+        if let Some(event) = self.take_pending() {
+            return Some(event);
+        }
+        if !self.resumes.is_empty() {
+            return None;
+        }
+        while let Ok(m) = self.sub.outbox.try_recv() {
+            if let Some(event) = self.accept(m, true) {
+                return Some(event);
+            }
+        }
+        None
+    }
+
+    /// Starts the open/close record (log line and metrics), when the stream
+    /// really begins. A stream that `reads_input` (WebSocket, `Connect`)
+    /// logs the frames it received as `msgs_in`.
+    pub(crate) fn open(&mut self, rpc: Option<&'static str>, peer: Option<SocketAddr>, reads_input: bool) {
+        metrics::connection_opened(self.transport);
+        let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+        tracing::info!(transport = self.transport.label(), rpc, %peer, "connection opened");
+        let received = reads_input.then_some(0);
+        self.record = Some(Record { rpc, peer, opened: Instant::now(), received, reason: Close::Client });
+    }
+
+    /// Counts a frame received from the client (logged as `msgs_in`).
+    pub(crate) fn received(&mut self) {
+        if let Some(n) = self.record.as_mut().and_then(|r| r.received.as_mut()) {
+            *n += 1;
+        }
+    }
+
+    /// Why the stream ended, when its session has no reason of its own.
+    pub(crate) fn ended(&mut self, reason: Close) {
+        if let Some(r) = self.record.as_mut() {
+            r.reason = reason;
+        }
+    }
+
+    fn take_pending(&mut self) -> Option<Event> {
+        while let Some(p) = self.pending.pop_front() {
+            let event = match p {
+                Pending::Message(m) => self.accept(m, false),
+                Pending::Gap(g) => self.gap_now(g),
+            };
+            if event.is_some() {
+                return event;
+            }
+        }
+        None
+    }
+
+    fn hold(&mut self, step: Step) {
+        match step {
+            Step::Gap(g) => self.pending.push_back(Pending::Gap(g)),
+            Step::Messages(ms) => self.pending.extend(ms.into_iter().map(Pending::Message)),
+        }
+    }
+
+    /// Hands `m` out if it is new for its topic, advancing the cursor.
+    fn accept(&mut self, m: Arc<Message>, live: bool) -> Option<Event> {
+        let pos = self.cursor.get(&m.topic)?;
+        if m.id <= pos {
+            return None;
+        }
+        self.cursor.set(&m.topic, m.id);
+        self.sent += 1;
+        metrics::delivered(self.transport, 1);
+        if live {
+            metrics::delivery_latency(self.transport, Instant::now().saturating_duration_since(m.seen));
+        }
+        let gap = match self.held_gaps.iter().position(|g| g.topic == m.topic) {
+            Some(i) => Some(self.held_gaps.swap_remove(i)),
+            None => None,
+        };
+        Some(Event::Message { message: m, gap })
+    }
+
+    /// Reports `gap` now (moving the cursor past it) or holds it for the
+    /// topic's next message.
+    fn gap_now(&mut self, gap: Gap) -> Option<Event> {
+        if self.gap_report == GapReport::OnNextMessage {
+            self.held_gaps.push(gap);
+            return None;
+        }
+        let pos = self.cursor.get(&gap.topic)?;
+        self.cursor.set(&gap.topic, pos.max(gap.resume_from));
+        Some(Event::Gap(gap))
+    }
+
+    /// The next step of `resume`, raced against the close flag. `Ok(None)`
+    /// once the topic is live (the replay is then recorded in the metrics);
+    /// `Err` with the reason when the session was closed, or
+    /// [`Close::Unavailable`] when the engine failed (the client resumes
+    /// from its cursor).
+    async fn replay_step(&mut self, resume: &mut Resume) -> Result<Option<Step>, Close> {
+        let step = tokio::select! {
+            biased;
+            r = self.session.wait_closed() => return Err(r),
+            step = resume.next(&mut self.sub) => step,
+        };
+        match step {
+            Ok(None) => {
+                metrics::replay(resume.recovered(), resume.replayed());
+                Ok(None)
+            }
+            Ok(Some(step)) => Ok(Some(step)),
+            Err(e) => {
+                tracing::warn!(error = %e, topic = %resume.topic(), "replay failed");
+                metrics::engine_error();
+                Err(Close::Unavailable)
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let Some(r) = self.record.take() else {
+            return;
+        };
+        let reason = self.session.closed().unwrap_or(r.reason);
+        metrics::connection_closed(self.transport, reason.label());
+        tracing::info!(
+            transport = self.transport.label(),
+            rpc = r.rpc,
+            peer = %r.peer,
+            duration_ms = r.opened.elapsed().as_millis() as u64,
+            msgs_in = r.received,
+            msgs_out = self.sent,
+            reason = reason.label(),
+            "connection closed"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::testing::{self, topic};
+
+    fn ids(events: &[Event]) -> Vec<MessageId> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message { message, .. } => Some(message.id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every event ready now.
+    fn drain(sub: &mut Subscription) -> Vec<Event> {
+        std::iter::from_fn(|| sub.try_next()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_message_seen_twice_is_handed_out_once() {
+        let state = testing::state(Config::default());
+        let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event);
+        sub.start(vec![topic("d")], None).await.unwrap();
+        let id = testing::publish(&state, "d", "1").await;
+        // The same message again, as a replay/live overlap would bring it.
+        let again = state.bus.engine.history(&topic("d"), None, 1).await.unwrap().messages;
+        state.bus.hub.fan_out(&again[0]);
+        let first = sub.next().await;
+        assert_eq!(ids(&[first]), [id]);
+        assert!(drain(&mut sub).is_empty(), "the duplicate is dropped");
+        assert_eq!(sub.cursor().get(&topic("d")), Some(id));
+    }
+
+    #[tokio::test]
+    async fn resume_replays_after_the_cursor_then_goes_live() {
+        let mut config = Config::default();
+        config.history.replay_page = 2;
+        let state = testing::state(config);
+        let mut published = Vec::new();
+        for n in 0..7 {
+            published.push(testing::publish(&state, "r", &n.to_string()).await);
+        }
+        let mut sub = Subscription::new(&state, Transport::Sse, GapReport::Event);
+        let cursor = Cursor::single(topic("r"), published[1]);
+        sub.start(vec![topic("r"), topic("other")], Some(&cursor)).await.unwrap();
+        assert!(sub.replaying());
+        let mut replayed = Vec::new();
+        while let Some(e) = sub.next_replayed().await {
+            replayed.push(e);
+        }
+        assert_eq!(ids(&replayed), published[2..].to_vec());
+        assert!(!sub.replaying());
+        let live = testing::publish(&state, "r", "7").await;
+        let other = testing::publish(&state, "other", "8").await;
+        let first = sub.next().await;
+        let mut events = vec![first];
+        events.extend(drain(&mut sub));
+        assert_eq!(ids(&events), [live, other]);
+        assert_eq!(
+            (sub.cursor().get(&topic("r")), sub.cursor().get(&topic("other"))),
+            (Some(live), Some(other))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_gap_is_an_event_or_rides_on_the_next_message() {
+        let mut config = Config::default();
+        config.history.max_len = 3;
+        let state = testing::state(config);
+        let mut published = Vec::new();
+        for n in 0..6 {
+            published.push(testing::publish(&state, "g", &n.to_string()).await);
+        }
+        let cursor = Cursor::single(topic("g"), published[0]);
+
+        let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event);
+        sub.start(vec![topic("g")], Some(&cursor)).await.unwrap();
+        match sub.next_replayed().await {
+            Some(Event::Gap(gap)) => {
+                assert_eq!((gap.after, gap.oldest), (published[0], published[3]));
+                // The cursor moved past the gap: a reconnect does not report it again.
+                assert_eq!(sub.cursor().get(&topic("g")), Some(gap.resume_from));
+                assert!(gap.resume_from >= published[2]);
+            }
+            other => panic!("expected a gap, got {other:?}"),
+        }
+        let mut rest = Vec::new();
+        while let Some(e) = sub.next_replayed().await {
+            rest.push(e);
+        }
+        assert_eq!(ids(&rest), published[3..].to_vec());
+
+        let mut sub = Subscription::new(&state, Transport::Grpc, GapReport::OnNextMessage);
+        sub.start(vec![topic("g")], Some(&cursor)).await.unwrap();
+        match sub.next_replayed().await {
+            Some(Event::Message { message, gap: Some(gap) }) => {
+                assert_eq!((message.id, gap.after, gap.oldest), (published[3], published[0], published[3]));
+            }
+            other => panic!("expected the first message carrying the gap, got {other:?}"),
+        }
+        match sub.next_replayed().await {
+            Some(Event::Message { gap: None, .. }) => {}
+            other => panic!("expected a plain message, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_session_ends_the_stream_before_queued_messages() {
+        let state = testing::state(Config::default());
+        let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event);
+        sub.start(vec![topic("c")], None).await.unwrap();
+        testing::publish(&state, "c", "1").await;
+        sub.session().close(Close::Slow);
+        assert!(matches!(sub.next().await, Event::Closed(Close::Slow)));
+    }
+
+    #[tokio::test]
+    async fn subscribe_and_leave_rules() {
+        let mut config = Config::default();
+        config.limits.max_topics_per_connection = 2;
+        let state = testing::state(config);
+        let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event);
+        let ok = sub.subscribe(topic("a"), None).await.unwrap();
+        assert!(ok.recovered && ok.gap.is_none());
+        let refused = |r: Result<Subscribed, SubscribeError>| match r {
+            Err(SubscribeError::Refused(e)) => e.message,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert_eq!(refused(sub.subscribe(topic("a"), None).await), "already subscribed");
+        sub.subscribe(topic("b"), None).await.unwrap();
+        assert!(refused(sub.subscribe(topic("c"), None).await).starts_with("too many topics"));
+
+        // Leaving drops what was queued for the topic.
+        testing::publish(&state, "a", "1").await;
+        let b = testing::publish(&state, "b", "2").await;
+        sub.leave(&topic("a"));
+        assert_eq!(ids(&drain(&mut sub)), [b]);
+        assert_eq!(sub.cursor().len(), 1);
+        assert_eq!(state.bus.hub.subscriber_count(&topic("a")), 0);
+    }
+}

@@ -1,0 +1,203 @@
+//! The WebSocket loop driven through channels: ops, delivery, replay,
+//! heartbeat (under paused time) and close codes.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::config::Config;
+use crate::testing;
+
+/// The server's end of an in-memory WebSocket.
+struct FakeSocket {
+    inbound: mpsc::UnboundedReceiver<Result<WsMessage, axum::Error>>,
+    outbound: mpsc::UnboundedSender<WsMessage>,
+}
+
+impl Stream for FakeSocket {
+    type Item = Result<WsMessage, axum::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inbound.poll_recv(cx)
+    }
+}
+
+impl Sink<WsMessage> for FakeSocket {
+    type Error = axum::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: WsMessage) -> Result<(), Self::Error> {
+        self.outbound.send(item).map_err(axum::Error::new)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The client's end.
+struct Client {
+    tx: mpsc::UnboundedSender<Result<WsMessage, axum::Error>>,
+    rx: mpsc::UnboundedReceiver<WsMessage>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Client {
+    fn send(&self, v: Value) {
+        self.tx.send(Ok(WsMessage::Text(Utf8Bytes::from(v.to_string())))).expect("server alive");
+    }
+
+    async fn frame(&mut self) -> WsMessage {
+        tokio::time::timeout(Duration::from_secs(60), self.rx.recv())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+    }
+
+    async fn json(&mut self) -> Value {
+        match self.frame().await {
+            WsMessage::Text(t) => serde_json::from_str(t.as_str()).expect("JSON frame"),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Connects with `query` (as `GET /v1/ws?query`) and runs the loop in a task.
+async fn connect(state: &AppState, query: &str) -> Client {
+    let (tx, inbound) = mpsc::unbounded_channel();
+    let (outbound, rx) = mpsc::unbounded_channel();
+    let mut sub = Subscription::new(state, Transport::Ws, GapReport::Event);
+    let connected = super::connect(state, &mut sub, Some(query)).await;
+    let socket = FakeSocket { inbound, outbound };
+    let server = tokio::spawn(run(state.clone(), None, sub, socket, connected));
+    Client { tx, rx, server }
+}
+
+#[tokio::test]
+async fn ops_publish_deliver_and_unsubscribe() {
+    let state = testing::state(Config::default());
+    let mut c = connect(&state, "topic=t").await;
+    c.send(serde_json::json!({"op":"publish","topic":"t","data":{"n":1},"ref":1}));
+    let ack = c.json().await;
+    assert_eq!((ack["op"].as_str(), ack["ref"].as_i64()), (Some("ack"), Some(1)));
+    let id = ack["id"].as_str().expect("id").to_owned();
+    let m = c.json().await;
+    assert_eq!(
+        (m["op"].as_str(), m["id"].as_str(), m["data"]["n"].as_i64()),
+        (Some("message"), Some(&*id), Some(1))
+    );
+    let cursor = Cursor::parse(m["cursor"].as_str().expect("cursor")).expect("valid cursor");
+    assert_eq!(cursor.get(&testing::topic("t")), Some(id.parse().expect("id")));
+
+    c.send(serde_json::json!({"op":"unsubscribe","topic":"t","ref":"u"}));
+    assert_eq!(c.json().await, serde_json::json!({"op":"ack","ref":"u"}));
+    c.send(serde_json::json!({"op":"publish","topic":"t","data":2,"ref":2}));
+    assert_eq!(c.json().await["ref"], 2);
+    c.send(serde_json::json!({"op":"ping","ref":3}));
+    // The publish after the unsubscribe is not delivered: the pong comes next.
+    assert_eq!(c.json().await, serde_json::json!({"op":"pong","ref":3}));
+
+    c.send(serde_json::json!({"op":"dance","ref":4}));
+    let e = c.json().await;
+    assert_eq!((e["code"].as_str(), e["ref"].as_i64()), (Some("bad_request"), Some(4)));
+    drop(c.tx);
+    c.server.await.expect("loop ends when the client goes");
+    assert_eq!(state.bus.hub.topic_count(), 0);
+}
+
+#[tokio::test]
+async fn subscribe_after_replays_then_goes_live_in_order() {
+    let mut config = Config::default();
+    config.history.replay_page = 3;
+    let state = testing::state(config);
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        ids.push(testing::publish(&state, "r", &n.to_string()).await);
+    }
+    let mut c = connect(&state, "").await;
+    c.send(serde_json::json!({"op":"subscribe","topic":"r","after":ids[2].to_string(),"ref":"s"}));
+    assert_eq!(c.json().await, serde_json::json!({"op":"ack","ref":"s","recovered":true}));
+    let mut got = Vec::new();
+    while got.len() < 7 {
+        let m = c.json().await;
+        assert_eq!(m["op"], "message");
+        got.push(m["id"].as_str().expect("id").parse::<crate::core::MessageId>().expect("id"));
+    }
+    assert_eq!(got, ids[3..].to_vec(), "the replay: each message once, in id order");
+    // Once the replay is done the client is read again, with nothing live.
+    c.send(serde_json::json!({"op":"ping","ref":"p"}));
+    assert_eq!(c.json().await, serde_json::json!({"op":"pong","ref":"p"}));
+    let live = testing::publish(&state, "r", "10").await;
+    assert_eq!(c.json().await["id"].as_str(), Some(&*live.to_string()));
+}
+
+#[tokio::test]
+async fn trimmed_history_sends_the_gap_before_the_ack() {
+    let mut config = Config::default();
+    config.history.max_len = 3;
+    let state = testing::state(config);
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        ids.push(testing::publish(&state, "g", &n.to_string()).await);
+    }
+    let mut c = connect(&state, "").await;
+    c.send(serde_json::json!({"op":"subscribe","topic":"g","after":ids[0].to_string(),"ref":1}));
+    let gap = c.json().await;
+    assert_eq!((gap["op"].as_str(), gap["after"].as_str()), (Some("gap"), Some(&*ids[0].to_string())));
+    assert_eq!(gap["oldest"].as_str(), Some(&*ids[5].to_string()));
+    assert_eq!(c.json().await, serde_json::json!({"op":"ack","ref":1,"recovered":false}));
+    for id in &ids[5..] {
+        assert_eq!(c.json().await["id"].as_str(), Some(&*id.to_string()));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_client_is_pinged_then_closed() {
+    let mut config = Config::default();
+    config.heartbeat.interval = Duration::from_secs(10);
+    config.heartbeat.timeout = Duration::from_secs(25);
+    let state = testing::state(config);
+    let mut c = connect(&state, "topic=hb").await;
+    let start = Instant::now();
+    assert!(matches!(c.frame().await, WsMessage::Ping(_)));
+    assert!(start.elapsed() >= Duration::from_secs(10));
+    assert!(matches!(c.frame().await, WsMessage::Ping(_)));
+    match c.frame().await {
+        WsMessage::Close(Some(f)) => assert_eq!((f.code, f.reason.as_str()), (1001, "heartbeat_timeout")),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    let elapsed = start.elapsed();
+    assert!(elapsed >= Duration::from_secs(25) && elapsed < Duration::from_secs(35), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn refused_connect_and_oversized_publish_close_with_their_codes() {
+    let state = testing::state(Config::default());
+    let mut c = connect(&state, "topic=a%20b").await;
+    assert_eq!(c.json().await["code"], "bad_topic");
+    match c.frame().await {
+        WsMessage::Close(Some(f)) => assert_eq!(f.code, 1008),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+
+    let mut config = Config::default();
+    config.limits.max_message_bytes = 8;
+    let state = testing::state(config);
+    let mut c = connect(&state, "topic=t").await;
+    c.send(serde_json::json!({"op":"publish","topic":"t","data":"0123456789"}));
+    match c.frame().await {
+        WsMessage::Close(Some(f)) => assert_eq!((f.code, f.reason.as_str()), (1009, "too_large")),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
