@@ -17,6 +17,11 @@ use parking_lot::Mutex;
 
 use crate::core::engine::{lost_after, Engine, EngineError, History, Listener, Published};
 use crate::core::message::{now_ms, Message, MessageId, Topic};
+use crate::shutdown::Shutdown;
+
+/// How often [`MemoryEngine::start`]'s sweeper drops expired messages of idle
+/// topics.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Retention and idempotency settings of the embedded engine.
 #[derive(Debug, Clone)]
@@ -83,6 +88,25 @@ impl MemoryEngine {
     /// An engine that notifies `listener` of every message.
     pub fn new(opts: MemoryOptions, listener: Arc<dyn Listener>) -> Self {
         MemoryEngine { topics: DashMap::new(), listener, opts }
+    }
+
+    /// An engine that notifies `listener` of every message, with a task
+    /// under `shutdown` that [sweeps](MemoryEngine::sweep) it periodically
+    /// until shutdown begins.
+    pub fn start(opts: MemoryOptions, listener: Arc<dyn Listener>, shutdown: &Shutdown) -> Arc<MemoryEngine> {
+        let engine = Arc::new(MemoryEngine::new(opts, listener));
+        let sweeper = Arc::clone(&engine);
+        let token = shutdown.token().clone();
+        shutdown.spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tick.tick() => sweeper.sweep(),
+                }
+            }
+        });
+        engine
     }
 
     fn log(&self, topic: &Topic) -> Option<Arc<Mutex<Log>>> {

@@ -5,18 +5,14 @@ pub mod memory;
 pub mod redis;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::config::{Config, EngineKind};
 use crate::core::{Engine, EngineError, Listener};
 use crate::metrics::EngineOp;
 use crate::shutdown::Shutdown;
 
-/// How often the embedded engine sweeps expired messages of idle topics.
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
-
-/// Builds the configured engine, notifying `listener` of live messages, and
-/// starts its background tasks under `shutdown`.
+/// Builds the configured engine, notifying `listener` of live messages; the
+/// engine starts its own background tasks under `shutdown`.
 pub fn build(
     config: &Config,
     listener: Arc<dyn Listener>,
@@ -24,27 +20,13 @@ pub fn build(
 ) -> Result<Arc<dyn Engine>, EngineError> {
     match config.engine.kind {
         EngineKind::Memory => {
-            let engine = Arc::new(memory::MemoryEngine::new(
-                memory::MemoryOptions {
-                    max_len: config.history.max_len,
-                    max_age: config.history.max_age,
-                    idempotency_ttl: config.idempotency.ttl,
-                    idempotency_max_keys: config.idempotency.max_keys_per_topic,
-                },
-                listener,
-            ));
-            let sweeper = Arc::clone(&engine);
-            let token = shutdown.token().clone();
-            shutdown.spawn(async move {
-                let mut tick = tokio::time::interval(SWEEP_EVERY);
-                loop {
-                    tokio::select! {
-                        _ = token.cancelled() => break,
-                        _ = tick.tick() => sweeper.sweep(),
-                    }
-                }
-            });
-            Ok(engine)
+            let opts = memory::MemoryOptions {
+                max_len: config.history.max_len,
+                max_age: config.history.max_age,
+                idempotency_ttl: config.idempotency.ttl,
+                idempotency_max_keys: config.idempotency.max_keys_per_topic,
+            };
+            Ok(memory::MemoryEngine::start(opts, listener, shutdown))
         }
         EngineKind::Redis => {
             let r = &config.redis;

@@ -1,0 +1,282 @@
+//! The Redis Streams engine: durable history, replay, and live fan-out
+//! across any number of gateway processes sharing one Redis (or a Redis
+//! Cluster).
+//!
+//! # Keys
+//!
+//! Topics are spread over `redis.shards` key groups. Every key of a group
+//! carries the same hash tag, so one group lives on one Cluster slot and one
+//! `XREAD` can cover all of its topics:
+//!
+//! ```text
+//! {prefix}{s<N>}:t:<topic>          the topic's stream (fields d = data, t = ts)
+//! {prefix}{s<N>}:m:<topic>          the newest id ever trimmed from the stream
+//! {prefix}{s<N>}:i:<topic>:<key>    an idempotency key → "<id> <ts>" (SET EX)
+//! {prefix}{s<N>}:w:<process>        wake-up stream of one process's reader N
+//! ```
+//!
+//! `N = fnv1a(topic) % shards`: every process must use the same `shards`.
+//!
+//! # Operations
+//!
+//! - **Publish** is one `EVALSHA` (one round trip): idempotency check,
+//!   `XADD`, exact trimming by count and age (recording the newest trimmed
+//!   id), `SET` of the idempotency key.
+//!   The stream entry id is the message id.
+//! - **History** is one script: trim by age, `XINFO STREAM`, the trim
+//!   marker (the newest id ever trimmed, kept by the scripts because Redis
+//!   does not record what `XTRIM` removed) and `XRANGE`/`XREVRANGE`.
+//!   A read after a trimmed id reports `truncated`; so does a read after an
+//!   id the stream never reached (the stream was deleted or Redis lost its
+//!   data), so a lost stream is reported as a gap instead of waited on.
+//! - **Live**: one reader task per key group, each with its own connection,
+//!   loops on `XREAD BLOCK` over the watched topics of its group, from the
+//!   last id it saw per topic, and hands entries to the hub. Watching a topic
+//!   records the stream's current last id first (so nothing written in
+//!   between is missed) and wakes the reader through its wake-up stream.
+//!   No per-subscriber and no per-topic Redis connection.
+//!
+//! # Outages
+//!
+//! A health task pings every second; readiness follows it. Errors are
+//! counted and logged once per state change. Readers back off with jitter
+//! and resume from the last id seen per topic, so nothing written during the
+//! outage is missed. After a reconnect every watched topic is checked: a
+//! stream whose last id went backwards (flushed, restarted without
+//! persistence, key deleted) makes the hub close that topic's subscribers,
+//! which resume from their cursors and get an explicit gap.
+//!
+//! # Code
+//!
+//! - `scripts/*.lua`: the publish and history scripts, each run as one
+//!   `EVALSHA`; `trim.lua` (the shared trimming function) is prepended to
+//!   both.
+//! - `mod.rs`: settings, the engine and its [`Engine`] implementation.
+//! - `conn.rs`: connections (one shared command connection, one dedicated
+//!   connection per reader; single server or Cluster).
+//! - `reply.rs`: parsing of script replies and stream entries.
+//! - `keys.rs`: key groups and key names.
+//! - `health.rs`: the command timeout, readiness and the health task.
+//! - `reader.rs`: the per-group live readers and the post-outage check.
+
+mod conn;
+mod health;
+mod keys;
+mod reader;
+mod reply;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use rand::Rng;
+use redis::{Script, Value};
+use tokio::sync::OnceCell;
+
+use self::conn::{Clients, RedisConn};
+use self::reader::{Group, Watched};
+use self::reply::{parse_entry, StreamRead};
+use crate::core::engine::{lost_after, Engine, EngineError, History, Listener, Published};
+use crate::core::message::{now_ms, Message, MessageId, Topic};
+use crate::shutdown::Shutdown;
+
+/// Settings of the Redis engine.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://[user:password@]host:port/db` (`rediss://` for TLS).
+    pub url: String,
+    /// Cluster seed nodes; when non-empty, `url` is ignored.
+    pub cluster_urls: Vec<String>,
+    /// Prefix of every key.
+    pub key_prefix: String,
+    /// Key groups (and reader tasks).
+    pub shards: u16,
+    /// Messages kept per topic.
+    pub max_len: usize,
+    /// Age after which messages are trimmed.
+    pub max_age: Duration,
+    /// Idempotency key lifetime.
+    pub idempotency_ttl: Duration,
+    /// Timeout of one command.
+    pub op_timeout: Duration,
+    /// How long one `XREAD` blocks.
+    pub block: Duration,
+}
+
+/// The shared trimming function, prepended to both scripts.
+const TRIM: &str = include_str!("scripts/trim.lua");
+/// The publish script (after [`TRIM`]).
+const PUBLISH: &str = include_str!("scripts/publish.lua");
+/// The history script (after [`TRIM`]).
+const HISTORY: &str = include_str!("scripts/history.lua");
+
+/// What the clones of one engine share.
+struct Inner {
+    opts: RedisOptions,
+    clients: Clients,
+    commands: OnceCell<RedisConn>,
+    listener: Arc<dyn Listener>,
+    groups: Vec<Group>,
+    process: String,
+    ready: AtomicBool,
+    /// Whether readiness was ever decided (so the first failure is logged).
+    decided: AtomicBool,
+    publish: Script,
+    history: Script,
+}
+
+/// The Redis Streams engine. Clone = `Arc` bump.
+#[derive(Clone)]
+pub struct RedisEngine {
+    inner: Arc<Inner>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Unavailable(e.to_string())
+}
+
+impl RedisEngine {
+    /// Connects lazily (the process starts while Redis is down and becomes
+    /// ready when it is reachable) and starts the health task and one reader
+    /// per key group under `shutdown`.
+    pub fn start(
+        opts: RedisOptions,
+        listener: Arc<dyn Listener>,
+        shutdown: &Shutdown,
+    ) -> Result<Arc<RedisEngine>, EngineError> {
+        let clients = Clients::open(&opts).map_err(unavailable)?;
+        let groups = (0..opts.shards.max(1)).map(|_| Group::default()).collect();
+        let process = format!("{:016x}", rand::rng().random::<u64>());
+        let engine = Arc::new(RedisEngine {
+            inner: Arc::new(Inner {
+                opts,
+                clients,
+                commands: OnceCell::new(),
+                listener,
+                groups,
+                process,
+                ready: AtomicBool::new(false),
+                decided: AtomicBool::new(false),
+                publish: Script::new(&format!("{TRIM}{PUBLISH}")),
+                history: Script::new(&format!("{TRIM}{HISTORY}")),
+            }),
+        });
+        let token = shutdown.token().clone();
+        let health = RedisEngine::clone(&engine);
+        shutdown.spawn(async move { health.health(token).await });
+        for group in 0..engine.inner.groups.len() {
+            let reader = RedisEngine::clone(&engine);
+            let token = shutdown.token().clone();
+            shutdown.spawn(async move { reader.read_group(group, token).await });
+        }
+        Ok(engine)
+    }
+
+    /// Reads the stream's state and, per `mode`, entries.
+    async fn read(
+        &self,
+        topic: &Topic,
+        mode: &str,
+        after: MessageId,
+        count: usize,
+    ) -> Result<Option<StreamRead>, EngineError> {
+        let mut conn = self.conn().await?;
+        let min_id = self.min_id();
+        let mut inv = self.inner.history.key(self.stream_key(topic));
+        inv.key(self.marker_key(topic)).arg(mode).arg(after.to_string()).arg(count).arg(min_id);
+        let reply: Value = self.run(inv.invoke_async(&mut conn)).await?;
+        reply::stream_read(reply)
+    }
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn publish(
+        &self,
+        topic: &Topic,
+        data: Bytes,
+        idempotency_key: Option<&str>,
+    ) -> Result<Published, EngineError> {
+        let mut conn = self.conn().await?;
+        let stream = self.stream_key(topic);
+        let idem = match idempotency_key {
+            Some(k) => self.idempotency_key(topic, k),
+            None => stream.clone(),
+        };
+        let ttl = idempotency_key.map(|_| self.inner.opts.idempotency_ttl.as_secs().max(1).to_string());
+        let now = now_ms();
+        let mut inv = self.inner.publish.key(&stream);
+        inv.key(self.marker_key(topic))
+            .key(&idem)
+            .arg(data.as_ref())
+            .arg(now)
+            .arg(self.inner.opts.max_len)
+            .arg(self.min_id())
+            .arg(ttl.unwrap_or_default());
+        let reply: Value = self.run(inv.invoke_async(&mut conn)).await?;
+        reply::published(reply)
+    }
+
+    async fn history(
+        &self,
+        topic: &Topic,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<History, EngineError> {
+        let mode = if after.is_some() { "after" } else { "newest" };
+        let after_id = after.unwrap_or_default();
+        let Some(read) = self.read(topic, mode, after_id, limit).await? else {
+            // No stream: never written, or lost with its data.
+            let truncated = after.is_some_and(|a| lost_after(a, false, None));
+            return Ok(History { truncated, ..History::default() });
+        };
+        let mut messages: Vec<Arc<Message>> =
+            read.entries.iter().filter_map(|e| parse_entry(topic, e)).map(Arc::new).collect();
+        if after.is_none() {
+            messages.reverse();
+        }
+        let truncated = after.is_some_and(|a| lost_after(a, read.present, read.trimmed));
+        let oldest = read.first.or_else(|| read.trimmed.max(read.last).and_then(MessageId::successor));
+        Ok(History { messages, truncated, oldest, trimmed: read.trimmed })
+    }
+
+    async fn last_id(&self, topic: &Topic) -> Result<Option<MessageId>, EngineError> {
+        Ok(self.read(topic, "info", MessageId::ZERO, 0).await?.and_then(|r| r.last))
+    }
+
+    fn watch(&self, topic: &Topic) -> BoxFuture<'static, Result<(), EngineError>> {
+        let group = self.group_of(topic);
+        let pending = {
+            let mut topics = self.inner.groups[group].topics.lock();
+            let w = topics
+                .entry(topic.clone())
+                .or_insert_with(|| Watched { last: None, start: Arc::new(OnceCell::new()) });
+            w.last.is_none().then(|| Arc::clone(&w.start))
+        };
+        let this = self.clone();
+        let topic = topic.clone();
+        Box::pin(async move {
+            let Some(start) = pending else { return Ok(()) };
+            // Concurrent first subscribers share one read of the start
+            // position; if it fails, the next one tries again.
+            start.get_or_try_init(|| this.start_watch(group, &topic)).await?;
+            Ok(())
+        })
+    }
+
+    fn unwatch(&self, topic: &Topic) {
+        let group = self.group_of(topic);
+        self.inner.groups[group].topics.lock().remove(topic);
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+}
