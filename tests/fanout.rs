@@ -20,16 +20,7 @@ async fn assert_quiet(c: &mut WsClient, tag: &str) {
 
 /// The value of `rtgate_slow_consumer_disconnects_total{transport="ws"}`.
 async fn slow_disconnects(s: &TestServer) -> u64 {
-    let res = tokio::time::timeout(WAIT, s.http.get(s.url("/metrics")).send())
-        .await
-        .expect("metrics timed out")
-        .expect("metrics");
-    assert_eq!(res.status().as_u16(), 200);
-    let text = res.text().await.expect("metrics body");
-    text.lines()
-        .find(|l| l.starts_with("rtgate_slow_consumer_disconnects_total{") && l.contains(r#"transport="ws""#))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0, |v| v.parse::<f64>().expect("metric value") as u64)
+    s.scrape().await.slow("ws") as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -167,20 +167,6 @@ fn redis_cfg(url: &str, rest: &str) -> String {
     format!("[engine]\nkind = \"redis\"\n[redis]\nurl = \"{url}\"\n{rest}\n")
 }
 
-/// A counter's value in `/metrics` (0 when not yet exported).
-async fn metric(s: &TestServer, series: &str) -> f64 {
-    let res = tokio::time::timeout(WAIT, s.http.get(s.url("/metrics")).send())
-        .await
-        .expect("metrics timed out")
-        .expect("metrics");
-    assert_eq!(res.status().as_u16(), 200);
-    let text = res.text().await.expect("metrics text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .map(|v| v.trim().parse().expect("metric value"))
-        .unwrap_or(0.0)
-}
-
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -566,11 +552,10 @@ async fn stalled_client(s: &TestServer, path: &str) -> (TcpStream, Vec<u8>) {
 async fn slow_client_is_disconnected_and_resumes_without_loss() {
     const N: usize = 400;
     const PAD: usize = 32 * 1024;
-    const SLOW: &str = "rtgate_slow_consumer_disconnects_total{transport=\"sse\"}";
     let s = TestServer::start("[limits]\noutbox_capacity = 8\nmax_message_bytes = 1048576\n").await;
     let t = "sse.slow";
     let path = sse_path(&[t]);
-    let slow_before = metric(&s, SLOW).await;
+    let slow_before = s.scrape().await.slow("sse");
 
     let (mut stalled, head) = stalled_client(&s, &path).await;
     let head_end = find(&head, b"\r\n\r\n").unwrap() + 4;
@@ -648,7 +633,7 @@ async fn slow_client_is_disconnected_and_resumes_without_loss() {
     // trail the socket's end by a moment: poll it, bounded.
     let deadline = Instant::now() + Duration::from_secs(3);
     let slow_after = loop {
-        let v = metric(&s, SLOW).await;
+        let v = s.scrape().await.slow("sse");
         if v > slow_before || Instant::now() > deadline {
             break v;
         }
@@ -657,7 +642,7 @@ async fn slow_client_is_disconnected_and_resumes_without_loss() {
     assert_eq!(
         slow_after - slow_before,
         1.0,
-        "{SLOW} must count the stalled SSE client (GET {path}, outbox_capacity 8, {N} x 32 KiB; it was cut off after {k} events)"
+        "rtgate_slow_consumer_disconnects_total{{transport=\"sse\"}} must count the stalled SSE client (GET {path}, outbox_capacity 8, {N} x 32 KiB; it was cut off after {k} events)"
     );
     s.stop().await;
 }
