@@ -220,6 +220,14 @@ impl WsClient {
         out
     }
 
+    /// Sends a ping and asserts the very next frame is its pong: nothing
+    /// else (no extra message, no duplicate) was queued before it.
+    pub async fn assert_quiet(&mut self, tag: &str) {
+        self.send(serde_json::json!({"op": "ping", "ref": tag})).await;
+        let v = self.next().await;
+        assert_eq!(v, serde_json::json!({"op": "pong", "ref": tag}), "expected only a pong, got {v}");
+    }
+
     /// Closes from the client side (close frame) and waits for the end.
     pub async fn close_and_wait(mut self) {
         tokio::time::timeout(WAIT, self.ws.close(None)).await.expect("close timed out").expect("close");
