@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::disallowed_types)]
 mod support;
 use support::redis::{cli, RedisServer};
+use support::sse::{sse_path, Sse};
 use support::*;
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,8 +19,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use eventsource_stream::{Event, EventStream, Eventsource};
-use futures_util::StreamExt;
 use hyper_util::rt::TokioIo;
 use prost::Message as _;
 use rtgate::proto::client_frame::Op;
@@ -173,21 +172,8 @@ async fn end_of(st: &mut Streaming<Message>) -> (Vec<Message>, Status) {
     }
 }
 
-fn ids(ms: &[Message]) -> Vec<String> {
-    ms.iter().map(|m| m.id.clone()).collect()
-}
-
 fn strictly_increasing(ids: &[String]) -> bool {
     ids.windows(2).all(|w| pid(&w[0]) < pid(&w[1]))
-}
-
-/// Message ids grouped by topic, in arrival order.
-fn by_topic(ms: &[Message]) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for m in ms {
-        out.entry(m.topic.clone()).or_default().push(m.id.clone());
-    }
-    out
 }
 
 fn want(pairs: &[(&str, Vec<String>)]) -> BTreeMap<String, Vec<String>> {
@@ -331,34 +317,6 @@ fn bad_topic_error(e: &ErrorFrame) {
 
 fn bad_request_error(e: &ErrorFrame) {
     assert_eq!((e.code.as_str(), e.status), ("bad_request", Code::InvalidArgument as i32), "{e:?}");
-}
-
-type SseBody = Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send>>;
-
-/// An SSE stream read with `eventsource-stream`.
-struct Sse(EventStream<SseBody>);
-
-impl Sse {
-    async fn open(s: &TestServer, topics: &[&str], last_event_id: Option<&str>) -> Sse {
-        let q: Vec<String> = topics.iter().map(|t| format!("topic={t}")).collect();
-        let mut req =
-            s.http.get(s.url(&format!("/v1/sse?{}", q.join("&")))).header("Accept", "text/event-stream");
-        if let Some(id) = last_event_id {
-            req = req.header("Last-Event-ID", id);
-        }
-        let res = within(req.send()).await.expect("sse");
-        assert_eq!(res.status().as_u16(), 200);
-        let body: SseBody = Box::pin(res.bytes_stream());
-        Sse(body.eventsource())
-    }
-
-    /// The next message event: (event id = cursor, message JSON text).
-    async fn message(&mut self) -> (String, String) {
-        let ev: Event = within(self.0.next()).await.expect("SSE stream ended").expect("SSE error");
-        assert_eq!(ev.event, "message", "{ev:?}");
-        check_cursor(&ev.id);
-        (ev.id, ev.data)
-    }
 }
 
 /// A TCP connection that records when the server closed it (a read saw the
@@ -679,22 +637,8 @@ async fn resume_while_publishing(toml: &str, total: usize) {
         .await
         .expect("publisher timed out")
         .expect("publisher");
-    let index: HashMap<(&str, &str), usize> =
-        published.iter().enumerate().map(|(i, (t, id))| ((t.as_str(), id.as_str()), i)).collect();
-    let mut all: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (t, id) in &published {
-        all.entry(t.clone()).or_default().push(id.clone());
-    }
-    for ids in all.values() {
-        assert!(strictly_increasing(ids));
-    }
-    let seen = by_topic(&got_a);
-    let mut expected = BTreeMap::new();
-    for (t, ids) in &all {
-        let prefix = seen.get(t).cloned().unwrap_or_default();
-        assert_eq!(prefix[..], ids[..prefix.len()], "A's view of {t}");
-        expected.insert(t.clone(), ids[prefix.len()..].to_vec());
-    }
+    let index = publish_index(&published);
+    let expected = rest_after(&published, &by_topic(&got_a));
     let n: usize = expected.values().map(Vec::len).sum();
     assert_eq!(n, total - A_READS);
 
@@ -1428,7 +1372,7 @@ async fn grpc_publish_reaches_websocket_and_sse() {
     let mut c = client(&s).await;
     let t = "grpc.x.out";
     let mut ws = s.ws(&format!("/v1/ws?topic={t}")).await;
-    let mut sse = Sse::open(&s, &[t], None).await;
+    let mut sse = Sse::open(&s, &sse_path(&[t]), None).await;
     let data = r#"{"z":1,  "a" : [ true, null, "h\u00e9 \"x\"" ], "n": 1.50}"#;
     let r = publish(&mut c, t, data).await;
 
@@ -1441,7 +1385,7 @@ async fn grpc_publish_reaches_websocket_and_sse() {
     assert_eq!(v["ts"].as_u64(), Some(r.ts));
     assert_eq!(raw_data(&raw), data, "WebSocket data byte for byte");
 
-    let (_, text) = sse.message().await;
+    let (_, text) = sse.message_text().await;
     let v: Value = serde_json::from_str(&text).unwrap();
     check_shape(&v);
     assert_eq!(
@@ -1503,8 +1447,8 @@ async fn cursors_are_shared_with_websocket_and_sse() {
 
     // A gRPC cursor resumes SSE (Last-Event-ID).
     let a3 = publish(&mut c, a, "4").await.id;
-    let mut sse = Sse::open(&s, &[a, b], Some(&grpc_cursor)).await;
-    let (sse_id, text) = sse.message().await;
+    let mut sse = Sse::open(&s, &sse_path(&[a, b]), Some(&grpc_cursor)).await;
+    let (sse_id, text) = sse.message_text().await;
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!((v["topic"].as_str(), v["id"].as_str()), (Some(a), Some(&*a3)));
 

@@ -93,23 +93,6 @@ async fn now_cursor(s: &TestServer, topics: &[&str]) -> String {
     cursor
 }
 
-fn id_of(v: &Value) -> String {
-    v["id"].as_str().expect("id").to_owned()
-}
-
-fn ids(msgs: &[Value]) -> Vec<String> {
-    msgs.iter().map(id_of).collect()
-}
-
-/// Message ids grouped by topic, in arrival order.
-fn by_topic<'a>(msgs: impl IntoIterator<Item = &'a Value>) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for m in msgs {
-        out.entry(m["topic"].as_str().expect("topic").to_owned()).or_default().push(id_of(m));
-    }
-    out
-}
-
 /// `[engine] kind = "redis"` on `url`, then `rest`.
 fn redis_cfg(url: &str, rest: &str) -> String {
     format!("[engine]\nkind = \"redis\"\n[redis]\nurl = \"{url}\"\n{rest}\n")

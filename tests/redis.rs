@@ -24,10 +24,6 @@ fn cfg(url: &str, redis: &str, rest: &str) -> String {
     format!("[engine]\nkind = \"redis\"\n[redis]\nurl = \"{url}\"\n{redis}\n{rest}\n")
 }
 
-fn ids(frames: &[Value]) -> Vec<String> {
-    frames.iter().map(|m| m["id"].as_str().expect("id").to_owned()).collect()
-}
-
 /// The same FNV-1a as the engine: which key group (`{s<N>}`) a topic uses.
 fn fnv1a(s: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;

@@ -8,12 +8,8 @@ use support::*;
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::oneshot;
-
-fn ids(frames: &[Value]) -> Vec<String> {
-    frames.iter().map(|m| m["id"].as_str().expect("id").to_owned()).collect()
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Mode {

@@ -7,16 +7,15 @@
 mod support;
 use support::post_publish as publish;
 use support::redis::RedisServer;
+use support::sse::{assert_quiet, sse_path, Sse};
 use support::*;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use eventsource_stream::{Event, EventStream, Eventsource};
+use eventsource_stream::{Event, EventStream};
 use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,142 +24,6 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 // ---------------------------------------------------------------- helpers
-
-type Body = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
-
-/// One SSE response read through `eventsource-stream`; every body byte is
-/// also kept in `raw` (the parser drops comments and data-less events such
-/// as the `retry:` hint, which some tests check byte for byte).
-struct Sse {
-    headers: reqwest::header::HeaderMap,
-    version: reqwest::Version,
-    events: EventStream<Body>,
-    raw: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Sse {
-    /// `GET path` on `s` with a fresh HTTP/1.1 client; asserts 200.
-    async fn open(s: &TestServer, path: &str, last_event_id: Option<&str>) -> Sse {
-        Sse::open_with(&reqwest::Client::new(), &s.url(path), last_event_id).await
-    }
-
-    async fn open_with(client: &reqwest::Client, url: &str, last_event_id: Option<&str>) -> Sse {
-        let mut req = client.get(url).header("Accept", "text/event-stream");
-        if let Some(id) = last_event_id {
-            req = req.header("Last-Event-ID", id);
-        }
-        let res = tokio::time::timeout(WAIT, req.send())
-            .await
-            .expect("sse connect timed out")
-            .expect("sse connect");
-        let status = res.status().as_u16();
-        if status != 200 {
-            let body = res.text().await.unwrap_or_default();
-            panic!("GET {url}: status {status}: {body}");
-        }
-        let headers = res.headers().clone();
-        let version = res.version();
-        let raw = Arc::new(Mutex::new(Vec::new()));
-        let tee = Arc::clone(&raw);
-        let body: Body = Box::pin(res.bytes_stream().map(move |chunk| {
-            if let Ok(b) = &chunk {
-                tee.lock().unwrap().extend_from_slice(b);
-            }
-            chunk
-        }));
-        Sse { headers, version, events: body.eventsource(), raw }
-    }
-
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).map(|v| v.to_str().expect("ascii header").to_owned())
-    }
-
-    fn raw_text(&self) -> String {
-        String::from_utf8(self.raw.lock().unwrap().clone()).expect("utf-8 body")
-    }
-
-    /// The next event; panics on timeout, end of stream or a parse error.
-    async fn next(&mut self) -> Event {
-        tokio::time::timeout(WAIT, self.events.next())
-            .await
-            .expect("timed out waiting for an SSE event")
-            .expect("SSE stream ended")
-            .expect("SSE stream error")
-    }
-
-    /// The next event, which must be a message (no `event:` field): (event id
-    /// = cursor, message JSON).
-    async fn message(&mut self) -> (String, Value) {
-        let ev = self.next().await;
-        assert_eq!(ev.event, "message", "expected a message event, got {ev:?}");
-        assert!(!ev.id.is_empty(), "message without id: {ev:?}");
-        check_cursor(&ev.id);
-        let v: Value = serde_json::from_str(&ev.data).expect("message JSON");
-        check_shape(&v);
-        (ev.id, v)
-    }
-
-    async fn messages(&mut self, n: usize) -> Vec<(String, Value)> {
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            out.push(self.message().await);
-        }
-        out
-    }
-
-    /// Reads until the stream ends cleanly (bounded); returns the events
-    /// seen on the way. A transport or parse error fails the test.
-    async fn end(&mut self) -> Vec<Event> {
-        let mut out = vec![];
-        loop {
-            match tokio::time::timeout(WAIT, self.events.next())
-                .await
-                .expect("timed out waiting for the SSE stream to end")
-            {
-                None => return out,
-                Some(Ok(ev)) => out.push(ev),
-                Some(Err(e)) => panic!("SSE stream failed instead of ending cleanly: {e}"),
-            }
-        }
-    }
-}
-
-/// `/v1/sse?topic=..&topic=..`
-fn sse_path(topics: &[&str]) -> String {
-    let q: Vec<String> = topics.iter().map(|t| format!("topic={t}")).collect();
-    format!("/v1/sse?{}", q.join("&"))
-}
-
-fn topic_of(v: &Value) -> String {
-    v["topic"].as_str().expect("topic").to_owned()
-}
-
-fn id_of(v: &Value) -> String {
-    v["id"].as_str().expect("id").to_owned()
-}
-
-/// Message ids grouped by topic, in arrival order.
-fn by_topic<'a>(msgs: impl IntoIterator<Item = &'a Value>) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for m in msgs {
-        out.entry(topic_of(m)).or_default().push(id_of(m));
-    }
-    out
-}
-
-/// Publishes one marker per topic and asserts they are the very next events
-/// of every client: nothing (no duplicate, no stray replay) came before.
-async fn assert_quiet(s: &TestServer, topics: &[&str], clients: &mut [&mut Sse]) {
-    let mut want = BTreeMap::new();
-    for t in topics {
-        let id = s.publish(t, r#"{"marker":true}"#).await;
-        want.insert(t.to_string(), vec![id]);
-    }
-    for c in clients.iter_mut() {
-        let got: Vec<Value> = c.messages(topics.len()).await.into_iter().map(|(_, v)| v).collect();
-        assert_eq!(by_topic(&got), want, "expected only the markers");
-    }
-}
 
 /// `[engine] kind = "redis"` on `url`, then `rest`.
 fn redis_cfg(url: &str, rest: &str) -> String {
@@ -356,26 +219,10 @@ async fn resume_while_publishing(toml: &str, by: ResumeBy, total: usize) {
         .await
         .expect("publisher timed out")
         .expect("publisher");
-    // Ids are per topic: two topics may share one.
-    let index: HashMap<(&str, &str), usize> =
-        published.iter().enumerate().map(|(i, (t, id))| ((t.as_str(), id.as_str()), i)).collect();
-    let mut all: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (t, id) in &published {
-        all.entry(t.clone()).or_default().push(id.clone());
-    }
-    for ids in all.values() {
-        assert!(ids.windows(2).all(|w| pid(&w[0]) < pid(&w[1])), "ids increase");
-    }
-
+    let index = publish_index(&published);
     // A saw a prefix of each topic.
     let a_vals: Vec<Value> = got_a.iter().map(|(_, v)| v.clone()).collect();
-    let seen = by_topic(&a_vals);
-    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (t, ids) in &all {
-        let prefix = seen.get(t).cloned().unwrap_or_default();
-        assert_eq!(prefix[..], ids[..prefix.len()], "A's view of {t}");
-        expected.insert(t.clone(), ids[prefix.len()..].to_vec());
-    }
+    let expected = rest_after(&published, &by_topic(&a_vals));
     let n: usize = expected.values().map(Vec::len).sum();
     assert_eq!(n, total - A_READS);
 

@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod redis;
 pub mod sse;
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -43,6 +44,82 @@ pub fn check_shape(v: &Value) {
     assert_eq!(keys, ["data", "id", "topic", "ts"], "{v}");
     pid(v["id"].as_str().expect("id string"));
     assert!(v["ts"].as_u64().is_some(), "ts: {v}");
+}
+
+/// A delivered message as any client reads it: a JSON message (WebSocket,
+/// SSE, long polling) or a gRPC one.
+pub trait Delivered {
+    fn topic(&self) -> &str;
+    fn id(&self) -> &str;
+}
+
+impl Delivered for Value {
+    fn topic(&self) -> &str {
+        self["topic"].as_str().unwrap_or_else(|| panic!("no topic in {self}"))
+    }
+
+    fn id(&self) -> &str {
+        self["id"].as_str().unwrap_or_else(|| panic!("no id in {self}"))
+    }
+}
+
+impl Delivered for rtgate::proto::Message {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// The id of a JSON message.
+pub fn id_of(v: &Value) -> String {
+    v.id().to_owned()
+}
+
+/// Message ids, in arrival order.
+pub fn ids<'a, M: Delivered + 'a>(msgs: impl IntoIterator<Item = &'a M>) -> Vec<String> {
+    msgs.into_iter().map(|m| m.id().to_owned()).collect()
+}
+
+/// Message ids grouped by topic, in arrival order.
+pub fn by_topic<'a, M: Delivered + 'a>(
+    msgs: impl IntoIterator<Item = &'a M>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in msgs {
+        out.entry(m.topic().to_owned()).or_default().push(m.id().to_owned());
+    }
+    out
+}
+
+/// What a client that saw `seen` (ids by topic, from the start) must still
+/// get of `published` ((topic, id) in publish order): the rest of each
+/// topic. Asserts that each topic's ids increase and that `seen` is a
+/// prefix of each topic.
+pub fn rest_after(
+    published: &[(String, String)],
+    seen: &BTreeMap<String, Vec<String>>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut all: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (t, id) in published {
+        all.entry(t.clone()).or_default().push(id.clone());
+    }
+    let mut rest = BTreeMap::new();
+    for (t, ids) in &all {
+        assert!(ids.windows(2).all(|w| pid(&w[0]) < pid(&w[1])), "ids of {t} increase");
+        let prefix = seen.get(t).cloned().unwrap_or_default();
+        assert_eq!(prefix[..], ids[..prefix.len()], "A's view of {t}");
+        rest.insert(t.clone(), ids[prefix.len()..].to_vec());
+    }
+    rest
+}
+
+/// Where each (topic, id) of `published` stands in publish order (ids are
+/// per topic: two topics may share one).
+pub fn publish_index(published: &[(String, String)]) -> HashMap<(&str, &str), usize> {
+    published.iter().enumerate().map(|(i, (t, id))| ((t.as_str(), id.as_str()), i)).collect()
 }
 
 /// POSTs `body` to a publish `url`; asserts 200 and returns the id.
