@@ -65,10 +65,6 @@ async fn client(s: &TestServer) -> Client {
     GatewayClient::new(channel(s).await)
 }
 
-fn redis_cfg(url: &str, rest: &str) -> String {
-    format!("[engine]\nkind = \"redis\"\n[redis]\nurl = \"{url}\"\n{rest}\n")
-}
-
 fn publish_req(topic: &str, data: &[u8], key: &str) -> PublishRequest {
     PublishRequest { topic: topic.to_owned(), data: data.to_vec(), idempotency_key: key.to_owned() }
 }
@@ -602,11 +598,12 @@ async fn subscribe_single_and_multi_topic() {
 /// Subscriber A reads part of two topics while a publisher alternates
 /// between them, drops; B resumes from A's last cursor while the publisher
 /// keeps going and must get exactly the rest of each topic, in order.
-async fn resume_while_publishing(toml: &str, total: usize) {
+async fn resume_while_publishing(engine: Engine<'_>) {
     const A_READS: usize = 37;
+    let total = engine.pick(600, 300);
     let pause_at = total / 3;
     assert!(pause_at > A_READS);
-    let s = TestServer::start(toml).await;
+    let s = TestServer::start(&engine.config("[history]\nreplay_page = 7\n")).await;
     let (ta, tb) = ("grpc.res.a", "grpc.res.b");
     let mut c = client(&s).await;
     let mut a = subscribe(&mut c, &[ta, tb], "").await;
@@ -653,22 +650,16 @@ async fn resume_while_publishing(toml: &str, total: usize) {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_by_cursor_while_publishing() {
-    resume_while_publishing("[history]\nreplay_page = 7\n", 600).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_resume_by_cursor_while_publishing() {
-    let r = RedisServer::start();
-    resume_while_publishing(&redis_cfg(&r.url(), "[history]\nreplay_page = 7\n"), 300).await;
+crate::engine_tests! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    resume_by_cursor_while_publishing, redis_resume_by_cursor_while_publishing => resume_while_publishing
 }
 
 /// History trimmed past the resume point: the first message of the topic
 /// carries `gap {topic, after, oldest}`, then the retained messages follow;
 /// resuming from that message's cursor reports no gap again.
-async fn subscribe_gap(toml: &str) {
-    let s = TestServer::start(&format!("{toml}\n[history]\nmax_len = 5\n")).await;
+async fn subscribe_gap(engine: Engine<'_>) {
+    let s = TestServer::start(&engine.config("[history]\nmax_len = 5\n")).await;
     let (t, other) = ("grpc.gap", "grpc.gap.other");
     let mut c = client(&s).await;
     let mut a = subscribe(&mut c, &[t, other], "").await;
@@ -713,15 +704,9 @@ async fn subscribe_gap(toml: &str) {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn subscribe_reports_gap_on_the_next_message() {
-    subscribe_gap("").await;
-}
-
-#[tokio::test]
-async fn redis_subscribe_reports_gap_on_the_next_message() {
-    let r = RedisServer::start();
-    subscribe_gap(&redis_cfg(&r.url(), "")).await;
+crate::engine_tests! {
+    #[tokio::test]
+    subscribe_reports_gap_on_the_next_message, redis_subscribe_reports_gap_on_the_next_message => subscribe_gap
 }
 
 #[tokio::test]
@@ -1045,7 +1030,7 @@ async fn connect_reports_gap_before_the_ack() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_flushed_stream_resume_reports_gap() {
     let redis = RedisServer::start();
-    let s = TestServer::start(&redis_cfg(&redis.url(), "")).await;
+    let s = TestServer::start(&redis.config("")).await;
     let mut c = client(&s).await;
     let t = "grpc.lost.b";
     let mut st = subscribe(&mut c, &[t], "").await;
@@ -1088,7 +1073,7 @@ async fn redis_flushed_stream_resume_reports_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_ends_streams_unavailable_then_gap() {
     let mut redis = RedisServer::start();
-    let s = TestServer::start(&redis_cfg(&redis.url(), "op_timeout = \"500ms\"\nblock = \"1s\"")).await;
+    let s = TestServer::start(&redis.config("op_timeout = \"500ms\"\nblock = \"1s\"")).await;
     let mut h = HealthClient::new(channel(&s).await);
     wait_health(&mut h, "", ServingStatus::Serving, WAIT).await;
     let mut c = client(&s).await;
@@ -1189,7 +1174,7 @@ async fn health_serving_with_the_embedded_engine() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_redis() {
     let mut r = RedisServer::start();
-    let s = TestServer::start(&redis_cfg(&r.url(), "")).await;
+    let s = TestServer::start(&r.config("")).await;
     let mut h = HealthClient::new(channel(&s).await);
     let gw = "rtgate.v1.Gateway";
     for svc in ["", gw] {

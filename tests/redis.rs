@@ -18,12 +18,6 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 // ---------------------------------------------------------------- helpers
 
-/// `[engine] kind = "redis"` on `url`; `redis` goes into the `[redis]`
-/// table, `rest` after it (other tables).
-fn cfg(url: &str, redis: &str, rest: &str) -> String {
-    format!("[engine]\nkind = \"redis\"\n[redis]\nurl = \"{url}\"\n{redis}\n{rest}\n")
-}
-
 /// The same FNV-1a as the engine: which key group (`{s<N>}`) a topic uses.
 fn fnv1a(s: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
@@ -146,9 +140,7 @@ fn stream_keys(port: u16) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_topics_and_idempotency() {
     let redis = RedisServer::start();
-    let toml = cfg(&redis.url(), "key_prefix = \"itest:\"", "");
-    let a = TestServer::start(&toml).await;
-    let b = TestServer::start(&toml).await;
+    let (a, b) = redis.two_servers("key_prefix = \"itest:\"").await;
 
     // A → B over HTTP → WS.
     let mut on_b = b.ws("/v1/ws?topic=x.one").await;
@@ -230,7 +222,7 @@ async fn resume_on_other_process_after_stop_while_publishing() {
     const AFTER_RESUME: usize = 300;
     const MAX: usize = 50_000;
     let redis = RedisServer::start();
-    let toml = cfg(&redis.url(), "", "[limits]\noutbox_capacity = 100000\n");
+    let toml = redis.config("[limits]\noutbox_capacity = 100000\n");
     let a = TestServer::start(&toml).await;
     let b = TestServer::start(&toml).await;
     let topic = "restart.t";
@@ -311,8 +303,7 @@ async fn resume_on_other_process_after_stop_while_publishing() {
 async fn redis_outage_and_recovery() {
     const AFTER_RECOVERY: usize = 20;
     let mut redis = RedisServer::start();
-    let toml =
-        cfg(&redis.url(), "op_timeout = \"500ms\"\nblock = \"1s\"", "[limits]\noutbox_capacity = 100000\n");
+    let toml = redis.config("op_timeout = \"500ms\"\nblock = \"1s\"\n[limits]\noutbox_capacity = 100000\n");
     let s = TestServer::start(&toml).await;
     wait_status(&s, "/readyz", 200, WAIT).await;
     let topic = "outage.t";
@@ -514,9 +505,7 @@ async fn redis_cluster_round_trip() {
 async fn thousand_topics_across_two_processes() {
     const TOPICS: usize = 1000;
     let redis = RedisServer::start();
-    let toml = cfg(&redis.url(), "", "");
-    let a = TestServer::start(&toml).await;
-    let b = TestServer::start(&toml).await;
+    let (a, b) = redis.two_servers("").await;
     let topic = |i: usize| format!("many.{i:04}");
 
     // (process, topics) per connection.
@@ -608,7 +597,7 @@ async fn thousand_topics_across_two_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_stream_resume_reports_gap() {
     let redis = RedisServer::start();
-    let s = TestServer::start(&cfg(&redis.url(), "", "")).await;
+    let s = TestServer::start(&redis.config("")).await;
     let topic = "lost.a";
     let mut w = s.ws(&format!("/v1/ws?topic={topic}")).await;
     let mut published = vec![];
@@ -661,7 +650,7 @@ async fn deleted_stream_resume_reports_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushed_then_rewritten_stream_resume_reports_gap() {
     let redis = RedisServer::start();
-    let s = TestServer::start(&cfg(&redis.url(), "", "")).await;
+    let s = TestServer::start(&redis.config("")).await;
     let topic = "lost.b";
     let mut w = s.ws(&format!("/v1/ws?topic={topic}")).await;
     let mut published = vec![];
@@ -707,7 +696,7 @@ async fn flushed_then_rewritten_stream_resume_reports_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_closes_subscribers_then_gap() {
     let mut redis = RedisServer::start();
-    let s = TestServer::start(&cfg(&redis.url(), "op_timeout = \"500ms\"\nblock = \"1s\"", "")).await;
+    let s = TestServer::start(&redis.config("op_timeout = \"500ms\"\nblock = \"1s\"")).await;
     wait_status(&s, "/readyz", 200, WAIT).await;
     let topic = "lost.c";
     let mut w = s.ws(&format!("/v1/ws?topic={topic}")).await;

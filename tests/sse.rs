@@ -25,11 +25,6 @@ use tokio::time::Instant;
 
 // ---------------------------------------------------------------- helpers
 
-/// `[engine] kind = "redis"` on `url`, then `rest`.
-fn redis_cfg(url: &str, rest: &str) -> String {
-    format!("[engine]\nkind = \"redis\"\n[redis]\nurl = \"{url}\"\n{rest}\n")
-}
-
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -180,11 +175,12 @@ enum ResumeBy {
 /// publisher alternates between the topics; B resumes from A's last event
 /// id while the publisher keeps going and must get exactly the rest of each
 /// topic, in order, with no duplicate.
-async fn resume_while_publishing(toml: &str, by: ResumeBy, total: usize) {
+async fn resume_while_publishing(engine: Engine<'_>, toml: &str, by: ResumeBy) {
     const A_READS: usize = 37;
+    let total = engine.pick(600, 300);
     let pause_at = total / 3;
     assert!(pause_at > A_READS);
-    let s = TestServer::start(toml).await;
+    let s = TestServer::start(&engine.config(toml)).await;
     let (ta, tb) = ("sse.res.a", "sse.res.b");
     let path = sse_path(&[ta, tb]);
     let mut a = Sse::open(&s, &path, None).await;
@@ -237,33 +233,23 @@ async fn resume_while_publishing(toml: &str, by: ResumeBy, total: usize) {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_last_event_id_header_while_publishing() {
-    resume_while_publishing("", ResumeBy::Header, 600).await;
+crate::engine_tests! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    resume_last_event_id_header_while_publishing, redis_resume_last_event_id_header_while_publishing
+        => |engine| resume_while_publishing(engine, "", ResumeBy::Header)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_last_event_id_query_while_publishing_small_pages() {
-    resume_while_publishing("[history]\nreplay_page = 7\n", ResumeBy::Query, 600).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_resume_last_event_id_header_while_publishing() {
-    let r = RedisServer::start();
-    resume_while_publishing(&redis_cfg(&r.url(), ""), ResumeBy::Header, 300).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_resume_last_event_id_query_while_publishing() {
-    let r = RedisServer::start();
-    resume_while_publishing(&redis_cfg(&r.url(), "[history]\nreplay_page = 7\n"), ResumeBy::Query, 300).await;
+crate::engine_tests! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    resume_last_event_id_query_while_publishing_small_pages, redis_resume_last_event_id_query_while_publishing
+        => |engine| resume_while_publishing(engine, "[history]\nreplay_page = 7\n", ResumeBy::Query)
 }
 
 /// History trimmed past the resume point: `event: gap` with `{topic, after,
 /// oldest}`, then the retained messages; the gap event's id is past the gap,
 /// so resuming from it does not report the gap again.
-async fn gap_event(toml: &str) {
-    let s = TestServer::start(&format!("{toml}\n[history]\nmax_len = 5\n")).await;
+async fn gap_event(engine: Engine<'_>) {
+    let s = TestServer::start(&engine.config("[history]\nmax_len = 5\n")).await;
     let (t, other) = ("sse.gap", "sse.gap.other");
     let path = sse_path(&[t, other]);
     let mut a = Sse::open(&s, &path, None).await;
@@ -302,15 +288,9 @@ async fn gap_event(toml: &str) {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn gap_event_after_trim() {
-    gap_event("").await;
-}
-
-#[tokio::test]
-async fn redis_gap_event_after_trim() {
-    let r = RedisServer::start();
-    gap_event(&redis_cfg(&r.url(), "")).await;
+crate::engine_tests! {
+    #[tokio::test]
+    gap_event_after_trim, redis_gap_event_after_trim => gap_event
 }
 
 // ---------------------------------------------------------------- heartbeat
@@ -532,7 +512,7 @@ async fn shutdown_ends_streams_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_shutdown_then_resume_on_another_process() {
     let r = RedisServer::start();
-    let cfg = redis_cfg(&r.url(), "");
+    let cfg = r.config("");
     let a = TestServer::start(&cfg).await;
     let t = "sse.down.redis";
     let mut c = Sse::open(&a, &sse_path(&[t]), None).await;
@@ -730,9 +710,7 @@ async fn bad_requests() {
 async fn redis_publish_on_a_stream_on_b() {
     const N: usize = 200;
     let r = RedisServer::start();
-    let cfg = redis_cfg(&r.url(), "");
-    let a = TestServer::start(&cfg).await;
-    let b = TestServer::start(&cfg).await;
+    let (a, b) = r.two_servers("").await;
     let (tx, ty) = ("sse.two.x", "sse.two.y");
     let path = sse_path(&[tx, ty]);
     let mut on_b = Sse::open(&b, &path, None).await;

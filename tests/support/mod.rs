@@ -18,6 +18,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
+use redis::RedisServer;
+
 /// Upper bound for any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -120,6 +122,59 @@ pub fn rest_after(
 /// per topic: two topics may share one).
 pub fn publish_index(published: &[(String, String)]) -> HashMap<(&str, &str), usize> {
     published.iter().enumerate().map(|(i, (t, id))| ((t.as_str(), id.as_str()), i)).collect()
+}
+
+/// The engine a scenario runs on: the embedded one, or Redis on a
+/// `redis-server` of the test's own.
+#[derive(Clone, Copy)]
+pub enum Engine<'a> {
+    Memory,
+    Redis(&'a RedisServer),
+}
+
+impl Engine<'_> {
+    /// A server config on this engine, with `rest` (more TOML) after it.
+    pub fn config(self, rest: &str) -> String {
+        match self {
+            Engine::Memory => rest.to_owned(),
+            Engine::Redis(r) => r.config(rest),
+        }
+    }
+
+    /// `memory` on the embedded engine, `redis` on Redis (e.g. how many
+    /// messages a scenario can push through in its time).
+    pub fn pick<T>(self, memory: T, redis: T) -> T {
+        match self {
+            Engine::Memory => memory,
+            Engine::Redis(_) => redis,
+        }
+    }
+}
+
+/// One scenario as two tests: `$memory` runs `$run(Engine::Memory)`, `$redis`
+/// runs `$run(Engine::Redis(..))` on a fresh `redis-server`; both carry the
+/// attributes given first.
+///
+/// ```ignore
+/// crate::engine_tests! {
+///     #[tokio::test]
+///     gap_after_trim, redis_gap_after_trim => |engine| gap_scenario(engine, 5)
+/// }
+/// ```
+#[macro_export]
+macro_rules! engine_tests {
+    ($(#[$attr:meta])* $memory:ident, $redis:ident => $run:expr) => {
+        $(#[$attr])*
+        async fn $memory() {
+            ($run)($crate::support::Engine::Memory).await;
+        }
+
+        $(#[$attr])*
+        async fn $redis() {
+            let redis = $crate::support::redis::RedisServer::start();
+            ($run)($crate::support::Engine::Redis(&redis)).await;
+        }
+    };
 }
 
 /// POSTs `body` to a publish `url`; asserts 200 and returns the id.
