@@ -12,24 +12,9 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-async fn assert_quiet(c: &mut WsClient, tag: &str) {
-    c.send(json!({"op": "ping", "ref": tag})).await;
-    let v = c.next().await;
-    assert_eq!(v, json!({"op": "pong", "ref": tag}), "expected only a pong, got {v}");
-}
-
 /// The value of `rtgate_slow_consumer_disconnects_total{transport="ws"}`.
 async fn slow_disconnects(s: &TestServer) -> u64 {
-    let res = tokio::time::timeout(WAIT, s.http.get(s.url("/metrics")).send())
-        .await
-        .expect("metrics timed out")
-        .expect("metrics");
-    assert_eq!(res.status().as_u16(), 200);
-    let text = res.text().await.expect("metrics body");
-    text.lines()
-        .find(|l| l.starts_with("rtgate_slow_consumer_disconnects_total{") && l.contains(r#"transport="ws""#))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0, |v| v.parse::<f64>().expect("metric value") as u64)
+    s.scrape().await.slow("ws") as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -112,7 +97,7 @@ async fn ten_thousand_messages_in_order_to_every_subscriber() {
             assert_eq!(m["data"]["i"].as_u64(), Some(next[p]), "subscriber {k}, publisher {p}");
             next[p] += 1;
         }
-        assert_quiet(&mut c, "end").await;
+        c.assert_quiet("end").await;
     }
     s.stop().await;
 }
@@ -157,11 +142,11 @@ async fn ws_publish_reaches_subscribers_on_other_connections() {
         for (k, m) in got.iter().enumerate() {
             assert_eq!(m["data"], json!({"i": k + 1}));
         }
-        assert_quiet(c, "end").await;
+        c.assert_quiet("end").await;
     }
     // The publisher is not subscribed and the other topic's client hears nothing.
-    assert_quiet(&mut p, "p").await;
-    assert_quiet(&mut other, "o").await;
+    p.assert_quiet("p").await;
+    other.assert_quiet("o").await;
     // And an HTTP subscriber's view agrees: the history holds them in order.
     let (status, h) = s.get("/v1/history/wsp?limit=1000").await;
     assert_eq!(status, 200);
@@ -231,7 +216,7 @@ async fn non_reading_client_is_disconnected_and_others_get_everything() {
     // The fast client is still connected and live.
     let id = s.publish("slow", r#""after""#).await;
     assert_eq!(fast.next_op("message").await["id"], id.as_str());
-    assert_quiet(&mut fast, "fast").await;
+    fast.assert_quiet("fast").await;
 
     // The slow client: whatever reached it is an exact prefix of the
     // publishes, then the connection ends (1013, or dropped when the close

@@ -44,35 +44,11 @@ impl Proc {
         post_publish(&self.http, &self.url(&format!("/v1/publish/{topic}")), body.to_owned()).await
     }
 
-    /// `rtgate_connection_closes_total{transport,reason}` from `/metrics`
-    /// (an absent series is 0).
-    async fn closes(&self, transport: &str, reason: &str) -> f64 {
-        let res = tokio::time::timeout(WAIT, self.http.get(self.url("/metrics")).send())
-            .await
-            .expect("metrics timed out")
-            .expect("metrics");
-        let text = res.text().await.expect("metrics body");
-        let scrape =
-            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("prometheus text");
-        scrape
-            .samples
-            .iter()
-            .find(|s| {
-                s.metric == "rtgate_connection_closes_total"
-                    && s.labels.get("transport") == Some(transport)
-                    && s.labels.get("reason") == Some(reason)
-            })
-            .map_or(0.0, |s| match s.value {
-                prometheus_parse::Value::Counter(v) => v,
-                ref v => panic!("not a counter: {v:?}"),
-            })
-    }
-
     /// Waits (bounded) until the close counter reaches `n`.
     async fn wait_closes(&self, transport: &str, reason: &str, n: f64) {
         let deadline = Instant::now() + WAIT;
         loop {
-            let v = self.closes(transport, reason).await;
+            let v = self.scrape().await.closes(transport, reason);
             if v >= n {
                 assert_eq!(v, n, "closes{{transport={transport},reason={reason}}}");
                 return;

@@ -3,13 +3,13 @@
 //! one transport and asserts exact deltas in the parsed Prometheus exposition.
 #![allow(clippy::unwrap_used, clippy::disallowed_types)]
 mod support;
+use support::metrics::Metrics;
 use support::sse::RawSse;
 use support::*;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
-use prometheus_parse::{HistogramCount, Scrape, Value as PromValue};
+use prometheus_parse::Value as PromValue;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -54,167 +54,6 @@ impl Proc {
         let v: Value = res.json().await.expect("poll json");
         let messages = v["messages"].as_array().expect("messages").clone();
         (messages, v["cursor"].as_str().expect("cursor").to_owned())
-    }
-
-    /// One scrape of `/metrics`, parsed.
-    async fn scrape(&self) -> Metrics {
-        let res = tokio::time::timeout(WAIT, self.http.get(self.url("/metrics")).send())
-            .await
-            .expect("metrics timed out")
-            .expect("metrics");
-        assert_eq!(res.status().as_u16(), 200);
-        let ct = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
-        assert!(ct.as_deref().is_some_and(|c| c.starts_with("text/plain")), "content-type {ct:?}");
-        let text = res.text().await.expect("metrics body");
-        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("prometheus text");
-        Metrics { scrape, text }
-    }
-
-    /// Scrapes until `done` holds (bounded); returns that scrape.
-    async fn wait_for(&self, what: &str, done: impl Fn(&Metrics) -> bool) -> Metrics {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let m = self.scrape().await;
-            if done(&m) {
-                return m;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; last scrape:\n{}", m.text);
-            tokio::time::sleep(Duration::from_millis(20)).await; // polling /metrics, bounded
-        }
-    }
-}
-
-// ---------------------------------------------------------------- metrics
-
-/// A parsed scrape (and its text, for failure messages).
-struct Metrics {
-    scrape: Scrape,
-    text: String,
-}
-
-fn labels_match(l: &prometheus_parse::Labels, want: &[(&str, &str)]) -> bool {
-    l.len() == want.len() && want.iter().all(|(k, v)| l.get(k) == Some(*v))
-}
-
-impl Metrics {
-    /// The value of the counter, gauge or untyped sample `name{labels}`
-    /// (labels matched exactly), if present.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let found: Vec<f64> = self
-            .scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name && labels_match(&s.labels, labels))
-            .map(|s| match s.value {
-                PromValue::Counter(v) | PromValue::Gauge(v) | PromValue::Untyped(v) => v,
-                ref other => panic!("{name}{labels:?}: not a scalar: {other:?}"),
-            })
-            .collect();
-        assert!(found.len() <= 1, "{name}{labels:?} appears {} times:\n{}", found.len(), self.text);
-        found.first().copied()
-    }
-
-    /// Like `get`, with an absent series (a counter not touched yet) as 0.
-    fn v(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels).unwrap_or(0.0)
-    }
-
-    /// A series that must be present.
-    fn must(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels).unwrap_or_else(|| panic!("{name}{labels:?} missing:\n{}", self.text))
-    }
-
-    /// A counter that must be present and typed `counter`.
-    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let s = self.scrape.samples.iter().find(|s| s.metric == name && labels_match(&s.labels, labels));
-        match s.map(|s| &s.value) {
-            Some(PromValue::Counter(v)) => *v,
-            other => panic!("{name}{labels:?}: expected a counter, got {other:?}:\n{}", self.text),
-        }
-    }
-
-    /// A gauge that must be present and typed `gauge`.
-    fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let s = self.scrape.samples.iter().find(|s| s.metric == name && labels_match(&s.labels, labels));
-        match s.map(|s| &s.value) {
-            Some(PromValue::Gauge(v)) => *v,
-            other => panic!("{name}{labels:?}: expected a gauge, got {other:?}:\n{}", self.text),
-        }
-    }
-
-    /// The buckets of histogram `name{labels}` (without `le`), in exposition order.
-    fn histogram(&self, name: &str, labels: &[(&str, &str)]) -> Vec<HistogramCount> {
-        let found: Vec<&Vec<HistogramCount>> = self
-            .scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name && labels_match(&s.labels, labels))
-            .filter_map(|s| match &s.value {
-                PromValue::Histogram(h) => Some(h),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(found.len(), 1, "histogram {name}{labels:?}:\n{}", self.text);
-        found[0].clone()
-    }
-
-    /// Checks the histogram's shape (ascending bounds, cumulative monotone
-    /// counts, `+Inf` last and equal to `_count`) and returns `_count`.
-    fn latency_count(&self, transport: &str) -> f64 {
-        let name = "rtgate_delivery_latency_seconds";
-        let l = [("transport", transport)];
-        let buckets = self.histogram(name, &l);
-        assert!(buckets.len() >= 2, "{name}{{transport={transport}}}: {buckets:?}");
-        for w in buckets.windows(2) {
-            assert!(w[0].less_than < w[1].less_than, "{transport}: bucket bounds not ascending: {buckets:?}");
-            assert!(w[0].count <= w[1].count, "{transport}: buckets not cumulative: {buckets:?}");
-        }
-        let last = buckets.last().unwrap();
-        assert!(last.less_than.is_infinite() && last.less_than > 0.0, "{transport}: last bucket {last:?}");
-        let count = self.must(&format!("{name}_count"), &l);
-        let sum = self.must(&format!("{name}_sum"), &l);
-        assert_eq!(last.count, count, "{transport}: +Inf bucket != _count");
-        assert!(sum >= 0.0 && sum.is_finite(), "{transport}: _sum {sum}");
-        if count == 0.0 {
-            assert_eq!(sum, 0.0, "{transport}: _sum without observations");
-        }
-        count
-    }
-
-    fn published(&self, t: &str) -> f64 {
-        self.v("rtgate_messages_published_total", &[("transport", t)])
-    }
-
-    fn delivered(&self, t: &str) -> f64 {
-        self.v("rtgate_messages_delivered_total", &[("transport", t)])
-    }
-
-    fn publish_ops_ok(&self) -> f64 {
-        self.v("rtgate_engine_operations_total", &[("op", "publish"), ("outcome", "ok")])
-    }
-
-    fn connections(&self, t: &str) -> f64 {
-        self.gauge("rtgate_connections", &[("transport", t)])
-    }
-
-    fn connections_total(&self, t: &str) -> f64 {
-        self.v("rtgate_connections_total", &[("transport", t)])
-    }
-
-    fn closes(&self, t: &str, reason: &str) -> f64 {
-        self.v("rtgate_connection_closes_total", &[("transport", t), ("reason", reason)])
-    }
-
-    fn slow(&self, t: &str) -> f64 {
-        self.v("rtgate_slow_consumer_disconnects_total", &[("transport", t)])
-    }
-
-    fn topics(&self) -> f64 {
-        self.gauge("rtgate_topics", &[])
-    }
-
-    fn subscriptions(&self) -> f64 {
-        self.gauge("rtgate_subscriptions", &[])
     }
 }
 

@@ -93,28 +93,6 @@ async fn now_cursor(s: &TestServer, topics: &[&str]) -> String {
     cursor
 }
 
-fn id_of(v: &Value) -> String {
-    v["id"].as_str().expect("id").to_owned()
-}
-
-fn ids(msgs: &[Value]) -> Vec<String> {
-    msgs.iter().map(id_of).collect()
-}
-
-/// Message ids grouped by topic, in arrival order.
-fn by_topic<'a>(msgs: impl IntoIterator<Item = &'a Value>) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for m in msgs {
-        out.entry(m["topic"].as_str().expect("topic").to_owned()).or_default().push(id_of(m));
-    }
-    out
-}
-
-/// `[engine] kind = "redis"` on `url`, then `rest`.
-fn redis_cfg(url: &str, rest: &str) -> String {
-    format!("[engine]\nkind = \"redis\"\n[redis]\nurl = \"{url}\"\n{rest}\n")
-}
-
 // ---------------------------------------------------------------- tests
 
 #[tokio::test]
@@ -301,8 +279,8 @@ async fn limit_across_topics_and_cursor_continues() {
     s.stop().await;
 }
 
-async fn gaps_after_trimming(toml: &str) {
-    let s = TestServer::start(&format!("{toml}\n[history]\nmax_len = 5\n")).await;
+async fn gaps_after_trimming(engine: Engine<'_>) {
+    let s = TestServer::start(&engine.config("[history]\nmax_len = 5\n")).await;
     let (t, other) = ("poll.gap", "poll.gap.other");
     let q = topics_q(&[t, other]);
     let c0 = now_cursor(&s, &[t, other]).await;
@@ -347,15 +325,9 @@ async fn gaps_after_trimming(toml: &str) {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn gaps_reported_after_trimming() {
-    gaps_after_trimming("").await;
-}
-
-#[tokio::test]
-async fn redis_gaps_reported_after_trimming() {
-    let r = RedisServer::start();
-    gaps_after_trimming(&redis_cfg(&r.url(), "")).await;
+crate::engine_tests! {
+    #[tokio::test]
+    gaps_reported_after_trimming, redis_gaps_reported_after_trimming => gaps_after_trimming
 }
 
 /// A client loops on the cursor (held polls, small `limit`) on `poller`
@@ -423,9 +395,7 @@ async fn loop_on_cursor_with_two_publishers_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_loop_on_cursor_across_two_processes() {
     let r = RedisServer::start();
-    let cfg = redis_cfg(&r.url(), "");
-    let a = TestServer::start(&cfg).await;
-    let b = TestServer::start(&cfg).await;
+    let (a, b) = r.two_servers("").await;
     // Poll on B, publish on A.
     loop_on_cursor(&b, &a, 200).await;
     a.stop().await;
@@ -436,9 +406,7 @@ async fn redis_loop_on_cursor_across_two_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_held_poll_on_b_answered_by_publish_on_a() {
     let r = RedisServer::start();
-    let cfg = redis_cfg(&r.url(), "");
-    let a = TestServer::start(&cfg).await;
-    let b = TestServer::start(&cfg).await;
+    let (a, b) = r.two_servers("").await;
     let t = "poll.redis.held";
     let c0 = now_cursor(&b, &[t]).await;
     let http = b.http.clone();
@@ -465,7 +433,7 @@ async fn redis_held_poll_on_b_answered_by_publish_on_a() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_shutdown_answers_held_poll_with_usable_cursor() {
     let r = RedisServer::start();
-    let cfg = redis_cfg(&r.url(), "");
+    let cfg = r.config("");
     let a = TestServer::start(&cfg).await;
     let t = "poll.redis.down";
     let c0 = now_cursor(&a, &[t]).await;

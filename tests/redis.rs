@@ -18,16 +18,6 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 // ---------------------------------------------------------------- helpers
 
-/// `[engine] kind = "redis"` on `url`; `redis` goes into the `[redis]`
-/// table, `rest` after it (other tables).
-fn cfg(url: &str, redis: &str, rest: &str) -> String {
-    format!("[engine]\nkind = \"redis\"\n[redis]\nurl = \"{url}\"\n{redis}\n{rest}\n")
-}
-
-fn ids(frames: &[Value]) -> Vec<String> {
-    frames.iter().map(|m| m["id"].as_str().expect("id").to_owned()).collect()
-}
-
 /// The same FNV-1a as the engine: which key group (`{s<N>}`) a topic uses.
 fn fnv1a(s: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
@@ -36,13 +26,6 @@ fn fnv1a(s: &str) -> u32 {
         h = h.wrapping_mul(0x0100_0193);
     }
     h
-}
-
-/// Sends a ping and asserts the very next frame is its pong.
-async fn assert_quiet(c: &mut WsClient, tag: &str) {
-    c.send(json!({"op": "ping", "ref": tag})).await;
-    let v = c.next().await;
-    assert_eq!(v, json!({"op": "pong", "ref": tag}), "expected only a pong, got {v}");
 }
 
 /// Polls `path` until it answers `want` (bounded by `within`).
@@ -157,9 +140,7 @@ fn stream_keys(port: u16) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_topics_and_idempotency() {
     let redis = RedisServer::start();
-    let toml = cfg(&redis.url(), "key_prefix = \"itest:\"", "");
-    let a = TestServer::start(&toml).await;
-    let b = TestServer::start(&toml).await;
+    let (a, b) = redis.two_servers("key_prefix = \"itest:\"").await;
 
     // A → B over HTTP → WS.
     let mut on_b = b.ws("/v1/ws?topic=x.one").await;
@@ -170,7 +151,7 @@ async fn two_processes_share_topics_and_idempotency() {
     assert_eq!(m["id"], published["id"]);
     assert_eq!(m["ts"], published["ts"]);
     assert_eq!(m["data"], json!({"z": 1, "a": [true, null], "s": "é"}));
-    assert_quiet(&mut on_b, "b1").await;
+    on_b.assert_quiet("b1").await;
     // The bytes the publisher sent, key order kept, as stored by the other process.
     let raw = tokio::time::timeout(WAIT, async {
         b.http.get(b.url("/v1/history/x.one")).send().await.expect("history").text().await.expect("body")
@@ -192,8 +173,8 @@ async fn two_processes_share_topics_and_idempotency() {
     let m = on_a.next_op("message").await;
     assert_eq!((m["topic"].clone(), m["id"].clone()), (json!("x.two"), json!(id)));
     assert_eq!(m["data"], json!({"from": "b"}));
-    assert_quiet(&mut on_a, "a1").await;
-    assert_quiet(&mut pub_b, "p").await;
+    on_a.assert_quiet("a1").await;
+    pub_b.assert_quiet("p").await;
 
     // Idempotency across processes: same key on A then B → one message.
     let mut watch = b.ws("/v1/ws?topic=x.idem").await;
@@ -220,7 +201,7 @@ async fn two_processes_share_topics_and_idempotency() {
     }
     let got = watch.messages(2).await;
     assert_eq!(ids(&got), vec![r1["id"].as_str().unwrap(), r4["id"].as_str().unwrap()]);
-    assert_quiet(&mut watch, "w").await;
+    watch.assert_quiet("w").await;
 
     // Keys carry the configured prefix and a key-group hash tag.
     let keys = stream_keys(redis.port);
@@ -241,7 +222,7 @@ async fn resume_on_other_process_after_stop_while_publishing() {
     const AFTER_RESUME: usize = 300;
     const MAX: usize = 50_000;
     let redis = RedisServer::start();
-    let toml = cfg(&redis.url(), "", "[limits]\noutbox_capacity = 100000\n");
+    let toml = redis.config("[limits]\noutbox_capacity = 100000\n");
     let a = TestServer::start(&toml).await;
     let b = TestServer::start(&toml).await;
     let topic = "restart.t";
@@ -308,7 +289,7 @@ async fn resume_on_other_process_after_stop_while_publishing() {
         for (k, m) in got.iter().enumerate() {
             assert_eq!(m["data"], json!({"i": n + k}));
         }
-        assert_quiet(client, name).await;
+        client.assert_quiet(name).await;
     }
     a.stop().await;
     c.stop().await;
@@ -322,8 +303,7 @@ async fn resume_on_other_process_after_stop_while_publishing() {
 async fn redis_outage_and_recovery() {
     const AFTER_RECOVERY: usize = 20;
     let mut redis = RedisServer::start();
-    let toml =
-        cfg(&redis.url(), "op_timeout = \"500ms\"\nblock = \"1s\"", "[limits]\noutbox_capacity = 100000\n");
+    let toml = redis.config("op_timeout = \"500ms\"\nblock = \"1s\"\n[limits]\noutbox_capacity = 100000\n");
     let s = TestServer::start(&toml).await;
     wait_status(&s, "/readyz", 200, WAIT).await;
     let topic = "outage.t";
@@ -431,10 +411,10 @@ async fn redis_outage_and_recovery() {
     // order, each once: including what was published after recovery.
     messages_until(&mut w, accepted.last().unwrap(), &mut w_msgs).await;
     assert_eq!(ids(&w_msgs), hist_ids, "live delivery across the outage");
-    assert_quiet(&mut w, "end").await;
+    w.assert_quiet("end").await;
     let live = s.publish(topic, r#""after""#).await;
     assert_eq!(w.next_op("message").await["id"], live.as_str());
-    assert_quiet(&mut w, "end2").await;
+    w.assert_quiet("end2").await;
     s.stop().await;
 }
 
@@ -479,11 +459,11 @@ async fn redis_cluster_round_trip() {
         let mut pairs_sorted = pairs;
         pairs_sorted.sort();
         assert_eq!(pairs_sorted, want, "{name} got every topic once");
-        assert_quiet(c, name).await;
+        c.assert_quiet(name).await;
     }
     let m = one_b.next_op("message").await;
     assert_eq!(m["id"], published[7].1.as_str());
-    assert_quiet(&mut one_b, "one").await;
+    one_b.assert_quiet("one").await;
 
     for (t, id) in &published {
         for s in [&a, &b] {
@@ -512,7 +492,7 @@ async fn redis_cluster_round_trip() {
     let more = a.publish("cl.7", "2").await;
     let mut r = a.ws(&format!("/v1/ws?topic=cl.7&cursor={cursor}")).await;
     assert_eq!(r.next_op("message").await["id"], more.as_str());
-    assert_quiet(&mut r, "r").await;
+    r.assert_quiet("r").await;
     a.stop().await;
     b.stop().await;
 }
@@ -525,9 +505,7 @@ async fn redis_cluster_round_trip() {
 async fn thousand_topics_across_two_processes() {
     const TOPICS: usize = 1000;
     let redis = RedisServer::start();
-    let toml = cfg(&redis.url(), "", "");
-    let a = TestServer::start(&toml).await;
-    let b = TestServer::start(&toml).await;
+    let (a, b) = redis.two_servers("").await;
     let topic = |i: usize| format!("many.{i:04}");
 
     // (process, topics) per connection.
@@ -556,7 +534,7 @@ async fn thousand_topics_across_two_processes() {
             let n = ts.len();
             readers.push(tokio::spawn(async move {
                 let got = c.messages(n).await;
-                assert_quiet(&mut c, "done").await;
+                c.assert_quiet("done").await;
                 got
             }));
         }
@@ -619,7 +597,7 @@ async fn thousand_topics_across_two_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_stream_resume_reports_gap() {
     let redis = RedisServer::start();
-    let s = TestServer::start(&cfg(&redis.url(), "", "")).await;
+    let s = TestServer::start(&redis.config("")).await;
     let topic = "lost.a";
     let mut w = s.ws(&format!("/v1/ws?topic={topic}")).await;
     let mut published = vec![];
@@ -641,7 +619,7 @@ async fn deleted_stream_resume_reports_gap() {
     let gap = c.next_op("gap").await;
     assert_eq!((gap["topic"].clone(), gap["after"].clone()), (json!(topic), json!(published[4])), "{gap}");
     assert!(pid(gap["oldest"].as_str().unwrap()) >= pid(&published[4]), "{gap}");
-    assert_quiet(&mut c, "c").await;
+    c.assert_quiet("c").await;
 
     // Subscribe `after`: the gap precedes the ack, which says recovered:false.
     let mut d = s.ws("/v1/ws").await;
@@ -650,7 +628,7 @@ async fn deleted_stream_resume_reports_gap() {
     assert_eq!(before[0]["op"], "gap");
     assert_eq!((before[0]["topic"].clone(), before[0]["after"].clone()), (json!(topic), json!(published[1])));
     assert_eq!(ack["recovered"], false, "{ack}");
-    assert_quiet(&mut d, "d").await;
+    d.assert_quiet("d").await;
 
     // History `after` an id the stream no longer has: truncated.
     let (status, v) = s.get(&format!("/v1/history/{topic}?after={}", published[1])).await;
@@ -661,8 +639,8 @@ async fn deleted_stream_resume_reports_gap() {
     let live = s.publish(topic, r#""new""#).await;
     assert_eq!(c.next_op("message").await["id"], live.as_str());
     assert_eq!(d.next_op("message").await["id"], live.as_str());
-    assert_quiet(&mut c, "c2").await;
-    assert_quiet(&mut d, "d2").await;
+    c.assert_quiet("c2").await;
+    d.assert_quiet("d2").await;
     s.stop().await;
 }
 
@@ -672,7 +650,7 @@ async fn deleted_stream_resume_reports_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushed_then_rewritten_stream_resume_reports_gap() {
     let redis = RedisServer::start();
-    let s = TestServer::start(&cfg(&redis.url(), "", "")).await;
+    let s = TestServer::start(&redis.config("")).await;
     let topic = "lost.b";
     let mut w = s.ws(&format!("/v1/ws?topic={topic}")).await;
     let mut published = vec![];
@@ -696,14 +674,14 @@ async fn flushed_then_rewritten_stream_resume_reports_gap() {
         &published[3..]
     );
     assert_eq!(c.next_op("message").await["id"], fresh.as_str());
-    assert_quiet(&mut c, "c").await;
+    c.assert_quiet("c").await;
 
     let mut d = s.ws("/v1/ws").await;
     let (before, ack) = d.subscribe(topic, Some(&published[2])).await;
     assert_eq!(before, vec![json!({"op": "gap", "topic": topic, "after": published[2], "oldest": fresh})]);
     assert_eq!(ack["recovered"], false, "{ack}");
     assert_eq!(d.next_op("message").await["id"], fresh.as_str());
-    assert_quiet(&mut d, "d").await;
+    d.assert_quiet("d").await;
 
     let (status, v) = s.get(&format!("/v1/history/{topic}?after={}", published[2])).await;
     assert_eq!(status, 200, "{v}");
@@ -718,7 +696,7 @@ async fn flushed_then_rewritten_stream_resume_reports_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_closes_subscribers_then_gap() {
     let mut redis = RedisServer::start();
-    let s = TestServer::start(&cfg(&redis.url(), "op_timeout = \"500ms\"\nblock = \"1s\"", "")).await;
+    let s = TestServer::start(&redis.config("op_timeout = \"500ms\"\nblock = \"1s\"")).await;
     wait_status(&s, "/readyz", 200, WAIT).await;
     let topic = "lost.c";
     let mut w = s.ws(&format!("/v1/ws?topic={topic}")).await;
@@ -740,9 +718,9 @@ async fn redis_restarted_empty_closes_subscribers_then_gap() {
     let (mut c, gap) = resume(&s, &format!("/v1/ws?topic={topic}&cursor={cursor}")).await;
     assert_eq!(gap["op"], "gap", "{gap}");
     assert_eq!((gap["topic"].clone(), gap["after"].clone()), (json!(topic), json!(published[2])), "{gap}");
-    assert_quiet(&mut c, "c").await;
+    c.assert_quiet("c").await;
     let live = s.publish(topic, r#""again""#).await;
     assert_eq!(c.next_op("message").await["id"], live.as_str());
-    assert_quiet(&mut c, "c2").await;
+    c.assert_quiet("c2").await;
     s.stop().await;
 }

@@ -8,20 +8,8 @@ use support::*;
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::oneshot;
-
-fn ids(frames: &[Value]) -> Vec<String> {
-    frames.iter().map(|m| m["id"].as_str().expect("id").to_owned()).collect()
-}
-
-/// Sends a ping and asserts the very next frame is its pong: nothing else
-/// (no extra message, no duplicate) was queued before it.
-async fn assert_quiet(c: &mut WsClient, tag: &str) {
-    c.send(json!({"op": "ping", "ref": tag})).await;
-    let v = c.next().await;
-    assert_eq!(v, json!({"op": "pong", "ref": tag}), "expected only a pong, got {v}");
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Mode {
@@ -107,12 +95,12 @@ async fn resume_while_publishing(toml: &str, mode: Mode) {
         assert_eq!(m["topic"], topic);
         assert_eq!(m["data"], json!({"i": A_READS + k}));
     }
-    assert_quiet(&mut b, "end").await;
+    b.assert_quiet("end").await;
 
     // B's own cursor resumes at its end: nothing more to replay.
     let c_cursor = got_b.last().expect("last")["cursor"].as_str().expect("cursor").to_owned();
     let mut c = s.ws(&format!("/v1/ws?topic={topic}&cursor={c_cursor}")).await;
-    assert_quiet(&mut c, "c").await;
+    c.assert_quiet("c").await;
     let live = s.publish(topic, r#"{"live":true}"#).await;
     assert_eq!(c.next_op("message").await["id"], live.as_str());
     assert_eq!(b.next_op("message").await["id"], live.as_str());
@@ -185,7 +173,7 @@ async fn multi_topic_cursor_resumes_both_topics() {
     };
     assert_eq!(of("mt.a"), missed_a);
     assert_eq!(of("mt.b"), missed_b);
-    assert_quiet(&mut d, "replayed").await;
+    d.assert_quiet("replayed").await;
 
     // Then live on both, and the new cursor resumes both with nothing missing.
     let la = s.publish("mt.a", r#""live-a""#).await;
@@ -199,7 +187,7 @@ async fn multi_topic_cursor_resumes_both_topics() {
     let mut e = s.ws(&format!("/v1/ws?topic=mt.a&topic=mt.b&cursor={cursor2}")).await;
     let m = e.next_op("message").await;
     assert_eq!((m["topic"].clone(), m["id"].clone()), (json!("mt.a"), json!(a2)));
-    assert_quiet(&mut e, "e").await;
+    e.assert_quiet("e").await;
     s.stop().await;
 }
 
@@ -227,10 +215,10 @@ async fn gap_after_trim_subscribe_after() {
     assert_eq!(ack["recovered"], false, "{ack}");
     let got = c.messages(5).await;
     assert_eq!(ids(&got), published[15..].to_vec());
-    assert_quiet(&mut c, "q").await;
+    c.assert_quiet("q").await;
     let live = s.publish("gap", "21").await;
     assert_eq!(c.next_op("message").await["id"], live.as_str());
-    assert_quiet(&mut c, "q2").await;
+    c.assert_quiet("q2").await;
     s.stop().await;
 }
 
@@ -243,7 +231,7 @@ async fn no_gap_when_resuming_just_before_oldest_retained() {
     assert!(before.is_empty(), "{before:?}");
     assert_eq!(ack["recovered"], true, "{ack}");
     assert_eq!(ids(&c.messages(5).await), published[15..].to_vec());
-    assert_quiet(&mut c, "q").await;
+    c.assert_quiet("q").await;
     // One older than that: a gap naming it.
     let mut d = s.ws("/v1/ws").await;
     let (before, ack) = d.subscribe("edge", Some(&published[13])).await;
@@ -253,7 +241,7 @@ async fn no_gap_when_resuming_just_before_oldest_retained() {
     );
     assert_eq!(ack["recovered"], false);
     assert_eq!(ids(&d.messages(5).await), published[15..].to_vec());
-    assert_quiet(&mut d, "q").await;
+    d.assert_quiet("q").await;
     s.stop().await;
 }
 
@@ -273,10 +261,10 @@ async fn gap_after_trim_connect_cursor() {
     assert_eq!(gap, json!({"op": "gap", "topic": "gapc", "after": published[0], "oldest": published[15]}));
     let got = c.messages(5).await;
     assert_eq!(ids(&got), published[15..].to_vec());
-    assert_quiet(&mut c, "q").await;
+    c.assert_quiet("q").await;
     let live = s.publish("gapc", "21").await;
     assert_eq!(c.next_op("message").await["id"], live.as_str());
-    assert_quiet(&mut c, "q2").await;
+    c.assert_quiet("q2").await;
     s.stop().await;
 }
 
@@ -293,17 +281,17 @@ async fn resume_from_newest_replays_nothing_then_live() {
     let (before, ack) = c.subscribe("new", Some(&published[4])).await;
     assert!(before.is_empty(), "{before:?}");
     assert_eq!(ack["recovered"], true, "{ack}");
-    assert_quiet(&mut c, "nothing-replayed").await;
+    c.assert_quiet("nothing-replayed").await;
 
     let mut d = s.ws(&format!("/v1/ws?topic=new&cursor={cursor}")).await;
-    assert_quiet(&mut d, "nothing-replayed").await;
+    d.assert_quiet("nothing-replayed").await;
 
     let live = publish_n(&s, "new", 3).await;
     assert_eq!(ids(&c.messages(3).await), live);
     assert_eq!(ids(&d.messages(3).await), live);
     assert_eq!(ids(&w.messages(3).await), live);
-    assert_quiet(&mut c, "c").await;
-    assert_quiet(&mut d, "d").await;
+    c.assert_quiet("c").await;
+    d.assert_quiet("d").await;
 
     // A topic with no history here, resumed from an id it never had (a
     // cursor from a history that is gone, e.g. before a restart of the
@@ -315,10 +303,10 @@ async fn resume_from_newest_replays_nothing_then_live() {
     assert_eq!(before[0]["op"], "gap");
     assert_eq!(before[0]["after"], "1-0");
     assert_eq!(ack["recovered"], false, "{ack}");
-    assert_quiet(&mut e, "nothing").await;
+    e.assert_quiet("nothing").await;
     let live = publish_n(&s, "empty", 2).await;
     assert_eq!(ids(&e.messages(2).await), live);
-    assert_quiet(&mut e, "e").await;
+    e.assert_quiet("e").await;
     s.stop().await;
 }
 
@@ -378,7 +366,7 @@ async fn resume_under_trimming(mode: Mode) {
             break;
         }
     }
-    assert_quiet(&mut c, "end").await;
+    c.assert_quiet("end").await;
 
     // Walk the frames: messages ascend; gaps move forward; every published id
     // after the resume point is delivered exactly once or lies inside a gap.

@@ -7,16 +7,15 @@
 mod support;
 use support::post_publish as publish;
 use support::redis::RedisServer;
+use support::sse::{assert_quiet, sse_path, Sse};
 use support::*;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use eventsource_stream::{Event, EventStream, Eventsource};
+use eventsource_stream::{Event, EventStream};
 use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,161 +24,6 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 // ---------------------------------------------------------------- helpers
-
-type Body = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
-
-/// One SSE response read through `eventsource-stream`; every body byte is
-/// also kept in `raw` (the parser drops comments and data-less events such
-/// as the `retry:` hint, which some tests check byte for byte).
-struct Sse {
-    headers: reqwest::header::HeaderMap,
-    version: reqwest::Version,
-    events: EventStream<Body>,
-    raw: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Sse {
-    /// `GET path` on `s` with a fresh HTTP/1.1 client; asserts 200.
-    async fn open(s: &TestServer, path: &str, last_event_id: Option<&str>) -> Sse {
-        Sse::open_with(&reqwest::Client::new(), &s.url(path), last_event_id).await
-    }
-
-    async fn open_with(client: &reqwest::Client, url: &str, last_event_id: Option<&str>) -> Sse {
-        let mut req = client.get(url).header("Accept", "text/event-stream");
-        if let Some(id) = last_event_id {
-            req = req.header("Last-Event-ID", id);
-        }
-        let res = tokio::time::timeout(WAIT, req.send())
-            .await
-            .expect("sse connect timed out")
-            .expect("sse connect");
-        let status = res.status().as_u16();
-        if status != 200 {
-            let body = res.text().await.unwrap_or_default();
-            panic!("GET {url}: status {status}: {body}");
-        }
-        let headers = res.headers().clone();
-        let version = res.version();
-        let raw = Arc::new(Mutex::new(Vec::new()));
-        let tee = Arc::clone(&raw);
-        let body: Body = Box::pin(res.bytes_stream().map(move |chunk| {
-            if let Ok(b) = &chunk {
-                tee.lock().unwrap().extend_from_slice(b);
-            }
-            chunk
-        }));
-        Sse { headers, version, events: body.eventsource(), raw }
-    }
-
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).map(|v| v.to_str().expect("ascii header").to_owned())
-    }
-
-    fn raw_text(&self) -> String {
-        String::from_utf8(self.raw.lock().unwrap().clone()).expect("utf-8 body")
-    }
-
-    /// The next event; panics on timeout, end of stream or a parse error.
-    async fn next(&mut self) -> Event {
-        tokio::time::timeout(WAIT, self.events.next())
-            .await
-            .expect("timed out waiting for an SSE event")
-            .expect("SSE stream ended")
-            .expect("SSE stream error")
-    }
-
-    /// The next event, which must be a message (no `event:` field): (event id
-    /// = cursor, message JSON).
-    async fn message(&mut self) -> (String, Value) {
-        let ev = self.next().await;
-        assert_eq!(ev.event, "message", "expected a message event, got {ev:?}");
-        assert!(!ev.id.is_empty(), "message without id: {ev:?}");
-        check_cursor(&ev.id);
-        let v: Value = serde_json::from_str(&ev.data).expect("message JSON");
-        check_shape(&v);
-        (ev.id, v)
-    }
-
-    async fn messages(&mut self, n: usize) -> Vec<(String, Value)> {
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            out.push(self.message().await);
-        }
-        out
-    }
-
-    /// Reads until the stream ends cleanly (bounded); returns the events
-    /// seen on the way. A transport or parse error fails the test.
-    async fn end(&mut self) -> Vec<Event> {
-        let mut out = vec![];
-        loop {
-            match tokio::time::timeout(WAIT, self.events.next())
-                .await
-                .expect("timed out waiting for the SSE stream to end")
-            {
-                None => return out,
-                Some(Ok(ev)) => out.push(ev),
-                Some(Err(e)) => panic!("SSE stream failed instead of ending cleanly: {e}"),
-            }
-        }
-    }
-}
-
-/// `/v1/sse?topic=..&topic=..`
-fn sse_path(topics: &[&str]) -> String {
-    let q: Vec<String> = topics.iter().map(|t| format!("topic={t}")).collect();
-    format!("/v1/sse?{}", q.join("&"))
-}
-
-fn topic_of(v: &Value) -> String {
-    v["topic"].as_str().expect("topic").to_owned()
-}
-
-fn id_of(v: &Value) -> String {
-    v["id"].as_str().expect("id").to_owned()
-}
-
-/// Message ids grouped by topic, in arrival order.
-fn by_topic<'a>(msgs: impl IntoIterator<Item = &'a Value>) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for m in msgs {
-        out.entry(topic_of(m)).or_default().push(id_of(m));
-    }
-    out
-}
-
-/// Publishes one marker per topic and asserts they are the very next events
-/// of every client: nothing (no duplicate, no stray replay) came before.
-async fn assert_quiet(s: &TestServer, topics: &[&str], clients: &mut [&mut Sse]) {
-    let mut want = BTreeMap::new();
-    for t in topics {
-        let id = s.publish(t, r#"{"marker":true}"#).await;
-        want.insert(t.to_string(), vec![id]);
-    }
-    for c in clients.iter_mut() {
-        let got: Vec<Value> = c.messages(topics.len()).await.into_iter().map(|(_, v)| v).collect();
-        assert_eq!(by_topic(&got), want, "expected only the markers");
-    }
-}
-
-/// `[engine] kind = "redis"` on `url`, then `rest`.
-fn redis_cfg(url: &str, rest: &str) -> String {
-    format!("[engine]\nkind = \"redis\"\n[redis]\nurl = \"{url}\"\n{rest}\n")
-}
-
-/// A counter's value in `/metrics` (0 when not yet exported).
-async fn metric(s: &TestServer, series: &str) -> f64 {
-    let res = tokio::time::timeout(WAIT, s.http.get(s.url("/metrics")).send())
-        .await
-        .expect("metrics timed out")
-        .expect("metrics");
-    assert_eq!(res.status().as_u16(), 200);
-    let text = res.text().await.expect("metrics text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .map(|v| v.trim().parse().expect("metric value"))
-        .unwrap_or(0.0)
-}
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
@@ -331,11 +175,12 @@ enum ResumeBy {
 /// publisher alternates between the topics; B resumes from A's last event
 /// id while the publisher keeps going and must get exactly the rest of each
 /// topic, in order, with no duplicate.
-async fn resume_while_publishing(toml: &str, by: ResumeBy, total: usize) {
+async fn resume_while_publishing(engine: Engine<'_>, toml: &str, by: ResumeBy) {
     const A_READS: usize = 37;
+    let total = engine.pick(600, 300);
     let pause_at = total / 3;
     assert!(pause_at > A_READS);
-    let s = TestServer::start(toml).await;
+    let s = TestServer::start(&engine.config(toml)).await;
     let (ta, tb) = ("sse.res.a", "sse.res.b");
     let path = sse_path(&[ta, tb]);
     let mut a = Sse::open(&s, &path, None).await;
@@ -370,26 +215,10 @@ async fn resume_while_publishing(toml: &str, by: ResumeBy, total: usize) {
         .await
         .expect("publisher timed out")
         .expect("publisher");
-    // Ids are per topic: two topics may share one.
-    let index: HashMap<(&str, &str), usize> =
-        published.iter().enumerate().map(|(i, (t, id))| ((t.as_str(), id.as_str()), i)).collect();
-    let mut all: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (t, id) in &published {
-        all.entry(t.clone()).or_default().push(id.clone());
-    }
-    for ids in all.values() {
-        assert!(ids.windows(2).all(|w| pid(&w[0]) < pid(&w[1])), "ids increase");
-    }
-
+    let index = publish_index(&published);
     // A saw a prefix of each topic.
     let a_vals: Vec<Value> = got_a.iter().map(|(_, v)| v.clone()).collect();
-    let seen = by_topic(&a_vals);
-    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (t, ids) in &all {
-        let prefix = seen.get(t).cloned().unwrap_or_default();
-        assert_eq!(prefix[..], ids[..prefix.len()], "A's view of {t}");
-        expected.insert(t.clone(), ids[prefix.len()..].to_vec());
-    }
+    let expected = rest_after(&published, &by_topic(&a_vals));
     let n: usize = expected.values().map(Vec::len).sum();
     assert_eq!(n, total - A_READS);
 
@@ -404,33 +233,23 @@ async fn resume_while_publishing(toml: &str, by: ResumeBy, total: usize) {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_last_event_id_header_while_publishing() {
-    resume_while_publishing("", ResumeBy::Header, 600).await;
+crate::engine_tests! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    resume_last_event_id_header_while_publishing, redis_resume_last_event_id_header_while_publishing
+        => |engine| resume_while_publishing(engine, "", ResumeBy::Header)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_last_event_id_query_while_publishing_small_pages() {
-    resume_while_publishing("[history]\nreplay_page = 7\n", ResumeBy::Query, 600).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_resume_last_event_id_header_while_publishing() {
-    let r = RedisServer::start();
-    resume_while_publishing(&redis_cfg(&r.url(), ""), ResumeBy::Header, 300).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_resume_last_event_id_query_while_publishing() {
-    let r = RedisServer::start();
-    resume_while_publishing(&redis_cfg(&r.url(), "[history]\nreplay_page = 7\n"), ResumeBy::Query, 300).await;
+crate::engine_tests! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    resume_last_event_id_query_while_publishing_small_pages, redis_resume_last_event_id_query_while_publishing
+        => |engine| resume_while_publishing(engine, "[history]\nreplay_page = 7\n", ResumeBy::Query)
 }
 
 /// History trimmed past the resume point: `event: gap` with `{topic, after,
 /// oldest}`, then the retained messages; the gap event's id is past the gap,
 /// so resuming from it does not report the gap again.
-async fn gap_event(toml: &str) {
-    let s = TestServer::start(&format!("{toml}\n[history]\nmax_len = 5\n")).await;
+async fn gap_event(engine: Engine<'_>) {
+    let s = TestServer::start(&engine.config("[history]\nmax_len = 5\n")).await;
     let (t, other) = ("sse.gap", "sse.gap.other");
     let path = sse_path(&[t, other]);
     let mut a = Sse::open(&s, &path, None).await;
@@ -469,15 +288,9 @@ async fn gap_event(toml: &str) {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn gap_event_after_trim() {
-    gap_event("").await;
-}
-
-#[tokio::test]
-async fn redis_gap_event_after_trim() {
-    let r = RedisServer::start();
-    gap_event(&redis_cfg(&r.url(), "")).await;
+crate::engine_tests! {
+    #[tokio::test]
+    gap_event_after_trim, redis_gap_event_after_trim => gap_event
 }
 
 // ---------------------------------------------------------------- heartbeat
@@ -566,11 +379,10 @@ async fn stalled_client(s: &TestServer, path: &str) -> (TcpStream, Vec<u8>) {
 async fn slow_client_is_disconnected_and_resumes_without_loss() {
     const N: usize = 400;
     const PAD: usize = 32 * 1024;
-    const SLOW: &str = "rtgate_slow_consumer_disconnects_total{transport=\"sse\"}";
     let s = TestServer::start("[limits]\noutbox_capacity = 8\nmax_message_bytes = 1048576\n").await;
     let t = "sse.slow";
     let path = sse_path(&[t]);
-    let slow_before = metric(&s, SLOW).await;
+    let slow_before = s.scrape().await.slow("sse");
 
     let (mut stalled, head) = stalled_client(&s, &path).await;
     let head_end = find(&head, b"\r\n\r\n").unwrap() + 4;
@@ -648,7 +460,7 @@ async fn slow_client_is_disconnected_and_resumes_without_loss() {
     // trail the socket's end by a moment: poll it, bounded.
     let deadline = Instant::now() + Duration::from_secs(3);
     let slow_after = loop {
-        let v = metric(&s, SLOW).await;
+        let v = s.scrape().await.slow("sse");
         if v > slow_before || Instant::now() > deadline {
             break v;
         }
@@ -657,7 +469,7 @@ async fn slow_client_is_disconnected_and_resumes_without_loss() {
     assert_eq!(
         slow_after - slow_before,
         1.0,
-        "{SLOW} must count the stalled SSE client (GET {path}, outbox_capacity 8, {N} x 32 KiB; it was cut off after {k} events)"
+        "rtgate_slow_consumer_disconnects_total{{transport=\"sse\"}} must count the stalled SSE client (GET {path}, outbox_capacity 8, {N} x 32 KiB; it was cut off after {k} events)"
     );
     s.stop().await;
 }
@@ -700,7 +512,7 @@ async fn shutdown_ends_streams_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_shutdown_then_resume_on_another_process() {
     let r = RedisServer::start();
-    let cfg = redis_cfg(&r.url(), "");
+    let cfg = r.config("");
     let a = TestServer::start(&cfg).await;
     let t = "sse.down.redis";
     let mut c = Sse::open(&a, &sse_path(&[t]), None).await;
@@ -898,9 +710,7 @@ async fn bad_requests() {
 async fn redis_publish_on_a_stream_on_b() {
     const N: usize = 200;
     let r = RedisServer::start();
-    let cfg = redis_cfg(&r.url(), "");
-    let a = TestServer::start(&cfg).await;
-    let b = TestServer::start(&cfg).await;
+    let (a, b) = r.two_servers("").await;
     let (tx, ty) = ("sse.two.x", "sse.two.y");
     let path = sse_path(&[tx, ty]);
     let mut on_b = Sse::open(&b, &path, None).await;

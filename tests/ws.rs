@@ -34,13 +34,6 @@ fn assert_error_frame(v: &Value, code: &str, r: Option<Value>) {
     }
 }
 
-/// Sends a ping op with `r` and asserts the very next frame is its pong.
-async fn ping_pong(c: &mut WsClient, r: &str) {
-    c.send(json!({"op": "ping", "ref": r})).await;
-    let v = c.next().await;
-    assert_eq!(v, json!({"op": "pong", "ref": r}), "expected only the pong");
-}
-
 async fn publish_http(s: &TestServer, topic: &str, body: &str) -> Value {
     let (status, v) = s.publish_raw(topic, body, None).await;
     assert_eq!(status, 200, "{v}");
@@ -91,7 +84,7 @@ async fn http_publish_is_delivered_with_every_field() {
     assert_eq!(m2["data"], json!([]));
     assert_cursor(&m2);
     assert_ne!(m1["cursor"], m2["cursor"], "the cursor moves with each message");
-    ping_pong(&mut c, "end").await;
+    c.assert_quiet("end").await;
     s.stop().await;
 }
 
@@ -142,8 +135,8 @@ async fn ws_publish_is_acked_and_delivered_to_others() {
 
     // The publisher, not subscribed, got nothing else; history has all three,
     // with the data as sent.
-    ping_pong(&mut publisher, "p").await;
-    ping_pong(&mut sub, "s").await;
+    publisher.assert_quiet("p").await;
+    sub.assert_quiet("s").await;
     assert_eq!(
         history_ids(&s, "room").await,
         [id.as_str(), ack2["id"].as_str().expect("id"), ack3["id"].as_str().expect("id")]
@@ -179,7 +172,7 @@ async fn two_topics_on_one_connection_and_unsubscribe() {
         assert_cursor(&m);
         seen.push(m);
     }
-    ping_pong(&mut c, "both").await;
+    c.assert_quiet("both").await;
 
     c.send(json!({"op": "unsubscribe", "topic": "alpha", "ref": "u1"})).await;
     assert_eq!(c.next().await, json!({"op": "ack", "ref": "u1"}));
@@ -190,9 +183,9 @@ async fn two_topics_on_one_connection_and_unsubscribe() {
     let m = c.next_op("message").await;
     assert_eq!(m["topic"], "beta", "{m}");
     assert_eq!(m["id"], b["id"]);
-    ping_pong(&mut c, "after-unsub").await;
+    c.assert_quiet("after-unsub").await;
     publish_http(&s, "alpha", "7").await;
-    ping_pong(&mut c, "after-unsub-2").await;
+    c.assert_quiet("after-unsub-2").await;
     s.stop().await;
 }
 
@@ -222,7 +215,7 @@ async fn malformed_json_is_bad_request_and_connection_survives() {
         let v = c.next().await;
         assert_error_frame(&v, "bad_request", None);
     }
-    ping_pong(&mut c, "alive").await;
+    c.assert_quiet("alive").await;
     c.send(json!({"op": "publish", "topic": "m", "data": {"ok": true}, "ref": "p"})).await;
     // Subscribed to m too: the ack and the message both arrive, in either order.
     let mut frames = [c.next().await, c.next().await];
@@ -254,7 +247,7 @@ async fn unknown_or_missing_op_is_bad_request_with_ref() {
     assert_error_frame(&c.next().await, "bad_request", Some(json!("p")));
     c.send(json!({"op": "subscribe", "topic": "t", "after": "garbage", "ref": "a"})).await;
     assert_error_frame(&c.next().await, "bad_request", Some(json!("a")));
-    ping_pong(&mut c, "alive").await;
+    c.assert_quiet("alive").await;
     s.stop().await;
 }
 
@@ -292,7 +285,7 @@ async fn subscribing_twice_is_an_error_and_delivers_once() {
     let b = publish_http(&s, "other", "2").await;
     assert_eq!(c.next_op("message").await["id"], a["id"]);
     assert_eq!(c.next_op("message").await["id"], b["id"]);
-    ping_pong(&mut c, "once").await;
+    c.assert_quiet("once").await;
     s.stop().await;
 }
 
@@ -314,7 +307,7 @@ async fn data_over_limit_closes_1009() {
     assert_eq!(c.ended().await, Ended::Closed(1009, "too_large".into()));
     // Only the accepted one was published.
     assert_eq!(watcher.next_op("message").await["id"], id.as_str());
-    ping_pong(&mut watcher, "w").await;
+    watcher.assert_quiet("w").await;
     assert_eq!(history_ids(&s, "big").await, [id]);
     s.stop().await;
 }
@@ -331,7 +324,7 @@ async fn frame_over_frame_limit_closes_1009() {
     let mut c2 = s.ws("/v1/ws").await;
     c2.send_text(&" ".repeat(100_000)).await;
     assert_eq!(c2.ended().await, Ended::Closed(1009, "too_large".into()));
-    ping_pong(&mut watcher, "w").await;
+    watcher.assert_quiet("w").await;
     assert!(history_ids(&s, "big").await.is_empty());
     s.stop().await;
 }
@@ -342,7 +335,7 @@ async fn binary_frame_is_an_error_frame() {
     let mut c = s.ws("/v1/ws").await;
     c.ws.send(WsMessage::binary(br#"{"op":"ping","ref":"b"}"#.to_vec())).await.expect("send");
     assert_error_frame(&c.next().await, "bad_request", None);
-    ping_pong(&mut c, "alive").await;
+    c.assert_quiet("alive").await;
     s.stop().await;
 }
 
@@ -491,7 +484,7 @@ async fn heartbeat_keeps_a_client_that_answers_pings() {
         }
     }
     assert!(pings >= 5, "the server kept pinging: {pings}");
-    ping_pong(&mut c, "still-here").await;
+    c.assert_quiet("still-here").await;
     let p = publish_http(&s, "hb", "1").await;
     assert_eq!(c.next_op("message").await["id"], p["id"]);
     s.stop().await;
@@ -531,7 +524,7 @@ async fn bad_frames_never_affect_other_connections() {
 
     let got: Vec<Value> = good.messages(3).await.into_iter().map(|m| m["id"].clone()).collect();
     assert_eq!(got, expected);
-    ping_pong(&mut good, "unaffected").await;
+    good.assert_quiet("unaffected").await;
     good.send(json!({"op": "publish", "topic": "iso", "data": 3, "ref": "g"})).await;
     let mut frames = [good.next().await, good.next().await];
     frames.sort_by_key(|f| f["op"].as_str().unwrap_or_default().to_owned());

@@ -3,9 +3,11 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 pub mod binary;
+pub mod metrics;
 pub mod redis;
 pub mod sse;
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -15,6 +17,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
+
+use redis::RedisServer;
 
 /// Upper bound for any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -42,6 +46,135 @@ pub fn check_shape(v: &Value) {
     assert_eq!(keys, ["data", "id", "topic", "ts"], "{v}");
     pid(v["id"].as_str().expect("id string"));
     assert!(v["ts"].as_u64().is_some(), "ts: {v}");
+}
+
+/// A delivered message as any client reads it: a JSON message (WebSocket,
+/// SSE, long polling) or a gRPC one.
+pub trait Delivered {
+    fn topic(&self) -> &str;
+    fn id(&self) -> &str;
+}
+
+impl Delivered for Value {
+    fn topic(&self) -> &str {
+        self["topic"].as_str().unwrap_or_else(|| panic!("no topic in {self}"))
+    }
+
+    fn id(&self) -> &str {
+        self["id"].as_str().unwrap_or_else(|| panic!("no id in {self}"))
+    }
+}
+
+impl Delivered for rtgate::proto::Message {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// The id of a JSON message.
+pub fn id_of(v: &Value) -> String {
+    v.id().to_owned()
+}
+
+/// Message ids, in arrival order.
+pub fn ids<'a, M: Delivered + 'a>(msgs: impl IntoIterator<Item = &'a M>) -> Vec<String> {
+    msgs.into_iter().map(|m| m.id().to_owned()).collect()
+}
+
+/// Message ids grouped by topic, in arrival order.
+pub fn by_topic<'a, M: Delivered + 'a>(
+    msgs: impl IntoIterator<Item = &'a M>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in msgs {
+        out.entry(m.topic().to_owned()).or_default().push(m.id().to_owned());
+    }
+    out
+}
+
+/// What a client that saw `seen` (ids by topic, from the start) must still
+/// get of `published` ((topic, id) in publish order): the rest of each
+/// topic. Asserts that each topic's ids increase and that `seen` is a
+/// prefix of each topic.
+pub fn rest_after(
+    published: &[(String, String)],
+    seen: &BTreeMap<String, Vec<String>>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut all: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (t, id) in published {
+        all.entry(t.clone()).or_default().push(id.clone());
+    }
+    let mut rest = BTreeMap::new();
+    for (t, ids) in &all {
+        assert!(ids.windows(2).all(|w| pid(&w[0]) < pid(&w[1])), "ids of {t} increase");
+        let prefix = seen.get(t).cloned().unwrap_or_default();
+        assert_eq!(prefix[..], ids[..prefix.len()], "A's view of {t}");
+        rest.insert(t.clone(), ids[prefix.len()..].to_vec());
+    }
+    rest
+}
+
+/// Where each (topic, id) of `published` stands in publish order (ids are
+/// per topic: two topics may share one).
+pub fn publish_index(published: &[(String, String)]) -> HashMap<(&str, &str), usize> {
+    published.iter().enumerate().map(|(i, (t, id))| ((t.as_str(), id.as_str()), i)).collect()
+}
+
+/// The engine a scenario runs on: the embedded one, or Redis on a
+/// `redis-server` of the test's own.
+#[derive(Clone, Copy)]
+pub enum Engine<'a> {
+    Memory,
+    Redis(&'a RedisServer),
+}
+
+impl Engine<'_> {
+    /// A server config on this engine, with `rest` (more TOML) after it.
+    pub fn config(self, rest: &str) -> String {
+        match self {
+            Engine::Memory => rest.to_owned(),
+            Engine::Redis(r) => r.config(rest),
+        }
+    }
+
+    /// `memory` on the embedded engine, `redis` on Redis (e.g. how many
+    /// messages a scenario can push through in its time).
+    pub fn pick<T>(self, memory: T, redis: T) -> T {
+        match self {
+            Engine::Memory => memory,
+            Engine::Redis(_) => redis,
+        }
+    }
+}
+
+/// One scenario as two tests: `$memory` runs `$run(Engine::Memory)`, `$redis`
+/// runs `$run(Engine::Redis(..))` on a fresh `redis-server`; both carry the
+/// attributes given first.
+///
+/// ```ignore
+/// crate::engine_tests! {
+///     #[tokio::test]
+///     gap_after_trim, redis_gap_after_trim => |engine| gap_scenario(engine, 5)
+/// }
+/// ```
+#[macro_export]
+macro_rules! engine_tests {
+    ($(#[$attr:meta])* $memory:ident, $redis:ident => $run:expr) => {
+        $(#[$attr])*
+        async fn $memory() {
+            ($run)($crate::support::Engine::Memory).await;
+        }
+
+        $(#[$attr])*
+        async fn $redis() {
+            let redis = $crate::support::redis::RedisServer::start();
+            ($run)($crate::support::Engine::Redis(&redis)).await;
+        }
+    };
 }
 
 /// POSTs `body` to a publish `url`; asserts 200 and returns the id.
@@ -217,6 +350,14 @@ impl WsClient {
             out.push(v);
         }
         out
+    }
+
+    /// Sends a ping and asserts the very next frame is its pong: nothing
+    /// else (no extra message, no duplicate) was queued before it.
+    pub async fn assert_quiet(&mut self, tag: &str) {
+        self.send(serde_json::json!({"op": "ping", "ref": tag})).await;
+        let v = self.next().await;
+        assert_eq!(v, serde_json::json!({"op": "pong", "ref": tag}), "expected only a pong, got {v}");
     }
 
     /// Closes from the client side (close frame) and waits for the end.

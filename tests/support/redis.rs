@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use super::TestServer;
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 fn require(bin: &str) {
@@ -41,6 +43,12 @@ fn rand_u32() -> u32 {
 pub fn cli(port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `[engine] kind = "redis"` on `url`, then `rest`: more `[redis]` keys,
+/// other tables, or both.
+pub fn redis_cfg(url: &str, rest: &str) -> String {
+    format!("[engine]\nkind = \"redis\"\n[redis]\nurl = \"{url}\"\n{rest}\n")
 }
 
 /// One `redis-server` child.
@@ -111,6 +119,18 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// A server config on the Redis engine on this server: [`redis_cfg`].
+    pub fn config(&self, rest: &str) -> String {
+        redis_cfg(&self.url(), rest)
+    }
+
+    /// Two in-process gateways (A, then B) sharing this Redis, both
+    /// configured with [`RedisServer::config`]`(rest)`.
+    pub async fn two_servers(&self, rest: &str) -> (TestServer, TestServer) {
+        let cfg = self.config(rest);
+        (TestServer::start(&cfg).await, TestServer::start(&cfg).await)
     }
 
     /// Stops the server (SIGTERM: it writes its append-only file) and waits.
