@@ -59,7 +59,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::core::{Bus, Hub, Listener};
+use crate::core::{Bus, Feed, Hub};
 use crate::server::Limited;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
@@ -69,7 +69,7 @@ use crate::state::AppState;
 /// obey.
 pub fn state(config: Arc<Config>, shutdown: Shutdown) -> Result<AppState, core::EngineError> {
     let hub = Hub::new();
-    let engine = engine::build(&config, Arc::new(hub.clone()) as Arc<dyn Listener>, &shutdown)?;
+    let engine = engine::build(&config, Arc::new(hub.clone()) as Arc<dyn Feed>, &shutdown)?;
     let bus = Bus {
         engine: Arc::new(engine::Metered(engine)),
         hub,

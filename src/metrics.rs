@@ -175,7 +175,8 @@ pub enum EngineOp {
 impl EngineOp {
     const ALL: [EngineOp; 4] = [EngineOp::Publish, EngineOp::History, EngineOp::LastId, EngineOp::Watch];
 
-    fn label(self) -> &'static str {
+    /// Label value.
+    pub fn label(self) -> &'static str {
         match self {
             EngineOp::Publish => "publish",
             EngineOp::History => "history",

@@ -1,5 +1,3 @@
-//! Application state, the router, the accept loop and the drain.
-
 //! The server: composes the HTTP and gRPC routers into one [`App`], runs the
 //! accept loop (HTTP/1.1 with upgrades and h2c on one port, gRPC routed by
 //! content type) and drains on shutdown.

@@ -27,3 +27,12 @@ pub(crate) async fn publish(state: &AppState, topic: &str, data: &str) -> Messag
     let topic = self::topic(topic);
     state.bus.engine.publish(&topic, Bytes::from(data.to_owned()), None).await.expect("publish").id
 }
+
+/// Publishes `0`, `1`, … `n - 1` on `topic`; returns the ids.
+pub(crate) async fn publish_numbers(state: &AppState, topic: &str, n: usize) -> Vec<MessageId> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        ids.push(publish(state, topic, &i.to_string()).await);
+    }
+    ids
+}

@@ -25,7 +25,7 @@ use support::WAIT;
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const INSTALL_HINT: &str =
-    "install them (Debian: apt-get install -y chromium chromium-driver); .ci/run does this";
+    "install them (Debian: apt-get install -y chromium chromium-driver); scripts/test does this";
 
 /// The whole test, start to finish.
 const BUDGET: Duration = Duration::from_secs(55);

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rtgate::core::replay::{Resume, Step};
-use rtgate::core::{Engine, Hub, Listener, MessageId, Subscriber, Topic};
+use rtgate::core::{Engine, Feed, Hub, MessageId, Subscriber, Topic};
 
 mod support;
 
 /// Builds an engine with `max_len` retention that notifies `listener`.
-type Factory<'a> = &'a dyn Fn(usize, Arc<dyn Listener>) -> Arc<dyn Engine>;
+type Factory<'a> = &'a dyn Fn(usize, Arc<dyn Feed>) -> Arc<dyn Engine>;
 
 fn topic(name: &str) -> Topic {
     Topic::new(name).unwrap()
@@ -180,7 +180,7 @@ macro_rules! engine_suite {
     };
 }
 
-fn memory(max_len: usize, listener: Arc<dyn Listener>) -> Arc<dyn Engine> {
+fn memory(max_len: usize, listener: Arc<dyn Feed>) -> Arc<dyn Engine> {
     use rtgate::engine::memory::{MemoryEngine, MemoryOptions};
     Arc::new(MemoryEngine::new(
         MemoryOptions {
@@ -207,13 +207,13 @@ impl Drop for RedisGuard {
 }
 
 #[allow(clippy::type_complexity)]
-fn redis_setup() -> (RedisGuard, impl Fn(usize, Arc<dyn Listener>) -> Arc<dyn Engine>) {
+fn redis_setup() -> (RedisGuard, impl Fn(usize, Arc<dyn Feed>) -> Arc<dyn Engine>) {
     use rtgate::engine::redis::{RedisEngine, RedisOptions};
     let server = support::redis::RedisServer::start();
     let url = server.url();
     let token = tokio_util::sync::CancellationToken::new();
     let shutdown = rtgate::shutdown::Shutdown::new(token.clone(), Duration::from_secs(1));
-    let make = move |max_len: usize, listener: Arc<dyn Listener>| -> Arc<dyn Engine> {
+    let make = move |max_len: usize, listener: Arc<dyn Feed>| -> Arc<dyn Engine> {
         let opts = RedisOptions {
             url: url.clone(),
             cluster_urls: vec![],

@@ -39,7 +39,7 @@ fn run_tool(tool: &str, args: &[&str], hint: &str) -> String {
     let out = match Command::new(tool).args(args).current_dir(root()).output() {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            panic!("`{tool}` is not installed; {hint} (.ci/run installs it)")
+            panic!("`{tool}` is not installed; {hint} (scripts/test installs it)")
         }
         Err(e) => panic!("cannot run {tool}: {e}"),
     };

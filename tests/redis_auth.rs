@@ -26,7 +26,7 @@ impl Drop for Kill {
 
 fn redis(args: &[&str]) -> Kill {
     let ok = Command::new("redis-server").arg("--version").stdout(Stdio::null()).status().is_ok();
-    assert!(ok, "redis-server not found: apt-get install -y redis-server (.ci/run does this)");
+    assert!(ok, "redis-server not found: apt-get install -y redis-server (scripts/test does this)");
     Kill(
         Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -81,7 +81,7 @@ async fn password_in_the_url() {
 #[tokio::test]
 async fn tls_with_a_private_ca() {
     let ok = Command::new("openssl").arg("version").stdout(Stdio::null()).status().is_ok();
-    assert!(ok, "openssl not found: apt-get install -y openssl (.ci/run does this)");
+    assert!(ok, "openssl not found: apt-get install -y openssl (scripts/test does this)");
     let dir = std::env::temp_dir().join(format!("rtgate-tls-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     // A private CA and a server certificate it signed (webpki rejects a

@@ -63,6 +63,26 @@ impl Cursor {
         }
     }
 
+    /// Moves `topic` to `id` when `id` is past its position: true when it
+    /// moved (a message to deliver), false for a topic not named or an id
+    /// already passed (a duplicate).
+    pub fn advance(&mut self, topic: &Topic, id: MessageId) -> bool {
+        match self.find(topic.as_str()) {
+            Ok(i) if self.entries[i].1 < id => {
+                self.entries[i].1 = id;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Moves a named `topic` to at least `id` (past a gap); never back.
+    pub fn skip_to(&mut self, topic: &Topic, id: MessageId) {
+        if let Ok(i) = self.find(topic.as_str()) {
+            self.entries[i].1 = self.entries[i].1.max(id);
+        }
+    }
+
     /// Forgets `topic`.
     pub fn remove(&mut self, topic: &Topic) {
         if let Ok(i) = self.find(topic.as_str()) {
@@ -215,6 +235,23 @@ mod tests {
         let mut back = back;
         back.remove(&t("a"));
         assert_eq!(back.len(), 1);
+    }
+
+    #[test]
+    fn advance_and_skip_never_go_back() {
+        let mut c = Cursor::single(t("a"), MessageId::new(5, 0));
+        assert!(!c.advance(&t("a"), MessageId::new(5, 0)), "the same id is a duplicate");
+        assert!(!c.advance(&t("a"), MessageId::new(4, 9)), "an older id is a duplicate");
+        assert!(c.advance(&t("a"), MessageId::new(5, 1)));
+        assert_eq!(c.get(&t("a")), Some(MessageId::new(5, 1)));
+        assert!(!c.advance(&t("b"), MessageId::new(9, 0)), "a topic not named is not subscribed");
+        assert_eq!(c.len(), 1);
+        c.skip_to(&t("a"), MessageId::new(3, 0));
+        assert_eq!(c.get(&t("a")), Some(MessageId::new(5, 1)), "a gap never moves the cursor back");
+        c.skip_to(&t("a"), MessageId::new(8, 0));
+        assert_eq!(c.get(&t("a")), Some(MessageId::new(8, 0)));
+        c.skip_to(&t("b"), MessageId::new(8, 0));
+        assert_eq!(c.get(&t("b")), None);
     }
 
     #[test]

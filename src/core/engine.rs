@@ -8,7 +8,7 @@
 //! - **Ids** are `"<ms>-<seq>"` and strictly increase within a topic, also
 //!   when the wall clock steps back.
 //! - **Append, then notify, in id order.** A message is readable through
-//!   [`Engine::history`] before the [`Listener`] hears of it, and the listener
+//!   [`Engine::history`] before the [`Feed`] hears of it, and the listener
 //!   hears of a topic's messages in id order, each once (while the topic is
 //!   watched and the engine is healthy).
 //! - **Watch covers the future.** Once the future returned by
@@ -83,7 +83,7 @@ pub fn lost_after(after: MessageId, present: bool, trimmed: Option<MessageId>) -
 }
 
 /// Receives live messages from an engine (the hub implements it).
-pub trait Listener: Send + Sync + 'static {
+pub trait Feed: Send + Sync + 'static {
     /// Called once per message of a watched topic, in id order per topic.
     /// Must not block.
     fn deliver(&self, message: &Arc<Message>);

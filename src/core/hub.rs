@@ -1,4 +1,4 @@
-//! The [`Hub`]: topic → local subscribers, fed by the engine's [`Listener`]
+//! The [`Hub`]: topic → local subscribers, fed by the engine's [`Feed`]
 //! calls.
 //!
 //! # Backpressure invariant
@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::close::Close;
-use super::engine::{Engine, Listener};
+use super::engine::{Engine, Feed};
 use super::message::{Message, Topic};
 use super::session::Session;
 
@@ -119,7 +119,7 @@ impl Hub {
     }
 }
 
-impl Listener for Hub {
+impl Feed for Hub {
     fn deliver(&self, message: &Arc<Message>) {
         self.fan_out(message);
     }
@@ -238,7 +238,7 @@ mod tests {
         let mut b = Subscriber::new(hub.clone(), Arc::clone(&engine), 4);
         a.join(&t).await.unwrap();
         b.join(&u).await.unwrap();
-        Listener::reset(&hub, &t);
+        Feed::reset(&hub, &t);
         assert_eq!((a.session().closed(), b.session().closed()), (Some(Close::Unavailable), None));
     }
 }

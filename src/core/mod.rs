@@ -6,7 +6,7 @@
 //! publish (any transport) ──► Engine::publish ──append──► log
 //!                                   │ notify (id order per topic)
 //!                                   ▼
-//!                         Listener = Hub::fan_out
+//!                         Feed = Hub::fan_out
 //!                                   │ try_send (never waits)
 //!                    ┌──────────────┼──────────────┐
 //!                    ▼              ▼              ▼
@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 pub use close::Close;
 pub use cursor::Cursor;
-pub use engine::{Engine, EngineError, History, Listener, Published};
+pub use engine::{Engine, EngineError, Feed, History, Published};
 pub use hub::Hub;
 pub use message::{Message, MessageId, Topic};
 pub use session::Session;

@@ -15,7 +15,7 @@ use dashmap::DashMap;
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 
-use crate::core::engine::{lost_after, Engine, EngineError, History, Listener, Published};
+use crate::core::engine::{lost_after, Engine, EngineError, Feed, History, Published};
 use crate::core::message::{now_ms, Message, MessageId, Topic};
 use crate::shutdown::Shutdown;
 
@@ -39,7 +39,7 @@ pub struct MemoryOptions {
 /// The in-memory engine.
 pub struct MemoryEngine {
     topics: DashMap<Topic, Arc<Mutex<Log>>>,
-    listener: Arc<dyn Listener>,
+    listener: Arc<dyn Feed>,
     opts: MemoryOptions,
 }
 
@@ -86,14 +86,14 @@ impl Log {
 
 impl MemoryEngine {
     /// An engine that notifies `listener` of every message.
-    pub fn new(opts: MemoryOptions, listener: Arc<dyn Listener>) -> Self {
+    pub fn new(opts: MemoryOptions, listener: Arc<dyn Feed>) -> Self {
         MemoryEngine { topics: DashMap::new(), listener, opts }
     }
 
     /// An engine that notifies `listener` of every message, with a task
     /// under `shutdown` that [sweeps](MemoryEngine::sweep) it periodically
     /// until shutdown begins.
-    pub fn start(opts: MemoryOptions, listener: Arc<dyn Listener>, shutdown: &Shutdown) -> Arc<MemoryEngine> {
+    pub fn start(opts: MemoryOptions, listener: Arc<dyn Feed>, shutdown: &Shutdown) -> Arc<MemoryEngine> {
         let engine = Arc::new(MemoryEngine::new(opts, listener));
         let sweeper = Arc::clone(&engine);
         let token = shutdown.token().clone();

@@ -7,7 +7,7 @@ pub mod redis;
 use std::sync::Arc;
 
 use crate::config::{Config, EngineKind};
-use crate::core::{Engine, EngineError, Listener};
+use crate::core::{Engine, EngineError, Feed};
 use crate::metrics::EngineOp;
 use crate::shutdown::Shutdown;
 
@@ -15,7 +15,7 @@ use crate::shutdown::Shutdown;
 /// engine starts its own background tasks under `shutdown`.
 pub fn build(
     config: &Config,
-    listener: Arc<dyn Listener>,
+    listener: Arc<dyn Feed>,
     shutdown: &Shutdown,
 ) -> Result<Arc<dyn Engine>, EngineError> {
     match config.engine.kind {
@@ -46,6 +46,16 @@ pub fn build(
     }
 }
 
+/// Counts an engine operation by outcome and logs a failure: the one place
+/// where engine errors are logged (converting one into a client error has
+/// no side effects).
+fn record<T>(op: EngineOp, r: &Result<T, EngineError>) {
+    crate::metrics::engine_op(op, r.is_ok());
+    if let Err(e) = r {
+        tracing::warn!(op = op.label(), error = %e, "engine error");
+    }
+}
+
 /// Counts every engine operation by outcome (`rtgate_engine_operations_total`)
 /// around the configured engine, so both engines are measured the same way.
 pub struct Metered(pub Arc<dyn Engine>);
@@ -63,7 +73,7 @@ impl Engine for Metered {
         idempotency_key: Option<&str>,
     ) -> Result<crate::core::Published, EngineError> {
         let r = self.0.publish(topic, data, idempotency_key).await;
-        crate::metrics::engine_op(EngineOp::Publish, r.is_ok());
+        record(EngineOp::Publish, &r);
         r
     }
 
@@ -74,7 +84,7 @@ impl Engine for Metered {
         limit: usize,
     ) -> Result<crate::core::History, EngineError> {
         let r = self.0.history(topic, after, limit).await;
-        crate::metrics::engine_op(EngineOp::History, r.is_ok());
+        record(EngineOp::History, &r);
         r
     }
 
@@ -83,7 +93,7 @@ impl Engine for Metered {
         topic: &crate::core::Topic,
     ) -> Result<Option<crate::core::MessageId>, EngineError> {
         let r = self.0.last_id(topic).await;
-        crate::metrics::engine_op(EngineOp::LastId, r.is_ok());
+        record(EngineOp::LastId, &r);
         r
     }
 
@@ -94,7 +104,7 @@ impl Engine for Metered {
         let fut = self.0.watch(topic);
         Box::pin(async move {
             let r = fut.await;
-            crate::metrics::engine_op(EngineOp::Watch, r.is_ok());
+            record(EngineOp::Watch, &r);
             r
         })
     }

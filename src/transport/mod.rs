@@ -22,23 +22,7 @@ pub mod ws;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::core::Close;
 use crate::state::AppState;
-
-/// Runs `work` (which may wait on a client that stopped reading) until it
-/// finishes or `stop` resolves: a blocked write never keeps a connection
-/// from being closed. `stop` must not be polled again once it resolved; the
-/// caller returns instead.
-pub(crate) async fn guard<S: std::future::Future<Output = Close>>(
-    stop: std::pin::Pin<&mut S>,
-    work: impl std::future::Future<Output = Result<(), Close>>,
-) -> Result<(), Close> {
-    tokio::select! {
-        biased;
-        reason = stop => Err(reason),
-        outcome = work => outcome,
-    }
-}
 
 /// Routes of every HTTP transport.
 pub fn routes() -> Router<AppState> {

@@ -34,10 +34,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use super::frame;
-use super::guard;
 use super::ops;
 use super::request::Topics;
-use super::subscription::{Event, GapReport, Subscription};
+use super::subscription::{guard, Event, GapReport, Subscription};
 use crate::core::message::Wire;
 use crate::core::{Close, Cursor, Message};
 use crate::error::{ApiError, Code};

@@ -15,7 +15,10 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 fn require(bin: &str) {
     let ok = Command::new(bin).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
-    assert!(ok, "`{bin}` not found: install it (Debian: apt-get install -y redis-server); .ci/run does this");
+    assert!(
+        ok,
+        "`{bin}` not found: install it (Debian: apt-get install -y redis-server); scripts/test does this"
+    );
 }
 
 fn free_port() -> u16 {

@@ -79,7 +79,7 @@ use tokio::sync::OnceCell;
 use self::conn::{Clients, RedisConn};
 use self::reader::{Group, Watched};
 use self::reply::{parse_entry, StreamRead};
-use crate::core::engine::{lost_after, Engine, EngineError, History, Listener, Published};
+use crate::core::engine::{lost_after, Engine, EngineError, Feed, History, Published};
 use crate::core::message::{now_ms, Message, MessageId, Topic};
 use crate::shutdown::Shutdown;
 
@@ -118,7 +118,7 @@ struct Inner {
     opts: RedisOptions,
     clients: Clients,
     commands: OnceCell<RedisConn>,
-    listener: Arc<dyn Listener>,
+    listener: Arc<dyn Feed>,
     groups: Vec<Group>,
     process: String,
     ready: AtomicBool,
@@ -144,7 +144,7 @@ impl RedisEngine {
     /// per key group under `shutdown`.
     pub fn start(
         opts: RedisOptions,
-        listener: Arc<dyn Listener>,
+        listener: Arc<dyn Feed>,
         shutdown: &Shutdown,
     ) -> Result<Arc<RedisEngine>, EngineError> {
         let clients = Clients::open(&opts).map_err(unavailable)?;

@@ -23,8 +23,8 @@ use crate::error::{self, ApiError, Code};
 use crate::metrics::Transport;
 use crate::state::{AppState, Peer};
 use crate::transport::ops::{self, Op, Reply};
-use crate::transport::subscription::{Event, GapReport, Subscription};
-use crate::transport::{guard, request};
+use crate::transport::request;
+use crate::transport::subscription::{guard, Event, GapReport, Subscription};
 
 /// Events turned into frames per turn of the loop.
 const BATCH: usize = 64;

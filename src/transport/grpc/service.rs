@@ -60,8 +60,10 @@ impl gateway_server::Gateway for Gateway {
         let req = request.into_inner();
         let state = &self.state;
         let max = state.config.limits.max_topics_per_connection;
-        let cursor = if req.cursor.is_empty() { None } else { Some(request::cursor(&req.cursor)?) };
-        let topics = Topics::from_names(req.topics.iter().map(String::as_str), cursor, 1, max)?;
+        let mut topics = Topics::from_names(req.topics.iter().map(String::as_str), None, 1, max)?;
+        if !req.cursor.is_empty() {
+            topics.cursor = Some(request::cursor(&req.cursor)?);
+        }
         let mut sub = Subscription::new(state, Transport::Grpc, GapReport::OnNextMessage);
         let alive = arm_stall_kill(state, peer.as_ref(), sub.session());
         sub.start(topics.topics, topics.cursor.as_ref()).await?;

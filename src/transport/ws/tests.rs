@@ -121,10 +121,7 @@ async fn subscribe_after_replays_then_goes_live_in_order() {
     let mut config = Config::default();
     config.history.replay_page = 3;
     let state = testing::state(config);
-    let mut ids = Vec::new();
-    for n in 0..10 {
-        ids.push(testing::publish(&state, "r", &n.to_string()).await);
-    }
+    let ids = testing::publish_numbers(&state, "r", 10).await;
     let mut c = connect(&state, "").await;
     c.send(serde_json::json!({"op":"subscribe","topic":"r","after":ids[2].to_string(),"ref":"s"}));
     assert_eq!(c.json().await, serde_json::json!({"op":"ack","ref":"s","recovered":true}));
@@ -147,10 +144,7 @@ async fn trimmed_history_sends_the_gap_before_the_ack() {
     let mut config = Config::default();
     config.history.max_len = 3;
     let state = testing::state(config);
-    let mut ids = Vec::new();
-    for n in 0..8 {
-        ids.push(testing::publish(&state, "g", &n.to_string()).await);
-    }
+    let ids = testing::publish_numbers(&state, "g", 8).await;
     let mut c = connect(&state, "").await;
     c.send(serde_json::json!({"op":"subscribe","topic":"g","after":ids[0].to_string(),"ref":1}));
     let gap = c.json().await;
