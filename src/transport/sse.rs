@@ -78,7 +78,9 @@ fn events(
         let mut tick = None;
         loop {
             let first = if sub.replaying() {
-                match sub.next_replayed().await {
+                // Boxed: replays are rare; their state would otherwise be
+                // reserved in every stream.
+                match Box::pin(sub.next_replayed()).await {
                     Some(event) => event,
                     None => continue,
                 }
@@ -90,7 +92,7 @@ fn events(
                 });
                 tokio::select! {
                     biased;
-                    event = sub.next() => event,
+                    event = sub.next_live() => event,
                     _ = tick.tick() => {
                         yield Ok(Bytes::from_static(b": ping\n\n"));
                         continue;

@@ -34,8 +34,9 @@
 //! read that may join a topic: take it with
 //! [`Subscription::next_replayed`], to completion (it races the session's
 //! close flag itself), never inside a `select!`. Once live,
-//! [`Subscription::next`] only waits on the outbox and the close flag and is
-//! safe to race against client input and timers.
+//! [`Subscription::next_live`] only waits on the outbox and the close flag
+//! and is safe to race against client input and timers.
+//! [`Subscription::next`] does both, for streams that only write.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -58,11 +59,12 @@ pub(crate) enum Event {
     Message {
         /// The message.
         message: Arc<Message>,
-        /// A gap reported with this message.
-        gap: Option<Gap>,
+        /// A gap reported with this message (boxed: rare, and events are
+        /// held in every stream's future).
+        gap: Option<Box<Gap>>,
     },
     /// History no longer reaches back; the cursor has moved past the gap.
-    Gap(Gap),
+    Gap(Box<Gap>),
     /// The stream must end for this reason (slow consumer, shutdown, engine
     /// failure); the client resumes from its last cursor.
     Closed(Close),
@@ -129,7 +131,7 @@ pub(crate) struct Subscription {
 /// because the client left or the connection was killed).
 struct Record {
     rpc: Option<&'static str>,
-    peer: String,
+    peer: Option<SocketAddr>,
     opened: Instant,
     received: Option<u64>,
     reason: Close,
@@ -222,7 +224,7 @@ impl Subscription {
         let mut first = self.replay_step(&mut resume).await;
         if let Ok(Some(Step::Gap(g))) = first {
             if let Some(Event::Gap(g)) = self.gap_now(g) {
-                gap = Some(g);
+                gap = Some(*g);
             }
             first = self.replay_step(&mut resume).await;
         }
@@ -274,9 +276,19 @@ impl Subscription {
 
     /// The next event, waiting for one: the replay's first, then live ones.
     pub(crate) async fn next(&mut self) -> Event {
-        if let Some(event) = self.next_replayed().await {
+        // Boxed: a replay is rare next to live delivery, and its (large)
+        // state would otherwise be reserved in every stream's future.
+        if let Some(event) = Box::pin(self.next_replayed()).await {
             return event;
         }
+        self.next_live().await
+    }
+
+    /// The next live event: waits on the outbox and the close flag only, so
+    /// it may be raced against client input and timers. Call it once the
+    /// replay is done (`!replaying()`); until then it would skip ahead of
+    /// the replay.
+    pub(crate) async fn next_live(&mut self) -> Event {
         loop {
             tokio::select! {
                 biased;
@@ -334,8 +346,7 @@ impl Subscription {
     /// logs the frames it received as `msgs_in`.
     pub(crate) fn open(&mut self, rpc: Option<&'static str>, peer: Option<SocketAddr>, reads_input: bool) {
         metrics::connection_opened(self.transport);
-        let peer = peer.map(|p| p.to_string()).unwrap_or_default();
-        tracing::info!(transport = self.transport.label(), rpc, %peer, "connection opened");
+        tracing::info!(transport = self.transport.label(), rpc, peer = %Peer(peer), "connection opened");
         let received = reads_input.then_some(0);
         self.record = Some(Record { rpc, peer, opened: Instant::now(), received, reason: Close::Client });
     }
@@ -385,7 +396,7 @@ impl Subscription {
             metrics::delivery_latency(self.transport, Instant::now().saturating_duration_since(m.seen));
         }
         let gap = match self.held_gaps.iter().position(|g| g.topic == m.topic) {
-            Some(i) => Some(self.held_gaps.swap_remove(i)),
+            Some(i) => Some(Box::new(self.held_gaps.swap_remove(i))),
             None => None,
         };
         Some(Event::Message { message: m, gap })
@@ -400,7 +411,7 @@ impl Subscription {
         }
         self.cursor.get(&gap.topic)?;
         self.cursor.skip_to(&gap.topic, gap.resume_from);
-        Some(Event::Gap(gap))
+        Some(Event::Gap(Box::new(gap)))
     }
 
     /// The next step of `resume`, raced against the close flag. `Ok(None)`
@@ -429,6 +440,18 @@ impl Subscription {
     }
 }
 
+/// A peer address for logs (empty when unknown).
+struct Peer(Option<SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(p) => p.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         let Some(r) = self.record.take() else {
@@ -439,7 +462,7 @@ impl Drop for Subscription {
         tracing::info!(
             transport = self.transport.label(),
             rpc = r.rpc,
-            peer = %r.peer,
+            peer = %Peer(r.peer),
             duration_ms = r.opened.elapsed().as_millis() as u64,
             msgs_in = r.received,
             msgs_out = self.sent,

@@ -97,28 +97,33 @@ async fn connect(state: &AppState, sub: &mut Subscription, query: Option<&str>) 
     sub.start(request.topics, request.cursor.as_ref()).await
 }
 
-/// Serves one upgraded connection until it ends, then closes it.
-pub(crate) async fn run<S: Socket>(
+/// Serves one upgraded connection until it ends, then closes it. (A plain
+/// function returning an `async move` block: an `async fn` would keep its
+/// arguments twice in every idle connection's task.)
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn run<S: Socket>(
     state: AppState,
     peer: Option<SocketAddr>,
     mut sub: Subscription,
     mut socket: S,
     connect: Result<(), ApiError>,
-) {
-    sub.open(None, peer, true);
-    let outcome = match connect {
-        Ok(()) => serve(&state, &mut sub, &mut socket).await,
-        Err(e) => {
-            let _ = Box::pin(socket.send(text(frame::error(None, e.code, &e.message)))).await;
-            Err(e.connect_close())
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        sub.open(None, peer, true);
+        let outcome = match connect {
+            Ok(()) => serve(&state, &mut sub, &mut socket).await,
+            Err(e) => {
+                let _ = Box::pin(socket.send(text(frame::error(None, e.code, &e.message)))).await;
+                Err(e.connect_close())
+            }
+        };
+        let reason = outcome.err().unwrap_or(Close::Client);
+        sub.ended(reason);
+        // Leave the hub before the (bounded) close handshake.
+        sub.leave_all();
+        if reason != Close::Client {
+            Box::pin(close(&mut socket, reason)).await;
         }
-    };
-    let reason = outcome.err().unwrap_or(Close::Client);
-    sub.ended(reason);
-    // Leave the hub before the (bounded) close handshake.
-    sub.leave_all();
-    if reason != Close::Client {
-        Box::pin(close(&mut socket, reason)).await;
     }
 }
 
@@ -136,15 +141,17 @@ async fn serve<S: Socket>(state: &AppState, sub: &mut Subscription, socket: &mut
     let mut last_seen = Instant::now();
     loop {
         // A replay runs to its end before the client's next frame is read.
+        // Boxed: replays are rare next to live delivery, and their (large)
+        // state would otherwise be reserved in every idle connection's task.
         if sub.replaying() {
-            guard(stop.as_mut(), Box::pin(write_events(socket, sub, None))).await?;
+            guard(stop.as_mut(), Box::pin(replay(socket, sub))).await?;
             continue;
         }
         tokio::select! {
             biased;
             reason = &mut stop => return Err(reason),
-            event = sub.next() => {
-                guard(stop.as_mut(), write_events(socket, sub, Some(event))).await?;
+            event = sub.next_live() => {
+                guard(stop.as_mut(), write_events(socket, sub, event)).await?;
             }
             inbound = socket.next() => {
                 last_seen = Instant::now();
@@ -180,13 +187,17 @@ async fn serve<S: Socket>(state: &AppState, sub: &mut Subscription, socket: &mut
     }
 }
 
-/// Writes `first` (or, without it, the replay's next event) and whatever
-/// else is ready, then flushes.
-async fn write_events<S: Socket>(socket: &mut S, sub: &mut Subscription, first: Option<Event>) -> Outcome {
-    let mut next = match first {
-        Some(event) => Some(event),
-        None => sub.next_replayed().await,
-    };
+/// Writes the replay's next events.
+async fn replay<S: Socket>(socket: &mut S, sub: &mut Subscription) -> Outcome {
+    match sub.next_replayed().await {
+        Some(first) => write_events(socket, sub, first).await,
+        None => Ok(()),
+    }
+}
+
+/// Writes `first` and whatever else is ready, then flushes.
+async fn write_events<S: Socket>(socket: &mut S, sub: &mut Subscription, first: Event) -> Outcome {
+    let mut next = Some(first);
     let mut n = 0;
     while let Some(event) = next.take() {
         let frame = match event {

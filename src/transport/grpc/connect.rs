@@ -45,7 +45,9 @@ pub(super) fn serve(
         let mut out: Vec<pb::ServerFrame> = Vec::new();
         let reason = loop {
             let closed = if sub.replaying() {
-                match sub.next_replayed().await {
+                // Boxed: replays are rare; their state would otherwise be
+                // reserved in every stream.
+                match Box::pin(sub.next_replayed()).await {
                     Some(first) => events(&mut sub, first, &mut out),
                     None => None,
                 }
@@ -53,7 +55,7 @@ pub(super) fn serve(
                 tokio::select! {
                     biased;
                     r = &mut stop => break r,
-                    event = sub.next() => events(&mut sub, event, &mut out),
+                    event = sub.next_live() => events(&mut sub, event, &mut out),
                     frame = inbound.message() => {
                         let frame = match frame {
                             Ok(Some(f)) => f,
