@@ -235,6 +235,24 @@ async fn malformed_or_empty_body_is_bad_request() {
     s.stop().await;
 }
 
+/// Bytes that are not UTF-8 inside a JSON string: serde_json alone would
+/// let them through, and no strict client could read the message back.
+#[tokio::test]
+async fn data_that_is_not_utf8_is_bad_request() {
+    let s = TestServer::start("").await;
+    for body in [&b"\"\xff\""[..], b"{\"k\":\"\xc3\"}", b"[\"\xed\xa0\x80\"]", b"\"\xf8\x88\x80\x80\x80\""] {
+        let a = post(&s, "/v1/publish/utf", body.to_vec(), None).await;
+        assert_error(&a, 400, "bad_request");
+    }
+    // Nothing was stored; valid UTF-8 beyond ASCII still is.
+    let (ids, _, _) = history(&s, "utf", "").await;
+    assert!(ids.is_empty(), "{ids:?}");
+    publish_ok(&s, "utf", "\"\u{e9}\u{1f600}\"").await;
+    let (ids, data, _) = history(&s, "utf", "").await;
+    assert_eq!((ids.len(), data[0].as_str()), (1, Some("\u{e9}\u{1f600}")));
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn bad_topics_are_rejected() {
     let s = TestServer::start("").await;

@@ -129,6 +129,39 @@ async fn headers_retry_hint_and_message_events() {
     s.stop().await;
 }
 
+/// Pretty-printed JSON (raw line breaks between tokens, as `\n`, `\r\n`
+/// or `\r`) goes out as several `data:` lines, which a client joins back
+/// into the same JSON; written as one line, everything after the first
+/// break would be lost and the cursor would move past it.
+#[tokio::test]
+async fn line_breaks_in_data_arrive_whole() {
+    let s = TestServer::start("").await;
+    let t = "sse.nl";
+    let mut c = Sse::open(&s, &sse_path(&[t]), None).await;
+    let bodies = ["{\"a\":\n1}", "[\r\n  1,\r\n  2\r\n]", "{\"s\":\"x\\ny\",\r\"b\":\n\n true}"];
+    let mut published = vec![];
+    for b in bodies {
+        let (status, reply) = s.publish_raw(t, b, None).await;
+        assert_eq!(status, 200, "{reply}");
+        published.push(reply);
+    }
+    for (b, p) in bodies.iter().zip(&published) {
+        let (_, v) = c.message().await;
+        assert_eq!(v["id"], p["id"]);
+        assert_eq!(v["data"], serde_json::from_str::<Value>(b).unwrap(), "{v}");
+    }
+    // Byte level: no bare line anywhere.
+    let raw = c.raw_text();
+    assert!(!raw.contains('\r'), "a bare CR would end an SSE line: {raw:?}");
+    assert!(
+        raw.split_terminator("\n\n")
+            .skip(1)
+            .all(|block| block.lines().all(|l| l.starts_with("id: ") || l.starts_with("data: "))),
+        "every line of every event is a field: {raw:?}"
+    );
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn multi_topic_stream_and_cursor() {
     let s = TestServer::start("").await;

@@ -72,6 +72,12 @@ pub(crate) fn check_data(data: Bytes, max: usize) -> Result<Bytes, ApiError> {
     if data.is_empty() {
         return Err(ApiError::new(Code::BadRequest, "data must be a JSON value"));
     }
+    // serde_json skips UTF-8 checks inside strings it ignores; a message
+    // that is not UTF-8 cannot be written to a text frame or read by a
+    // strict client, so it is refused here, on every publish path.
+    if std::str::from_utf8(&data).is_err() {
+        return Err(ApiError::new(Code::BadRequest, "data is not valid UTF-8"));
+    }
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&data) {
         return Err(ApiError::new(Code::BadRequest, format!("data is not valid JSON: {e}")));
     }
@@ -166,6 +172,11 @@ mod tests {
             check_data(Bytes::from_static(b"\"0123456789abcdef\""), 16).unwrap_err().code,
             Code::TooLarge
         );
+        for bad in [&b"\"\xff\""[..], b"[\"\xc3\"]", b"{\"\xed\xa0\x80\":1}"] {
+            let e = check_data(Bytes::copy_from_slice(bad), 16).unwrap_err();
+            assert_eq!((e.code, e.message.as_str()), (Code::BadRequest, "data is not valid UTF-8"));
+        }
+        assert!(check_data(Bytes::from("\"é\"".as_bytes()), 16).is_ok());
         assert!(check_idempotency_key(b"k-1").is_ok());
         assert!(check_idempotency_key(b"").is_err());
         assert!(check_idempotency_key(b"a b").is_err());

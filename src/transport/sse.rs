@@ -158,9 +158,31 @@ fn event(out: &mut BytesMut, name: Option<&str>, id: &str, data: &[u8]) {
     }
     out.put_slice(b"id: ");
     out.put_slice(id.as_bytes());
-    out.put_slice(b"\ndata: ");
-    out.put_slice(data);
-    out.put_slice(b"\n\n");
+    out.put_slice(b"\n");
+    put_data(out, data);
+    out.put_slice(b"\n");
+}
+
+/// `data:` lines for `data`. SSE ends a line at `\r\n`, `\r` or `\n`, and
+/// JSON may hold raw line breaks between its tokens (never inside a
+/// string), so each line of `data` gets its own `data:` field; a client
+/// joins them with `\n`, which leaves the JSON value as it was. Written as
+/// one line, the rest of a pretty-printed message would be lost.
+fn put_data(out: &mut BytesMut, data: &[u8]) {
+    let mut rest = data;
+    loop {
+        let Some(i) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            out.put_slice(b"data: ");
+            out.put_slice(rest);
+            out.put_slice(b"\n");
+            return;
+        };
+        out.put_slice(b"data: ");
+        out.put_slice(&rest[..i]);
+        out.put_slice(b"\n");
+        let crlf = rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n');
+        rest = &rest[i + if crlf { 2 } else { 1 }..];
+    }
 }
 
 #[cfg(test)]
@@ -195,5 +217,32 @@ mod tests {
                 "event: gap\nid: {id}\ndata: {{\"topic\":\"a\",\"after\":\"1-0\",\"oldest\":\"5-0\"}}\n\n"
             )
         );
+    }
+
+    /// What an EventSource makes of one event's `data:` lines (HTML spec:
+    /// lines end at CRLF, CR or LF; `data` values are joined with LF).
+    fn client_data(event: &[u8]) -> String {
+        let text = std::str::from_utf8(event).unwrap().replace("\r\n", "\n").replace('\r', "\n");
+        let lines: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+        lines.join("\n")
+    }
+
+    #[test]
+    fn line_breaks_in_data_become_data_lines() {
+        let t = Topic::new("nl").unwrap();
+        let c = Cursor::single(t.clone(), MessageId::new(3, 0));
+        let raw: &[u8] = b"{\"a\":\n1,\r\n\"b\":\r[2,\n\n3]}";
+        let m = Message::new(t, MessageId::new(3, 0), 3, Bytes::copy_from_slice(raw));
+        let mut out = BytesMut::new();
+        message_event(&mut out, &c, &m);
+        let text = std::str::from_utf8(&out).unwrap();
+        // No bare line in the event: every line is a field, then one blank line ends it.
+        let fields: Vec<&str> = text.trim_end_matches('\n').split('\n').collect();
+        assert!(fields.iter().all(|l| l.starts_with("id: ") || l.starts_with("data: ")), "{text:?}");
+        assert!(text.ends_with("\n\n") && !text.contains('\r'), "{text:?}");
+        let got: serde_json::Value =
+            serde_json::from_str(&client_data(&out)).expect("the client's data is JSON");
+        assert_eq!(got["data"], serde_json::json!({"a": 1, "b": [2, 3]}));
+        assert_eq!(got["id"], "3-0");
     }
 }

@@ -1,7 +1,8 @@
 //! Publish and History: ids, data byte for byte, paging, idempotency, and
 //! the error codes.
 
-use rtgate::proto::HistoryRequest;
+use rtgate::proto::client_frame::Op;
+use rtgate::proto::{HistoryRequest, PublishOp};
 use tonic::Code;
 
 use crate::helpers::*;
@@ -109,6 +110,16 @@ async fn publish_and_history_errors() {
     {
         let st = publish_err(&mut c, publish_req(t, bad, "")).await;
         assert_status(&st, Code::InvalidArgument, "bad_request");
+    }
+    // JSON whose strings are not UTF-8 (serde_json alone lets them through).
+    for bad in [&b"\"\xff\""[..], &b"{\"k\":\"\xc3\"}"[..], &b"[\"\xed\xa0\x80\"]"[..]] {
+        let st = publish_err(&mut c, publish_req(t, bad, "")).await;
+        assert_status(&st, Code::InvalidArgument, "bad_request");
+        let mut conn = Conn::open(&mut c).await;
+        let op = PublishOp { topic: t.into(), data: bad.to_vec(), idempotency_key: String::new() };
+        let e = conn.error("bad-utf8", Some(Op::Publish(op))).await;
+        assert_eq!(e.code, "bad_request", "{e:?}");
+        conn.ping_quiet("still-open").await;
     }
 
     // limits.max_message_bytes: exactly at the limit is accepted, one over is
