@@ -75,15 +75,24 @@ impl Hub {
     }
 
     /// Removes a subscriber; the last one out unregisters the topic.
+    ///
+    /// The unwatch happens under the same shard lock as the removal, as
+    /// [`Hub::join`] calls `watch` under the lock of its insertion: a first
+    /// join racing this last leave either finds the topic still here (and no
+    /// unwatch follows) or finds it gone and unwatched (and watches anew).
+    /// Unwatching after the lock was released let a racing join's watch see
+    /// the old registration, which the unwatch then deleted: the new
+    /// subscriber got no live message and no error.
     pub fn leave(&self, topic: &Topic, key: JoinKey, engine: &dyn Engine) {
-        let removed = self.inner.topics.remove_if(topic, |_, subs| {
+        self.inner.topics.remove_if(topic, |_, subs| {
             let mut g = subs.subs.write();
             g.try_remove(key.0);
-            g.is_empty()
+            let last = g.is_empty();
+            if last {
+                engine.unwatch(topic);
+            }
+            last
         });
-        if removed.is_some() {
-            engine.unwatch(topic);
-        }
     }
 
     /// Number of topics with local subscribers.
@@ -145,11 +154,21 @@ mod tests {
     use crate::core::message::MessageId;
     use crate::core::Subscriber;
 
-    /// Counts watch/unwatch; the hub never reads or writes messages.
+    /// Counts watch/unwatch and records what is watched; the hub never reads
+    /// or writes messages. With a [`Pause`], `unwatch` waits (up to a bound)
+    /// between announcing itself and forgetting the topic, so a racing join
+    /// can run there.
     #[derive(Default)]
     struct Watches {
         watched: AtomicUsize,
         unwatched: AtomicUsize,
+        live: std::sync::Mutex<std::collections::HashSet<Topic>>,
+        pause: Option<Pause>,
+    }
+
+    struct Pause {
+        entered: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+        joined: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
     }
 
     #[async_trait]
@@ -166,12 +185,19 @@ mod tests {
         async fn last_id(&self, _: &Topic) -> Result<Option<MessageId>, EngineError> {
             Ok(None)
         }
-        fn watch(&self, _: &Topic) -> futures_util::future::BoxFuture<'static, Result<(), EngineError>> {
+        fn watch(&self, t: &Topic) -> futures_util::future::BoxFuture<'static, Result<(), EngineError>> {
             self.watched.fetch_add(1, Ordering::SeqCst);
+            self.live.lock().unwrap().insert(t.clone());
             Box::pin(async { Ok(()) })
         }
-        fn unwatch(&self, _: &Topic) {
+        fn unwatch(&self, t: &Topic) {
             self.unwatched.fetch_add(1, Ordering::SeqCst);
+            if let Some(p) = &self.pause {
+                let _ = p.entered.lock().unwrap().send(());
+                // A join that can run now (it could before the fix) runs here.
+                let _ = p.joined.lock().unwrap().recv_timeout(std::time::Duration::from_millis(300));
+            }
+            self.live.lock().unwrap().remove(t);
         }
         fn is_ready(&self) -> bool {
             true
@@ -227,6 +253,39 @@ mod tests {
         assert_eq!((watches.unwatched.load(Ordering::SeqCst), hub.topic_count()), (1, 0));
         hub.fan_out(&message(&t, 1));
         assert!(a.outbox.try_recv().is_err(), "a left: nothing delivered");
+    }
+
+    /// Issue 11 item 3: the last leave racing the first join must leave the
+    /// topic watched while it has a subscriber.
+    #[test]
+    fn a_first_join_racing_the_last_leave_stays_watched() {
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (joined, joined_rx) = std::sync::mpsc::channel();
+        let engine = Arc::new(Watches {
+            pause: Some(Pause {
+                entered: std::sync::Mutex::new(entered_tx),
+                joined: std::sync::Mutex::new(joined_rx),
+            }),
+            ..Watches::default()
+        });
+        let hub = Hub::new();
+        let t = Topic::new("race").unwrap();
+        let handle = || {
+            let (tx, _rx) = mpsc::channel(4);
+            SubscriberHandle { tx, session: Arc::default() }
+        };
+        let (key, _) = hub.join(&t, handle(), &*engine);
+        assert!(engine.live.lock().unwrap().contains(&t));
+        std::thread::scope(|s| {
+            s.spawn(|| hub.leave(&t, key, &*engine));
+            entered.recv_timeout(std::time::Duration::from_secs(5)).expect("the leave unwatches");
+            s.spawn(|| {
+                let _ = hub.join(&t, handle(), &*engine);
+                let _ = joined.send(());
+            });
+        });
+        assert_eq!(hub.subscriber_count(&t), 1);
+        assert!(engine.live.lock().unwrap().contains(&t), "a subscribed topic is no longer watched");
     }
 
     #[tokio::test]
