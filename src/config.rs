@@ -3,11 +3,13 @@
 //!
 //! Environment keys are the TOML path in upper case with `__` between
 //! sections: `RTGATE_LISTEN`, `RTGATE_HISTORY__MAX_LEN=500`,
-//! `RTGATE_SHUTDOWN__GRACE=5s`. This module never binds or connects;
+//! `RTGATE_SHUTDOWN__GRACE=5s`; variables that name no key are ignored
+//! (and reported by [`Config::load`]). This module never binds or connects;
 //! [`Config::validate`] rejects bad values with the key's name.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -285,6 +287,22 @@ pub struct AdminConfig {
     /// When set, `/metrics` (with `/healthz` and `/readyz`) is served on this
     /// address instead of the public one.
     pub listen: Option<SocketAddr>,
+    /// Who may read `/metrics` on the public port while `listen` is unset.
+    pub public_metrics: PublicMetrics,
+}
+
+/// `admin.public_metrics`: whether the public port answers `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublicMetrics {
+    /// Only to peers on a loopback address (a laptop, a sidecar, a local
+    /// scraper); anyone else gets `not_found`, as for an unknown route.
+    #[default]
+    Loopback,
+    /// To anyone who reaches the port (a private network).
+    All,
+    /// Never: `/metrics` only on `admin.listen`, or nowhere.
+    Off,
 }
 
 /// `[shutdown]`
@@ -406,10 +424,66 @@ impl Default for LogConfig {
     }
 }
 
+/// The prefix of configuration variables.
+const ENV_PREFIX: &str = "RTGATE_";
+
+/// What [`Config::load`] found.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The effective, validated configuration.
+    pub config: Config,
+    /// Names (never values: they may be secrets) of `RTGATE_*` variables
+    /// that name no configuration key and were not read.
+    pub ignored_env: Vec<String>,
+}
+
+/// The tree of every key and section, from the defaults (`null` for unset
+/// optional keys, so those are known too).
+fn known_keys() -> serde_json::Value {
+    serde_json::to_value(Config::default()).unwrap_or_default()
+}
+
+/// Whether `dotted` (a variable's name after the prefix, `__` read as `.`)
+/// names a key or a section of `tree`, ignoring case.
+fn names_a_key(tree: &serde_json::Value, dotted: &str) -> bool {
+    let mut node = tree;
+    for part in dotted.split('.') {
+        match node.get(part.to_ascii_lowercase()) {
+            Some(next) => node = next,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The `RTGATE_*` names among `vars` that [`names_a_key`] does not know,
+/// sorted (`RTGATE_CONFIG` is the `--config` flag's).
+fn ignored_env(tree: &serde_json::Value, vars: impl Iterator<Item = std::ffi::OsString>) -> Vec<String> {
+    let mut ignored: Vec<String> = vars
+        .filter_map(|name| name.into_string().ok())
+        .filter(|name| {
+            name.get(..ENV_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(ENV_PREFIX)) && {
+                let key = name[ENV_PREFIX.len()..].replace("__", ".");
+                !key.eq_ignore_ascii_case("config") && !names_a_key(tree, &key)
+            }
+        })
+        .collect();
+    ignored.sort();
+    ignored
+}
+
 impl Config {
     /// Loads defaults ← `file` (if given) ← `RTGATE_*` environment, and
     /// validates.
-    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    ///
+    /// Only variables that name a key (or a section) are read. Others are
+    /// returned in [`Loaded::ignored_env`] for the caller to warn about, never
+    /// an error: platforms put variables of their own under the prefix (a
+    /// Kubernetes Service named `rtgate` gives every pod of its namespace
+    /// `RTGATE_PORT=tcp://…`, `RTGATE_SERVICE_HOST`, …), and refusing to start
+    /// over them would take the gateway down for no fault of its operator. A
+    /// variable that names a key with a bad value is still an error.
+    pub fn load(file: Option<&Path>) -> Result<Loaded, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             if !file.exists() {
@@ -420,10 +494,18 @@ impl Config {
             }
             fig = fig.merge(Toml::file(file));
         }
-        fig = fig.merge(Env::prefixed("RTGATE_").split("__").ignore(&["config"]));
+        let keys = Arc::new(known_keys());
+        let known = Arc::clone(&keys);
+        fig = fig.merge(
+            Env::prefixed(ENV_PREFIX)
+                .split("__")
+                .ignore(&["config"])
+                .filter(move |key| names_a_key(&known, key.as_str())),
+        );
         let config: Config = fig.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
         config.validate()?;
-        Ok(config)
+        let ignored_env = ignored_env(&keys, std::env::vars_os().map(|(k, _)| k));
+        Ok(Loaded { config, ignored_env })
     }
 
     /// Parses a TOML document over the defaults (tests, `--print-config`).
@@ -544,6 +626,32 @@ mod tests {
         let back = Config::from_toml(&c.to_toml()).unwrap();
         assert_eq!(back.listen, c.listen);
         assert_eq!(back.history.max_age, c.history.max_age);
+    }
+
+    #[test]
+    fn environment_names_are_matched_against_the_keys() {
+        let tree = known_keys();
+        for known in
+            ["listen", "LISTEN", "history.max_len", "REDIS.URL", "admin.listen", "redis", "log.format"]
+        {
+            assert!(names_a_key(&tree, known), "{known} is a key");
+        }
+        for unknown in ["port", "service_host", "port_8080_tcp_addr", "history.nope", "listen.x", ""] {
+            assert!(!names_a_key(&tree, unknown), "{unknown} is no key");
+        }
+        let vars = [
+            "RTGATE_PORT",
+            "RTGATE_SERVICE_HOST",
+            "RTGATE_HISTORY__MAX_LEN",
+            "RTGATE_CONFIG",
+            "PATH",
+            "RTGATE_PORT_8080_TCP_ADDR",
+        ]
+        .map(std::ffi::OsString::from);
+        assert_eq!(
+            ignored_env(&tree, vars.into_iter()),
+            ["RTGATE_PORT", "RTGATE_PORT_8080_TCP_ADDR", "RTGATE_SERVICE_HOST"]
+        );
     }
 
     #[test]

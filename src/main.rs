@@ -51,7 +51,8 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 
 fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mut config = Config::load(cli.config.as_deref()).context("invalid configuration")?;
+    let loaded = Config::load(cli.config.as_deref()).context("invalid configuration")?;
+    let mut config = loaded.config;
     if let Some(listen) = cli.listen {
         config.listen = listen;
     }
@@ -66,6 +67,12 @@ fn start() -> anyhow::Result<()> {
         return Ok(());
     }
     let _telemetry = rtgate::telemetry::init(&config.log).context("invalid configuration")?;
+    if !loaded.ignored_env.is_empty() {
+        tracing::warn!(
+            variables = %loaded.ignored_env.join(" "),
+            "environment variables with the RTGATE_ prefix name no configuration key; ignored"
+        );
+    }
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::info!(limit = n, "open file limit raised to the hard limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),

@@ -59,9 +59,10 @@ fn http_app(state: AppState) -> Router {
             res
         })
         .layer(cors);
-    // With a separate admin listener, /metrics is served only there.
+    // With a separate admin listener, /metrics is served only there;
+    // without one, to the peers `admin.public_metrics` allows.
     let router = if state.config.admin.listen.is_none() {
-        router.route("/metrics", get(crate::ops::metrics))
+        router.route("/metrics", get(crate::ops::public_metrics))
     } else {
         router
     };

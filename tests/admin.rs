@@ -29,3 +29,21 @@ async fn metrics_move_to_the_admin_listener() {
     assert_eq!(s.http.get(format!("{admin}/v1/history/x")).send().await.unwrap().status(), 404);
     s.stop().await;
 }
+
+/// Issue 11 item 17: `/metrics` on the public port is for loopback peers by
+/// default (these tests are one), and `public_metrics = "off"` removes it
+/// there like an unknown route.
+#[tokio::test]
+async fn public_metrics_follow_the_policy() {
+    let s = TestServer::start("").await;
+    let r = s.http.get(s.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a loopback peer reads /metrics by default");
+    assert!(r.text().await.unwrap().contains("rtgate_"));
+
+    let s = TestServer::start("[admin]\npublic_metrics = \"off\"\n").await;
+    let r = s.http.get(s.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+    assert_eq!(s.http.get(s.url("/readyz")).send().await.unwrap().status(), 200);
+}

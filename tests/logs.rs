@@ -351,3 +351,42 @@ async fn rust_log_warn_suppresses_info_lines() {
     assert!(!logs.contains("connection opened") && !logs.contains("connection closed"), "{logs}");
     assert!(!logs.contains("rtgate listening"), "{logs}");
 }
+
+/// Issue 11 item 16: platforms put variables of their own under the prefix
+/// (a Kubernetes Service named `rtgate` injects `RTGATE_PORT=tcp://…` and
+/// `RTGATE_SERVICE_HOST`); the gateway starts, warns once naming them and
+/// never shows their values. A variable naming a real key with a bad value
+/// still stops startup, naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_prefixed_variables_warn_and_known_ones_still_validate() {
+    let env = [
+        ("RTGATE_PORT", "tcp://10.96.0.12:8080"),
+        ("RTGATE_SERVICE_HOST", "10.96.0.12"),
+        ("RTGATE_PORT_8080_TCP_ADDR", "10.96.0.12"),
+        ("RTGATE_SHUTDOWN__GRACE", "5s"),
+    ];
+    let mut p = Proc::spawn(&["--log-format", "json"], &env).await;
+    let status = p.http.get(p.url("/readyz")).send().await.unwrap().status();
+    assert_eq!(status.as_u16(), 200);
+    let logs = p.terminate().await;
+    let warnings: Vec<_> = json_lines(&logs)
+        .into_iter()
+        .filter(|o| s(o, "level") == Some("WARN") && s(o, "message").is_some_and(|m| m.contains("RTGATE_")))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{logs}");
+    assert_eq!(
+        s(&warnings[0], "variables"),
+        Some("RTGATE_PORT RTGATE_PORT_8080_TCP_ADDR RTGATE_SERVICE_HOST")
+    );
+    assert!(!logs.contains("10.96.0.12"), "a value was logged: {logs}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let bad = Proc::spawn_on(
+        port,
+        &[],
+        &[("RTGATE_PORT", "tcp://10.96.0.12:8080"), ("RTGATE_HISTORY__MAX_LEN", "many")],
+    )
+    .await;
+    let err = bad.err().expect("a bad value of a real key stops startup");
+    assert!(err.to_lowercase().contains("history.max_len"), "{err}");
+}
