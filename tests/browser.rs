@@ -172,7 +172,7 @@ fn page(sse_url: &str) -> String {
 <html><head><meta charset="utf-8"><title>rtgate SSE</title></head>
 <body><script>
 "use strict";
-window.rt = {{ ids: [], opens: 0, errors: 0, closed: false, gaps: [], bad: [], lastEventId: "" }};
+window.rt = {{ ids: [], data: [], opens: 0, errors: 0, closed: false, gaps: [], bad: [], lastEventId: "" }};
 const es = new EventSource({url});
 es.onopen = () => {{ rt.opens += 1; }};
 es.onerror = () => {{
@@ -180,7 +180,11 @@ es.onerror = () => {{
   if (es.readyState === EventSource.CLOSED) {{ rt.closed = true; }}
 }};
 es.onmessage = (e) => {{
-  try {{ rt.ids.push(JSON.parse(e.data).id); }} catch (err) {{ rt.bad.push(String(e.data)); }}
+  try {{
+    const m = JSON.parse(e.data);
+    rt.ids.push(m.id);
+    rt.data.push(m.data);
+  }} catch (err) {{ rt.bad.push(String(e.data)); }}
   rt.lastEventId = e.lastEventId;
 }};
 es.addEventListener("gap", (e) => {{ rt.gaps.push(e.data); }});
@@ -497,4 +501,42 @@ async fn scenario() {
     drop(browser);
     drop(page_server);
     drop((a, a2, b, redis));
+}
+
+/// Issue 11 item 1, proven with Chromium's own `EventSource`: message data
+/// with raw line breaks between its JSON tokens (any pretty-printed JSON:
+/// LF, CRLF, a lone CR, an empty line) arrives whole and parses, followed by
+/// the next message. Written as one `data:` line, the browser cut the event
+/// at the first line break: `JSON.parse` failed and the message was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eventsource_gets_pretty_printed_json_whole() {
+    require_browser();
+    tokio::time::timeout(BUDGET, async {
+        let gw = Gateway::spawn(&[], &[("RTGATE_SHUTDOWN__GRACE", "5s")]).await;
+        let client = http();
+        let topic = "browser.lines";
+        let sse_url = format!("http://127.0.0.1:{}/v1/sse?topic={topic}", gw.port);
+        let page_server = PageServer::start(page(&sse_url)).await;
+        let mut browser = Browser::start().await;
+        browser.goto(&format!("http://127.0.0.1:{}/", page_server.port)).await;
+        browser.wait_for("its EventSource open", |r| r["opens"].as_u64() >= Some(1)).await;
+
+        let bodies: [&str; 3] = ["{\"a\":\n  1,\r\n  \"b\": [2,\n\n3],\r\"c\": \"x\"\n}", "[\n]", "7"];
+        let mut published = Vec::new();
+        for body in bodies {
+            let res = client.post(gw.url(&format!("/v1/publish/{topic}"))).body(body).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            let v: Value = res.json().await.unwrap();
+            published.push(v["id"].as_str().unwrap().to_owned());
+        }
+        let rec = browser
+            .wait_for("all three messages", |r| ids(r).len() + r["bad"].as_array().map_or(0, Vec::len) >= 3)
+            .await;
+        assert_eq!(rec["bad"], json!([]), "the browser could not parse an event: {rec}");
+        assert_eq!(ids(&rec), published, "{rec}");
+        assert_eq!(rec["data"], json!([{"a": 1, "b": [2, 3], "c": "x"}, [], 7]), "{rec}");
+        browser.quit().await;
+    })
+    .await
+    .unwrap_or_else(|_| panic!("browser test took longer than {BUDGET:?}"));
 }
