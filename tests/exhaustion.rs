@@ -261,6 +261,7 @@ async fn connections_without_a_handshake_are_closed_and_free_their_slots() {
     let ping = *b"rtgate!!";
     idle_h2.write_all(&[&[0, 0, 8, 6, 0, 0, 0, 0, 0][..], &ping].concat()).await.unwrap();
     await_ping_ack(&mut idle_h2, &ping).await;
+    drop(idle_h2); // or the drain waits for it (HTTP/2 GOAWAY, then the grace period)
     s.stop().await;
 }
 
