@@ -57,7 +57,7 @@ pub struct Config {
     pub sse: SseConfig,
     /// HTTP long polling.
     pub poll: PollConfig,
-    /// Plain HTTP endpoints (CORS).
+    /// Every connection (handshake, bodies, TCP keepalive); CORS.
     pub http: HttpConfig,
     /// HTTP/2 connections (gRPC, and h2c clients of the HTTP endpoints).
     pub http2: Http2Config,
@@ -253,8 +253,8 @@ impl Default for Http2Config {
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcConfig {
     /// A stream closed as a slow consumer whose client still does not read
-    /// (HTTP/2 flow control keeps the stream from ending) for this long gets
-    /// its whole connection closed.
+    /// (HTTP/2 flow control keeps the stream from ending) for this long is
+    /// reset (that stream only).
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
 }
@@ -272,11 +272,21 @@ pub struct HttpConfig {
     /// Origins allowed by CORS on the HTTP, SSE and poll endpoints; `["*"]`
     /// allows any origin.
     pub cors_origins: Vec<String>,
+    /// Time to the first request headers (or HTTP/2 preface + SETTINGS).
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Time from a request's headers (not gRPC) to the end of its body.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Idle time of an accepted socket before TCP keepalive probes.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { cors_origins: vec!["*".into()] }
+        let (cors_origins, s) = (vec!["*".into()], Duration::from_secs);
+        HttpConfig { cors_origins, handshake_timeout: s(10), body_timeout: s(10), tcp_keepalive: s(60) }
     }
 }
 
@@ -586,6 +596,15 @@ impl Config {
         for origin in &self.http.cors_origins {
             if origin != "*" && axum::http::HeaderValue::from_str(origin).is_err() {
                 return bad("http.cors_origins", "an origin is not a valid header value");
+            }
+        }
+        for (key, d) in [
+            ("http.handshake_timeout", self.http.handshake_timeout),
+            ("http.body_timeout", self.http.body_timeout),
+            ("http.tcp_keepalive", self.http.tcp_keepalive),
+        ] {
+            if d < Duration::from_secs(1) {
+                return bad(key, "must be at least 1s");
             }
         }
         if self.http2.keepalive_interval.is_zero() || self.http2.keepalive_timeout.is_zero() {

@@ -92,7 +92,7 @@ pub async fn run(listener: TcpListener, config: Config, token: CancellationToken
     let state =
         state(Arc::clone(&config), shutdown.clone()).map_err(|e| std::io::Error::other(e.to_string()))?;
     let local: SocketAddr = listener.local_addr()?;
-    let listener = Limited::new(listener, config.limits.max_connections);
+    let listener = Limited::new(listener, config.limits.max_connections, config.http.tcp_keepalive);
     if let Some(addr) = config.admin.listen {
         let admin = TcpListener::bind(addr).await?;
         let admin_app = server::admin_app(state.clone());
@@ -107,8 +107,8 @@ pub async fn run(listener: TcpListener, config: Config, token: CancellationToken
     }
     let app = server::app(state);
     let serve_token = token.clone();
-    let h2 = config.http2.clone();
-    shutdown.spawn(async move { server::serve(listener, app, &h2, serve_token).await });
+    let serve_config = Arc::clone(&config);
+    shutdown.spawn(async move { server::serve(listener, app, &serve_config, serve_token).await });
     tracing::info!(addr = %local, engine = config.engine.kind_name(), "rtgate listening");
     token.cancelled().await;
     tracing::info!(grace = ?config.shutdown.grace, "draining");

@@ -1,6 +1,16 @@
 //! The server: composes the HTTP and gRPC routers into one [`App`], runs the
 //! accept loop (HTTP/1.1 with upgrades and h2c on one port, gRPC routed by
 //! content type) and drains on shutdown.
+//!
+//! Exhaustion guards of the accept loop: at most `limits.max_connections`
+//! sockets ([`Limited`]), each with TCP keepalive; a connection that has
+//! not sent its first request headers (or the HTTP/2 preface and SETTINGS)
+//! within `http.handshake_timeout` is closed; a request body (not gRPC)
+//! must arrive within `http.body_timeout` ([`body`]). Each HTTP/2 stream
+//! runs in a task of its own with a [`StreamControl`] kill switch, so a
+//! stream that must end is reset alone.
+
+mod body;
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,7 +24,8 @@ use axum::http::{header, HeaderValue, Method};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use futures_util::future::Either;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -24,9 +35,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use crate::config::Http2Config;
+use crate::config::Config;
 use crate::error::{ApiError, Code};
-use crate::state::{AppState, ConnControl, Peer};
+use crate::state::{AppState, ConnControl, Peer, StreamControl, STREAM};
 
 /// Every endpoint of the public port: the HTTP router (API, WebSocket, SSE,
 /// long polling, health, metrics) and the gRPC router (gateway, health,
@@ -106,9 +117,11 @@ const SEND_BUF_PER_STREAM: usize = 64 * 1024;
 /// accepting and lets open connections finish (HTTP/1 after the request in
 /// flight, HTTP/2 after a GOAWAY); long-lived streams are ended by the
 /// shutdown's session close.
-pub async fn serve(mut listener: Limited, app: App, h2: &Http2Config, token: CancellationToken) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
+pub async fn serve(mut listener: Limited, app: App, config: &Config, token: CancellationToken) {
+    let h2 = &config.http2;
+    let handshake = config.http.handshake_timeout;
+    let mut builder = auto::Builder::new(StreamExecutor);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(handshake);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -125,15 +138,30 @@ pub async fn serve(mut listener: Limited, app: App, h2: &Http2Config, token: Can
             _ = token.cancelled() => break,
             conn = axum::serve::Listener::accept(&mut listener) => conn,
         };
+        let control = Arc::clone(&io.control);
         let svc = Dispatch {
             http: app.http.clone(),
             grpc: app.grpc.clone(),
-            peer: Peer(addr, Arc::clone(&io.control)),
+            peer: Peer(addr, Arc::clone(&control)),
+            body_timeout: config.http.body_timeout,
         };
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc));
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                () = tokio::time::sleep(handshake) => {
+                    if !control.handshaken() {
+                        // Dropping the connection closes the socket and
+                        // frees its permit.
+                        tracing::debug!(peer = %addr, "closing a connection that sent no request in time");
+                        return;
+                    }
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
@@ -142,47 +170,92 @@ pub async fn serve(mut listener: Limited, app: App, h2: &Http2Config, token: Can
     graceful.shutdown().await;
 }
 
+/// Spawns each HTTP/2 stream hyper hands it (the only futures hyper spawns
+/// on a server) as a task with a [`StreamControl`] of its own, visible to
+/// the stream's handler as [`STREAM`] ([`Peer::kill_switch`]). Once the
+/// stream is killed the task returns, unless the stream finished on the
+/// same wake-up, and dropping the stream makes hyper reset it
+/// (`RST_STREAM`): that stream only, even when its body waits on flow
+/// control for a client that does not read it.
+#[derive(Clone, Copy, Debug)]
+struct StreamExecutor;
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let control = Arc::new(StreamControl::default());
+        tokio::spawn(async move {
+            let stream = STREAM.scope(Arc::clone(&control), fut);
+            tokio::select! {
+                biased;
+                _ = stream => {}
+                () = control.killed() => {}
+            }
+        });
+    }
+}
+
 /// Routes one connection's requests to the gRPC or the HTTP router, with the
-/// connection's [`Peer`] as `ConnectInfo`.
+/// connection's [`Peer`] as `ConnectInfo`. A request's headers complete the
+/// connection's handshake; a request body (not gRPC) must arrive within
+/// `body_timeout` ([`body::deadline`]).
 #[derive(Clone)]
 struct Dispatch {
     http: Router,
     grpc: Router,
     peer: Peer,
+    body_timeout: Duration,
 }
 
 impl tower::Service<axum::http::Request<hyper::body::Incoming>> for Dispatch {
     type Response = axum::response::Response;
     type Error = std::convert::Infallible;
-    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+    type Future = Either<axum::routing::future::RouteFuture<std::convert::Infallible>, body::Deadlined>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        self.peer.1.set_handshaken();
         req.extensions_mut().insert(ConnectInfo(self.peer.clone()));
         let grpc = req
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let router = if grpc { &mut self.grpc } else { &mut self.http };
-        tower::Service::call(router, req)
+        if grpc {
+            // gRPC bodies are streams (Connect) and do not hold a connection
+            // of their own.
+            return Either::Left(tower::Service::call(&mut self.grpc, req));
+        }
+        if hyper::body::Body::is_end_stream(req.body()) {
+            return Either::Left(tower::Service::call(&mut self.http, req));
+        }
+        Either::Right(body::deadline(&mut self.http, req, self.body_timeout))
     }
 }
 
 /// A TCP listener that holds at most `limits.max_connections` connections
 /// open; further clients wait in the kernel's accept queue. Sets
-/// `TCP_NODELAY` (latency matters more than packet count here).
+/// `TCP_NODELAY` (latency matters more than packet count here) and TCP
+/// keepalive (`http.tcp_keepalive`).
 pub struct Limited {
     inner: TcpListener,
     permits: Arc<Semaphore>,
+    keepalive: socket2::TcpKeepalive,
 }
 
 impl Limited {
-    /// Wraps `inner`.
-    pub fn new(inner: TcpListener, max: usize) -> Self {
-        Limited { inner, permits: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))) }
+    /// Wraps `inner`: at most `max` connections, TCP keepalive probes after
+    /// `keepalive` of silence.
+    pub fn new(inner: TcpListener, max: usize, keepalive: Duration) -> Self {
+        let ka = socket2::TcpKeepalive::new().with_time(keepalive);
+        #[cfg(target_os = "linux")]
+        let ka = ka.with_interval((keepalive / 3).max(Duration::from_secs(1))).with_retries(3);
+        Limited { inner, permits: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))), keepalive: ka }
     }
 }
 
@@ -200,8 +273,17 @@ impl axum::serve::Listener for Limited {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
+                    if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&self.keepalive) {
+                        tracing::debug!(error = %e, "cannot set TCP keepalive");
+                    }
                     crate::metrics::tcp_connection(true);
-                    return (LimitedIo { stream, control: Arc::default(), _permit: permit }, addr);
+                    let io = LimitedIo {
+                        stream,
+                        control: Arc::default(),
+                        preface: Some(Preface::default()),
+                        _permit: permit,
+                    };
+                    return (io, addr);
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning; log once per streak.
@@ -224,6 +306,10 @@ impl axum::serve::Listener for Limited {
 pub struct LimitedIo {
     stream: TcpStream,
     control: Arc<ConnControl>,
+    /// Watches the first bytes for the HTTP/2 preface and SETTINGS (the
+    /// handshake of a connection that may open no stream for a while);
+    /// `None` once decided.
+    preface: Option<Preface>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -239,7 +325,68 @@ impl AsyncRead for LimitedIo {
         if let Err(e) = this.control.check_read(cx) {
             return Poll::Ready(Err(e));
         }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let Some(preface) = &mut this.preface {
+            if let Some(h2) = preface.feed(&buf.filled()[before..]) {
+                this.preface = None;
+                if h2 {
+                    this.control.set_handshaken();
+                }
+            }
+        }
+        read
+    }
+}
+
+/// Recognises the start of an HTTP/2 connection: the client preface, then
+/// a complete SETTINGS frame.
+#[derive(Debug, Default)]
+struct Preface {
+    /// Bytes seen so far.
+    seen: u32,
+    /// The SETTINGS frame's payload length (from its first 3 bytes).
+    len: u32,
+}
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The preface and a frame header.
+const H2_START: u32 = 24 + 9;
+/// Frame type of SETTINGS.
+const H2_SETTINGS: u8 = 4;
+
+impl Preface {
+    /// Feeds the next bytes read: `Some(true)` once the preface and the
+    /// SETTINGS frame are complete, `Some(false)` when this is not HTTP/2
+    /// (or a broken start hyper will refuse), `None` while undecided.
+    fn feed(&mut self, mut data: &[u8]) -> Option<bool> {
+        while let Some(&b) = data.first() {
+            let pos = self.seen;
+            let n = if pos < 24 {
+                let p = pos as usize;
+                let n = (24 - p).min(data.len());
+                if data[..n] != H2_PREFACE[p..p + n] {
+                    return Some(false);
+                }
+                n
+            } else if pos < H2_START {
+                if pos < 27 {
+                    self.len = self.len << 8 | u32::from(b);
+                } else if pos == 27 && b != H2_SETTINGS {
+                    return Some(false);
+                }
+                1
+            } else {
+                let left = (H2_START + self.len - pos) as usize;
+                left.min(data.len())
+            };
+            self.seen += n as u32;
+            data = &data[n..];
+            if self.seen >= H2_START && self.seen == H2_START + self.len {
+                return Some(true);
+            }
+        }
+        None
     }
 }
 
@@ -274,5 +421,33 @@ impl AsyncWrite for LimitedIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `bytes` in pieces of `step`; the first decision.
+    fn decide(bytes: &[u8], step: usize) -> Option<bool> {
+        let mut p = Preface::default();
+        bytes.chunks(step).find_map(|c| p.feed(c))
+    }
+
+    #[test]
+    fn preface_and_settings_complete_the_http2_handshake() {
+        let empty: Vec<u8> = [&H2_PREFACE[..], &[0, 0, 0, 4, 0, 0, 0, 0, 0]].concat();
+        let six: Vec<u8> = [&H2_PREFACE[..], &[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]].concat();
+        for step in [1, 2, 7, 100] {
+            assert_eq!(decide(&empty, step), Some(true), "step {step}");
+            assert_eq!(decide(&six, step), Some(true), "step {step}");
+            // Short of the last byte: undecided.
+            assert_eq!(decide(&six[..six.len() - 1], step), None, "step {step}");
+            assert_eq!(decide(&H2_PREFACE[..14], step), None, "step {step}");
+        }
+        assert_eq!(decide(b"GET / HTTP/1.1\r\n", 3), Some(false));
+        assert_eq!(decide(b"PRI * HTTP/1.1", 1), Some(false));
+        // A first frame that is not SETTINGS is not a handshake.
+        assert_eq!(decide(&[&H2_PREFACE[..], &[0, 0, 0, 6]].concat(), 5), Some(false));
     }
 }

@@ -1,13 +1,15 @@
 //! What every adapter is handed: [`AppState`] (the bus, the configuration,
 //! the shutdown handle) and, per connection, [`Peer`] with its
-//! [`ConnControl`] kill switch. It sits below the transports and the server,
-//! which both import it; it imports neither.
+//! [`ConnControl`] kill switch; per HTTP/2 stream, [`StreamControl`]. It
+//! sits below the transports and the server, which both import it; it
+//! imports neither.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::Context;
+use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
@@ -49,24 +51,99 @@ impl AppState {
 #[derive(Clone, Debug)]
 pub struct Peer(pub SocketAddr, pub Arc<ConnControl>);
 
+impl Peer {
+    /// The kill switch of the request the caller runs in: on HTTP/2, its
+    /// own stream's ([`StreamControl`]: killing it resets that stream
+    /// only, the connection's other streams go on); on HTTP/1.1, where a
+    /// stuck write can only end with the connection, the connection's
+    /// (armed here).
+    pub fn kill_switch(&self) -> Arc<dyn Kill> {
+        match STREAM.try_with(Arc::clone) {
+            Ok(stream) => stream,
+            Err(_) => {
+                self.1.arm();
+                Arc::clone(&self.1) as Arc<dyn Kill>
+            }
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The [`StreamControl`] of the HTTP/2 stream whose task is running
+    /// (set by the server's executor; absent on HTTP/1.1).
+    pub(crate) static STREAM: Arc<StreamControl>;
+}
+
+/// Kill switch of one HTTP/2 stream. The server runs each stream in a task
+/// of its own; once killed, that task stops polling the stream and drops
+/// it unless it finished on the same wake-up (a body that could still be
+/// polled ends cleanly), so hyper resets just that stream (`RST_STREAM`)
+/// even while its body waits on flow control for a client that does not
+/// read it.
+#[derive(Debug, Default)]
+pub struct StreamControl {
+    killed: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl StreamControl {
+    /// Resolves once [`Kill::kill`] was called.
+    pub fn killed(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.killed.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            if self.killed.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+}
+
+impl Kill for StreamControl {
+    fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
 /// Per-connection kill switch: once killed, the connection's reads and
 /// writes fail, which makes hyper drop it even while a response body waits
-/// on a client that stopped reading. (On HTTP/2 this ends every stream of
-/// the connection.)
+/// on a client that stopped reading. Used on HTTP/1.1 (one stream per
+/// connection); HTTP/2 streams have a [`StreamControl`] each.
 ///
-/// It is inert until [`ConnControl::arm`]ed (by the SSE handler): only then
-/// does the I/O remember the wakers of whoever polls it. Remembering them
-/// always would keep the finished HTTP task of every upgraded WebSocket
-/// alive through a stale waker (≈ 2.5 KiB per idle connection).
+/// It is inert until [`ConnControl::arm`]ed (by [`Peer::kill_switch`]):
+/// only then does the I/O remember the wakers of whoever polls it.
+/// Remembering them always would keep the finished HTTP task of every
+/// upgraded WebSocket alive through a stale waker (≈ 2.5 KiB per idle
+/// connection).
+///
+/// It also records whether the connection got past its handshake (first
+/// request headers, or the HTTP/2 preface and SETTINGS): the server closes
+/// connections that do not within `http.handshake_timeout`.
 #[derive(Debug, Default)]
 pub struct ConnControl {
     armed: AtomicBool,
     killed: AtomicBool,
+    handshaken: AtomicBool,
     read: AtomicWaker,
     write: AtomicWaker,
 }
 
 impl ConnControl {
+    /// Records that the client completed its handshake.
+    pub fn set_handshaken(&self) {
+        self.handshaken.store(true, Ordering::Relaxed);
+    }
+
+    /// True once [`ConnControl::set_handshaken`] was called.
+    pub fn handshaken(&self) -> bool {
+        self.handshaken.load(Ordering::Relaxed)
+    }
+
     /// Makes [`Kill::kill`] effective for this connection.
     pub fn arm(&self) {
         self.armed.store(true, Ordering::Release);

@@ -34,11 +34,12 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// Aborts a connection whose owner cannot be woken by the session flag,
-/// e.g. a streamed HTTP body that the server stopped polling because the
-/// client stopped reading.
+/// Aborts a stream whose owner cannot be woken by the session flag, e.g. a
+/// streamed HTTP body that the server stopped polling because the client
+/// stopped reading: its HTTP/2 stream, or its HTTP/1.1 connection.
 pub trait Kill: Send + Sync {
-    /// Abort the connection now (its I/O starts failing).
+    /// Abort the stream now (it is reset, or its connection's I/O starts
+    /// failing).
     fn kill(&self);
 }
 

@@ -10,7 +10,8 @@
 //! are sent, so anything published after the client sees `200` reaches it.
 //! The body is a stream polled by the connection's task: no extra task per
 //! client. A client that stops reading stops being polled, so its session's
-//! kill switch aborts the connection when its outbox overflows; it comes
+//! kill switch ends the stream when its outbox overflows: on HTTP/2 that
+//! stream alone is reset, on HTTP/1.1 the connection is aborted. It comes
 //! back with `Last-Event-ID` and loses nothing. On shutdown the stream ends
 //! cleanly.
 
@@ -39,7 +40,7 @@ const CHUNK_EVENTS: usize = 64;
 /// `GET /v1/sse`.
 pub(crate) async fn stream(
     State(state): State<AppState>,
-    ConnectInfo(Peer(peer, control)): ConnectInfo<Peer>,
+    ConnectInfo(conn): ConnectInfo<Peer>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -48,8 +49,8 @@ pub(crate) async fn stream(
     let max = state.config.limits.max_topics_per_connection;
     let request = Topics::from_query(query.as_deref(), last_event_id, &["lastEventId"], 1, max)?;
     let mut sub = Subscription::new(&state, Transport::Sse, GapReport::Event);
-    control.arm();
-    sub.session().set_kill(control);
+    sub.session().set_kill(conn.kill_switch());
+    let peer = conn.0;
     sub.start(request.topics, request.cursor.as_ref()).await?;
     let body = Body::from_stream(events(state, peer, sub));
     let mut res = (StatusCode::OK, body).into_response();

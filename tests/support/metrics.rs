@@ -35,6 +35,13 @@ impl TestServer {
     pub async fn scrape(&self) -> Metrics {
         scrape(&self.http, &self.url("/metrics")).await
     }
+
+    /// Scrapes until `done` holds (bounded); returns that scrape. (The
+    /// recorder is per process: only for series no other test of the same
+    /// binary moves.)
+    pub async fn wait_for(&self, what: &str, done: impl Fn(&Metrics) -> bool) -> Metrics {
+        wait_for(&self.http, &self.url("/metrics"), what, done).await
+    }
 }
 
 impl Gateway {
@@ -45,15 +52,25 @@ impl Gateway {
 
     /// Scrapes until `done` holds (bounded); returns that scrape.
     pub async fn wait_for(&self, what: &str, done: impl Fn(&Metrics) -> bool) -> Metrics {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let m = self.scrape().await;
-            if done(&m) {
-                return m;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; last scrape:\n{}", m.text);
-            tokio::time::sleep(Duration::from_millis(20)).await; // polling /metrics, bounded
+        wait_for(&self.http, &self.url("/metrics"), what, done).await
+    }
+}
+
+/// Scrapes `url` until `done` holds (bounded); returns that scrape.
+pub async fn wait_for(
+    http: &reqwest::Client,
+    url: &str,
+    what: &str,
+    done: impl Fn(&Metrics) -> bool,
+) -> Metrics {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = scrape(http, url).await;
+        if done(&m) {
+            return m;
         }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; last scrape:\n{}", m.text);
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling /metrics, bounded
     }
 }
 

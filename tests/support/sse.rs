@@ -129,6 +129,24 @@ impl Sse {
     }
 }
 
+impl Sse {
+    /// Reads until the stream ends or fails (bounded); returns the events
+    /// seen on the way and the failure, `None` for a clean end.
+    pub async fn until_failure(&mut self) -> (Vec<Event>, Option<String>) {
+        let mut out = vec![];
+        loop {
+            match tokio::time::timeout(WAIT, self.events.next())
+                .await
+                .expect("timed out waiting for the SSE stream to end")
+            {
+                None => return (out, None),
+                Some(Ok(ev)) => out.push(ev),
+                Some(Err(e)) => return (out, Some(e.to_string())),
+            }
+        }
+    }
+}
+
 /// Publishes one marker per topic on `s` and asserts they are the very next
 /// events of every client: nothing (no duplicate, no stray replay) came
 /// before.

@@ -9,8 +9,10 @@
 //!   bounded outbox as every other transport; when it overflows, the stream
 //!   ends with `RESOURCE_EXHAUSTED` and the client resumes by cursor.
 //! - A client that does not read at all leaves its stream unpolled (HTTP/2
-//!   flow control), so it cannot be told; after `grpc.stall_timeout` its
-//!   connection is closed ([`StallKill`]).
+//!   flow control), so it cannot be told; after `grpc.stall_timeout` that
+//!   stream is reset ([`StallKill`]), the connection's other streams go on.
+//!   A connection whose client reads nothing at all is closed by the
+//!   HTTP/2 keepalive (`http2.keepalive_*`).
 //! - Messages are written as bytes encoded once per message
 //!   ([`wire::EncodedMessage`]).
 
@@ -24,7 +26,7 @@ use std::time::Duration;
 
 use crate::core::session::{Kill, Session};
 use crate::error;
-use crate::state::{AppState, ConnControl, Peer};
+use crate::state::{AppState, Peer};
 
 /// Server-side generated code (`rtgate.v1.Message` is [`wire::EncodedMessage`]).
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
@@ -88,10 +90,10 @@ fn peer<T>(req: &tonic::Request<T>) -> Option<Peer> {
 
 /// Kill switch of a gRPC stream: when its session is closed (slow consumer,
 /// engine reset) and the stream still exists after `grpc.stall_timeout`, the
-/// client is not reading it at all, so the stream cannot even be told; the
-/// whole connection is closed.
+/// client is not reading it at all, so the stream cannot even be told its
+/// status; it is reset (HTTP/2 `RST_STREAM`, just this stream).
 struct StallKill {
-    control: Arc<ConnControl>,
+    target: Arc<dyn Kill>,
     stream: Weak<()>,
     after: Duration,
 }
@@ -101,12 +103,12 @@ impl Kill for StallKill {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (control, stream, after) = (Arc::clone(&self.control), self.stream.clone(), self.after);
+        let (target, stream, after) = (Arc::clone(&self.target), self.stream.clone(), self.after);
         rt.spawn(async move {
             tokio::time::sleep(after).await;
             if stream.strong_count() > 0 {
-                tracing::warn!("gRPC stream still not reading after it was closed; closing its connection");
-                control.kill();
+                tracing::warn!("gRPC stream still not reading after it was closed; resetting it");
+                target.kill();
             }
         });
     }
@@ -116,10 +118,9 @@ impl Kill for StallKill {
 /// long as the stream is.
 fn arm_stall_kill(state: &AppState, peer: Option<&Peer>, session: &Session) -> Arc<()> {
     let alive = Arc::new(());
-    if let Some(Peer(_, control)) = peer {
-        control.arm();
+    if let Some(peer) = peer {
         session.set_kill(Arc::new(StallKill {
-            control: Arc::clone(control),
+            target: peer.kill_switch(),
             stream: Arc::downgrade(&alive),
             after: state.config.grpc.stall_timeout,
         }));
