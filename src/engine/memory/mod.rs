@@ -5,15 +5,17 @@
 //!
 //! - **Per-topic order without a lock across the fan-out.** Each topic has
 //!   its own mutex, held only to trim, append and queue the message on the
-//!   topic's [`handoff`]; the feed is called outside it, by one drainer per
-//!   topic at a time, in id order. A big topic's fan-out no longer blocks
+//!   topic's hand-off (module `handoff`); the feed is called outside it, by
+//!   one drainer per topic at a time, in id order. A big topic's fan-out no longer blocks
 //!   the other publishers to it (they append and return) nor any lock
 //!   shared between topics.
 //! - **Nothing outlives `history.max_age`.** A sweeper trims every topic at
 //!   least every [`sweep_every`] (10 s at most), touched or not, and drops
 //!   a topic whose log is empty (every message trimmed by age) and has no
 //!   idempotency key left. A read of a dropped topic answers like one never
-//!   written: a resume from any id is a gap (true: all was trimmed). Its
+//!   written: a resume from any id but zero is a gap (true: all was
+//!   trimmed; also for a client that had seen everything, which the engine
+//!   can no longer tell). Its
 //!   ids are not reused: the engine keeps one process-wide floor, the
 //!   newest id of any topic it dropped, and a topic created later hands out
 //!   ids above it.
