@@ -45,6 +45,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// Retention of each topic's history.
     pub history: HistoryConfig,
+    /// The embedded engine's caps.
+    pub memory: MemoryConfig,
     /// Sizes and bounds.
     pub limits: LimitsConfig,
     /// Publish deduplication.
@@ -150,6 +152,26 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Topics one connection may subscribe to.
     pub max_topics_per_connection: usize,
+    /// Topics this process holds at once: topics with local subscribers
+    /// (either engine) and, separately, topics the memory engine stores. A
+    /// subscribe or publish needing one more is refused (`unavailable`).
+    pub max_topics: usize,
+}
+
+/// `[memory]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Bytes the memory engine retains at once (message data, idempotency
+    /// keys, per-message and per-topic overheads); a publish past it is
+    /// refused (`unavailable`).
+    pub max_retained_bytes: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig { max_retained_bytes: 256 << 20 }
+    }
 }
 
 /// `[idempotency]`
@@ -355,6 +377,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             redis: RedisConfig::default(),
             history: HistoryConfig::default(),
+            memory: MemoryConfig::default(),
             limits: LimitsConfig::default(),
             idempotency: IdempotencyConfig::default(),
             heartbeat: HeartbeatConfig::default(),
@@ -400,6 +423,7 @@ impl Default for LimitsConfig {
             outbox_capacity: 1024,
             max_connections: 100_000,
             max_topics_per_connection: 64,
+            max_topics: 1_000_000,
         }
     }
 }
@@ -553,6 +577,12 @@ impl Config {
         }
         if self.limits.max_topics_per_connection == 0 {
             return bad("limits.max_topics_per_connection", "must be at least 1");
+        }
+        if self.limits.max_topics == 0 {
+            return bad("limits.max_topics", "must be at least 1");
+        }
+        if self.memory.max_retained_bytes < 4096 {
+            return bad("memory.max_retained_bytes", "must be at least 4096");
         }
         if self.heartbeat.interval.is_zero() {
             return bad("heartbeat.interval", "must be more than 0s");

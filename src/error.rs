@@ -113,6 +113,9 @@ impl From<EngineError> for ApiError {
         match e {
             EngineError::Unavailable(_) => ApiError::new(Code::Unavailable, "engine unavailable"),
             EngineError::IdsExhausted => ApiError::new(Code::Unavailable, "topic id space exhausted"),
+            EngineError::Full(cap) => {
+                ApiError::new(Code::Unavailable, format!("engine full ({cap} reached); nothing was stored"))
+            }
         }
     }
 }

@@ -68,7 +68,7 @@ use crate::state::AppState;
 /// the hub it feeds, and `shutdown`, which the engine's background tasks
 /// obey.
 pub fn state(config: Arc<Config>, shutdown: Shutdown) -> Result<AppState, core::EngineError> {
-    let hub = Hub::new();
+    let hub = Hub::with_max_topics(config.limits.max_topics);
     let engine = engine::build(&config, Arc::new(hub.clone()) as Arc<dyn Feed>, &shutdown)?;
     let bus = Bus {
         engine: Arc::new(engine::Metered(engine)),

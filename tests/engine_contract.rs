@@ -188,6 +188,7 @@ fn memory(max_len: usize, listener: Arc<dyn Feed>) -> Arc<dyn Engine> {
             max_age: Duration::from_secs(3600),
             idempotency_ttl: Duration::from_secs(3600),
             idempotency_max_keys: 1000,
+            ..MemoryOptions::default()
         },
         listener,
     ))

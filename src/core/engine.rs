@@ -40,6 +40,10 @@ pub enum EngineError {
     /// The topic's id space is exhausted (ids at `u64::MAX`).
     #[error("topic id space exhausted")]
     IdsExhausted,
+    /// A capacity cap (named by its config key) refuses the publish; nothing
+    /// was stored. Answered as `unavailable`; readiness is not affected.
+    #[error("engine full: {0} reached")]
+    Full(&'static str),
 }
 
 /// The answer to a publish.

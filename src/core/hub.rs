@@ -9,9 +9,18 @@
 //! closed one is skipped. No lock is held across subscribers of different
 //! topics: the topic map is sharded (`DashMap`) and each topic's subscriber
 //! list has its own read-mostly lock, taken for reading by fan-out.
+//!
+//! # Cap
+//!
+//! At most `max_topics` topics have local subscribers (`limits.max_topics`):
+//! each costs an entry here and, with Redis, a watched stream every reader
+//! lists. A first join of one more topic is refused with
+//! [`EngineError::Full`]; joins of topics already here always succeed.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use parking_lot::RwLock;
 use slab::Slab;
@@ -19,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::close::Close;
-use super::engine::{Engine, Feed};
+use super::engine::{Engine, EngineError, Feed};
 use super::message::{Message, Topic};
 use super::session::Session;
 
@@ -36,9 +45,18 @@ pub struct Hub {
     inner: Arc<HubInner>,
 }
 
-#[derive(Default)]
 struct HubInner {
     topics: DashMap<Topic, Arc<TopicSubs>>,
+    /// Entries of `topics` (`DashMap::len` walks every shard).
+    count: AtomicUsize,
+    /// The most topics `topics` may hold.
+    max_topics: usize,
+}
+
+impl Default for HubInner {
+    fn default() -> Self {
+        HubInner { topics: DashMap::new(), count: AtomicUsize::new(0), max_topics: usize::MAX }
+    }
 }
 
 #[derive(Default)]
@@ -56,22 +74,45 @@ impl Hub {
         Self::default()
     }
 
+    /// An empty hub holding at most `max_topics` topics (see the module's
+    /// `# Cap`).
+    pub fn with_max_topics(max_topics: usize) -> Self {
+        Hub { inner: Arc::new(HubInner { max_topics, ..HubInner::default() }) }
+    }
+
     /// Adds `handle` to `topic`'s subscribers and registers the topic with
     /// the engine (under the same shard lock as the insertion, so a watch and
     /// the unwatch of a racing last leave are seen in order). Await the
     /// returned future before reading history: it resolves once the engine
-    /// delivers every later message.
+    /// delivers every later message. A first join of a topic past the cap
+    /// is refused ([`EngineError::Full`]) and changes nothing.
+    #[allow(clippy::type_complexity)]
     pub fn join(
         &self,
         topic: &Topic,
         handle: SubscriberHandle,
         engine: &dyn Engine,
-    ) -> (JoinKey, futures_util::future::BoxFuture<'static, Result<(), super::engine::EngineError>>) {
-        let entry = self.inner.topics.entry(topic.clone()).or_default();
+    ) -> Result<(JoinKey, futures_util::future::BoxFuture<'static, Result<(), EngineError>>), EngineError>
+    {
+        let entry = match self.inner.topics.entry(topic.clone()) {
+            Entry::Occupied(e) => e.into_ref(),
+            Entry::Vacant(v) => {
+                let max = self.inner.max_topics;
+                let admitted = self
+                    .inner
+                    .count
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
+                    .is_ok();
+                if !admitted {
+                    return Err(EngineError::Full("limits.max_topics"));
+                }
+                v.insert(Arc::default())
+            }
+        };
         let key = entry.subs.write().insert(handle);
         let ready = engine.watch(topic);
         drop(entry);
-        (JoinKey(key), ready)
+        Ok((JoinKey(key), ready))
     }
 
     /// Removes a subscriber; the last one out unregisters the topic.
@@ -84,7 +125,7 @@ impl Hub {
     /// the old registration, which the unwatch then deleted: the new
     /// subscriber got no live message and no error.
     pub fn leave(&self, topic: &Topic, key: JoinKey, engine: &dyn Engine) {
-        self.inner.topics.remove_if(topic, |_, subs| {
+        let removed = self.inner.topics.remove_if(topic, |_, subs| {
             let mut g = subs.subs.write();
             g.try_remove(key.0);
             let last = g.is_empty();
@@ -93,6 +134,9 @@ impl Hub {
             }
             last
         });
+        if removed.is_some() {
+            self.inner.count.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Number of topics with local subscribers.
@@ -150,7 +194,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::core::engine::{EngineError, History, Published};
+    use crate::core::engine::{History, Published};
     use crate::core::message::MessageId;
     use crate::core::Subscriber;
 
@@ -274,7 +318,7 @@ mod tests {
             let (tx, _rx) = mpsc::channel(4);
             SubscriberHandle { tx, session: Arc::default() }
         };
-        let (key, _) = hub.join(&t, handle(), &*engine);
+        let (key, _) = hub.join(&t, handle(), &*engine).unwrap();
         assert!(engine.live.lock().unwrap().contains(&t));
         std::thread::scope(|s| {
             s.spawn(|| hub.leave(&t, key, &*engine));
@@ -299,5 +343,25 @@ mod tests {
         b.join(&u).await.unwrap();
         Feed::reset(&hub, &t);
         assert_eq!((a.session().closed(), b.session().closed()), (Some(Close::Unavailable), None));
+    }
+
+    /// Issue 11 item 10: at most `max_topics` topics; joins of a topic
+    /// already here still succeed; a last leave makes room.
+    #[tokio::test]
+    async fn the_topic_cap_refuses_only_new_topics() {
+        let hub = Hub::with_max_topics(2);
+        let engine: Arc<dyn Engine> = Arc::new(Watches::default());
+        let (t, u, v) = (Topic::new("t").unwrap(), Topic::new("u").unwrap(), Topic::new("v").unwrap());
+        let mut a = Subscriber::new(hub.clone(), Arc::clone(&engine), 4);
+        let mut b = Subscriber::new(hub.clone(), Arc::clone(&engine), 4);
+        a.join(&t).await.unwrap();
+        a.join(&u).await.unwrap();
+        assert!(matches!(b.join(&v).await, Err(EngineError::Full("limits.max_topics"))));
+        assert!(!b.is_joined(&v));
+        b.join(&t).await.unwrap();
+        assert_eq!((hub.topic_count(), hub.subscriber_count(&t)), (2, 2));
+        a.leave(&u);
+        b.join(&v).await.unwrap();
+        assert_eq!(hub.topic_count(), 2);
     }
 }

@@ -52,13 +52,14 @@ impl Subscriber {
     }
 
     /// Joins `topic` live; resolves once the engine guarantees delivery of
-    /// every later message (see [`Engine::watch`]).
+    /// every later message (see [`Engine::watch`]). Fails without joining
+    /// when the hub is at its topic cap.
     pub async fn join(&mut self, topic: &Topic) -> Result<(), EngineError> {
         if self.is_joined(topic) {
             return Ok(());
         }
         let handle = SubscriberHandle { tx: self.tx.clone(), session: Arc::clone(&self.session) };
-        let (key, ready) = self.hub.join(topic, handle, &*self.engine);
+        let (key, ready) = self.hub.join(topic, handle, &*self.engine)?;
         self.joined.push((topic.clone(), key));
         if let Err(e) = ready.await {
             self.leave(topic);

@@ -25,6 +25,8 @@ pub fn build(
                 max_age: config.history.max_age,
                 idempotency_ttl: config.idempotency.ttl,
                 idempotency_max_keys: config.idempotency.max_keys_per_topic,
+                max_topics: config.limits.max_topics,
+                max_retained_bytes: config.memory.max_retained_bytes,
             };
             Ok(memory::MemoryEngine::start(opts, listener, shutdown))
         }
@@ -51,8 +53,11 @@ pub fn build(
 /// no side effects).
 fn record<T>(op: EngineOp, r: &Result<T, EngineError>) {
     crate::metrics::engine_op(op, r.is_ok());
-    if let Err(e) = r {
-        tracing::warn!(op = op.label(), error = %e, "engine error");
+    match r {
+        // A cap: the engine logs refusals at most every 10 s, with a count.
+        Err(EngineError::Full(_)) => {}
+        Err(e) => tracing::warn!(op = op.label(), error = %e, "engine error"),
+        Ok(_) => {}
     }
 }
 
