@@ -113,6 +113,7 @@ impl From<EngineError> for ApiError {
         match e {
             EngineError::Unavailable(_) => ApiError::new(Code::Unavailable, "engine unavailable"),
             EngineError::IdsExhausted => ApiError::new(Code::Unavailable, "topic id space exhausted"),
+            EngineError::Rejected(_) => ApiError::new(Code::BadRequest, "request rejected by the engine"),
         }
     }
 }

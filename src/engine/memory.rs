@@ -187,7 +187,7 @@ impl Engine for MemoryEngine {
             None => (log.messages.len().saturating_sub(limit), false),
         };
         let messages = log.messages.range(start..).take(limit).cloned().collect();
-        Ok(History { messages, truncated, oldest: log.oldest(), trimmed: log.trimmed_through })
+        Ok(History { messages, truncated, oldest: log.oldest(), trimmed: log.trimmed_through, cut: false })
     }
 
     async fn last_id(&self, topic: &Topic) -> Result<Option<MessageId>, EngineError> {

@@ -2,7 +2,7 @@
 //! the keys of a topic (see the module docs for the layout).
 
 use super::RedisEngine;
-use crate::core::message::{now_ms, Topic};
+use crate::core::message::Topic;
 
 /// FNV-1a: a stable hash every process agrees on.
 fn fnv1a(s: &str) -> u32 {
@@ -12,6 +12,12 @@ fn fnv1a(s: &str) -> u32 {
         h = h.wrapping_mul(0x0100_0193);
     }
     h
+}
+
+/// `<len>:<topic>:<key>`: the topic is length-prefixed, so no topic and key
+/// pair (both may contain `:`) names another pair's key.
+fn idempotency_suffix(topic: &str, key: &str) -> String {
+    format!("{}:{topic}:{key}", topic.len())
 }
 
 impl RedisEngine {
@@ -37,7 +43,13 @@ impl RedisEngine {
 
     /// The idempotency key `key` of `topic`.
     pub(super) fn idempotency_key(&self, topic: &Topic, key: &str) -> String {
-        format!("{}:i:{}:{}", self.tag(self.group_of(topic)), topic, key)
+        format!("{}:i:{}", self.tag(self.group_of(topic)), idempotency_suffix(topic.as_str(), key))
+    }
+
+    /// The index of the topic's idempotency keys (a sorted set by time), which
+    /// bounds how many one topic keeps.
+    pub(super) fn idempotency_index(&self, topic: &Topic) -> String {
+        format!("{}:k:{}", self.tag(self.group_of(topic)), topic)
     }
 
     /// The wake-up stream of this process's reader of `group`.
@@ -45,10 +57,10 @@ impl RedisEngine {
         format!("{}:w:{}", self.tag(group), self.inner.process)
     }
 
-    /// `XTRIM MINID` argument for age retention.
-    pub(super) fn min_id(&self) -> String {
-        let min_ms = now_ms().saturating_sub(self.inner.opts.max_age.as_millis() as u64);
-        format!("{min_ms}-0")
+    /// `history.max_age` in ms, for the scripts' age trimming (which reads
+    /// the time from Redis, the clock its ids come from).
+    pub(super) fn max_age_ms(&self) -> u64 {
+        u64::try_from(self.inner.opts.max_age.as_millis()).unwrap_or(u64::MAX).clamp(1, super::MAX_TTL_MS)
     }
 }
 
@@ -61,5 +73,12 @@ mod tests {
         assert_eq!(fnv1a(""), 0x811c_9dc5);
         assert_eq!(fnv1a("a"), 0xe40c_292c);
         assert_eq!(fnv1a("foobar"), 0xbf9c_f968);
+    }
+
+    #[test]
+    fn idempotency_keys_of_different_topics_differ() {
+        // Topic `a` with key `b:c` and topic `a:b` with key `c`.
+        assert_ne!(idempotency_suffix("a", "b:c"), idempotency_suffix("a:b", "c"));
+        assert_eq!(idempotency_suffix("a:b", "c"), "3:a:b:c");
     }
 }
