@@ -173,6 +173,33 @@ async fn idle_topic_keys_expire_and_resume_reports_gap() {
     s.stop().await;
 }
 
+/// An idle topic's older entries go at `history.max_age` too, not when the
+/// stream expires with its newest one: the age sweep trims them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_topic_old_entries_are_swept_by_age() {
+    let redis = RedisServer::start();
+    let s = TestServer::start(&redis.config("shards = 1\n[history]\nmax_age = \"3s\"\n")).await;
+    wait_ready(&s).await;
+    let old = s.publish("swept", "\"old\"").await;
+    // Age the first entry (the scenario, not a synchronisation).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let young = s.publish("swept", "\"young\"").await;
+    // Nobody touches the topic: the old entry goes, the young one stays.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stream = "rtgate:{s0}:t:swept";
+    loop {
+        let ids = cli(redis.port, &["xrange", stream, "-", "+"]);
+        if !ids.contains(&old) {
+            assert!(ids.contains(&young), "the young entry went with the old one: {ids:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{old} still in the stream: {ids}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(cli(redis.port, &["xlen", stream]).trim(), "1");
+    s.stop().await;
+}
+
 /// A topic keeps at most `idempotency.max_keys_per_topic` keys; the oldest
 /// are forgotten first (as in the embedded engine).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

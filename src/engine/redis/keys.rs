@@ -27,7 +27,7 @@ impl RedisEngine {
     }
 
     /// `{prefix}{s<N>}`: the prefix and hash tag of every key of `group`.
-    fn tag(&self, group: usize) -> String {
+    pub(super) fn tag(&self, group: usize) -> String {
         format!("{}{{s{}}}", self.inner.opts.key_prefix, group)
     }
 
@@ -50,6 +50,12 @@ impl RedisEngine {
     /// bounds how many one topic keeps.
     pub(super) fn idempotency_index(&self, topic: &Topic) -> String {
         format!("{}:k:{}", self.tag(self.group_of(topic)), topic)
+    }
+
+    /// The age index of `group`: topic → when its oldest entry reaches
+    /// `history.max_age` (ms), read by the sweep.
+    pub(super) fn age_index(&self, group: usize) -> String {
+        format!("{}:a", self.tag(group))
     }
 
     /// The wake-up stream of this process's reader of `group`.

@@ -21,10 +21,14 @@
 //!
 //! Every key expires. Each publish sets the stream and its marker to expire
 //! `history.max_age` after it, so an idle topic vanishes with its newest
-//! message (a resume from one of its ids is then lost history: a gap); an
-//! idempotency key lives `idempotency.ttl`, and a topic keeps at most
-//! `idempotency.max_keys_per_topic` of them (the oldest are forgotten
-//! first), the index expiring with its newest key.
+//! message (a resume from one of its ids is then lost history: a gap), and
+//! records in the group's age index (`{prefix}{s<N>}:a`, topic → when its
+//! oldest entry reaches `max_age`) when the topic next needs trimming; a
+//! sweep task trims the due topics of every group by age, so an entry
+//! older than `max_age` is gone within a sweep interval even if nobody
+//! touches its topic again. An idempotency key lives `idempotency.ttl`,
+//! and a topic keeps at most `idempotency.max_keys_per_topic` of them (the
+//! oldest are forgotten first), the index expiring with its newest key.
 //!
 //! Time is Redis's: age trimming reads `TIME` inside the scripts (the clock
 //! the entry ids come from), and a message's `ts` is its id's ms part, so
@@ -71,15 +75,16 @@
 //!
 //! # Code
 //!
-//! - `scripts/*.lua`: the publish and history scripts, each run as one
-//!   `EVALSHA`; `trim.lua` (the shared trimming function) is prepended to
-//!   both.
+//! - `scripts/*.lua`: the publish, history and sweep scripts, each run as
+//!   one `EVALSHA`; `trim.lua` (the shared trimming function) is prepended
+//!   to each.
 //! - `mod.rs`: settings, the engine and its [`Engine`] implementation.
 //! - `conn.rs`: connections (one shared command connection, one dedicated
 //!   connection per reader; single server or Cluster).
 //! - `reply.rs`: parsing of script replies and stream entries.
 //! - `keys.rs`: key groups and key names.
 //! - `health.rs`: the command timeout, readiness and the health task.
+//! - `sweep.rs`: the age sweep of idle topics.
 //! - `reader.rs`: the per-group live readers and the post-outage check.
 
 mod conn;
@@ -87,6 +92,7 @@ mod health;
 mod keys;
 mod reader;
 mod reply;
+mod sweep;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -131,12 +137,14 @@ pub struct RedisOptions {
     pub block: Duration,
 }
 
-/// The shared trimming function, prepended to both scripts.
+/// The shared trimming function, prepended to every script.
 const TRIM: &str = include_str!("scripts/trim.lua");
 /// The publish script (after [`TRIM`]).
 const PUBLISH: &str = include_str!("scripts/publish.lua");
 /// The history script (after [`TRIM`]).
 const HISTORY: &str = include_str!("scripts/history.lua");
+/// The age sweep script (after [`TRIM`]).
+const SWEEP: &str = include_str!("scripts/sweep.lua");
 
 /// Bytes of data one history page holds at most (beyond its first message):
 /// bounds one script's work and one reply on the shared connection.
@@ -159,6 +167,7 @@ struct Inner {
     decided: AtomicBool,
     publish: Script,
     history: Script,
+    sweep: Script,
 }
 
 /// The Redis Streams engine. Clone = `Arc` bump.
@@ -211,11 +220,15 @@ impl RedisEngine {
                 decided: AtomicBool::new(false),
                 publish: Script::new(&format!("{TRIM}{PUBLISH}")),
                 history: Script::new(&format!("{TRIM}{HISTORY}")),
+                sweep: Script::new(&format!("{TRIM}{SWEEP}")),
             }),
         });
         let token = shutdown.token().clone();
         let health = RedisEngine::clone(&engine);
         shutdown.spawn(async move { health.health(token).await });
+        let sweeper = RedisEngine::clone(&engine);
+        let token = shutdown.token().clone();
+        shutdown.spawn(async move { sweeper.sweep(token).await });
         for group in 0..engine.inner.groups.len() {
             let reader = RedisEngine::clone(&engine);
             let token = shutdown.token().clone();
@@ -275,11 +288,13 @@ impl Engine for RedisEngine {
         inv.key(self.marker_key(topic))
             .key(&idem)
             .key(&index)
+            .key(self.age_index(self.group_of(topic)))
             .arg(data.as_ref())
             .arg(opts.max_len)
             .arg(self.max_age_ms())
             .arg(ttl.unwrap_or_default())
-            .arg(opts.idempotency_max_keys.max(1));
+            .arg(opts.idempotency_max_keys.max(1))
+            .arg(topic.as_str());
         let reply: Value = self.run(inv.invoke_async(&mut conn)).await?;
         reply::published(reply)
     }

@@ -1,7 +1,7 @@
 -- Publish: idempotency check, XADD, trim, expiry, idempotency key.
--- KEYS: stream, trim marker, idempotency key, idempotency index.
--- ARGV: data, maxlen, max age ms, idempotency ttl ms ('' = no key),
--- idempotency keys kept per topic. Returns {"<id> <ts>", duplicate}; ts is
+-- KEYS: stream, trim marker, idempotency key, idempotency index, the key
+-- group's age index. ARGV: data, maxlen, max age ms, idempotency ttl ms
+-- ('' = no key), idempotency keys kept per topic, topic. Returns {"<id> <ts>", duplicate}; ts is
 -- the id's ms part (Redis's clock, never decreasing within a topic).
 
 -- Stores idempotency key `key` for `ttl` ms and indexes it by time in
@@ -27,9 +27,12 @@ if ARGV[4] ~= '' then
 end
 local id = redis.call('XADD', KEYS[1], '*', 'd', ARGV[1])
 trim(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
--- An idle topic's keys vanish with its newest message.
+-- An idle topic's keys vanish with its newest message; older entries go
+-- when the sweep finds them due in the age index.
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[5], id_ms(first_id(KEYS[1])) + tonumber(ARGV[3]), ARGV[6])
+redis.call('PEXPIRE', KEYS[5], ARGV[3])
 local v = id .. ' ' .. string.match(id, '^(%d+)')
 if ARGV[4] ~= '' then remember(KEYS[3], KEYS[4], v, ARGV[4], ARGV[5]) end
 return {v, 0}
