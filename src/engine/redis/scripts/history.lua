@@ -30,9 +30,8 @@ local function page(stream, cmd, from, to, count, budget)
 end
 
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
-trim(KEYS[1], KEYS[2], '', ARGV[5])
+local first = trim(KEYS[1], KEYS[2], '', ARGV[5]) or ''
 local mode = ARGV[1]
-local first = first_id(KEYS[1]) or ''
 local last = ''
 if first == '' then
   -- Empty: XINFO carries no entries to copy.

@@ -26,12 +26,12 @@ if ARGV[4] ~= '' then
   if prev then return {prev, 1} end
 end
 local id = redis.call('XADD', KEYS[1], '*', 'd', ARGV[1])
-trim(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
+local first = trim(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
 -- An idle topic's keys vanish with its newest message; older entries go
 -- when the sweep finds them due in the age index.
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[5], id_ms(first_id(KEYS[1])) + tonumber(ARGV[3]), ARGV[6])
+if first then redis.call('ZADD', KEYS[5], id_ms(first) + tonumber(ARGV[3]), ARGV[6]) end
 redis.call('PEXPIRE', KEYS[5], ARGV[3])
 local v = id .. ' ' .. string.match(id, '^(%d+)')
 if ARGV[4] ~= '' then remember(KEYS[3], KEYS[4], v, ARGV[4], ARGV[5]) end

@@ -9,8 +9,7 @@ for _, topic in ipairs(due) do
   local stream = ARGV[1] .. ':t:' .. topic
   local first = nil
   if redis.call('EXISTS', stream) == 1 then
-    trim(stream, ARGV[1] .. ':m:' .. topic, '', ARGV[2])
-    first = first_id(stream)
+    first = trim(stream, ARGV[1] .. ':m:' .. topic, '', ARGV[2])
   end
   if first then
     redis.call('ZADD', KEYS[1], id_ms(first) + tonumber(ARGV[2]), topic)

@@ -24,7 +24,8 @@ local TRIM_STEP = 100
 -- trim(stream, marker, maxlen, maxage) trims `stream` to `maxlen` entries
 -- ('' = no limit) and drops entries older than `maxage` ms of Redis time,
 -- recording the newest trimmed id in `marker` (Redis does not remember what
--- trimming removed; gaps need it), which expires with the stream.
+-- trimming removed; gaps need it), which expires with the stream. Returns
+-- the id of the oldest entry left, or nil.
 local function trim(stream, marker, maxlen, maxage)
   local gone = nil
   if maxlen ~= '' then
@@ -46,6 +47,7 @@ local function trim(stream, marker, maxlen, maxage)
     if #old > 0 then
       gone = old[1][1]
       redis.call('XTRIM', stream, 'MINID', minid)
+      first = first_id(stream)
     end
   end
   if gone then
@@ -53,4 +55,5 @@ local function trim(stream, marker, maxlen, maxage)
     local ttl = redis.call('PTTL', stream)
     if ttl > 0 then redis.call('PEXPIRE', marker, ttl) end
   end
+  return first
 end
