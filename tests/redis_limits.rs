@@ -334,6 +334,40 @@ async fn history_pages_are_bounded_in_bytes() {
     s.stop().await;
 }
 
+/// Count trimming reads at most 100 entries per publish: after
+/// `history.max_len` is lowered from 1000 to 10 over 300 messages, one
+/// publish trims the oldest 100 (the rest over the next publishes), and the
+/// trim marker still names the newest trimmed id exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_trimming_is_bounded_per_publish() {
+    let redis = RedisServer::start();
+    let s = TestServer::start(&redis.config("shards = 1\n[history]\nmax_len = 1000\n")).await;
+    wait_ready(&s).await;
+    let mut ids = vec![];
+    for i in 0..300 {
+        ids.push(s.publish("lowered", &i.to_string()).await);
+    }
+    s.stop().await;
+    let s = TestServer::start(&redis.config("shards = 1\n[history]\nmax_len = 10\n")).await;
+    wait_ready(&s).await;
+    ids.push(s.publish("lowered", "300").await);
+    assert_eq!(cli(redis.port, &["xlen", "rtgate:{s0}:t:lowered"]).trim(), "201");
+    let (_, v) = s.get(&format!("/v1/history/lowered?after={}&limit=1", ids[99])).await;
+    assert_eq!(v["truncated"], false, "resuming at the newest trimmed id is no gap: {v}");
+    assert_eq!(v["messages"][0]["id"], ids[100].as_str(), "{v}");
+    let (_, v) = s.get(&format!("/v1/history/lowered?after={}&limit=1", ids[98])).await;
+    assert_eq!(v["truncated"], true, "{v}");
+    // The next publishes converge on max_len.
+    for i in 0..3 {
+        ids.push(s.publish("lowered", &format!("{}", 301 + i)).await);
+    }
+    assert_eq!(cli(redis.port, &["xlen", "rtgate:{s0}:t:lowered"]).trim(), "10");
+    let (_, v) = s.get(&format!("/v1/history/lowered?after={}", ids[293])).await;
+    assert_eq!(v["truncated"], false, "{v}");
+    assert_eq!(v["messages"].as_array().unwrap().len(), 10, "{v}");
+    s.stop().await;
+}
+
 /// History on a non-empty stream does not run `XINFO STREAM` (which copies
 /// the first and last entries with their payloads).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
