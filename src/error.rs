@@ -116,6 +116,7 @@ impl From<EngineError> for ApiError {
             EngineError::Full(cap) => {
                 ApiError::new(Code::Unavailable, format!("engine full ({cap} reached); nothing was stored"))
             }
+            EngineError::Rejected(_) => ApiError::new(Code::BadRequest, "request rejected by the engine"),
         }
     }
 }

@@ -223,6 +223,7 @@ fn redis_setup() -> (RedisGuard, impl Fn(usize, Arc<dyn Feed>) -> Arc<dyn Engine
             max_len,
             max_age: Duration::from_secs(3600),
             idempotency_ttl: Duration::from_secs(3600),
+            idempotency_max_keys: 1000,
             op_timeout: Duration::from_secs(2),
             block: Duration::from_secs(2),
         };

@@ -37,6 +37,11 @@ pub enum EngineError {
     /// The backing store cannot be reached; the contract's `unavailable`.
     #[error("engine unavailable: {0}")]
     Unavailable(String),
+    /// The store answered this one request with an error (a request it
+    /// cannot serve, or a fault of the engine's own commands) while staying
+    /// reachable: readiness does not change. The contract's `bad_request`.
+    #[error("engine rejected the request: {0}")]
+    Rejected(String),
     /// The topic's id space is exhausted (ids at `u64::MAX`).
     #[error("topic id space exhausted")]
     IdsExhausted,
@@ -69,6 +74,10 @@ pub struct History {
     pub oldest: Option<MessageId>,
     /// The newest id ever trimmed (a real id: a resume continues after it).
     pub trimmed: Option<MessageId>,
+    /// True when the page stopped short of `limit` only to bound its size:
+    /// more messages follow it now (a short page is "caught up" only
+    /// without this).
+    pub cut: bool,
 }
 
 /// Whether a read after `after` has lost messages, given whether `after` is
@@ -114,7 +123,10 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<Published, EngineError>;
 
     /// Up to `limit` messages after `after` ascending; with `after = None`,
-    /// the newest `limit` messages ascending.
+    /// the newest `limit` messages ascending. An engine may answer fewer to
+    /// bound the size of one page, and then says so ([`History::cut`]).
+    /// Any `after` is valid, also one the engine never handed out (such as
+    /// `u64::MAX-u64::MAX`, which nothing follows): see [`lost_after`].
     async fn history(
         &self,
         topic: &Topic,

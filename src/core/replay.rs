@@ -151,7 +151,8 @@ impl Resume {
                     return Ok(Some(Step::Gap(gap)));
                 }
             }
-            let short = history.messages.len() < self.page;
+            // A page cut to bound its size is not "caught up".
+            let short = history.messages.len() < self.page && !history.cut;
             if let Some(last) = history.messages.last() {
                 self.pos = last.id;
             }

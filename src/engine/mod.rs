@@ -40,6 +40,7 @@ pub fn build(
                 max_len: config.history.max_len,
                 max_age: config.history.max_age,
                 idempotency_ttl: config.idempotency.ttl,
+                idempotency_max_keys: config.idempotency.max_keys_per_topic,
                 op_timeout: r.op_timeout,
                 block: r.block,
             };

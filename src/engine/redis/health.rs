@@ -1,22 +1,26 @@
-//! Readiness: a health task pings every second, and every command that fails
-//! or times out marks the engine unready; state changes are logged once.
+//! Readiness: a health task pings every second, and every command that
+//! cannot reach Redis or times out marks the engine unready (an error reply
+//! to one command does not: [`super::is_rejection`]); state changes are
+//! logged once.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{unavailable, RedisEngine};
+use super::{is_rejection, unavailable, RedisEngine};
 use crate::core::engine::EngineError;
 
 impl RedisEngine {
-    /// Runs `cmd` with the command timeout; failures mark the engine unready.
+    /// Runs `cmd` with the command timeout; failures to reach Redis mark the
+    /// engine unready, an error reply is [`EngineError::Rejected`].
     pub(super) async fn run<T>(
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, EngineError> {
         match tokio::time::timeout(self.inner.opts.op_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if is_rejection(&e) => Err(EngineError::Rejected(e.to_string())),
             Ok(Err(e)) => {
                 self.set_ready(false, Some(&e.to_string()));
                 Err(unavailable(e))
@@ -55,7 +59,14 @@ impl RedisEngine {
                 _ = tick.tick() => {}
             }
             let result = match self.conn().await {
-                Ok(mut c) => self.run(redis::cmd("PING").query_async::<String>(&mut c)).await.map(|_| ()),
+                Ok(mut c) => match self.run(redis::cmd("PING").query_async::<String>(&mut c)).await {
+                    // Redis refusing even a PING cannot serve.
+                    Err(EngineError::Rejected(e)) => {
+                        self.set_ready(false, Some(&e));
+                        Err(EngineError::Rejected(e))
+                    }
+                    other => other.map(|_| ()),
+                },
                 Err(e) => {
                     self.set_ready(false, Some(&e.to_string()));
                     Err(e)

@@ -2,7 +2,7 @@
 //! the keys of a topic (see the module docs for the layout).
 
 use super::RedisEngine;
-use crate::core::message::{now_ms, Topic};
+use crate::core::message::Topic;
 
 /// FNV-1a: a stable hash every process agrees on.
 fn fnv1a(s: &str) -> u32 {
@@ -14,6 +14,12 @@ fn fnv1a(s: &str) -> u32 {
     h
 }
 
+/// `<len>:<topic>:<key>`: the topic is length-prefixed, so no topic and key
+/// pair (both may contain `:`) names another pair's key.
+fn idempotency_suffix(topic: &str, key: &str) -> String {
+    format!("{}:{topic}:{key}", topic.len())
+}
+
 impl RedisEngine {
     /// The key group of `topic`: `fnv1a(topic) % shards`.
     pub(super) fn group_of(&self, topic: &Topic) -> usize {
@@ -21,7 +27,7 @@ impl RedisEngine {
     }
 
     /// `{prefix}{s<N>}`: the prefix and hash tag of every key of `group`.
-    fn tag(&self, group: usize) -> String {
+    pub(super) fn tag(&self, group: usize) -> String {
         format!("{}{{s{}}}", self.inner.opts.key_prefix, group)
     }
 
@@ -37,7 +43,19 @@ impl RedisEngine {
 
     /// The idempotency key `key` of `topic`.
     pub(super) fn idempotency_key(&self, topic: &Topic, key: &str) -> String {
-        format!("{}:i:{}:{}", self.tag(self.group_of(topic)), topic, key)
+        format!("{}:i:{}", self.tag(self.group_of(topic)), idempotency_suffix(topic.as_str(), key))
+    }
+
+    /// The index of the topic's idempotency keys (a sorted set by time), which
+    /// bounds how many one topic keeps.
+    pub(super) fn idempotency_index(&self, topic: &Topic) -> String {
+        format!("{}:k:{}", self.tag(self.group_of(topic)), topic)
+    }
+
+    /// The age index of `group`: topic → when its oldest entry reaches
+    /// `history.max_age` (ms), read by the sweep.
+    pub(super) fn age_index(&self, group: usize) -> String {
+        format!("{}:a", self.tag(group))
     }
 
     /// The wake-up stream of this process's reader of `group`.
@@ -45,10 +63,10 @@ impl RedisEngine {
         format!("{}:w:{}", self.tag(group), self.inner.process)
     }
 
-    /// `XTRIM MINID` argument for age retention.
-    pub(super) fn min_id(&self) -> String {
-        let min_ms = now_ms().saturating_sub(self.inner.opts.max_age.as_millis() as u64);
-        format!("{min_ms}-0")
+    /// `history.max_age` in ms, for the scripts' age trimming (which reads
+    /// the time from Redis, the clock its ids come from).
+    pub(super) fn max_age_ms(&self) -> u64 {
+        u64::try_from(self.inner.opts.max_age.as_millis()).unwrap_or(u64::MAX).clamp(1, super::MAX_TTL_MS)
     }
 }
 
@@ -61,5 +79,12 @@ mod tests {
         assert_eq!(fnv1a(""), 0x811c_9dc5);
         assert_eq!(fnv1a("a"), 0xe40c_292c);
         assert_eq!(fnv1a("foobar"), 0xbf9c_f968);
+    }
+
+    #[test]
+    fn idempotency_keys_of_different_topics_differ() {
+        // Topic `a` with key `b:c` and topic `a:b` with key `c`.
+        assert_ne!(idempotency_suffix("a", "b:c"), idempotency_suffix("a:b", "c"));
+        assert_eq!(idempotency_suffix("a:b", "c"), "3:a:b:c");
     }
 }

@@ -9,23 +9,46 @@
 //! `XREAD` can cover all of its topics:
 //!
 //! ```text
-//! {prefix}{s<N>}:t:<topic>          the topic's stream (fields d = data, t = ts)
-//! {prefix}{s<N>}:m:<topic>          the newest id ever trimmed from the stream
-//! {prefix}{s<N>}:i:<topic>:<key>    an idempotency key → "<id> <ts>" (SET EX)
-//! {prefix}{s<N>}:w:<process>        wake-up stream of one process's reader N
+//! {prefix}{s<N>}:t:<topic>            the topic's stream (field d = data)
+//! {prefix}{s<N>}:m:<topic>            the newest id ever trimmed from the stream
+//! {prefix}{s<N>}:i:<len>:<topic>:<key> an idempotency key → "<id> <ts>" (SET PX)
+//! {prefix}{s<N>}:k:<topic>            the topic's idempotency keys by time (ZSET)
+//! {prefix}{s<N>}:w:<process>          wake-up stream of one process's reader N
 //! ```
 //!
 //! `N = fnv1a(topic) % shards`: every process must use the same `shards`.
+//! `<len>` is the topic's length: topics and keys may both contain `:`.
+//!
+//! Every key expires. Each publish sets the stream and its marker to expire
+//! `history.max_age` after it, so an idle topic vanishes with its newest
+//! message (a resume from one of its ids is then lost history: a gap), and
+//! records in the group's age index (`{prefix}{s<N>}:a`, topic → when its
+//! oldest entry reaches `max_age`) when the topic next needs trimming; a
+//! sweep task trims the due topics of every group by age, so an entry
+//! older than `max_age` is gone within a sweep interval even if nobody
+//! touches its topic again. An idempotency key lives `idempotency.ttl`,
+//! and a topic keeps at most `idempotency.max_keys_per_topic` of them (the
+//! oldest are forgotten first), the index expiring with its newest key.
+//!
+//! Time is Redis's: age trimming reads `TIME` inside the scripts (the clock
+//! the entry ids come from), and a message's `ts` is its id's ms part, so
+//! `ts` never decreases within a topic whichever process published.
 //!
 //! # Operations
 //!
 //! - **Publish** is one `EVALSHA` (one round trip): idempotency check,
 //!   `XADD`, exact trimming by count and age (recording the newest trimmed
-//!   id), `SET` of the idempotency key.
+//!   id), expiry, `SET` of the idempotency key.
 //!   The stream entry id is the message id.
-//! - **History** is one script: trim by age, `XINFO STREAM`, the trim
+//! - **History** is one script: trim by age, the first entry's id, the trim
 //!   marker (the newest id ever trimmed, kept by the scripts because Redis
-//!   does not record what `XTRIM` removed) and `XRANGE`/`XREVRANGE`.
+//!   does not record what `XTRIM` removed) and `XRANGE`/`XREVRANGE` in
+//!   small batches, stopping at [`PAGE_BYTES`] of data (the page then says
+//!   it was cut, and the caller pages on). No command reads more entries
+//!   than it returns, and none copies a payload it does not need: count
+//!   trimming reads at most 100 entries per publish, age trimming one.
+//!   An `after` that nothing can follow (`u64::MAX-u64::MAX`) reads no
+//!   entries instead of asking Redis for an impossible range.
 //!   A read after a trimmed id reports `truncated`; so does a read after an
 //!   id the stream never reached (the stream was deleted or Redis lost its
 //!   data), so a lost stream is reported as a gap instead of waited on.
@@ -38,7 +61,11 @@
 //!
 //! # Outages
 //!
-//! A health task pings every second; readiness follows it. Errors are
+//! A health task pings every second; readiness follows it. Connection
+//! failures and timeouts mark the engine unready; an error *reply* to one
+//! command (the store is up and refused that request, see
+//! [`is_rejection`]) is `EngineError::Rejected` and leaves readiness alone,
+//! so no request can take the gateway out of a load balancer. Errors are
 //! counted and logged once per state change. Readers back off with jitter
 //! and resume from the last id seen per topic, so nothing written during the
 //! outage is missed. After a reconnect every watched topic is checked: a
@@ -48,15 +75,16 @@
 //!
 //! # Code
 //!
-//! - `scripts/*.lua`: the publish and history scripts, each run as one
-//!   `EVALSHA`; `trim.lua` (the shared trimming function) is prepended to
-//!   both.
+//! - `scripts/*.lua`: the publish, history and sweep scripts, each run as
+//!   one `EVALSHA`; `trim.lua` (the shared trimming function) is prepended
+//!   to each.
 //! - `mod.rs`: settings, the engine and its [`Engine`] implementation.
 //! - `conn.rs`: connections (one shared command connection, one dedicated
 //!   connection per reader; single server or Cluster).
 //! - `reply.rs`: parsing of script replies and stream entries.
 //! - `keys.rs`: key groups and key names.
 //! - `health.rs`: the command timeout, readiness and the health task.
+//! - `sweep.rs`: the age sweep of idle topics.
 //! - `reader.rs`: the per-group live readers and the post-outage check.
 
 mod conn;
@@ -64,6 +92,7 @@ mod health;
 mod keys;
 mod reader;
 mod reply;
+mod sweep;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -80,7 +109,7 @@ use self::conn::{Clients, RedisConn};
 use self::reader::{Group, Watched};
 use self::reply::{parse_entry, StreamRead};
 use crate::core::engine::{lost_after, Engine, EngineError, Feed, History, Published};
-use crate::core::message::{now_ms, Message, MessageId, Topic};
+use crate::core::message::{Message, MessageId, Topic};
 use crate::shutdown::Shutdown;
 
 /// Settings of the Redis engine.
@@ -100,18 +129,30 @@ pub struct RedisOptions {
     pub max_age: Duration,
     /// Idempotency key lifetime.
     pub idempotency_ttl: Duration,
+    /// Idempotency keys kept per topic (the oldest are forgotten first).
+    pub idempotency_max_keys: usize,
     /// Timeout of one command.
     pub op_timeout: Duration,
     /// How long one `XREAD` blocks.
     pub block: Duration,
 }
 
-/// The shared trimming function, prepended to both scripts.
+/// The shared trimming function, prepended to every script.
 const TRIM: &str = include_str!("scripts/trim.lua");
 /// The publish script (after [`TRIM`]).
 const PUBLISH: &str = include_str!("scripts/publish.lua");
 /// The history script (after [`TRIM`]).
 const HISTORY: &str = include_str!("scripts/history.lua");
+/// The age sweep script (after [`TRIM`]).
+const SWEEP: &str = include_str!("scripts/sweep.lua");
+
+/// Bytes of data one history page holds at most (beyond its first message):
+/// bounds one script's work and one reply on the shared connection.
+pub const PAGE_BYTES: usize = 1 << 20;
+
+/// Longest expiry the scripts set (100 years): keeps `PEXPIRE` in range
+/// whatever the configuration says.
+pub(super) const MAX_TTL_MS: u64 = 100 * 365 * 86_400_000;
 
 /// What the clones of one engine share.
 struct Inner {
@@ -126,6 +167,7 @@ struct Inner {
     decided: AtomicBool,
     publish: Script,
     history: Script,
+    sweep: Script,
 }
 
 /// The Redis Streams engine. Clone = `Arc` bump.
@@ -136,6 +178,22 @@ pub struct RedisEngine {
 
 fn unavailable(e: impl std::fmt::Display) -> EngineError {
     EngineError::Unavailable(e.to_string())
+}
+
+/// Whether `e` is Redis refusing one command while serving others: a
+/// generic or script error (`ERR`), a wrong key type, a cross-slot or
+/// aborted transaction. Conditions of the server itself (loading, busy,
+/// out of memory, read-only, cluster down, no permission, …) and every
+/// connection failure are outages.
+pub(super) fn is_rejection(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    match e.kind() {
+        ErrorKind::Server(
+            ServerErrorKind::ResponseError | ServerErrorKind::CrossSlot | ServerErrorKind::ExecAbort,
+        ) => true,
+        ErrorKind::Extension => e.code() == Some("WRONGTYPE"),
+        _ => false,
+    }
 }
 
 impl RedisEngine {
@@ -162,11 +220,15 @@ impl RedisEngine {
                 decided: AtomicBool::new(false),
                 publish: Script::new(&format!("{TRIM}{PUBLISH}")),
                 history: Script::new(&format!("{TRIM}{HISTORY}")),
+                sweep: Script::new(&format!("{TRIM}{SWEEP}")),
             }),
         });
         let token = shutdown.token().clone();
         let health = RedisEngine::clone(&engine);
         shutdown.spawn(async move { health.health(token).await });
+        let sweeper = RedisEngine::clone(&engine);
+        let token = shutdown.token().clone();
+        shutdown.spawn(async move { sweeper.sweep(token).await });
         for group in 0..engine.inner.groups.len() {
             let reader = RedisEngine::clone(&engine);
             let token = shutdown.token().clone();
@@ -184,9 +246,15 @@ impl RedisEngine {
         count: usize,
     ) -> Result<Option<StreamRead>, EngineError> {
         let mut conn = self.conn().await?;
-        let min_id = self.min_id();
+        let start = after.successor().map(|s| s.to_string()).unwrap_or_default();
         let mut inv = self.inner.history.key(self.stream_key(topic));
-        inv.key(self.marker_key(topic)).arg(mode).arg(after.to_string()).arg(count).arg(min_id);
+        inv.key(self.marker_key(topic))
+            .arg(mode)
+            .arg(after.to_string())
+            .arg(start)
+            .arg(count)
+            .arg(self.max_age_ms())
+            .arg(PAGE_BYTES);
         let reply: Value = self.run(inv.invoke_async(&mut conn)).await?;
         reply::stream_read(reply)
     }
@@ -206,20 +274,27 @@ impl Engine for RedisEngine {
     ) -> Result<Published, EngineError> {
         let mut conn = self.conn().await?;
         let stream = self.stream_key(topic);
-        let idem = match idempotency_key {
-            Some(k) => self.idempotency_key(topic, k),
-            None => stream.clone(),
+        // Without a key, the key slots name the stream (every key of a
+        // script must be declared, and in one slot); the script ignores them.
+        let (idem, index) = match idempotency_key {
+            Some(k) => (self.idempotency_key(topic, k), self.idempotency_index(topic)),
+            None => (stream.clone(), stream.clone()),
         };
-        let ttl = idempotency_key.map(|_| self.inner.opts.idempotency_ttl.as_secs().max(1).to_string());
-        let now = now_ms();
+        let opts = &self.inner.opts;
+        let ttl_ms =
+            u64::try_from(opts.idempotency_ttl.as_millis()).unwrap_or(u64::MAX).clamp(1000, MAX_TTL_MS);
+        let ttl = idempotency_key.map(|_| ttl_ms.to_string());
         let mut inv = self.inner.publish.key(&stream);
         inv.key(self.marker_key(topic))
             .key(&idem)
+            .key(&index)
+            .key(self.age_index(self.group_of(topic)))
             .arg(data.as_ref())
-            .arg(now)
-            .arg(self.inner.opts.max_len)
-            .arg(self.min_id())
-            .arg(ttl.unwrap_or_default());
+            .arg(opts.max_len)
+            .arg(self.max_age_ms())
+            .arg(ttl.unwrap_or_default())
+            .arg(opts.idempotency_max_keys.max(1))
+            .arg(topic.as_str());
         let reply: Value = self.run(inv.invoke_async(&mut conn)).await?;
         reply::published(reply)
     }
@@ -244,7 +319,7 @@ impl Engine for RedisEngine {
         }
         let truncated = after.is_some_and(|a| lost_after(a, read.present, read.trimmed));
         let oldest = read.first.or_else(|| read.trimmed.max(read.last).and_then(MessageId::successor));
-        Ok(History { messages, truncated, oldest, trimmed: read.trimmed })
+        Ok(History { messages, truncated, oldest, trimmed: read.trimmed, cut: read.cut })
     }
 
     async fn last_id(&self, topic: &Topic) -> Result<Option<MessageId>, EngineError> {

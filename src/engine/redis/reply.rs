@@ -18,6 +18,8 @@ pub(super) struct StreamRead {
     pub(super) entries: Vec<Value>,
     /// Whether the `after` id itself is still in the stream.
     pub(super) present: bool,
+    /// Whether the page stopped at its byte budget with entries left.
+    pub(super) cut: bool,
 }
 
 /// A string reply (bulk, simple or verbatim) as text.
@@ -48,7 +50,10 @@ pub(super) fn malformed(what: &str) -> EngineError {
     EngineError::Unavailable(format!("unexpected reply from redis: {what}"))
 }
 
-/// `[id, [field, value, …]]` → a message of `topic`.
+/// `[id, [field, value, …]]` → a message of `topic`. Its `ts` is the id's
+/// ms part: Redis's clock at `XADD`, never decreasing within a topic (a `t`
+/// field written by earlier versions, the publishing process's clock, is
+/// ignored).
 pub(super) fn parse_entry(topic: &Topic, entry: &Value) -> Option<Message> {
     let Value::Array(parts) = entry else {
         return None;
@@ -57,16 +62,11 @@ pub(super) fn parse_entry(topic: &Topic, entry: &Value) -> Option<Message> {
     let Value::Array(fields) = parts.get(1)? else {
         return None;
     };
-    let mut data = None;
-    let mut ts = None;
-    for pair in fields.chunks(2) {
-        match (pair.first().and_then(as_str), pair.get(1)) {
-            (Some("d"), Some(Value::BulkString(b))) => data = Some(Bytes::copy_from_slice(b)),
-            (Some("t"), Some(v)) => ts = as_str(v).and_then(|s| s.parse().ok()),
-            _ => {}
-        }
-    }
-    Some(Message::new(topic.clone(), id, ts.unwrap_or(id.ms), data?))
+    let data = fields.chunks(2).find_map(|pair| match (pair.first().and_then(as_str), pair.get(1)) {
+        (Some("d"), Some(Value::BulkString(b))) => Some(Bytes::copy_from_slice(b)),
+        _ => None,
+    })?;
+    Some(Message::new(topic.clone(), id, id.ms, data))
 }
 
 /// The publish script's `{"<id> <ts>", duplicate}`.
@@ -98,7 +98,8 @@ pub(super) fn stream_read(reply: Value) -> Result<Option<StreamRead>, EngineErro
         _ => Vec::new(),
     };
     let present = parts.get(5).and_then(as_int) == Some(1);
-    Ok(Some(StreamRead { last, trimmed, first, entries, present }))
+    let cut = parts.get(6).and_then(as_int) == Some(1);
+    Ok(Some(StreamRead { last, trimmed, first, entries, present, cut }))
 }
 
 #[cfg(test)]
@@ -118,7 +119,8 @@ mod tests {
             ]),
         ]);
         let m = parse_entry(&t, &e).unwrap();
-        assert_eq!((m.id, m.ts, &m.data[..]), (MessageId::new(5, 1), 7, &b"{\"a\":1}"[..]));
+        // ts is the id's ms part, whatever an old `t` field says.
+        assert_eq!((m.id, m.ts, &m.data[..]), (MessageId::new(5, 1), 5, &b"{\"a\":1}"[..]));
         assert!(parse_entry(&t, &Value::Nil).is_none());
     }
 
@@ -141,7 +143,7 @@ mod tests {
             (r.last, r.trimmed, r.first),
             (Some(MessageId::new(9, 0)), None, Some(MessageId::new(3, 0)))
         );
-        assert!(r.entries.is_empty() && r.present);
+        assert!(r.entries.is_empty() && r.present && !r.cut);
         assert!(stream_read(Value::Nil).is_err());
     }
 }

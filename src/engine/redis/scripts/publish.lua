@@ -1,12 +1,38 @@
--- Publish: idempotency check, XADD, trim, idempotency key.
--- KEYS: stream, trim marker, idempotency key. ARGV: data, ts, maxlen,
--- minid, idempotency ttl ('' = no key). Returns {"<id> <ts>", duplicate}.
-if ARGV[5] ~= '' then
+-- Publish: idempotency check, XADD, trim, expiry, idempotency key.
+-- KEYS: stream, trim marker, idempotency key, idempotency index, the key
+-- group's age index. ARGV: data, maxlen, max age ms, idempotency ttl ms
+-- ('' = no key), idempotency keys kept per topic, topic. Returns {"<id> <ts>", duplicate}; ts is
+-- the id's ms part (Redis's clock, never decreasing within a topic).
+
+-- Stores idempotency key `key` for `ttl` ms and indexes it by time in
+-- `index`, forgetting the topic's oldest keys past `keep` (a bounded number
+-- per call).
+local function remember(key, index, v, ttl, keep)
+  local now = now_ms()
+  redis.call('SET', key, v, 'PX', ttl)
+  redis.call('ZADD', index, now, key)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', string.format('(%d', now - tonumber(ttl)))
+  local over = math.min(redis.call('ZCARD', index) - tonumber(keep), TRIM_STEP)
+  if over > 0 then
+    local old = redis.call('ZRANGE', index, 0, over - 1)
+    redis.call('DEL', unpack(old))
+    redis.call('ZREMRANGEBYRANK', index, 0, over - 1)
+  end
+  redis.call('PEXPIRE', index, ttl)
+end
+
+if ARGV[4] ~= '' then
   local prev = redis.call('GET', KEYS[3])
   if prev then return {prev, 1} end
 end
-local id = redis.call('XADD', KEYS[1], '*', 'd', ARGV[1], 't', ARGV[2])
-trim(KEYS[1], KEYS[2], ARGV[3], ARGV[4])
-local v = id .. ' ' .. ARGV[2]
-if ARGV[5] ~= '' then redis.call('SET', KEYS[3], v, 'EX', ARGV[5]) end
+local id = redis.call('XADD', KEYS[1], '*', 'd', ARGV[1])
+local first = trim(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
+-- An idle topic's keys vanish with its newest message; older entries go
+-- when the sweep finds them due in the age index.
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if first then redis.call('ZADD', KEYS[5], id_ms(first) + tonumber(ARGV[3]), ARGV[6]) end
+redis.call('PEXPIRE', KEYS[5], ARGV[3])
+local v = id .. ' ' .. string.match(id, '^(%d+)')
+if ARGV[4] ~= '' then remember(KEYS[3], KEYS[4], v, ARGV[4], ARGV[5]) end
 return {v, 0}
