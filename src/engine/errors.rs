@@ -6,7 +6,9 @@
 //! not write a warning per request.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::core::EngineError;
 use crate::metrics::EngineOp;
