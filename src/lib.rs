@@ -71,7 +71,7 @@ pub fn state(config: Arc<Config>, shutdown: Shutdown) -> Result<AppState, core::
     let hub = Hub::with_max_topics(config.limits.max_topics);
     let engine = engine::build(&config, Arc::new(hub.clone()) as Arc<dyn Feed>, &shutdown)?;
     let bus = Bus {
-        engine: Arc::new(engine::Metered(engine)),
+        engine: Arc::new(engine::Metered::new(engine)),
         hub,
         outbox_capacity: config.limits.outbox_capacity,
         replay_page: config.history.replay_page,

@@ -1,6 +1,7 @@
 //! Engine implementations, chosen once from config. They implement
 //! [`crate::core::Engine`]; the core never names them.
 
+mod errors;
 pub mod memory;
 pub mod redis;
 
@@ -49,27 +50,46 @@ pub fn build(
     }
 }
 
-/// Counts an engine operation by outcome and logs a failure: the one place
-/// where engine errors are logged (converting one into a client error has
-/// no side effects).
-fn record<T>(op: EngineOp, r: &Result<T, EngineError>) {
-    crate::metrics::engine_op(op, r.is_ok());
-    match r {
-        // A cap: the engine logs refusals at most every 10 s, with a count.
-        Err(EngineError::Full(_)) => {}
-        Err(e) => tracing::warn!(op = op.label(), error = %e, "engine error"),
-        Ok(_) => {}
+/// Counts every engine operation by outcome (`rtgate_engine_operations_total`)
+/// around the configured engine, so both engines are measured the same way,
+/// and logs failures: the one place where engine errors are logged
+/// (converting one into a client error has no side effects), once per
+/// change of state with counts rather than once per request (see
+/// [`errors`]).
+pub struct Metered {
+    engine: Arc<dyn Engine>,
+    errors: Arc<errors::ErrorLog>,
+}
+
+impl Metered {
+    /// Measures `engine`.
+    pub fn new(engine: Arc<dyn Engine>) -> Self {
+        Metered { engine, errors: Arc::new(errors::ErrorLog::new()) }
+    }
+
+    fn record<T>(&self, op: EngineOp, r: &Result<T, EngineError>) {
+        record(&self.errors, op, r);
     }
 }
 
-/// Counts every engine operation by outcome (`rtgate_engine_operations_total`)
-/// around the configured engine, so both engines are measured the same way.
-pub struct Metered(pub Arc<dyn Engine>);
+fn record<T>(errors: &errors::ErrorLog, op: EngineOp, r: &Result<T, EngineError>) {
+    crate::metrics::engine_op(op, r.is_ok());
+    match r {
+        Ok(_) => errors.succeeded(),
+        // A cap logs its refusals itself (at most every 10 s, with a
+        // count); an error reply to a bad request is the client's, not an
+        // outage.
+        Err(e @ (EngineError::Full(_) | EngineError::Rejected(_))) => {
+            tracing::debug!(op = op.label(), error = %e, "engine refused an operation")
+        }
+        Err(e) => errors.failed(op, e),
+    }
+}
 
 #[async_trait::async_trait]
 impl Engine for Metered {
     fn name(&self) -> &'static str {
-        self.0.name()
+        self.engine.name()
     }
 
     async fn publish(
@@ -78,8 +98,8 @@ impl Engine for Metered {
         data: bytes::Bytes,
         idempotency_key: Option<&str>,
     ) -> Result<crate::core::Published, EngineError> {
-        let r = self.0.publish(topic, data, idempotency_key).await;
-        record(EngineOp::Publish, &r);
+        let r = self.engine.publish(topic, data, idempotency_key).await;
+        self.record(EngineOp::Publish, &r);
         r
     }
 
@@ -89,8 +109,8 @@ impl Engine for Metered {
         after: Option<crate::core::MessageId>,
         limit: usize,
     ) -> Result<crate::core::History, EngineError> {
-        let r = self.0.history(topic, after, limit).await;
-        record(EngineOp::History, &r);
+        let r = self.engine.history(topic, after, limit).await;
+        self.record(EngineOp::History, &r);
         r
     }
 
@@ -98,8 +118,8 @@ impl Engine for Metered {
         &self,
         topic: &crate::core::Topic,
     ) -> Result<Option<crate::core::MessageId>, EngineError> {
-        let r = self.0.last_id(topic).await;
-        record(EngineOp::LastId, &r);
+        let r = self.engine.last_id(topic).await;
+        self.record(EngineOp::LastId, &r);
         r
     }
 
@@ -107,19 +127,20 @@ impl Engine for Metered {
         &self,
         topic: &crate::core::Topic,
     ) -> futures_util::future::BoxFuture<'static, Result<(), EngineError>> {
-        let fut = self.0.watch(topic);
+        let fut = self.engine.watch(topic);
+        let errors = Arc::clone(&self.errors);
         Box::pin(async move {
             let r = fut.await;
-            record(EngineOp::Watch, &r);
+            record(&errors, EngineOp::Watch, &r);
             r
         })
     }
 
     fn unwatch(&self, topic: &crate::core::Topic) {
-        self.0.unwatch(topic);
+        self.engine.unwatch(topic);
     }
 
     fn is_ready(&self) -> bool {
-        self.0.is_ready()
+        self.engine.is_ready()
     }
 }

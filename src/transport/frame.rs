@@ -46,6 +46,9 @@ struct RawFrame<'a> {
     #[serde(rename = "ref", borrow)]
     r: Option<&'a RawValue>,
     token: Option<String>,
+    /// Publish: makes a retry safe (checked like the HTTP
+    /// `Idempotency-Key` header, by the publish path).
+    idempotency_key: Option<String>,
 }
 
 /// Keeps an explicit `null` as `Some("null")`: null is valid `data`.
@@ -88,7 +91,8 @@ pub(crate) fn parse(text: &str, max_data: usize) -> Result<(Option<Ref>, Op), Fr
             if data.get().len() > max_data {
                 return Err(fail(Code::TooLarge, "data over limits.max_message_bytes", r));
             }
-            Ok((r, Op::Publish { topic, data: Bytes::copy_from_slice(data.get().as_bytes()), key: None }))
+            let data = Bytes::copy_from_slice(data.get().as_bytes());
+            Ok((r, Op::Publish { topic, data, key: raw.idempotency_key }))
         }
         Some("ping") => Ok((r, Op::Ping)),
         Some("refresh") => {
@@ -192,13 +196,18 @@ mod tests {
     #[test]
     fn parses_ops() {
         match parse(r#"{"op":"publish","topic":"t","data":{"b":1,  "a":[2]},"ref":7}"#, 100).unwrap() {
-            (r, Op::Publish { topic, data, .. }) => {
+            (r, Op::Publish { topic, data, key }) => {
                 assert_eq!(topic.as_str(), "t");
                 assert_eq!(&data[..], br#"{"b":1,  "a":[2]}"#);
                 assert_eq!(r.unwrap().get(), "7");
+                assert_eq!(key, None);
             }
             other => panic!("{other:?}"),
         }
+        assert!(matches!(
+            parse(r#"{"op":"publish","topic":"t","data":1,"idempotency_key":"k-1"}"#, 100).unwrap(),
+            (_, Op::Publish { key: Some(k), .. }) if k == "k-1"
+        ));
         assert!(matches!(
             parse(r#"{"op":"publish","topic":"t","data":null}"#, 100).unwrap(),
             (_, Op::Publish { data, .. }) if &data[..] == b"null"

@@ -140,8 +140,17 @@ impl Batch {
     }
 }
 
-/// Reads up to `limit` messages after the cursor's positions, topic by
-/// topic, advancing the cursor over what it takes and past reported gaps.
+/// Reads up to `limit` messages after the cursor's positions, advancing
+/// the cursor over what it takes and past reported gaps.
+///
+/// # Fairness
+///
+/// `limit` is shared among the topics in rounds: each round gives every
+/// topic still able to fill its share an equal part of the room left (at
+/// least one message), so a busy topic never starves a quiet one; what a
+/// topic leaves unused goes to the others in the next round. When there are
+/// more topics than room, those whose position is oldest (served longest
+/// ago) go first, ties in request order.
 async fn collect(
     state: &AppState,
     topics: &[Topic],
@@ -149,30 +158,65 @@ async fn collect(
     limit: usize,
 ) -> Result<Batch, ApiError> {
     let mut batch = Batch::default();
-    for topic in topics {
-        let room = limit - batch.messages.len();
-        if room == 0 {
-            break;
-        }
-        let Some(pos) = cursor.get(topic) else {
-            continue;
-        };
-        let history = state.bus.engine.history(topic, Some(pos), room).await?;
-        let mut pos = pos;
-        if let Some(gap) = Gap::in_history(topic, pos, &history) {
-            batch.gaps.push(gap.json());
-            pos = gap.resume_from;
-        }
-        for m in &history.messages {
-            if m.id > pos {
-                batch.messages.push(m.json());
-                pos = m.id;
+    let mut active: Vec<(&Topic, MessageId)> =
+        topics.iter().filter_map(|t| cursor.get(t).map(|pos| (t, pos))).collect();
+    // Stable: request order among equal positions.
+    active.sort_by_key(|&(_, pos)| pos);
+    while !active.is_empty() && batch.messages.len() < limit {
+        let share = ((limit - batch.messages.len()) / active.len()).max(1);
+        let mut more = Vec::with_capacity(active.len());
+        for (topic, pos) in active {
+            let room = limit - batch.messages.len();
+            if room == 0 {
+                break;
+            }
+            let want = share.min(room);
+            let (pos, full) = read_topic(state, topic, pos, want, &mut batch).await?;
+            cursor.set(topic, pos);
+            if full {
+                more.push((topic, pos));
             }
         }
-        cursor.set(topic, pos);
+        active = more;
     }
     metrics::delivered(Transport::Poll, batch.messages.len() as u64);
     Ok(batch)
+}
+
+/// Reads up to `want` messages of `topic` after `pos` into `batch` (and
+/// its gap, if any). Returns the new position and whether the read came
+/// back full (the topic may have more).
+async fn read_topic(
+    state: &AppState,
+    topic: &Topic,
+    after: MessageId,
+    want: usize,
+    batch: &mut Batch,
+) -> Result<(MessageId, bool), ApiError> {
+    let engine = &state.bus.engine;
+    let history = engine.history(topic, Some(after), want).await?;
+    let mut pos = after;
+    let gap = Gap::in_history(topic, after, &history);
+    if let Some(gap) = &gap {
+        batch.gaps.push(gap.json());
+        pos = gap.resume_from;
+    }
+    for m in &history.messages {
+        if m.id > pos {
+            batch.messages.push(m.json());
+            pos = m.id;
+        }
+    }
+    if gap.is_some() && pos == after {
+        // Lost history (a restarted embedded engine, a flushed stream): the
+        // position is neither retained nor trimmed, so reading after it
+        // would report this same gap again at once, forever. Continue from
+        // the start of what the topic has now (after its newest trimmed id,
+        // or from the beginning): everything retained there is new to this
+        // client, and reading after it reports no gap.
+        return Ok((history.trimmed.unwrap_or(MessageId::ZERO), false));
+    }
+    Ok((pos, history.messages.len() >= want))
 }
 
 fn answer(batch: Batch, cursor: &Cursor) -> Response {

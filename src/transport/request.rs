@@ -3,6 +3,8 @@
 //! streaming subscription. Every transport parses through here, so a value
 //! is accepted or refused the same way everywhere.
 
+use std::collections::HashSet;
+
 use bytes::Bytes;
 
 use crate::core::{Cursor, MessageId, Topic};
@@ -105,27 +107,27 @@ pub(crate) struct Topics {
 
 impl Topics {
     /// Topics from names (each once), or `bad_topic`; checked against
-    /// `min..=max`.
+    /// `min..=max`. The count is checked while reading: more than `max`
+    /// distinct names stop the parse there (`bad_request`), and duplicates
+    /// are found in O(1) each, so a request naming thousands of topics costs
+    /// no more than `max` of them.
     pub(crate) fn from_names<'a>(
         names: impl IntoIterator<Item = &'a str>,
         cursor: Option<Cursor>,
         min: usize,
         max: usize,
     ) -> Result<Self, ApiError> {
-        let mut topics = Vec::new();
+        let mut set = TopicSet::new(max);
         for name in names {
-            let t = topic(name)?;
-            if !topics.contains(&t) {
-                topics.push(t);
-            }
+            set.add(name)?;
         }
-        check_topic_count(topics.len(), min, max)?;
-        Ok(Topics { topics, cursor })
+        set.finish(cursor, min)
     }
 
     /// Parses `topic` (repeatable) and a resume cursor from a query string,
     /// the cursor from the first of `cursor_params` present unless
-    /// `header_cursor` (which wins) is given.
+    /// `header_cursor` (which wins) is given. One pass; topics are counted
+    /// as they are read (see [`Topics::from_names`]).
     pub(crate) fn from_query(
         query: Option<&str>,
         header_cursor: Option<&str>,
@@ -133,22 +135,51 @@ impl Topics {
         min: usize,
         max: usize,
     ) -> Result<Self, ApiError> {
-        let mut names = Vec::new();
+        let mut set = TopicSet::new(max);
         let mut cursor_text = header_cursor.map(str::to_owned);
         for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             if k == "topic" {
-                names.push(v);
+                set.add(&v)?;
             } else if cursor_params.contains(&&*k) && cursor_text.is_none() && !v.is_empty() {
                 cursor_text = Some(v.into_owned());
             }
         }
         // Topics are checked before the cursor: a bad topic is `bad_topic`
         // whatever the cursor says.
-        let mut parsed = Topics::from_names(names.iter().map(|n| &**n), None, min, max)?;
+        let mut parsed = set.finish(None, min)?;
         if let Some(c) = cursor_text {
             parsed.cursor = Some(cursor(&c)?);
         }
         Ok(parsed)
+    }
+}
+
+/// Distinct topics in the order first named, at most `max` of them.
+struct TopicSet {
+    topics: Vec<Topic>,
+    seen: HashSet<Topic>,
+    max: usize,
+}
+
+impl TopicSet {
+    fn new(max: usize) -> Self {
+        TopicSet { topics: Vec::new(), seen: HashSet::new(), max }
+    }
+
+    /// Adds `name` unless already there; `Err` for a bad name or once more
+    /// than `max` distinct topics were named.
+    fn add(&mut self, name: &str) -> Result<(), ApiError> {
+        let t = topic(name)?;
+        if self.seen.insert(t.clone()) {
+            self.topics.push(t);
+            check_topic_count(self.topics.len(), 0, self.max)?;
+        }
+        Ok(())
+    }
+
+    fn finish(self, cursor: Option<Cursor>, min: usize) -> Result<Topics, ApiError> {
+        check_topic_count(self.topics.len(), min, self.max)?;
+        Ok(Topics { topics: self.topics, cursor })
     }
 }
 
@@ -201,6 +232,35 @@ mod tests {
         assert_eq!(
             Topics::from_query(Some("topic=a&topic=b"), None, &[], 1, 1).unwrap_err().code,
             Code::BadRequest
+        );
+    }
+
+    #[test]
+    fn topic_count_is_checked_while_reading() {
+        // More names than the limit: the parse stops at the first name over
+        // it, whatever follows (thousands of names cost `max` of them).
+        let pulled = std::cell::Cell::new(0usize);
+        let names = (0..10_000).map(|i| {
+            pulled.set(pulled.get() + 1);
+            if i == 9_999 {
+                "a b"
+            } else {
+                ["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"][i % 8]
+            }
+        });
+        let e = Topics::from_names(names, None, 1, 4).unwrap_err();
+        assert_eq!(e.code, Code::BadRequest, "{}", e.message);
+        assert_eq!(pulled.get(), 5, "stops at the fifth distinct topic");
+        // Duplicates do not count; order is first mention.
+        let s = Topics::from_names(["b", "a", "b", "a", "c"], None, 1, 3).unwrap();
+        let names: Vec<&str> = s.topics.iter().map(Topic::as_str).collect();
+        assert_eq!(names, ["b", "a", "c"]);
+        // The same from a query string, in one pass.
+        let q: String = (0..6_500).map(|i| format!("topic=t{i}&")).collect();
+        let e = Topics::from_query(Some(&q), None, &["cursor"], 1, 100).unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (Code::BadRequest, "too many topics (limits.max_topics_per_connection)")
         );
     }
 }

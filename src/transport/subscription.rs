@@ -432,7 +432,8 @@ impl Subscription {
             }
             Ok(Some(step)) => Ok(Some(step)),
             Err(e) => {
-                tracing::warn!(error = %e, topic = %resume.topic(), "replay failed");
+                // Debug: the engine's own log line covers an outage once.
+                tracing::debug!(error = %e, topic = %resume.topic(), "replay failed");
                 metrics::engine_error();
                 Err(Close::Unavailable)
             }
@@ -469,21 +470,6 @@ impl Drop for Subscription {
             reason = reason.label(),
             "connection closed"
         );
-    }
-}
-
-/// Runs `work` (which may wait on a client that stopped reading) until it
-/// finishes or `stop` resolves: a blocked write never keeps a connection
-/// from being closed. `stop` must not be polled again once it resolved; the
-/// caller returns instead.
-pub(crate) async fn guard<S: std::future::Future<Output = Close>>(
-    stop: std::pin::Pin<&mut S>,
-    work: impl std::future::Future<Output = Result<(), Close>>,
-) -> Result<(), Close> {
-    tokio::select! {
-        biased;
-        reason = stop => Err(reason),
-        outcome = work => outcome,
     }
 }
 

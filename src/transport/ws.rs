@@ -8,6 +8,13 @@
 //! Topics named in the query are joined *before* the handshake completes,
 //! so a publish made after the client saw `101` is delivered to it.
 //!
+//! Every write to the client is bounded by the heartbeat timeout (checked
+//! on the heartbeat tick, [`Beat`]): a client that stops reading is closed
+//! as `heartbeat_timeout` also in the middle of a replay or a blocked send,
+//! when its frames are not being read. A client op runs to its end, never
+//! cut off by the close flag: a publish is always acknowledged, also when
+//! the connection is being closed (contract §10, in-flight publishes).
+//!
 //! Everything about the subscription (replay, de-duplication, gaps, the
 //! cursor) is the shared driver's ([`Subscription`]); ops are the shared
 //! handler's ([`ops::handle`]). This file reads frames and writes the
@@ -36,7 +43,7 @@ use tracing::Instrument;
 use super::frame;
 use super::ops;
 use super::request::Topics;
-use super::subscription::{guard, Event, GapReport, Subscription};
+use super::subscription::{Event, GapReport, Subscription};
 use crate::core::message::Wire;
 use crate::core::{Close, Cursor, Message};
 use crate::error::{ApiError, Code};
@@ -113,7 +120,8 @@ pub(crate) fn run<S: Socket>(
         let outcome = match connect {
             Ok(()) => serve(&state, &mut sub, &mut socket).await,
             Err(e) => {
-                let _ = Box::pin(socket.send(text(frame::error(None, e.code, &e.message)))).await;
+                let refusal = socket.send(text(frame::error(None, e.code, &e.message)));
+                let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, refusal)).await;
                 Err(e.connect_close())
             }
         };
@@ -135,23 +143,28 @@ async fn serve<S: Socket>(state: &AppState, sub: &mut Subscription, socket: &mut
     let stop = session.wait_closed();
     tokio::pin!(stop);
     let hb = &state.config.heartbeat;
-    let (interval, timeout) = (hb.interval, hb.timeout);
-    let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let interval = hb.interval;
+    let mut beat =
+        Beat { tick: tokio::time::interval_at(Instant::now() + interval, interval), timeout: hb.timeout };
+    beat.tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
     loop {
         // A replay runs to its end before the client's next frame is read.
         // Boxed: replays are rare next to live delivery, and their (large)
         // state would otherwise be reserved in every idle connection's task.
         if sub.replaying() {
-            guard(stop.as_mut(), Box::pin(replay(socket, sub))).await?;
+            beat.bound(stop.as_mut(), Box::pin(replay(socket, sub))).await?;
+            // The client is not read meanwhile: a client that took the
+            // replay's frames (each batch within the heartbeat timeout, see
+            // `Beat::bound`) is alive.
+            last_seen = Instant::now();
             continue;
         }
         tokio::select! {
             biased;
             reason = &mut stop => return Err(reason),
             event = sub.next_live() => {
-                guard(stop.as_mut(), write_events(socket, sub, event)).await?;
+                beat.bound(stop.as_mut(), write_events(socket, sub, event)).await?;
             }
             inbound = socket.next() => {
                 last_seen = Instant::now();
@@ -163,28 +176,87 @@ async fn serve<S: Socket>(state: &AppState, sub: &mut Subscription, socket: &mut
                         // Boxed: client ops are rare next to deliveries, and their
                         // (large) state would otherwise be reserved in every idle
                         // connection's task.
-                        guard(stop.as_mut(), Box::pin(handle(state, sub, socket, t.as_str()))).await?;
+                        Box::pin(handle(state, sub, socket, stop.as_mut(), &mut beat, t.as_str())).await?;
                     }
                     Some(Ok(WsMessage::Binary(_))) => {
                         sub.received();
-                        send(socket, frame::error(None, Code::BadRequest, "binary frames are not supported")).await?;
+                        let refuse = send(socket, frame::error(None, Code::BadRequest, "binary frames are not supported"));
+                        beat.bound(stop.as_mut(), refuse).await?;
                     }
                     Some(Ok(WsMessage::Close(_))) => return Ok(()),
                     Some(Ok(_)) => {} // ping (answered by the library) or pong
                 }
             }
-            _ = tick.tick() => {
+            _ = beat.tick.tick() => {
                 let silent = last_seen.elapsed();
-                if silent >= timeout {
+                if silent >= beat.timeout {
                     return Err(Close::Silent);
                 }
                 if silent >= interval {
                     let ping = async { socket.send(WsMessage::Ping(Bytes::new())).await.map_err(|_| Close::Client) };
-                    guard(stop.as_mut(), ping).await?;
+                    beat.bound(stop.as_mut(), ping).await?;
                 }
             }
         }
     }
+}
+
+/// The heartbeat: its tick, and the timeout after which a client that
+/// neither answered nor accepted a write is closed (`heartbeat_timeout`).
+struct Beat {
+    tick: tokio::time::Interval,
+    timeout: Duration,
+}
+
+impl Beat {
+    /// Runs `work` (writes to the client) until it finishes or `stop`
+    /// resolves (a blocked write never keeps a connection from being
+    /// closed), or until it has taken the heartbeat timeout: a client that
+    /// accepts nothing that long (it stopped reading) is as gone as one that
+    /// answers no ping. Checked on the heartbeat tick, so it fires within
+    /// `timeout + interval`; the tick costs no timer of its own. `stop` must
+    /// not be polled again once it resolved; the caller returns instead.
+    async fn bound<F: std::future::Future<Output = Close>>(
+        &mut self,
+        stop: std::pin::Pin<&mut F>,
+        work: impl std::future::Future<Output = Outcome>,
+    ) -> Outcome {
+        tokio::pin!(work);
+        match self.race(stop, work).await {
+            Raced::Done(outcome) => outcome,
+            Raced::Stopped(reason) => Err(reason),
+        }
+    }
+
+    /// [`Beat::bound`], leaving `work` to the caller when `stop` resolves
+    /// first (to finish it, bounded).
+    async fn race<F, W>(&mut self, mut stop: std::pin::Pin<&mut F>, mut work: std::pin::Pin<&mut W>) -> Raced
+    where
+        F: std::future::Future<Output = Close>,
+        W: std::future::Future<Output = Outcome>,
+    {
+        let started = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                reason = stop.as_mut() => return Raced::Stopped(reason),
+                outcome = work.as_mut() => return Raced::Done(outcome),
+                _ = self.tick.tick() => {
+                    if started.elapsed() >= self.timeout {
+                        return Raced::Done(Err(Close::Silent));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How [`Beat::race`] ended.
+enum Raced {
+    /// The work finished (or took the heartbeat timeout: `Close::Silent`).
+    Done(Outcome),
+    /// The connection was closed first; the work is unfinished.
+    Stopped(Close),
 }
 
 /// Writes the replay's next events.
@@ -230,17 +302,43 @@ fn message_frame(m: &Message, cursor: &Cursor) -> Option<WsMessage> {
 }
 
 /// One client text frame: parse, carry out, answer.
-async fn handle<S: Socket>(state: &AppState, sub: &mut Subscription, socket: &mut S, text: &str) -> Outcome {
+///
+/// The op is not raced against the close flag: a publish the engine may
+/// already have stored is finished and acknowledged (contract §10), so a
+/// client never retries a message it cannot know was stored; a subscribe's
+/// replay watches the flag itself. When the connection is closed meanwhile,
+/// the answers still get [`CLOSE_TIMEOUT`] to go out, before the close
+/// frame.
+async fn handle<S: Socket, F: std::future::Future<Output = Close>>(
+    state: &AppState,
+    sub: &mut Subscription,
+    socket: &mut S,
+    stop: std::pin::Pin<&mut F>,
+    beat: &mut Beat,
+    text: &str,
+) -> Outcome {
     let (r, op) = match frame::parse(text, state.config.limits.max_message_bytes) {
         Ok(parsed) => parsed,
         Err(e) if e.code == Code::TooLarge => return Err(Close::TooLarge),
-        Err(e) => return send(socket, frame::error(e.r.as_deref(), e.code, &e.message)).await,
+        Err(e) => {
+            return beat.bound(stop, send(socket, frame::error(e.r.as_deref(), e.code, &e.message))).await
+        }
     };
     let replies = ops::handle(state, Transport::Ws, sub, op).await?;
-    for reply in &replies {
-        socket.feed(self::text(frame::reply(r.as_deref(), reply))).await.map_err(|_| Close::Client)?;
+    let write = async {
+        for reply in &replies {
+            socket.feed(self::text(frame::reply(r.as_deref(), reply))).await.map_err(|_| Close::Client)?;
+        }
+        socket.flush().await.map_err(|_| Close::Client)
+    };
+    tokio::pin!(write);
+    match beat.race(stop, write.as_mut()).await {
+        Raced::Done(outcome) => outcome,
+        Raced::Stopped(reason) => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, write).await;
+            Err(reason)
+        }
     }
-    socket.flush().await.map_err(|_| Close::Client)
 }
 
 fn text(s: String) -> WsMessage {

@@ -14,6 +14,7 @@ mod helpers;
 mod connect;
 mod cross_transport;
 mod health;
+mod inflight;
 mod keepalive;
 mod publish;
 mod redis_loss;

@@ -228,3 +228,40 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 }
+
+/// Redis refusing writes (`CLIENT PAUSE .. WRITE`) until dropped or
+/// [`Paused::end`]: a publish sent meanwhile is held in flight.
+pub struct Paused(u16);
+
+impl Paused {
+    pub fn writes(redis: &RedisServer) -> Paused {
+        assert_eq!(cli(redis.port, &["client", "pause", "60000", "write"]).trim(), "OK");
+        Paused(redis.port)
+    }
+
+    /// Waits (bounded) until a script (the publish) is held by the pause.
+    pub async fn until_held(&self) {
+        let deadline = Instant::now() + super::WAIT;
+        loop {
+            let list = cli(self.0, &["client", "list"]);
+            let held = list.lines().any(|l| {
+                let field = |k: &str| l.split(' ').find_map(|f| f.strip_prefix(k)).unwrap_or("");
+                matches!(field("cmd="), "evalsha" | "eval") && field("flags=").contains('b')
+            });
+            if held {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no script held by the pause: {list}");
+            tokio::time::sleep(Duration::from_millis(20)).await; // polling CLIENT LIST, bounded
+        }
+    }
+
+    /// Lets writes through again.
+    pub fn end(self) {}
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        cli(self.0, &["client", "unpause"]);
+    }
+}

@@ -4,8 +4,9 @@
 //! The stream is polled by hyper's task for the HTTP/2 stream. Each turn of
 //! its loop writes the driver's next events (a replay runs to its end
 //! first), or handles one client frame through the op handler WebSocket
-//! uses (raced against the session's close flag, as on WebSocket), then
-//! yields the frames that produced. Replays go page by page, so a long one
+//! uses (run to its end, as on WebSocket: an in-flight publish is always
+//! acknowledged, also when the stream is closed meanwhile), then yields the
+//! frames that produced. Replays go page by page, so a long one
 //! never sits in memory at once.
 
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use crate::metrics::Transport;
 use crate::state::{AppState, Peer};
 use crate::transport::ops::{self, Op, Reply};
 use crate::transport::request;
-use crate::transport::subscription::{guard, Event, GapReport, Subscription};
+use crate::transport::subscription::{Event, GapReport, Subscription};
 
 /// Events turned into frames per turn of the loop.
 const BATCH: usize = 64;
@@ -65,7 +66,11 @@ pub(super) fn serve(
                             Err(_) => break Close::Client,
                         };
                         sub.received();
-                        guard(stop.as_mut(), Box::pin(handle(&state, &mut sub, frame, &mut out))).await.err()
+                        // Not raced against the close flag: a publish the
+                        // engine may already have stored is finished and its
+                        // ack yielded before the stream ends (contract §10);
+                        // a subscribe's replay watches the flag itself.
+                        Box::pin(handle(&state, &mut sub, frame, &mut out)).await.err()
                     }
                 }
             };

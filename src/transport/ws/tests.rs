@@ -16,6 +16,9 @@ use crate::testing;
 struct FakeSocket {
     inbound: mpsc::UnboundedReceiver<Result<WsMessage, axum::Error>>,
     outbound: mpsc::UnboundedSender<WsMessage>,
+    /// Frames accepted before every write blocks for good (a client that
+    /// stopped reading); `None`: no limit.
+    budget: Option<usize>,
 }
 
 impl Stream for FakeSocket {
@@ -30,10 +33,16 @@ impl Sink<WsMessage> for FakeSocket {
     type Error = axum::Error;
 
     fn poll_ready(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+        match self.budget {
+            Some(0) => Poll::Pending,
+            _ => Poll::Ready(Ok(())),
+        }
     }
 
-    fn start_send(self: Pin<&mut Self>, item: WsMessage) -> Result<(), Self::Error> {
+    fn start_send(mut self: Pin<&mut Self>, item: WsMessage) -> Result<(), Self::Error> {
+        if let Some(n) = self.budget.as_mut() {
+            *n = n.saturating_sub(1);
+        }
         self.outbound.send(item).map_err(axum::Error::new)
     }
 
@@ -75,11 +84,16 @@ impl Client {
 
 /// Connects with `query` (as `GET /v1/ws?query`) and runs the loop in a task.
 async fn connect(state: &AppState, query: &str) -> Client {
+    connect_with_budget(state, query, None).await
+}
+
+/// [`connect`] to a client that takes `budget` frames, then stops reading.
+async fn connect_with_budget(state: &AppState, query: &str, budget: Option<usize>) -> Client {
     let (tx, inbound) = mpsc::unbounded_channel();
     let (outbound, rx) = mpsc::unbounded_channel();
     let mut sub = Subscription::new(state, Transport::Ws, GapReport::Event);
     let connected = super::connect(state, &mut sub, Some(query)).await;
-    let socket = FakeSocket { inbound, outbound };
+    let socket = FakeSocket { inbound, outbound, budget };
     let server = tokio::spawn(run(state.clone(), None, sub, socket, connected));
     Client { tx, rx, server }
 }
@@ -173,6 +187,37 @@ async fn a_silent_client_is_pinged_then_closed() {
     }
     let elapsed = start.elapsed();
     assert!(elapsed >= Duration::from_secs(25) && elapsed < Duration::from_secs(35), "{elapsed:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_during_a_replay_is_closed_at_the_heartbeat_timeout() {
+    let mut config = Config::default();
+    config.heartbeat.interval = Duration::from_secs(10);
+    config.heartbeat.timeout = Duration::from_secs(25);
+    config.history.replay_page = 10;
+    let state = testing::state(config);
+    let ids = testing::publish_numbers(&state, "big", 100).await;
+    let cursor = Cursor::single(testing::topic("big"), crate::core::MessageId::ZERO).encode();
+    // The client takes 15 frames of the replay, then reads nothing more
+    // and answers no ping: the server blocks writing to it.
+    let mut c = connect_with_budget(&state, &format!("topic=big&cursor={cursor}"), Some(15)).await;
+    let start = Instant::now();
+    for id in &ids[..15] {
+        match c.frame().await {
+            WsMessage::Text(t) => assert!(t.as_str().contains(&id.to_string()), "{t}"),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(120), &mut c.server)
+        .await
+        .expect("closed in time")
+        .expect("loop");
+    let elapsed = start.elapsed();
+    // Blocked writes end at the heartbeat timeout (checked on the tick),
+    // then the close frame gets its own bound.
+    let bound = Duration::from_secs(25 + 10) + CLOSE_TIMEOUT * 2;
+    assert!(elapsed >= Duration::from_secs(25) && elapsed <= bound, "{elapsed:?}");
+    assert_eq!(state.bus.hub.topic_count(), 0, "the connection left the hub");
 }
 
 #[tokio::test]
