@@ -44,6 +44,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::core::engine::EngineError;
 use crate::core::replay::{Gap, Resume, Step};
 use crate::core::session::SessionGuard;
 use crate::core::{Close, Cursor, Message, MessageId, Session, Subscriber, Topic};
@@ -239,6 +240,13 @@ impl Subscription {
                 self.leave(&topic);
                 return Err(SubscribeError::Refused(ApiError::new(Code::Unavailable, "engine unavailable")));
             }
+            Err(Close::Policy) => {
+                self.leave(&topic);
+                return Err(SubscribeError::Refused(ApiError::new(
+                    Code::BadRequest,
+                    "resume point rejected by the engine",
+                )));
+            }
             Err(closed) => return Err(SubscribeError::Closed(closed)),
         }
         Ok(Subscribed { gap, recovered })
@@ -418,7 +426,8 @@ impl Subscription {
     /// once the topic is live (the replay is then recorded in the metrics);
     /// `Err` with the reason when the session was closed, or
     /// [`Close::Unavailable`] when the engine failed (the client resumes
-    /// from its cursor).
+    /// from its cursor), [`Close::Policy`] when it rejected the read as a
+    /// bad request (resuming the same way would fail again).
     async fn replay_step(&mut self, resume: &mut Resume) -> Result<Option<Step>, Close> {
         let step = tokio::select! {
             biased;
@@ -435,7 +444,10 @@ impl Subscription {
                 // Debug: the engine's own log line covers an outage once.
                 tracing::debug!(error = %e, topic = %resume.topic(), "replay failed");
                 metrics::engine_error();
-                Err(Close::Unavailable)
+                match e {
+                    EngineError::Rejected(_) => Err(Close::Policy),
+                    _ => Err(Close::Unavailable),
+                }
             }
         }
     }
