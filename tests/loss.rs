@@ -348,6 +348,13 @@ async fn an_engine_outage_logs_once_not_per_request() {
         tokio::time::sleep(Duration::from_millis(100)).await; // retrying while Redis restarts, bounded
     }
 
+    // The recovery line is written when that publish succeeds; it reaches
+    // the captured stderr through a pipe, maybe after the answer did.
+    let deadline = Instant::now() + WAIT;
+    while !g.logs().contains("engine operations succeed again") {
+        assert!(Instant::now() < deadline, "no recovery line: {}", g.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling the captured log, bounded
+    }
     let lines: Vec<Value> = g.logs().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let level = |v: &Value| v["level"].as_str().unwrap_or("").to_owned();
     let warnings: Vec<&Value> = lines.iter().filter(|v| level(v) == "WARN").collect();
