@@ -186,9 +186,14 @@ async fn ws_connection_gauge_totals_closes_topics_and_subscriptions() {
     assert_eq!((m0.topics(), m0.subscriptions()), (0.0, 0.0));
 
     let mut a = p.ws("/v1/ws?topic=ga&topic=gb").await;
-    let m = p.wait_for("one ws connection", |m| m.connections("ws") == 1.0).await;
+    // The connection is counted at the upgrade, its query topics joined
+    // just after: wait for both.
+    let m = p
+        .wait_for("one ws connection on two topics", |m| {
+            m.connections("ws") == 1.0 && (m.topics(), m.subscriptions()) == (2.0, 2.0)
+        })
+        .await;
     assert_eq!(m.connections_total("ws"), m0.connections_total("ws") + 1.0);
-    assert_eq!((m.topics(), m.subscriptions()), (2.0, 2.0));
 
     let mut b = p.ws("/v1/ws?topic=ga").await;
     let (_, ack) = b.subscribe("gc", None).await; // joined before the ack
