@@ -17,6 +17,11 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod env;
+mod validate;
+pub use env::Loaded;
+use env::{ignored_env, known_keys, names_a_key, ENV_PREFIX};
+
 /// A configuration that could not be loaded or is invalid.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -458,54 +463,6 @@ impl Default for LogConfig {
     }
 }
 
-/// The prefix of configuration variables.
-const ENV_PREFIX: &str = "RTGATE_";
-
-/// What [`Config::load`] found.
-#[derive(Debug)]
-pub struct Loaded {
-    /// The effective, validated configuration.
-    pub config: Config,
-    /// Names (never values: they may be secrets) of `RTGATE_*` variables
-    /// that name no configuration key and were not read.
-    pub ignored_env: Vec<String>,
-}
-
-/// The tree of every key and section, from the defaults (`null` for unset
-/// optional keys, so those are known too).
-fn known_keys() -> serde_json::Value {
-    serde_json::to_value(Config::default()).unwrap_or_default()
-}
-
-/// Whether `dotted` (a variable's name after the prefix, `__` read as `.`)
-/// names a key or a section of `tree`, ignoring case.
-fn names_a_key(tree: &serde_json::Value, dotted: &str) -> bool {
-    let mut node = tree;
-    for part in dotted.split('.') {
-        match node.get(part.to_ascii_lowercase()) {
-            Some(next) => node = next,
-            None => return false,
-        }
-    }
-    true
-}
-
-/// The `RTGATE_*` names among `vars` that [`names_a_key`] does not know,
-/// sorted (`RTGATE_CONFIG` is the `--config` flag's).
-fn ignored_env(tree: &serde_json::Value, vars: impl Iterator<Item = std::ffi::OsString>) -> Vec<String> {
-    let mut ignored: Vec<String> = vars
-        .filter_map(|name| name.into_string().ok())
-        .filter(|name| {
-            name.get(..ENV_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(ENV_PREFIX)) && {
-                let key = name[ENV_PREFIX.len()..].replace("__", ".");
-                !key.eq_ignore_ascii_case("config") && !names_a_key(tree, &key)
-            }
-        })
-        .collect();
-    ignored.sort();
-    ignored
-}
-
 impl Config {
     /// Loads defaults ← `file` (if given) ← `RTGATE_*` environment, and
     /// validates.
@@ -552,106 +509,6 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks ranges and relations between keys.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        fn bad(key: &'static str, reason: &str) -> Result<(), ConfigError> {
-            Err(ConfigError::Invalid { key, reason: reason.into() })
-        }
-        if self.history.max_len == 0 {
-            return bad("history.max_len", "must be at least 1");
-        }
-        if self.history.max_age.is_zero() {
-            return bad("history.max_age", "must be more than 0s");
-        }
-        if !(1..=10_000).contains(&self.history.replay_page) {
-            return bad("history.replay_page", "must be 1 to 10000");
-        }
-        if !(2..=16 << 20).contains(&self.limits.max_message_bytes) {
-            return bad("limits.max_message_bytes", "must be 2 bytes to 16 MiB");
-        }
-        if self.limits.outbox_capacity == 0 {
-            return bad("limits.outbox_capacity", "must be at least 1");
-        }
-        if self.limits.max_connections == 0 {
-            return bad("limits.max_connections", "must be at least 1");
-        }
-        if self.limits.max_topics_per_connection == 0 {
-            return bad("limits.max_topics_per_connection", "must be at least 1");
-        }
-        if self.limits.max_topics == 0 {
-            return bad("limits.max_topics", "must be at least 1");
-        }
-        if self.memory.max_retained_bytes < 4096 {
-            return bad("memory.max_retained_bytes", "must be at least 4096");
-        }
-        if self.heartbeat.interval.is_zero() {
-            return bad("heartbeat.interval", "must be more than 0s");
-        }
-        if self.heartbeat.timeout <= self.heartbeat.interval {
-            return bad("heartbeat.timeout", "must be longer than heartbeat.interval");
-        }
-        if self.websocket.read_buffer_size < 256 {
-            return bad("websocket.read_buffer_size", "must be at least 256");
-        }
-        if self.websocket.max_write_buffer_size <= self.websocket.write_buffer_size {
-            return bad("websocket.max_write_buffer_size", "must be larger than websocket.write_buffer_size");
-        }
-        if self.redis.shards == 0 || self.redis.shards > 1024 {
-            return bad("redis.shards", "must be 1 to 1024");
-        }
-        if self.redis.op_timeout.is_zero() {
-            return bad("redis.op_timeout", "must be more than 0s");
-        }
-        if self.redis.block.is_zero() || self.redis.block > Duration::from_secs(60) {
-            return bad("redis.block", "must be more than 0s and at most 60s");
-        }
-        if self.engine.kind == EngineKind::Redis {
-            if self.redis.cluster_urls.is_empty() {
-                if redis::parse_redis_url(&self.redis.url).is_none() {
-                    return bad("redis.url", "not a redis:// URL");
-                }
-            } else if self.redis.cluster_urls.iter().any(|u| redis::parse_redis_url(u).is_none()) {
-                return bad("redis.cluster_urls", "not a list of redis:// URLs");
-            }
-        }
-        if self.sse.retry.is_zero() {
-            return bad("sse.retry", "must be more than 0s");
-        }
-        if self.poll.max_timeout.is_zero() || self.poll.default_timeout > self.poll.max_timeout {
-            return bad(
-                "poll.default_timeout",
-                "must be at most poll.max_timeout, which must be more than 0s",
-            );
-        }
-        for origin in &self.http.cors_origins {
-            if origin != "*" && axum::http::HeaderValue::from_str(origin).is_err() {
-                return bad("http.cors_origins", "an origin is not a valid header value");
-            }
-        }
-        for (key, d) in [
-            ("http.handshake_timeout", self.http.handshake_timeout),
-            ("http.body_timeout", self.http.body_timeout),
-            ("http.tcp_keepalive", self.http.tcp_keepalive),
-        ] {
-            if d < Duration::from_secs(1) {
-                return bad(key, "must be at least 1s");
-            }
-        }
-        if self.http2.keepalive_interval.is_zero() || self.http2.keepalive_timeout.is_zero() {
-            return bad("http2.keepalive_interval", "keepalive interval and timeout must be more than 0s");
-        }
-        if self.http2.max_concurrent_streams == 0 {
-            return bad("http2.max_concurrent_streams", "must be at least 1");
-        }
-        if self.grpc.stall_timeout.is_zero() {
-            return bad("grpc.stall_timeout", "must be more than 0s");
-        }
-        if self.idempotency.ttl.is_zero() {
-            return bad("idempotency.ttl", "must be more than 0s");
-        }
-        Ok(())
-    }
-
     /// The effective configuration as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
@@ -665,83 +522,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_validate_and_round_trip() {
-        let c = Config::default();
-        c.validate().unwrap();
-        let back = Config::from_toml(&c.to_toml()).unwrap();
-        assert_eq!(back.listen, c.listen);
-        assert_eq!(back.history.max_age, c.history.max_age);
-    }
-
-    #[test]
-    fn environment_names_are_matched_against_the_keys() {
-        let tree = known_keys();
-        for known in
-            ["listen", "LISTEN", "history.max_len", "REDIS.URL", "admin.listen", "redis", "log.format"]
-        {
-            assert!(names_a_key(&tree, known), "{known} is a key");
-        }
-        for unknown in ["port", "service_host", "port_8080_tcp_addr", "history.nope", "listen.x", ""] {
-            assert!(!names_a_key(&tree, unknown), "{unknown} is no key");
-        }
-        let vars = [
-            "RTGATE_PORT",
-            "RTGATE_SERVICE_HOST",
-            "RTGATE_HISTORY__MAX_LEN",
-            "RTGATE_CONFIG",
-            "PATH",
-            "RTGATE_PORT_8080_TCP_ADDR",
-        ]
-        .map(std::ffi::OsString::from);
-        assert_eq!(
-            ignored_env(&tree, vars.into_iter()),
-            ["RTGATE_PORT", "RTGATE_PORT_8080_TCP_ADDR", "RTGATE_SERVICE_HOST"]
-        );
-    }
-
-    #[test]
-    fn errors_name_the_key() {
-        let e = Config::from_toml("[history]\nmax_len = 0\n").unwrap_err().to_string();
-        assert!(e.contains("history.max_len"), "{e}");
-        let e = Config::from_toml("[history]\nmax_len = \"ten\"\n").unwrap_err().to_string();
-        assert!(e.contains("max_len"), "{e}");
-        let e = Config::from_toml("[history]\nmax_lenn = 3\n").unwrap_err().to_string();
-        assert!(e.contains("max_lenn"), "{e}");
-        let e =
-            Config::from_toml("[heartbeat]\ninterval = \"10s\"\ntimeout = \"5s\"\n").unwrap_err().to_string();
-        assert!(e.contains("heartbeat.timeout"), "{e}");
-        let c = Config::from_toml("listen = \"0.0.0.0:9\"\n[history]\nmax_age = \"90s\"\n").unwrap();
-        assert_eq!(c.history.max_age, Duration::from_secs(90));
-        assert_eq!(c.listen.port(), 9);
-    }
-}
-
-#[cfg(test)]
-mod gateway_toml {
-    use super::*;
-
-    /// `gateway.toml` documents every key with its default: loading it gives
-    /// exactly the defaults, and every section of the config appears in it.
-    #[test]
-    fn gateway_toml_matches_the_defaults() {
-        let text = include_str!("../gateway.toml");
-        let loaded = Config::from_toml(text).unwrap();
-        assert_eq!(loaded.to_toml(), Config::default().to_toml());
-        let defaults: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
-        for (key, value) in &defaults {
-            match value {
-                toml::Value::Table(t) => {
-                    assert!(text.contains(&format!("[{key}]")), "gateway.toml lacks [{key}]");
-                    for k in t.keys() {
-                        assert!(text.contains(&format!("\n{k} = ")), "gateway.toml lacks {key}.{k}");
-                    }
-                }
-                _ => assert!(text.contains(&format!("\n{key} = ")), "gateway.toml lacks {key}"),
-            }
-        }
-    }
-}
+mod tests;

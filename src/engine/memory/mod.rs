@@ -449,7 +449,13 @@ impl Engine for MemoryEngine {
                 None => (log.messages.len().saturating_sub(limit), false),
             };
             let messages = log.messages.range(start..).take(limit).cloned().collect();
-            return Ok(History { messages, truncated, oldest: log.oldest(), trimmed: log.trimmed_through, cut: false });
+            return Ok(History {
+                messages,
+                truncated,
+                oldest: log.oldest(),
+                trimmed: log.trimmed_through,
+                cut: false,
+            });
         }
     }
 

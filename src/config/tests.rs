@@ -1,0 +1,76 @@
+//! Unit tests of loading, validation and the environment.
+
+use super::*;
+
+#[test]
+fn defaults_validate_and_round_trip() {
+    let c = Config::default();
+    c.validate().unwrap();
+    let back = Config::from_toml(&c.to_toml()).unwrap();
+    assert_eq!(back.listen, c.listen);
+    assert_eq!(back.history.max_age, c.history.max_age);
+}
+
+#[test]
+fn environment_names_are_matched_against_the_keys() {
+    let tree = known_keys();
+    for known in ["listen", "LISTEN", "history.max_len", "REDIS.URL", "admin.listen", "redis", "log.format"] {
+        assert!(names_a_key(&tree, known), "{known} is a key");
+    }
+    for unknown in ["port", "service_host", "port_8080_tcp_addr", "history.nope", "listen.x", ""] {
+        assert!(!names_a_key(&tree, unknown), "{unknown} is no key");
+    }
+    let vars = [
+        "RTGATE_PORT",
+        "RTGATE_SERVICE_HOST",
+        "RTGATE_HISTORY__MAX_LEN",
+        "RTGATE_CONFIG",
+        "PATH",
+        "RTGATE_PORT_8080_TCP_ADDR",
+    ]
+    .map(std::ffi::OsString::from);
+    assert_eq!(
+        ignored_env(&tree, vars.into_iter()),
+        ["RTGATE_PORT", "RTGATE_PORT_8080_TCP_ADDR", "RTGATE_SERVICE_HOST"]
+    );
+}
+
+#[test]
+fn errors_name_the_key() {
+    let e = Config::from_toml("[history]\nmax_len = 0\n").unwrap_err().to_string();
+    assert!(e.contains("history.max_len"), "{e}");
+    let e = Config::from_toml("[history]\nmax_len = \"ten\"\n").unwrap_err().to_string();
+    assert!(e.contains("max_len"), "{e}");
+    let e = Config::from_toml("[history]\nmax_lenn = 3\n").unwrap_err().to_string();
+    assert!(e.contains("max_lenn"), "{e}");
+    let e = Config::from_toml("[heartbeat]\ninterval = \"10s\"\ntimeout = \"5s\"\n").unwrap_err().to_string();
+    assert!(e.contains("heartbeat.timeout"), "{e}");
+    let c = Config::from_toml("listen = \"0.0.0.0:9\"\n[history]\nmax_age = \"90s\"\n").unwrap();
+    assert_eq!(c.history.max_age, Duration::from_secs(90));
+    assert_eq!(c.listen.port(), 9);
+}
+
+mod gateway_toml {
+    use super::*;
+
+    /// `gateway.toml` documents every key with its default: loading it gives
+    /// exactly the defaults, and every section of the config appears in it.
+    #[test]
+    fn gateway_toml_matches_the_defaults() {
+        let text = include_str!("../../gateway.toml");
+        let loaded = Config::from_toml(text).unwrap();
+        assert_eq!(loaded.to_toml(), Config::default().to_toml());
+        let defaults: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
+        for (key, value) in &defaults {
+            match value {
+                toml::Value::Table(t) => {
+                    assert!(text.contains(&format!("[{key}]")), "gateway.toml lacks [{key}]");
+                    for k in t.keys() {
+                        assert!(text.contains(&format!("\n{k} = ")), "gateway.toml lacks {key}.{k}");
+                    }
+                }
+                _ => assert!(text.contains(&format!("\n{key} = ")), "gateway.toml lacks {key}"),
+            }
+        }
+    }
+}

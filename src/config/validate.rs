@@ -1,0 +1,108 @@
+//! [`Config::validate`]: ranges of keys and relations between them, each
+//! error naming its key.
+
+use std::time::Duration;
+
+use super::{Config, ConfigError, EngineKind};
+
+impl Config {
+    /// Checks ranges and relations between keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &'static str, reason: &str) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid { key, reason: reason.into() })
+        }
+        if self.history.max_len == 0 {
+            return bad("history.max_len", "must be at least 1");
+        }
+        if self.history.max_age.is_zero() {
+            return bad("history.max_age", "must be more than 0s");
+        }
+        if !(1..=10_000).contains(&self.history.replay_page) {
+            return bad("history.replay_page", "must be 1 to 10000");
+        }
+        if !(2..=16 << 20).contains(&self.limits.max_message_bytes) {
+            return bad("limits.max_message_bytes", "must be 2 bytes to 16 MiB");
+        }
+        if self.limits.outbox_capacity == 0 {
+            return bad("limits.outbox_capacity", "must be at least 1");
+        }
+        if self.limits.max_connections == 0 {
+            return bad("limits.max_connections", "must be at least 1");
+        }
+        if self.limits.max_topics_per_connection == 0 {
+            return bad("limits.max_topics_per_connection", "must be at least 1");
+        }
+        if self.limits.max_topics == 0 {
+            return bad("limits.max_topics", "must be at least 1");
+        }
+        if self.memory.max_retained_bytes < 4096 {
+            return bad("memory.max_retained_bytes", "must be at least 4096");
+        }
+        if self.heartbeat.interval.is_zero() {
+            return bad("heartbeat.interval", "must be more than 0s");
+        }
+        if self.heartbeat.timeout <= self.heartbeat.interval {
+            return bad("heartbeat.timeout", "must be longer than heartbeat.interval");
+        }
+        if self.websocket.read_buffer_size < 256 {
+            return bad("websocket.read_buffer_size", "must be at least 256");
+        }
+        if self.websocket.max_write_buffer_size <= self.websocket.write_buffer_size {
+            return bad("websocket.max_write_buffer_size", "must be larger than websocket.write_buffer_size");
+        }
+        if self.redis.shards == 0 || self.redis.shards > 1024 {
+            return bad("redis.shards", "must be 1 to 1024");
+        }
+        if self.redis.op_timeout.is_zero() {
+            return bad("redis.op_timeout", "must be more than 0s");
+        }
+        if self.redis.block.is_zero() || self.redis.block > Duration::from_secs(60) {
+            return bad("redis.block", "must be more than 0s and at most 60s");
+        }
+        if self.engine.kind == EngineKind::Redis {
+            if self.redis.cluster_urls.is_empty() {
+                if redis::parse_redis_url(&self.redis.url).is_none() {
+                    return bad("redis.url", "not a redis:// URL");
+                }
+            } else if self.redis.cluster_urls.iter().any(|u| redis::parse_redis_url(u).is_none()) {
+                return bad("redis.cluster_urls", "not a list of redis:// URLs");
+            }
+        }
+        if self.sse.retry.is_zero() {
+            return bad("sse.retry", "must be more than 0s");
+        }
+        if self.poll.max_timeout.is_zero() || self.poll.default_timeout > self.poll.max_timeout {
+            return bad(
+                "poll.default_timeout",
+                "must be at most poll.max_timeout, which must be more than 0s",
+            );
+        }
+        for origin in &self.http.cors_origins {
+            if origin != "*" && axum::http::HeaderValue::from_str(origin).is_err() {
+                return bad("http.cors_origins", "an origin is not a valid header value");
+            }
+        }
+        for (key, d) in [
+            ("http.handshake_timeout", self.http.handshake_timeout),
+            ("http.body_timeout", self.http.body_timeout),
+            ("http.tcp_keepalive", self.http.tcp_keepalive),
+        ] {
+            if d < Duration::from_secs(1) {
+                return bad(key, "must be at least 1s");
+            }
+        }
+        if self.http2.keepalive_interval.is_zero() || self.http2.keepalive_timeout.is_zero() {
+            return bad("http2.keepalive_interval", "keepalive interval and timeout must be more than 0s");
+        }
+        if self.http2.max_concurrent_streams == 0 {
+            return bad("http2.max_concurrent_streams", "must be at least 1");
+        }
+        if self.grpc.stall_timeout.is_zero() {
+            return bad("grpc.stall_timeout", "must be more than 0s");
+        }
+        if self.idempotency.ttl.is_zero() {
+            return bad("idempotency.ttl", "must be more than 0s");
+        }
+        Ok(())
+    }
+}
