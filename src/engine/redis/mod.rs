@@ -38,8 +38,9 @@
 //!
 //! # Outages
 //!
-//! A health task pings every second; readiness follows it. Errors are
-//! counted and logged once per state change. Readers back off with jitter
+//! A health task pings every second on its own connection (never queued
+//! behind data) and at once when a data-path command fails; readiness
+//! follows the pings. Errors are counted and logged once per state change. Readers back off with jitter
 //! and resume from the last id seen per topic, so nothing written during the
 //! outage is missed. After a reconnect every watched topic is checked: a
 //! stream whose last id went backwards (flushed, restarted without
@@ -56,7 +57,8 @@
 //!   connection per reader; single server or Cluster).
 //! - `reply.rs`: parsing of script replies and stream entries.
 //! - `keys.rs`: key groups and key names.
-//! - `health.rs`: the command timeout, readiness and the health task.
+//! - `health.rs`: the command timeout, readiness and the health task (own
+//!   connection).
 //! - `reader.rs`: the per-group live readers and the post-outage check.
 
 mod conn;
@@ -74,7 +76,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use rand::Rng;
 use redis::{Script, Value};
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 
 use self::conn::{Clients, RedisConn};
 use self::reader::{Group, Watched};
@@ -124,6 +126,8 @@ struct Inner {
     ready: AtomicBool,
     /// Whether readiness was ever decided (so the first failure is logged).
     decided: AtomicBool,
+    /// Asks the health task for a ping now (a data-path command failed).
+    probe: Notify,
     publish: Script,
     history: Script,
 }
@@ -160,6 +164,7 @@ impl RedisEngine {
                 process,
                 ready: AtomicBool::new(false),
                 decided: AtomicBool::new(false),
+                probe: Notify::new(),
                 publish: Script::new(&format!("{TRIM}{PUBLISH}")),
                 history: Script::new(&format!("{TRIM}{HISTORY}")),
             }),
