@@ -6,7 +6,8 @@
 //! Redis): readiness says whether Redis is reachable, not how busy the
 //! shared command connection is. A data-path command that fails or times
 //! out is counted and makes the health task probe at once, so an outage
-//! still turns readiness off within one ping.
+//! still turns readiness off within one ping; one that broke the shared
+//! connection turns it off at once, until that connection answers a ping.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -18,29 +19,47 @@ use super::{unavailable, RedisEngine};
 use crate::core::engine::EngineError;
 
 impl RedisEngine {
-    /// Runs `cmd` with the command timeout; a failure is counted and asks
-    /// the health task for an immediate probe (readiness follows the probe,
-    /// not the data path).
+    /// Runs `cmd` with the command timeout. A failure is counted and asks
+    /// the health task for an immediate probe; one that broke the shared
+    /// connection (I/O, dropped, refused) also marks the engine unready until
+    /// that connection answers again. A timeout (queued behind other
+    /// traffic) or an error about the command itself leaves readiness to
+    /// the pings.
     pub(super) async fn run<T>(
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, EngineError> {
         match tokio::time::timeout(self.inner.opts.op_timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
+            Ok(Ok(v)) => {
+                if self.inner.data_broken.swap(false, Ordering::AcqRel) {
+                    self.inner.probe.notify_one();
+                }
+                Ok(v)
+            }
             Ok(Err(e)) => {
-                self.data_path_failed();
+                if breaks_connection(&e) {
+                    self.connection_failed(&e.to_string());
+                } else {
+                    crate::metrics::engine_error();
+                    self.inner.probe.notify_one();
+                }
                 Err(unavailable(e))
             }
             Err(_) => {
-                self.data_path_failed();
+                crate::metrics::engine_error();
+                self.inner.probe.notify_one();
                 Err(EngineError::Unavailable("redis command timed out".into()))
             }
         }
     }
 
-    /// A data-path command failed: counted, and the health task probes now.
-    fn data_path_failed(&self) {
-        crate::metrics::engine_error();
+    /// A connection to Redis failed (the shared one, or a reader's: evidence
+    /// of an outage the shared connection may not have noticed yet): not
+    /// ready until the health task's pings answer on both its own and the
+    /// shared connection, so a client let back in meets a working data path.
+    pub(super) fn connection_failed(&self, why: &str) {
+        self.inner.data_broken.store(true, Ordering::Release);
+        self.set_ready(false, Some(why));
         self.inner.probe.notify_one();
     }
 
@@ -61,8 +80,11 @@ impl RedisEngine {
         }
     }
 
-    /// Pings every second (and at once when a data-path command failed) on
-    /// the health connection; readiness follows.
+    /// Pings every second (and at once when a data-path command failed);
+    /// readiness follows the health connection's answer. The shared command
+    /// connection is pinged beside it only to notice that it broke (it then
+    /// reconnects by itself): its answer may queue behind data, and a ping
+    /// that timed out there says nothing about Redis.
     pub(super) async fn health(self, token: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -73,14 +95,37 @@ impl RedisEngine {
                 _ = tick.tick() => {}
                 _ = self.inner.probe.notified() => {}
             }
-            match self.ping(&mut conn).await {
-                Ok(()) => self.set_ready(true, None),
+            let (own, shared) = tokio::join!(self.ping(&mut conn), self.ping_commands());
+            match shared {
+                Some(true) => self.inner.data_broken.store(false, Ordering::Release),
+                Some(false) => self.inner.data_broken.store(true, Ordering::Release),
+                None => {}
+            }
+            match own {
                 Err(why) => {
                     // A broken or stuck connection is replaced next time.
                     conn = None;
                     self.set_ready(false, Some(&why));
                 }
+                Ok(()) if self.inner.data_broken.load(Ordering::Acquire) => {
+                    self.set_ready(false, Some("command connection failed; reconnecting"));
+                }
+                Ok(()) => self.set_ready(true, None),
             }
+        }
+    }
+
+    /// One `PING` on the shared command connection: `Some(true)` when it
+    /// answered, `Some(false)` when it failed, `None` when it timed out
+    /// (queued behind other commands).
+    async fn ping_commands(&self) -> Option<bool> {
+        let Ok(mut c) = self.conn().await else { return Some(false) };
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(self.inner.opts.op_timeout, ping.query_async::<String>(&mut c)).await {
+            Ok(Ok(_)) => Some(true),
+            Ok(Err(e)) if e.is_timeout() => None,
+            Ok(Err(_)) => Some(false),
+            Err(_) => None,
         }
     }
 
@@ -103,4 +148,14 @@ impl RedisEngine {
             Err(_) => Err("redis ping timed out".into()),
         }
     }
+}
+
+/// Whether `e` means the connection itself failed (as opposed to a timeout
+/// or an error about the command).
+fn breaks_connection(e: &redis::RedisError) -> bool {
+    !e.is_timeout()
+        && (e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_unrecoverable_error())
 }

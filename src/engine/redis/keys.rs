@@ -45,6 +45,17 @@ impl RedisEngine {
         format!("{}:w:{}", self.tag(group), self.inner.process)
     }
 
+    /// The notify stream of `group`: every publish appends its stream's key
+    /// (capped); live readers block on it instead of on every stream.
+    pub(super) fn notify_key(&self, group: usize) -> String {
+        format!("{}:n", self.tag(group))
+    }
+
+    /// What the stream keys of `group` start with (`…:t:`, then the topic).
+    pub(super) fn stream_prefix(&self, group: usize) -> String {
+        format!("{}:t:", self.tag(group))
+    }
+
     /// `XTRIM MINID` argument for age retention.
     pub(super) fn min_id(&self) -> String {
         let min_ms = now_ms().saturating_sub(self.inner.opts.max_age.as_millis() as u64);

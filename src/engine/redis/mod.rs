@@ -13,6 +13,8 @@
 //! {prefix}{s<N>}:m:<topic>          the newest id ever trimmed from the stream
 //! {prefix}{s<N>}:i:<topic>:<key>    an idempotency key → "<id> <ts>" (SET EX)
 //! {prefix}{s<N>}:w:<process>        wake-up stream of one process's reader N
+//! {prefix}{s<N>}:n                  notify stream of group N: the stream key of
+//!                                   every publish (capped at ~10,000 entries)
 //! ```
 //!
 //! `N = fnv1a(topic) % shards`: every process must use the same `shards`.
@@ -21,7 +23,8 @@
 //!
 //! - **Publish** is one `EVALSHA` (one round trip): idempotency check,
 //!   `XADD`, exact trimming by count and age (recording the newest trimmed
-//!   id), `SET` of the idempotency key.
+//!   id), an `XADD` of the stream's key to the group's notify stream, `SET`
+//!   of the idempotency key.
 //!   The stream entry id is the message id.
 //! - **History** is one script: trim by age, `XINFO STREAM`, the trim
 //!   marker (the newest id ever trimmed, kept by the scripts because Redis
@@ -30,10 +33,15 @@
 //!   id the stream never reached (the stream was deleted or Redis lost its
 //!   data), so a lost stream is reported as a gap instead of waited on.
 //! - **Live**: one reader task per key group, each with its own connection,
-//!   loops on `XREAD BLOCK` over the watched topics of its group, from the
-//!   last id it saw per topic, and hands entries to the hub. Watching a topic
-//!   records the stream's current last id first (so nothing written in
-//!   between is missed) and wakes the reader through its wake-up stream.
+//!   loops on `XREAD BLOCK` over the group's notify stream (and its wake-up
+//!   stream), then reads only the watched topics the notifications name,
+//!   from the last id it handed to the hub per topic, with their trim
+//!   markers in the same script: entries trimmed before the reader saw them
+//!   close the topic's subscribers, who resume from their cursors and get
+//!   the gap. Redis work per delivery follows the topics that changed, not
+//!   the topics watched. Watching a topic records the stream's current last
+//!   id first (so nothing written in between is missed), queues the topic
+//!   for a read from there and wakes the reader through its wake-up stream.
 //!   No per-subscriber and no per-topic Redis connection.
 //!
 //! # Outages
@@ -42,8 +50,8 @@
 //! behind data) and at once when a data-path command fails; readiness
 //! follows the pings. Errors are counted and logged once per state change. Readers back off with jitter
 //! and resume from the last id seen per topic, so nothing written during the
-//! outage is missed. After a reconnect every watched topic is checked: a
-//! stream whose last id went backwards (flushed, restarted without
+//! outage is missed. After a reconnect every watched topic is read: a
+//! stream that lost what was delivered from it (flushed, restarted without
 //! persistence, key deleted) makes the hub close that topic's subscribers,
 //! which resume from their cursors and get an explicit gap.
 //!
@@ -51,7 +59,7 @@
 //!
 //! - `scripts/*.lua`: the publish and history scripts, each run as one
 //!   `EVALSHA`; `trim.lua` (the shared trimming function) is prepended to
-//!   both.
+//!   both; `live.lua`, the readers' read of the topics that changed.
 //! - `mod.rs`: settings, the engine and its [`Engine`] implementation.
 //! - `conn.rs`: connections (one shared command connection, one dedicated
 //!   connection per reader; single server or Cluster).
@@ -59,7 +67,8 @@
 //! - `keys.rs`: key groups and key names.
 //! - `health.rs`: the command timeout, readiness and the health task (own
 //!   connection).
-//! - `reader.rs`: the per-group live readers and the post-outage check.
+//! - `reader.rs`: the per-group live readers (notify stream, trimmed-entry
+//!   detection, the sweep after a reconnect).
 
 mod conn;
 mod health;
@@ -128,6 +137,9 @@ struct Inner {
     decided: AtomicBool,
     /// Asks the health task for a ping now (a data-path command failed).
     probe: Notify,
+    /// The shared command connection failed (not merely timed out): not
+    /// ready until it answers again.
+    data_broken: AtomicBool,
     publish: Script,
     history: Script,
 }
@@ -165,6 +177,7 @@ impl RedisEngine {
                 ready: AtomicBool::new(false),
                 decided: AtomicBool::new(false),
                 probe: Notify::new(),
+                data_broken: AtomicBool::new(false),
                 publish: Script::new(&format!("{TRIM}{PUBLISH}")),
                 history: Script::new(&format!("{TRIM}{HISTORY}")),
             }),
@@ -220,6 +233,7 @@ impl Engine for RedisEngine {
         let mut inv = self.inner.publish.key(&stream);
         inv.key(self.marker_key(topic))
             .key(&idem)
+            .key(self.notify_key(self.group_of(topic)))
             .arg(data.as_ref())
             .arg(now)
             .arg(self.inner.opts.max_len)
