@@ -1,7 +1,8 @@
 //! The Redis engine's live path against a real `redis-server` (issue 11):
 //! entries trimmed before the live reader saw them are a gap, never a silent
 //! jump (item 4); readiness does not follow a stalled data connection (item
-//! 12); the last leave racing a first join of a topic never leaves the new
+//! 12); a reader behind the notify stream's cap misses nothing (item 13);
+//! the last leave racing a first join of a topic never leaves the new
 //! subscriber without live messages (item 3).
 #![allow(clippy::unwrap_used, clippy::disallowed_types)]
 mod support;
@@ -101,6 +102,43 @@ async fn entries_trimmed_before_the_live_read_are_a_gap() {
     assert_eq!(ws.next_op("message").await["id"], again.as_str());
     assert_eq!(sse.message().await.1["id"], again.as_str());
     ws.assert_quiet("ws2").await;
+    s.stop().await;
+}
+
+/// Item 13: the reader fell a whole notify-stream cap behind (simulated: the
+/// notify stream is trimmed and refilled with 1,001 notifications of another
+/// topic, atomically, while an entry lands in the watched topic's stream
+/// with no notification of its own). A full batch whose previous position is
+/// gone makes the reader read every watched topic: the entry is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_behind_the_notify_cap_reads_every_watched_topic() {
+    const SCRIPT: &str = r"
+        local id = redis.call('XADD', KEYS[1], '*', 'd', '42', 't', ARGV[1])
+        redis.call('XTRIM', KEYS[2], 'MAXLEN', 0)
+        for i = 1, 1001 do redis.call('XADD', KEYS[2], '*', 's', KEYS[3]) end
+        return id";
+    let redis = RedisServer::start();
+    let s = TestServer::start(&redis.config("shards = 1\n")).await;
+    let topic = "live.behind";
+    let mut ws = s.ws(&format!("/v1/ws?topic={topic}")).await;
+    let first = s.publish(topic, "1").await;
+    assert_eq!(ws.next_op("message").await["id"], first.as_str());
+
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut conn = tokio::time::timeout(WAIT, client.get_multiplexed_async_connection())
+        .await
+        .expect("redis connect timed out")
+        .expect("redis connect");
+    let script = ::redis::Script::new(SCRIPT);
+    let mut inv = script.key(format!("rtgate:{{s0}}:t:{topic}"));
+    inv.key("rtgate:{s0}:n").key("rtgate:{s0}:t:live.other").arg(1);
+    let id: String = tokio::time::timeout(WAIT, inv.invoke_async(&mut conn))
+        .await
+        .expect("script timed out")
+        .expect("script");
+    let m = ws.next_op("message").await;
+    assert_eq!((m["id"].as_str(), m["data"].clone()), (Some(id.as_str()), json!(42)), "{m}");
+    ws.assert_quiet("ws").await;
     s.stop().await;
 }
 
