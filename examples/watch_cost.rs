@@ -9,10 +9,11 @@
 //! `cargo run --release --example watch_cost -- http://127.0.0.1:8093 redis://127.0.0.1:6398/ 10000 2000`
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

@@ -4,7 +4,9 @@
 # (:8093) on it, both pinned to SERVER_CPU; examples/watch_cost.rs (on LG_CPU)
 # subscribes TOPICS topics over WebSocket, then publishes PUBLISHES messages one
 # at a time, each awaited at its subscriber, and prints Redis CPU
-# (INFO used_cpu_sys + used_cpu_user) and commands per delivery.
+# (INFO used_cpu_sys + used_cpu_user) and commands per delivery. Heartbeats are
+# relaxed: the subscribers only read after setup, which takes minutes on the old
+# reader at 100,000 topics.
 #   cargo build --release --bin rtgate --example watch_cost && scripts/bench-watch.sh
 # env: GW (target/release/rtgate: compare another build with GW=path),
 #      COUNTS ("1000 10000 100000"), PUBLISHES (2000), OUT (/tmp/bench-watch),
@@ -30,7 +32,7 @@ for n in $COUNTS; do
   STARTED+=("$!")
   for _ in $(seq 100); do redis-cli -p $RP ping >/dev/null 2>&1 && break; sleep 0.1; done
   RUST_LOG=warn RTGATE_ENGINE__KIND=redis RTGATE_REDIS__URL=redis://127.0.0.1:$RP/ \
-    RTGATE_LIMITS__MAX_TOPICS_PER_CONNECTION=1000 \
+    RTGATE_LIMITS__MAX_TOPICS_PER_CONNECTION=1000 RTGATE_HEARTBEAT__INTERVAL=60s RTGATE_HEARTBEAT__TIMEOUT=3600s \
     taskset -c "$SCPU" "$GW" --listen 127.0.0.1:$GP >"$OUT/rtgate-$n.log" 2>&1 &
   STARTED+=("$!")
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$GP/readyz" >/dev/null && break; sleep 0.1; done
