@@ -474,3 +474,45 @@ async fn sleep_backoff(token: &CancellationToken, backoff: &mut Duration) -> boo
         _ = tokio::time::sleep(wait) => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn entry(id: &str) -> Value {
+        Value::Array(vec![bulk(id), Value::Array(vec![bulk("s"), bulk("k")])])
+    }
+
+    #[test]
+    fn xread_replies_in_both_protocols() {
+        let resp2 = Value::Array(vec![Value::Array(vec![bulk("n"), Value::Array(vec![entry("1-0")])])]);
+        let resp3 = Value::Map(vec![(bulk("n"), Value::Array(vec![entry("1-0"), entry("2-0")]))]);
+        assert_eq!(streams(&resp2).iter().map(|(k, e)| (*k, e.len())).collect::<Vec<_>>(), [("n", 1)]);
+        assert_eq!(streams(&resp3).iter().map(|(k, e)| (*k, e.len())).collect::<Vec<_>>(), [("n", 2)]);
+        assert!(streams(&Value::Nil).is_empty(), "a block that timed out");
+        assert_eq!(first_id(&Value::Array(vec![entry("7-1")])), Some(MessageId::new(7, 1)));
+        assert_eq!(first_id(&Value::Array(vec![])), None);
+    }
+
+    #[test]
+    fn live_script_topic_reads() {
+        let r = topic_read(Value::Array(vec![
+            Value::Int(1),
+            bulk("5-0"),
+            Value::Int(0),
+            Value::Array(vec![entry("6-0")]),
+        ]))
+        .unwrap();
+        assert!(r.exists && !r.present);
+        assert_eq!((r.trimmed, r.entries.len()), (Some(MessageId::new(5, 0)), 1));
+        let none =
+            topic_read(Value::Array(vec![Value::Int(0), bulk(""), Value::Int(0), Value::Array(vec![])]))
+                .unwrap();
+        assert!(!none.exists && none.trimmed.is_none());
+        assert!(topic_read(Value::Array(vec![Value::Int(1)])).is_none(), "malformed");
+    }
+}
