@@ -367,6 +367,28 @@ impl WsClient {
         assert!(matches!(end, Ended::Closed(..) | Ended::Dropped), "{end:?}");
     }
 
+    /// Reads until the connection ends; returns the text frames read on the
+    /// way (parsed) and how it ended.
+    pub async fn frames_until_end(&mut self) -> (Vec<Value>, Ended) {
+        let mut frames = vec![];
+        loop {
+            let Ok(next) = tokio::time::timeout(WAIT, self.ws.next()).await else {
+                panic!("timed out waiting for close; frames read: {frames:?}");
+            };
+            match next {
+                None | Some(Err(_)) => return (frames, Ended::Dropped),
+                Some(Ok(WsMessage::Text(t))) => {
+                    frames.push(serde_json::from_str(t.as_str()).expect("json frame"))
+                }
+                Some(Ok(WsMessage::Close(Some(f)))) => {
+                    return (frames, Ended::Closed(u16::from(f.code), f.reason.as_str().to_owned()))
+                }
+                Some(Ok(WsMessage::Close(None))) => return (frames, Ended::Closed(1005, String::new())),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
     /// Waits for the connection to end; returns the close code and reason.
     pub async fn ended(&mut self) -> Ended {
         loop {

@@ -127,6 +127,21 @@ impl Sse {
             }
         }
     }
+
+    /// Reads until the stream ends, cleanly or not (the server may abort a
+    /// stream it closes); returns the events seen on the way and whether
+    /// it ended cleanly.
+    pub async fn end_or_drop(&mut self) -> (Vec<Event>, bool) {
+        let mut out = vec![];
+        loop {
+            match tokio::time::timeout(WAIT, self.events.next()).await {
+                Err(_) => panic!("timed out waiting for the SSE stream to end; events: {out:?}"),
+                Ok(None) => return (out, true),
+                Ok(Some(Ok(ev))) => out.push(ev),
+                Ok(Some(Err(_))) => return (out, false),
+            }
+        }
+    }
 }
 
 impl Sse {

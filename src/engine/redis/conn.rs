@@ -1,6 +1,7 @@
 //! Connections to Redis: one shared command connection per engine (a
-//! reconnecting manager, or a cluster connection) and one dedicated
-//! connection per blocking reader, for a single server or a Cluster.
+//! reconnecting manager, or a cluster connection), one dedicated connection
+//! per blocking reader and one for the health task (so pings never queue
+//! behind data), for a single server or a Cluster.
 
 use std::time::Duration;
 
@@ -17,9 +18,9 @@ use crate::core::engine::EngineError;
 pub(super) enum RedisConn {
     /// The shared command connection to a single server (reconnects by itself).
     Manager(ConnectionManager),
-    /// A reader's connection to a single server.
+    /// A reader's or the health task's connection to a single server.
     Multiplexed(MultiplexedConnection),
-    /// A command or reader connection to a Cluster.
+    /// A command, reader or health connection to a Cluster.
     Cluster(ClusterConnection),
 }
 
@@ -94,6 +95,24 @@ impl Clients {
                     .set_min_delay(Duration::from_millis(50))
                     .set_max_delay(Duration::from_secs(2));
                 Ok(RedisConn::Manager(ConnectionManager::new_lazy_with_config(client.clone(), config)?))
+            }
+            Clients::Cluster { commands, .. } => {
+                Ok(RedisConn::Cluster(commands.get_async_connection().await?))
+            }
+        }
+    }
+
+    /// The health task's own connection: nothing else is sent on it, so a
+    /// ping is never queued behind a large reply or a held command.
+    pub(super) async fn health(&self, opts: &RedisOptions) -> Result<RedisConn, redis::RedisError> {
+        match self {
+            Clients::Single(client) => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(opts.op_timeout))
+                    .set_response_timeout(Some(opts.op_timeout));
+                Ok(RedisConn::Multiplexed(
+                    client.get_multiplexed_async_connection_with_config(&config).await?,
+                ))
             }
             Clients::Cluster { commands, .. } => {
                 Ok(RedisConn::Cluster(commands.get_async_connection().await?))

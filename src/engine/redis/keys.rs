@@ -63,6 +63,17 @@ impl RedisEngine {
         format!("{}:w:{}", self.tag(group), self.inner.process)
     }
 
+    /// The notify stream of `group`: every publish appends its stream's key
+    /// (capped); live readers block on it instead of on every stream.
+    pub(super) fn notify_key(&self, group: usize) -> String {
+        format!("{}:n", self.tag(group))
+    }
+
+    /// What the stream keys of `group` start with (`…:t:`, then the topic).
+    pub(super) fn stream_prefix(&self, group: usize) -> String {
+        format!("{}:t:", self.tag(group))
+    }
+
     /// `history.max_age` in ms, for the scripts' age trimming (which reads
     /// the time from Redis, the clock its ids come from).
     pub(super) fn max_age_ms(&self) -> u64 {

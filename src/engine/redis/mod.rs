@@ -14,6 +14,9 @@
 //! {prefix}{s<N>}:i:<len>:<topic>:<key> an idempotency key → "<id> <ts>" (SET PX)
 //! {prefix}{s<N>}:k:<topic>            the topic's idempotency keys by time (ZSET)
 //! {prefix}{s<N>}:w:<process>          wake-up stream of one process's reader N
+//! {prefix}{s<N>}:a                  the group's age index: topic → when its oldest entry expires
+//! {prefix}{s<N>}:n                  notify stream of group N: the stream key of
+//!                                   every publish (capped at ~10,000 entries)
 //! ```
 //!
 //! `N = fnv1a(topic) % shards`: every process must use the same `shards`.
@@ -38,7 +41,8 @@
 //!
 //! - **Publish** is one `EVALSHA` (one round trip): idempotency check,
 //!   `XADD`, exact trimming by count and age (recording the newest trimmed
-//!   id), expiry, `SET` of the idempotency key.
+//!   id), expiry, an `XADD` of the stream's key to the group's notify
+//!   stream, `SET` of the idempotency key.
 //!   The stream entry id is the message id.
 //! - **History** is one script: trim by age, the first entry's id, the trim
 //!   marker (the newest id ever trimmed, kept by the scripts because Redis
@@ -53,23 +57,29 @@
 //!   id the stream never reached (the stream was deleted or Redis lost its
 //!   data), so a lost stream is reported as a gap instead of waited on.
 //! - **Live**: one reader task per key group, each with its own connection,
-//!   loops on `XREAD BLOCK` over the watched topics of its group, from the
-//!   last id it saw per topic, and hands entries to the hub. Watching a topic
-//!   records the stream's current last id first (so nothing written in
-//!   between is missed) and wakes the reader through its wake-up stream.
+//!   loops on `XREAD BLOCK` over the group's notify stream (and its wake-up
+//!   stream), then reads only the watched topics the notifications name,
+//!   from the last id it handed to the hub per topic, with their trim
+//!   markers in the same script: entries trimmed before the reader saw them
+//!   close the topic's subscribers, who resume from their cursors and get
+//!   the gap. Redis work per delivery follows the topics that changed, not
+//!   the topics watched. Watching a topic records the stream's current last
+//!   id first (so nothing written in between is missed), queues the topic
+//!   for a read from there and wakes the reader through its wake-up stream.
 //!   No per-subscriber and no per-topic Redis connection.
 //!
 //! # Outages
 //!
-//! A health task pings every second; readiness follows it. Connection
-//! failures and timeouts mark the engine unready; an error *reply* to one
-//! command (the store is up and refused that request, see
+//! A health task pings every second on its own connection (never queued
+//! behind data) and at once when a data-path command fails; readiness
+//! follows the pings. Connection failures mark the engine unready; an error
+//! *reply* to one command (the store is up and refused that request, see
 //! [`is_rejection`]) is `EngineError::Rejected` and leaves readiness alone,
 //! so no request can take the gateway out of a load balancer. Errors are
 //! counted and logged once per state change. Readers back off with jitter
 //! and resume from the last id seen per topic, so nothing written during the
-//! outage is missed. After a reconnect every watched topic is checked: a
-//! stream whose last id went backwards (flushed, restarted without
+//! outage is missed. After a reconnect every watched topic is read: a
+//! stream that lost what was delivered from it (flushed, restarted without
 //! persistence, key deleted) makes the hub close that topic's subscribers,
 //! which resume from their cursors and get an explicit gap.
 //!
@@ -77,15 +87,17 @@
 //!
 //! - `scripts/*.lua`: the publish, history and sweep scripts, each run as
 //!   one `EVALSHA`; `trim.lua` (the shared trimming function) is prepended
-//!   to each.
+//!   to each; `live.lua`, the readers' read of the topics that changed.
 //! - `mod.rs`: settings, the engine and its [`Engine`] implementation.
 //! - `conn.rs`: connections (one shared command connection, one dedicated
 //!   connection per reader; single server or Cluster).
 //! - `reply.rs`: parsing of script replies and stream entries.
 //! - `keys.rs`: key groups and key names.
-//! - `health.rs`: the command timeout, readiness and the health task.
+//! - `health.rs`: the command timeout, readiness and the health task (own
+//!   connection).
 //! - `sweep.rs`: the age sweep of idle topics.
-//! - `reader.rs`: the per-group live readers and the post-outage check.
+//! - `reader.rs`: the per-group live readers (notify stream, trimmed-entry
+//!   detection, the check after a reconnect).
 
 mod conn;
 mod health;
@@ -103,7 +115,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use rand::Rng;
 use redis::{Script, Value};
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 
 use self::conn::{Clients, RedisConn};
 use self::reader::{Group, Watched};
@@ -165,6 +177,11 @@ struct Inner {
     ready: AtomicBool,
     /// Whether readiness was ever decided (so the first failure is logged).
     decided: AtomicBool,
+    /// Asks the health task for a ping now (a data-path command failed).
+    probe: Notify,
+    /// The shared command connection failed (not merely timed out): not
+    /// ready until it answers again.
+    data_broken: AtomicBool,
     publish: Script,
     history: Script,
     sweep: Script,
@@ -218,6 +235,8 @@ impl RedisEngine {
                 process,
                 ready: AtomicBool::new(false),
                 decided: AtomicBool::new(false),
+                probe: Notify::new(),
+                data_broken: AtomicBool::new(false),
                 publish: Script::new(&format!("{TRIM}{PUBLISH}")),
                 history: Script::new(&format!("{TRIM}{HISTORY}")),
                 sweep: Script::new(&format!("{TRIM}{SWEEP}")),
@@ -289,6 +308,7 @@ impl Engine for RedisEngine {
             .key(&idem)
             .key(&index)
             .key(self.age_index(self.group_of(topic)))
+            .key(self.notify_key(self.group_of(topic)))
             .arg(data.as_ref())
             .arg(opts.max_len)
             .arg(self.max_age_ms())

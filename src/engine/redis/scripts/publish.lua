@@ -1,6 +1,6 @@
 -- Publish: idempotency check, XADD, trim, expiry, idempotency key.
 -- KEYS: stream, trim marker, idempotency key, idempotency index, the key
--- group's age index. ARGV: data, maxlen, max age ms, idempotency ttl ms
+-- group's age index, the group's notify stream. ARGV: data, maxlen, max age ms, idempotency ttl ms
 -- ('' = no key), idempotency keys kept per topic, topic. Returns {"<id> <ts>", duplicate}; ts is
 -- the id's ms part (Redis's clock, never decreasing within a topic).
 
@@ -33,6 +33,9 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 if first then redis.call('ZADD', KEYS[5], id_ms(first) + tonumber(ARGV[3]), ARGV[6]) end
 redis.call('PEXPIRE', KEYS[5], ARGV[3])
+-- Live readers learn which stream changed from the group's notify stream
+-- (reader.rs).
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', 10000, '*', 's', KEYS[1])
 local v = id .. ' ' .. string.match(id, '^(%d+)')
 if ARGV[4] ~= '' then remember(KEYS[3], KEYS[4], v, ARGV[4], ARGV[5]) end
 return {v, 0}
