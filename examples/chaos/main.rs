@@ -350,7 +350,7 @@ async fn run(args: Args) -> Result<bool, String> {
     for p in &problems {
         println!("VIOLATION {p}");
     }
-    let ok = all.ok() && behind(&subs) == 0 && accepted_list.len() > 0;
+    let ok = all.ok() && behind(&subs) == 0 && !accepted_list.is_empty();
     println!(
         "{}",
         if ok { "OK: every subscriber holds every accepted id exactly once, in order" } else { "FAILED" }
