@@ -350,7 +350,7 @@ impl FrontDoor {
             addr,
             token,
             thread: Some(thread),
-            linger: Duration::from_millis(200),
+            linger: Duration::from_millis(80),
             check_ready: false,
         };
         door.probe("/healthz", Duration::from_secs(20))?;
@@ -397,6 +397,7 @@ impl FrontDoor {
         let start = Instant::now();
         let mut last = None;
         let mut head = Vec::new();
+        let mut got = 0;
         let mut buf = [0u8; 4096];
         loop {
             let now = Instant::now();
@@ -407,8 +408,12 @@ impl FrontDoor {
                 Ok(0) => break,
                 Ok(n) => {
                     last = Some(Instant::now());
+                    got += n;
                     if head.len() < 1024 {
                         head.extend_from_slice(&buf[..n.min(1024 - head.len())]);
+                    }
+                    if http1_complete(&head, got) {
+                        break;
                     }
                 }
                 Err(e)
@@ -448,6 +453,22 @@ impl FrontDoor {
             }
         }
     }
+}
+
+/// True when `head` (the first bytes of an answer, `total` bytes in all)
+/// holds one whole HTTP/1.1 response with a `content-length` body: no need
+/// to wait for more.
+fn http1_complete(head: &[u8], total: usize) -> bool {
+    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+    let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+    if !text.starts_with("http/1.1 ") || text.starts_with("http/1.1 101") {
+        return false;
+    }
+    let len = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    len.is_some_and(|n| total >= end + 4 + n)
 }
 
 impl Drop for FrontDoor {

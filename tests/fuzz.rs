@@ -195,11 +195,11 @@ fn worker(
 }
 
 /// Threads for the front-door targets (they mostly wait on sockets):
-/// `RTGATE_FUZZ_THREADS`, default 4. With more than one, a server-side
+/// `RTGATE_FUZZ_THREADS`, default 8. With more than one, a server-side
 /// failure may be reported on another thread's input: rerun the saved
 /// input with `RTGATE_FUZZ_THREADS=1` to confirm.
 fn door_threads() -> usize {
-    std::env::var("RTGATE_FUZZ_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(4)
+    std::env::var("RTGATE_FUZZ_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(8)
 }
 
 fn t(s: &str) -> Topic {
