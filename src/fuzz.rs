@@ -8,8 +8,8 @@
 //! parses re-encodes to a form that parses back to the same value (cursor,
 //! message id); what is refused is refused with the contract's code
 //! (`bad_request`, `bad_topic`, `too_large`), never anything else; and the
-//! front door ([`FrontDoor`]) answers `/healthz` after any bytes, with no
-//! panic in any server task. A target returns a small number describing
+//! front door ([`FrontDoor`]) answers `/healthz` (and, when asked,
+//! `/readyz`) after any bytes, with no panic in any server task. A target returns a small number describing
 //! which path the input took (the kind of result), which the stable runner
 //! uses as cheap feedback to grow its corpus; libFuzzer ignores it.
 //!
