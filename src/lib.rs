@@ -39,6 +39,8 @@ pub mod config;
 pub mod core;
 pub mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod metrics;
 pub mod ops;
 pub mod proto;
