@@ -25,7 +25,8 @@
 //! - Beside the stack: [`config`], [`error`] (the contract's codes and every
 //!   projection of a reason onto a wire, with `core::close`), [`metrics`],
 //!   [`shutdown`], [`telemetry`], [`ops`] (health, readiness, metrics
-//!   endpoints) and [`proto`] (the gRPC client types).
+//!   endpoints), [`proto`] (the gRPC client types) and the hidden `fuzz`
+//!   module (fuzz targets for `tests/fuzz.rs` and `fuzz/`).
 //!
 //! `docs/architecture.md` walks one published message and one resumed
 //! subscription through these modules.
