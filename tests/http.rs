@@ -240,7 +240,17 @@ async fn malformed_or_empty_body_is_bad_request() {
 #[tokio::test]
 async fn data_that_is_not_utf8_is_bad_request() {
     let s = TestServer::start("").await;
-    for body in [&b"\"\xff\""[..], b"{\"k\":\"\xc3\"}", b"[\"\xed\xa0\x80\"]", b"\"\xf8\x88\x80\x80\x80\""] {
+    // The last three escape a lone surrogate: JSON by its grammar, but no
+    // Unicode text (a strict decoder refuses the whole message).
+    for body in [
+        &b"\"\xff\""[..],
+        b"{\"k\":\"\xc3\"}",
+        b"[\"\xed\xa0\x80\"]",
+        b"\"\xf8\x88\x80\x80\x80\"",
+        br#""\ud800""#,
+        br#"{"k":["\uDFFF"]}"#,
+        br#""\ud83d x""#,
+    ] {
         let a = post(&s, "/v1/publish/utf", body.to_vec(), None).await;
         assert_error(&a, 400, "bad_request");
     }
@@ -248,8 +258,10 @@ async fn data_that_is_not_utf8_is_bad_request() {
     let (ids, _, _) = history(&s, "utf", "").await;
     assert!(ids.is_empty(), "{ids:?}");
     publish_ok(&s, "utf", "\"\u{e9}\u{1f600}\"").await;
+    publish_ok(&s, "utf", r#""\ud83d\ude00""#).await; // an escaped pair is text
     let (ids, data, _) = history(&s, "utf", "").await;
-    assert_eq!((ids.len(), data[0].as_str()), (1, Some("\u{e9}\u{1f600}")));
+    assert_eq!((ids.len(), data[0].as_str()), (2, Some("\u{e9}\u{1f600}")));
+    assert_eq!(data[1].as_str(), Some("\u{1f600}"));
     s.stop().await;
 }
 

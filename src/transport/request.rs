@@ -83,7 +83,24 @@ pub(crate) fn check_data(data: Bytes, max: usize) -> Result<Bytes, ApiError> {
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&data) {
         return Err(ApiError::new(Code::BadRequest, format!("data is not valid JSON: {e}")));
     }
+    // An escaped surrogate (`\ud800`) must come in a valid pair: a lone
+    // one is JSON by its grammar but no Unicode text, and strict decoders
+    // (serde_json into a string, among others) refuse the whole message,
+    // so a poll or history client would be stuck on it. Skipping strings
+    // does not decode escapes; the rare data that may hold one is decoded.
+    if may_escape_a_surrogate(&data) {
+        if let Err(e) = serde_json::from_slice::<serde_json::Value>(&data) {
+            return Err(ApiError::new(Code::BadRequest, format!("data is not valid JSON text: {e}")));
+        }
+    }
     Ok(data)
+}
+
+/// Whether `data` holds `\u` followed by `d`/`D` (the start of an escaped
+/// surrogate, U+D800..U+DFFF), possibly after an escaped backslash: a cheap
+/// over-approximation.
+fn may_escape_a_surrogate(data: &[u8]) -> bool {
+    data.windows(3).any(|w| w[0] == b'\\' && w[1] == b'u' && (w[2] == b'd' || w[2] == b'D'))
 }
 
 /// Drops leading and trailing JSON whitespace; the value itself is kept
@@ -208,6 +225,18 @@ mod tests {
             assert_eq!((e.code, e.message.as_str()), (Code::BadRequest, "data is not valid UTF-8"));
         }
         assert!(check_data(Bytes::from("\"é\"".as_bytes()), 16).is_ok());
+        // Escaped surrogates: a pair is text, a lone one is not.
+        for lone in [&br#""\ud800""#[..], br#"["\uDC00"]"#, br#"{"k":"a\ud83d b"}"#] {
+            let e = check_data(Bytes::copy_from_slice(lone), 64).unwrap_err();
+            assert_eq!(e.code, Code::BadRequest, "{}", String::from_utf8_lossy(lone));
+        }
+        for fine in [&br#""\ud83d\ude00""#[..], br#""\\ud800""#, br#""\u00e9\u0064""#] {
+            assert!(
+                check_data(Bytes::copy_from_slice(fine), 64).is_ok(),
+                "{}",
+                String::from_utf8_lossy(fine)
+            );
+        }
         assert!(check_idempotency_key(b"k-1").is_ok());
         assert!(check_idempotency_key(b"").is_err());
         assert!(check_idempotency_key(b"a b").is_err());
