@@ -22,12 +22,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
   exit 2
 fi
 
+target="${CARGO_TARGET_DIR:-target}"
 if $short; then
   cargo build --locked --bin rtgate --example chaos
-  exec target/debug/examples/chaos --rtgate target/debug/rtgate \
+  exec "$target/debug/examples/chaos" --rtgate "$target/debug/rtgate" \
     --duration 45 --cycles 1 --subs 25 "$@"
 else
   cargo build --locked --release --bin rtgate --example chaos
-  exec target/release/examples/chaos --rtgate target/release/rtgate \
+  exec "$target/release/examples/chaos" --rtgate "$target/release/rtgate" \
     --duration 300 --cycles 5 --subs 100 "$@"
 fi
