@@ -171,14 +171,7 @@ async fn run(args: Args) -> Result<bool, String> {
         let pair = [topics[i].clone(), topics[(i + 1) % topics.len()].clone()];
         let q = pair.iter().map(|t| format!("topic={t}")).collect::<Vec<_>>().join("&");
         let url = format!("http://{}/v1/poll?{q}&timeout=0", ctx.gateways[i % 2]);
-        let v: Value = http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
+        let v = get_json(&http, &url).await?;
         let c = v.get("cursor").and_then(Value::as_str).ok_or_else(|| format!("no cursor in {v}"))?;
         start_cursor.insert(i, (pair, c.to_owned()));
     }
@@ -365,14 +358,7 @@ async fn history(http: &reqwest::Client, gw: &str, topic: &str) -> Result<HashSe
     let mut after = MessageId::ZERO.to_string();
     loop {
         let url = format!("http://{gw}/v1/history/{topic}?after={after}&limit=1000");
-        let v: Value = http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
+        let v = get_json(http, &url).await?;
         let msgs = v.get("messages").and_then(Value::as_array).ok_or_else(|| format!("history: {v}"))?;
         let ids: Vec<MessageId> = msgs
             .iter()
@@ -383,4 +369,9 @@ async fn history(http: &reqwest::Client, gw: &str, topic: &str) -> Result<HashSe
         after = last.to_string();
         out.extend(ids);
     }
+}
+
+/// `GET url` as JSON; errors as text.
+async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
+    http.get(url).send().await.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())
 }
