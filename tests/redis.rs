@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 // ---------------------------------------------------------------- helpers
@@ -26,19 +25,6 @@ fn fnv1a(s: &str) -> u32 {
         h = h.wrapping_mul(0x0100_0193);
     }
     h
-}
-
-/// Polls `path` until it answers `want` (bounded by `within`).
-async fn wait_status(s: &TestServer, path: &str, want: u16, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let (status, body) = s.get(path).await;
-        if status == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{path} still {status} {body} after {within:?}, want {want}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Every message of `topic`, paging with `after`.

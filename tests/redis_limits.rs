@@ -19,15 +19,7 @@ const MAX_ID: &str = "18446744073709551615-18446744073709551615";
 
 /// Polls `/readyz` until it answers 200 (bounded).
 async fn wait_ready(s: &TestServer) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, body) = s.get("/readyz").await;
-        if status == 200 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "/readyz still {status} {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_status(s, "/readyz", 200, Duration::from_secs(20)).await;
 }
 
 /// Asserts `/readyz` answers 200 now (and a few times over the next half

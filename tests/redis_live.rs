@@ -150,11 +150,7 @@ async fn a_reader_behind_the_notify_cap_reads_every_watched_topic() {
 async fn readiness_ignores_a_stalled_data_connection() {
     let redis = RedisServer::start();
     let s = TestServer::start(&redis.config("op_timeout = \"500ms\"\n")).await;
-    let deadline = Instant::now() + WAIT;
-    while s.get("/readyz").await.0 != 200 {
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_status(&s, "/readyz", 200, WAIT).await;
     let topic = "stall.t";
     s.publish(topic, "0").await;
     let paused = Instant::now();

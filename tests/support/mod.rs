@@ -403,3 +403,19 @@ impl WsClient {
         }
     }
 }
+
+/// Polls `path` until it answers `want` (bounded by `within`).
+pub async fn wait_status(s: &TestServer, path: &str, want: u16, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (status, body) = s.get(path).await;
+        if status == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} still {status} {body} after {within:?}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
