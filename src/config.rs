@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 mod env;
+mod security;
 mod validate;
+pub use security::{AbuseConfig, AuthConfig, ReconnectConfig, TlsConfig};
 pub use env::Loaded;
 use env::{ignored_env, known_keys, names_a_key, ENV_PREFIX};
 
@@ -76,6 +78,14 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Tokens, API keys and allowed origins (off unless configured).
+    pub auth: AuthConfig,
+    /// Abuse limits: connection attempts, open streams, publish rates.
+    pub abuse: AbuseConfig,
+    /// Server-paced reconnect hints.
+    pub reconnect: ReconnectConfig,
+    /// Native TLS termination.
+    pub tls: TlsConfig,
 }
 
 /// `[engine]`
@@ -297,7 +307,8 @@ impl Default for GrpcConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Origins allowed by CORS on the HTTP, SSE and poll endpoints; `["*"]`
-    /// allows any origin.
+    /// allows any origin. Empty (the default): `auth.allowed_origins` when
+    /// set, otherwise any origin while auth is off and none while it is on.
     pub cors_origins: Vec<String>,
     /// Time to the first request headers (or HTTP/2 preface + SETTINGS).
     #[serde(with = "humantime_serde")]
@@ -312,7 +323,7 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        let (cors_origins, s) = (vec!["*".into()], Duration::from_secs);
+        let (cors_origins, s) = (Vec::new(), Duration::from_secs);
         HttpConfig { cors_origins, handshake_timeout: s(10), body_timeout: s(10), tcp_keepalive: s(60) }
     }
 }
@@ -395,6 +406,10 @@ impl Default for Config {
             admin: AdminConfig::default(),
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
+            auth: AuthConfig::default(),
+            abuse: AbuseConfig::default(),
+            reconnect: ReconnectConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -512,6 +527,21 @@ impl Config {
     /// The effective configuration as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// The origins CORS answers: `http.cors_origins` when set, otherwise
+    /// `auth.allowed_origins` when set, otherwise any (`*`) while auth is
+    /// off and none while it is on.
+    pub fn cors_origins(&self) -> Vec<String> {
+        if !self.http.cors_origins.is_empty() {
+            self.http.cors_origins.clone()
+        } else if !self.auth.allowed_origins.is_empty() {
+            self.auth.allowed_origins.clone()
+        } else if self.auth.enabled() {
+            Vec::new()
+        } else {
+            vec!["*".into()]
+        }
     }
 
     /// Largest WebSocket frame accepted: a publish frame's envelope around

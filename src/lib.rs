@@ -36,6 +36,8 @@
 //! `main.rs` only wires: it loads [`config::Config`], installs logging, binds
 //! and calls [`run`]. Tests call [`run`] with a listener on port 0.
 
+pub mod abuse;
+pub mod auth;
 pub mod config;
 pub mod core;
 pub mod engine;
@@ -44,6 +46,7 @@ pub mod error;
 pub mod fuzz;
 pub mod metrics;
 pub mod ops;
+pub mod pacing;
 pub mod proto;
 pub mod server;
 pub mod shutdown;
@@ -67,10 +70,21 @@ use crate::server::Limited;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
 
+/// Why the application state cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The engine cannot be built from its configuration.
+    #[error(transparent)]
+    Engine(#[from] core::EngineError),
+    /// A key source of `[auth]` cannot be used.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+}
+
 /// The application state for `config`: the configured engine (metered),
 /// the hub it feeds, and `shutdown`, which the engine's background tasks
 /// obey.
-pub fn state(config: Arc<Config>, shutdown: Shutdown) -> Result<AppState, core::EngineError> {
+pub fn state(config: Arc<Config>, shutdown: Shutdown) -> Result<AppState, StartError> {
     let hub = Hub::with_max_topics(config.limits.max_topics);
     let engine = engine::build(&config, Arc::new(hub.clone()) as Arc<dyn Feed>, &shutdown)?;
     let bus = Bus {
@@ -79,7 +93,10 @@ pub fn state(config: Arc<Config>, shutdown: Shutdown) -> Result<AppState, core::
         outbox_capacity: config.limits.outbox_capacity,
         replay_page: config.history.replay_page,
     };
-    Ok(AppState { bus, config, shutdown })
+    let auth = Arc::new(auth::Auth::new(&config.auth)?);
+    let abuse = Arc::new(abuse::Abuse::new(&config.abuse));
+    let pacer = pacing::Pacer::new(&config.reconnect);
+    Ok(AppState { bus, config, shutdown, auth, abuse, pacer })
 }
 
 /// Serves on `listener` until `token` is cancelled, then drains: stops

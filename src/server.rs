@@ -58,7 +58,7 @@ pub fn app(state: AppState) -> App {
 /// The HTTP router: the transports' routes, health, readiness and (without
 /// an admin listener) metrics.
 fn http_app(state: AppState) -> Router {
-    let cors = cors(&state.config.http.cors_origins);
+    let cors = cors(&state.config.cors_origins());
     let router = Router::new()
         .merge(crate::transport::routes())
         .route("/healthz", get(crate::ops::healthz))

@@ -13,10 +13,13 @@ use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
+use crate::abuse::Abuse;
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::core::session::Kill;
 use crate::core::Bus;
 use crate::error::{ApiError, Code};
+use crate::pacing::Pacer;
 use crate::shutdown::Shutdown;
 
 /// Everything a handler needs. Clone = `Arc` bumps.
@@ -28,6 +31,12 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Shutdown token and task tracker.
     pub shutdown: Shutdown,
+    /// Credentials: tokens and API keys.
+    pub auth: Arc<Auth>,
+    /// Abuse limits.
+    pub abuse: Arc<Abuse>,
+    /// Reconnect hints.
+    pub pacer: Pacer,
 }
 
 impl AppState {

@@ -1,0 +1,145 @@
+//! The security sections of the configuration: `[auth]` (tokens, API keys,
+//! origins), `[abuse]` (rate limits and per-IP / per-user caps),
+//! `[reconnect]` (server-paced reconnect hints) and `[tls]`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// `[auth]`: off unless a key, a JWKS file or an API key is configured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 shared secrets (several while rotating). Never logged; shown
+    /// redacted by `--print-config`.
+    pub hmac_secrets: Vec<String>,
+    /// PEM files of RSA public keys: RS256 tokens.
+    pub rsa_public_keys: Vec<PathBuf>,
+    /// PEM files of EC P-256 public keys: ES256 tokens.
+    pub ec_public_keys: Vec<PathBuf>,
+    /// A JWKS file whose `kid`s select the key; reloaded when it changes
+    /// (checked every `reload_interval`) and on SIGHUP.
+    pub jwks_file: Option<PathBuf>,
+    /// How often key and certificate files are checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` (one of the token's), when set.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// API keys for server-to-server publishers and operator endpoints
+    /// (several while rotating): they may publish and subscribe to every
+    /// topic. Compared in constant time; shown redacted.
+    pub api_keys: Vec<String>,
+    /// Browser origins allowed on WebSocket, SSE and long polling (and the
+    /// CORS default); empty allows any origin. Requests without an
+    /// `Origin` header (not browsers) are not affected.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            hmac_secrets: Vec::new(),
+            rsa_public_keys: Vec::new(),
+            ec_public_keys: Vec::new(),
+            jwks_file: None,
+            reload_interval: Duration::from_secs(10),
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(5),
+            api_keys: Vec::new(),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// True when any credential source is configured: then every request
+    /// needs a token or an API key.
+    pub fn enabled(&self) -> bool {
+        !self.hmac_secrets.is_empty()
+            || !self.rsa_public_keys.is_empty()
+            || !self.ec_public_keys.is_empty()
+            || self.jwks_file.is_some()
+            || !self.api_keys.is_empty()
+    }
+}
+
+/// `[abuse]`: limits that shed a hostile or runaway client before it costs
+/// the others. On by default with values no ordinary client reaches; `0`
+/// turns a limit off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AbuseConfig {
+    /// Connection attempts (new connections and subscribing requests:
+    /// WebSocket, SSE, poll, gRPC streams) per client IP per second.
+    pub connect_rate_per_ip: u32,
+    /// Burst above `connect_rate_per_ip`.
+    pub connect_burst_per_ip: u32,
+    /// Connection attempts per second over every client.
+    pub connect_rate_global: u32,
+    /// Burst above `connect_rate_global`.
+    pub connect_burst_global: u32,
+    /// Open streams (WebSocket, SSE, poll, gRPC streams) per client IP.
+    pub max_connections_per_ip: u32,
+    /// Open streams per user (token `sub`).
+    pub max_connections_per_user: u32,
+    /// Publishes per connection per second (WebSocket, gRPC `Connect`;
+    /// HTTP and gRPC `Publish` per client IP).
+    pub publish_rate_per_connection: u32,
+    /// Burst above `publish_rate_per_connection`.
+    pub publish_burst_per_connection: u32,
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` names the
+    /// client; empty trusts no proxy (the default).
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for AbuseConfig {
+    fn default() -> Self {
+        AbuseConfig {
+            connect_rate_per_ip: 50,
+            connect_burst_per_ip: 200,
+            connect_rate_global: 5000,
+            connect_burst_global: 20000,
+            max_connections_per_ip: 10_000,
+            max_connections_per_user: 100,
+            publish_rate_per_connection: 200,
+            publish_burst_per_connection: 1000,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// `[reconnect]`: when rtgate closes many clients at once (shutdown, a
+/// shed storm) it tells each when to come back, spread over `window`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconnectConfig {
+    /// Shortest hint.
+    #[serde(with = "humantime_serde")]
+    pub min: Duration,
+    /// Hints are spread uniformly over `min..window` with per-client jitter.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        ReconnectConfig { min: Duration::from_millis(500), window: Duration::from_secs(15) }
+    }
+}
+
+/// `[tls]`: native TLS termination (rustls), off unless both files are set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; reloaded when it changes.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key; reloaded when it changes.
+    pub key_file: Option<PathBuf>,
+}
