@@ -20,9 +20,12 @@ use thiserror::Error;
 mod env;
 mod security;
 mod validate;
-pub use security::{AbuseConfig, AuthConfig, ReconnectConfig, TlsConfig};
 pub use env::Loaded;
 use env::{ignored_env, known_keys, names_a_key, ENV_PREFIX};
+pub use security::{AbuseConfig, AuthConfig, ReconnectConfig, TlsConfig, MAX_CREDENTIAL_LEN};
+
+/// What [`Config::to_toml`] shows instead of a secret.
+pub const REDACTED: &str = "<redacted>";
 
 /// A configuration that could not be loaded or is invalid.
 #[derive(Debug, Error)]
@@ -524,9 +527,15 @@ impl Config {
         Ok(config)
     }
 
-    /// The effective configuration as TOML.
+    /// The effective configuration as TOML, for people (`--print-config`):
+    /// every `auth.hmac_secrets` and `auth.api_keys` entry shows as
+    /// `"<redacted>"`.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        let mut shown = self.clone();
+        for secret in shown.auth.hmac_secrets.iter_mut().chain(shown.auth.api_keys.iter_mut()) {
+            *secret = REDACTED.into();
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 
     /// The origins CORS answers: `http.cors_origins` when set, otherwise

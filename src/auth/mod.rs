@@ -5,17 +5,35 @@
 //! [`Auth::authenticate`] turns the bearer credential of a request (or
 //! `None`) into [`Grants`]; transports check topics against them at
 //! subscribe and publish. While auth is off every request gets
-//! [`Grants::anonymous`], which allows everything.
+//! [`Grants::anonymous`], which allows everything. `docs/auth.md` describes
+//! what operators and clients see.
+//!
+//! Every key is parsed once and pinned to one algorithm (`keys`); a token
+//! is checked against the keys its header selects (`jwt`); the JWKS key
+//! set is swapped whole on reload (`reload`). [`mint`] makes HS256 tokens
+//! for trying things out.
 //!
 //! Nothing here logs or returns a token: errors name what was wrong, never
 //! the credential.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use jsonwebtoken::Validation;
+use subtle::{Choice, ConstantTimeEq};
 use thiserror::Error;
 
 use crate::config::AuthConfig;
+use crate::core::message::MAX_TOPIC_LEN;
 use crate::error::{ApiError, Code};
+
+mod jwt;
+mod keys;
+mod mint;
+mod reload;
+
+pub use jwt::{MAX_PATTERNS, MAX_TOKEN_LEN};
+pub use mint::{mint, TokenSpec};
 
 /// Why a credential was refused. The messages never contain the token.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -39,6 +57,9 @@ pub enum AuthError {
     /// A key source in the configuration cannot be used (startup and reloads).
     #[error("auth key configuration: {0}")]
     Config(String),
+    /// [`mint`] cannot make the token asked for.
+    #[error("cannot mint a token: {0}")]
+    Mint(String),
 }
 
 impl From<AuthError> for ApiError {
@@ -64,10 +85,33 @@ pub enum Principal {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pattern(Box<str>);
 
+/// Why a pattern is not valid.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("a pattern is 1 to 128 characters of A-Z a-z 0-9 _ . : @ - and *")]
+pub struct PatternError;
+
 impl Pattern {
-    /// A pattern from its text.
+    /// A pattern from its text, unchecked (configuration and tests; tokens
+    /// go through [`Pattern::parse`]).
     pub fn new(s: &str) -> Pattern {
         Pattern(s.into())
+    }
+
+    /// A pattern from its text: 1 to 128 characters of the topic alphabet
+    /// (`A-Z a-z 0-9 _ . : @ -`) and `*`.
+    pub fn parse(s: &str) -> Result<Pattern, PatternError> {
+        let ok = (1..=MAX_TOPIC_LEN).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:@-*".contains(&b));
+        if ok {
+            Ok(Pattern(s.into()))
+        } else {
+            Err(PatternError)
+        }
+    }
+
+    /// The pattern's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 
     /// Whether `topic` matches.
@@ -145,16 +189,53 @@ impl Grants {
     }
 }
 
-/// The configured credentials: keys (reloadable) and API keys.
-#[derive(Debug)]
+/// The configured credentials: keys (the JWKS ones reloadable) and API keys.
 pub struct Auth {
     enabled: bool,
+    /// `auth.api_keys`, as bytes.
+    api_keys: Vec<Box<[u8]>>,
+    /// Secrets and PEM keys of the configuration (read once).
+    configured: keys::KeySet,
+    /// The JWKS file, when configured.
+    jwks: Option<reload::Jwks>,
+    /// One per algorithm, in `Alg::index` order.
+    validations: [Validation; 3],
+    reload_interval: Duration,
+    /// Shared by every API-key request (no allocation per request).
+    api_grants: Arc<Grants>,
+    anonymous: Arc<Grants>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("enabled", &self.enabled)
+            .field("api_keys", &self.api_keys.len())
+            .field("configured", &self.configured)
+            .field("jwks", &self.jwks)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Auth {
-    /// Loads every key source of `cfg`; an unusable one is an error.
+    /// Loads every key source of `cfg` (secrets, PEM files, the JWKS file);
+    /// an unusable one is an error.
     pub fn new(cfg: &AuthConfig) -> Result<Auth, AuthError> {
-        Ok(Auth { enabled: cfg.enabled() })
+        let configured = keys::configured(cfg)?;
+        if cfg.hmac_secrets.iter().any(|s| s.len() < 32) {
+            tracing::warn!("an auth.hmac_secrets entry is shorter than 32 bytes; use long random secrets");
+        }
+        let jwks = cfg.jwks_file.as_deref().map(reload::Jwks::load).transpose()?;
+        Ok(Auth {
+            enabled: cfg.enabled(),
+            api_keys: cfg.api_keys.iter().map(|k| k.as_bytes().into()).collect(),
+            configured,
+            jwks,
+            validations: jwt::validations(cfg),
+            reload_interval: cfg.reload_interval,
+            api_grants: Arc::new(Grants::api_key()),
+            anonymous: Arc::new(Grants::anonymous()),
+        })
     }
 
     /// True when credentials are required.
@@ -163,15 +244,23 @@ impl Auth {
     }
 
     /// The grants of a request's bearer credential (an API key or a JWT).
-    /// While auth is off: [`Grants::anonymous`], whatever was sent.
+    /// While auth is off: [`Grants::anonymous`], whatever was sent. An empty
+    /// credential counts as none.
     pub fn authenticate(&self, bearer: Option<&str>) -> Result<Arc<Grants>, AuthError> {
         if !self.enabled {
-            return Ok(Arc::new(Grants::anonymous()));
+            return Ok(Arc::clone(&self.anonymous));
         }
-        match bearer {
-            None => Err(AuthError::Missing),
-            Some(_) => Err(AuthError::Invalid("not implemented")),
+        let credential = match bearer {
+            None | Some("") => return Err(AuthError::Missing),
+            Some(c) => c,
+        };
+        if credential.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::Invalid("credential too long"));
         }
+        if self.is_api_key(credential) {
+            return Ok(Arc::clone(&self.api_grants));
+        }
+        self.verify_jwt(credential).map(Arc::new)
     }
 
     /// Checks a credential for an operator endpoint: only API keys (any
@@ -182,24 +271,53 @@ impl Auth {
             _ => Ok(()),
         }
     }
+
+    /// Compares `credential` with every configured API key in constant
+    /// time (per key of its length), without stopping at a match.
+    fn is_api_key(&self, credential: &str) -> bool {
+        let given = credential.as_bytes();
+        let mut found = Choice::from(0);
+        for key in &self.api_keys {
+            found |= key.as_ref().ct_eq(given);
+        }
+        found.into()
+    }
+
+    /// Verifies a JWT. With a `kid` and a JWKS file, the JWKS key of that
+    /// `kid` only; otherwise every key of the header's algorithm (the
+    /// configured ones, then the JWKS ones) until one verifies the
+    /// signature.
+    fn verify_jwt(&self, token: &str) -> Result<Grants, AuthError> {
+        let json = jwt::header_json(token).ok_or(AuthError::Invalid("not a JWT or a known API key"))?;
+        let header = jwt::header(&json)?;
+        let alg = header.alg.ok_or(AuthError::Invalid("algorithm not allowed"))?;
+        let validation = &self.validations[alg.index()];
+        let jwks = self.jwks.as_ref().map(reload::Jwks::current);
+        if let (Some(kid), Some(set)) = (&header.kid, &jwks) {
+            let key = set.kid(kid).ok_or(AuthError::Invalid("unknown key id"))?;
+            if key.alg != alg {
+                return Err(AuthError::Invalid("algorithm not allowed for this key"));
+            }
+            return jwt::verify(token, key, validation).map_err(|r| match r {
+                jwt::Refused::Signature => AuthError::Invalid("bad signature"),
+                jwt::Refused::Final(e) => e,
+            });
+        }
+        let from_jwks = jwks.as_deref().map(|set| set.of_alg(alg)).unwrap_or_default();
+        let mut candidates = self.configured.of_alg(alg).iter().chain(from_jwks).peekable();
+        if candidates.peek().is_none() {
+            return Err(AuthError::Invalid("algorithm not allowed"));
+        }
+        for key in candidates {
+            match jwt::verify(token, key, validation) {
+                Ok(grants) => return Ok(grants),
+                Err(jwt::Refused::Signature) => continue,
+                Err(jwt::Refused::Final(e)) => return Err(e),
+            }
+        }
+        Err(AuthError::Invalid("bad signature"))
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn star_matches_any_run_also_dots() {
-        let p = Pattern::new("chat.*");
-        assert!(p.matches("chat.a"));
-        assert!(p.matches("chat.a.b"));
-        assert!(p.matches("chat."));
-        assert!(!p.matches("chatroom1"));
-        assert!(!p.matches("chat"));
-        assert!(Pattern::new("*").matches("x"));
-        assert!(Pattern::new("a*b*c").matches("aXXbYYc"));
-        assert!(!Pattern::new("a*b*c").matches("aXXbYY"));
-        assert!(Pattern::new("exact").matches("exact"));
-        assert!(!Pattern::new("exact").matches("exact2"));
-    }
-}
+mod tests;

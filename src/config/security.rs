@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Longest credential (token or API key) rtgate considers, in bytes;
+/// longer ones are refused before any parsing or crypto.
+pub const MAX_CREDENTIAL_LEN: usize = 8192;
+
 /// `[auth]`: off unless a key, a JWKS file or an API key is configured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,6 +35,9 @@ pub struct AuthConfig {
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
+    /// Refuse tokens without `exp` (by default a token without `exp` never
+    /// expires).
+    pub require_exp: bool,
     /// API keys for server-to-server publishers and operator endpoints
     /// (several while rotating): they may publish and subscribe to every
     /// topic. Compared in constant time; shown redacted.
@@ -52,6 +59,7 @@ impl Default for AuthConfig {
             issuer: None,
             audience: None,
             leeway: Duration::from_secs(5),
+            require_exp: false,
             api_keys: Vec::new(),
             allowed_origins: Vec::new(),
         }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Config, ConfigError, EngineKind};
+use super::{Config, ConfigError, EngineKind, MAX_CREDENTIAL_LEN};
 
 impl Config {
     /// Checks ranges and relations between keys.
@@ -102,6 +102,50 @@ impl Config {
         }
         if self.idempotency.ttl.is_zero() {
             return bad("idempotency.ttl", "must be more than 0s");
+        }
+        self.validate_auth()
+    }
+
+    /// `[auth]`. Key files are read (and checked) when the server starts.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        fn bad(key: &'static str, reason: &str) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid { key, reason: reason.into() })
+        }
+        let auth = &self.auth;
+        if auth.hmac_secrets.iter().any(String::is_empty) {
+            return bad("auth.hmac_secrets", "an entry is empty");
+        }
+        // An API key travels as `Authorization: Bearer <key>`: visible ASCII,
+        // no longer than the longest credential considered.
+        let visible = |k: &String| k.bytes().all(|b| b.is_ascii_graphic());
+        if auth.api_keys.iter().any(|k| k.is_empty() || k.len() > MAX_CREDENTIAL_LEN || !visible(k)) {
+            return bad("auth.api_keys", "an entry is not 1 to 8192 visible ASCII characters (no spaces)");
+        }
+        for (key, paths) in
+            [("auth.rsa_public_keys", &auth.rsa_public_keys), ("auth.ec_public_keys", &auth.ec_public_keys)]
+        {
+            if paths.iter().any(|p| p.as_os_str().is_empty()) {
+                return bad(key, "an entry is an empty path");
+            }
+        }
+        if auth.jwks_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return bad("auth.jwks_file", "is an empty path; leave it unset");
+        }
+        if auth.reload_interval < Duration::from_millis(100) {
+            return bad("auth.reload_interval", "must be at least 100ms");
+        }
+        if auth.leeway > Duration::from_secs(600) {
+            return bad("auth.leeway", "must be at most 10m");
+        }
+        if auth.issuer.as_ref().is_some_and(String::is_empty) {
+            return bad("auth.issuer", "is empty; leave it unset to accept any issuer");
+        }
+        if auth.audience.as_ref().is_some_and(String::is_empty) {
+            return bad("auth.audience", "is empty; leave it unset to accept any audience");
+        }
+        if auth.allowed_origins.iter().any(|o| o.is_empty() || axum::http::HeaderValue::from_str(o).is_err())
+        {
+            return bad("auth.allowed_origins", "an origin is not a valid header value");
         }
         Ok(())
     }

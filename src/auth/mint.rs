@@ -1,0 +1,74 @@
+//! Minting HS256 tokens for trying rtgate out (`rtgate token`) and for
+//! tests. Production tokens come from your own auth service.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{EncodingKey, Header};
+use serde::Serialize;
+
+use super::{AuthError, Pattern};
+
+/// What a minted token says.
+#[derive(Clone, Debug, Default)]
+pub struct TokenSpec {
+    /// `sub`: the user id.
+    pub sub: Option<String>,
+    /// `topics.subscribe` patterns.
+    pub subscribe: Vec<String>,
+    /// `topics.publish` patterns.
+    pub publish: Vec<String>,
+    /// `exp` this long after now; `None`: no `exp` (never expires).
+    pub ttl: Option<Duration>,
+    /// `info`: what presence shows (usually an object).
+    pub info: Option<serde_json::Value>,
+    /// `iss`.
+    pub issuer: Option<String>,
+    /// `aud`.
+    pub audience: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Topics<'a> {
+    subscribe: &'a [String],
+    publish: &'a [String],
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub: Option<&'a str>,
+    iat: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exp: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<&'a serde_json::Value>,
+    topics: Topics<'a>,
+}
+
+/// An HS256 token signed with `secret` saying what `spec` says. Patterns
+/// are checked as the gateway checks them.
+pub fn mint(secret: &[u8], spec: &TokenSpec) -> Result<String, AuthError> {
+    if secret.is_empty() {
+        return Err(AuthError::Mint("the secret is empty".into()));
+    }
+    for p in spec.subscribe.iter().chain(&spec.publish) {
+        Pattern::parse(p).map_err(|e| AuthError::Mint(format!("{p:?}: {e}")))?;
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let claims = Claims {
+        sub: spec.sub.as_deref(),
+        iat: now,
+        exp: spec.ttl.map(|ttl| now.saturating_add(ttl.as_secs())),
+        iss: spec.issuer.as_deref(),
+        aud: spec.audience.as_deref(),
+        info: spec.info.as_ref(),
+        topics: Topics { subscribe: &spec.subscribe, publish: &spec.publish },
+    };
+    let key = EncodingKey::from_secret(secret).map_err(|_| AuthError::Mint("unusable secret".into()))?;
+    jsonwebtoken::encode(&Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key)
+        .map_err(|e| AuthError::Mint(format!("cannot sign: {e}")))
+}
