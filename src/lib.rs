@@ -111,6 +111,8 @@ pub async fn run(listener: TcpListener, config: Config, token: CancellationToken
     let shutdown = Shutdown::new(token.clone(), config.shutdown.grace);
     let state =
         state(Arc::clone(&config), shutdown.clone()).map_err(|e| std::io::Error::other(e.to_string()))?;
+    // Reload the JWKS file on change and on SIGHUP (nothing without one).
+    state.auth.watch(&shutdown);
     let local: SocketAddr = listener.local_addr()?;
     let listener = Limited::new(listener, config.limits.max_connections, config.http.tcp_keepalive);
     if let Some(addr) = config.admin.listen {

@@ -5,16 +5,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use rtgate::config::{Config, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 /// rtgate: a realtime gateway (WebSocket, SSE, long polling, gRPC and an HTTP API) over one topic bus.
+///
+/// Without a subcommand: runs the server.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Configuration file (TOML); see gateway.toml for every key.
-    #[arg(long, short = 'c', env = "RTGATE_CONFIG")]
+    #[arg(long, short = 'c', env = "RTGATE_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Address to listen on (overrides `listen`).
     #[arg(long)]
@@ -25,6 +29,76 @@ struct Cli {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print an HS256 token for trying rtgate out (production tokens come
+    /// from your own auth service).
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct TokenArgs {
+    /// The HS256 secret; default: the first `auth.hmac_secrets` entry of
+    /// the configuration (--config).
+    #[arg(long)]
+    secret: Option<String>,
+    /// The user id (`sub`).
+    #[arg(long)]
+    sub: Option<String>,
+    /// A topic pattern the token may subscribe to (`*` matches any run of
+    /// characters); repeat for more.
+    #[arg(long, value_name = "PATTERN")]
+    subscribe: Vec<String>,
+    /// A topic pattern the token may publish to; repeat for more.
+    #[arg(long, value_name = "PATTERN")]
+    publish: Vec<String>,
+    /// Lifetime (`exp` = now + this), e.g. 30m, 1h, 7d; 0 for no `exp` (a
+    /// token that never expires).
+    #[arg(long, default_value = "1h", value_parser = humantime_serde::re::humantime::parse_duration)]
+    ttl: std::time::Duration,
+    /// The `info` claim presence shows: JSON, e.g. '{"name":"Alice"}'.
+    #[arg(long, value_parser = parse_json)]
+    info: Option<serde_json::Value>,
+    /// The `iss` claim.
+    #[arg(long)]
+    iss: Option<String>,
+    /// The `aud` claim.
+    #[arg(long)]
+    aud: Option<String>,
+}
+
+fn parse_json(s: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(s).map_err(|e| format!("not JSON: {e}"))
+}
+
+/// `rtgate token`: mints and prints a token.
+fn token(args: TokenArgs, config: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let secret = match args.secret {
+        Some(s) => s,
+        None => {
+            let loaded = Config::load(config).context("invalid configuration")?;
+            loaded.config.auth.hmac_secrets.into_iter().next().context(
+                "no --secret and no auth.hmac_secrets in the configuration (--config, RTGATE_AUTH__HMAC_SECRETS)",
+            )?
+        }
+    };
+    let spec = rtgate::auth::TokenSpec {
+        sub: args.sub,
+        subscribe: args.subscribe,
+        publish: args.publish,
+        ttl: Some(args.ttl).filter(|t| !t.is_zero()),
+        info: args.info,
+        issuer: args.iss,
+        audience: args.aud,
+    };
+    let token = rtgate::auth::mint(secret.as_bytes(), &spec)?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{token}");
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -51,6 +125,9 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 
 fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Token(args)) = cli.command {
+        return token(args, cli.config.as_deref());
+    }
     let loaded = Config::load(cli.config.as_deref()).context("invalid configuration")?;
     let mut config = loaded.config;
     if let Some(listen) = cli.listen {

@@ -50,6 +50,49 @@ fn errors_name_the_key() {
     assert_eq!(c.listen.port(), 9);
 }
 
+#[test]
+fn print_config_redacts_secrets_and_api_keys() {
+    let toml =
+        "[auth]\nhmac_secrets = [\"hs-secret-one\", \"hs-secret-two\"]\napi_keys = [\"api-key-xyz\"]\n";
+    let c = Config::from_toml(toml).unwrap();
+    assert_eq!(c.auth.hmac_secrets, ["hs-secret-one", "hs-secret-two"]);
+    let shown = c.to_toml();
+    for secret in ["hs-secret-one", "hs-secret-two", "api-key-xyz"] {
+        assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
+    }
+    let back: toml::Table = toml::from_str(&shown).unwrap();
+    let auth = back["auth"].as_table().unwrap();
+    let redacted = |key: &str| {
+        auth[key].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    assert_eq!(redacted("hmac_secrets"), [REDACTED, REDACTED]);
+    assert_eq!(redacted("api_keys"), [REDACTED]);
+    // The configuration itself keeps them.
+    assert_eq!(c.auth.api_keys, ["api-key-xyz"]);
+}
+
+#[test]
+fn auth_errors_name_the_key() {
+    for (toml, key) in [
+        ("[auth]\nhmac_secrets = [\"\"]\n", "auth.hmac_secrets"),
+        ("[auth]\napi_keys = [\"has space\"]\n", "auth.api_keys"),
+        ("[auth]\napi_keys = [\"\"]\n", "auth.api_keys"),
+        ("[auth]\nreload_interval = \"0s\"\n", "auth.reload_interval"),
+        ("[auth]\nleeway = \"1h\"\n", "auth.leeway"),
+        ("[auth]\nissuer = \"\"\n", "auth.issuer"),
+        ("[auth]\naudience = \"\"\n", "auth.audience"),
+        ("[auth]\njwks_file = \"\"\n", "auth.jwks_file"),
+        ("[auth]\nrsa_public_keys = [\"\"]\n", "auth.rsa_public_keys"),
+        ("[auth]\nallowed_origins = [\"bad\\u0001\"]\n", "auth.allowed_origins"),
+    ] {
+        let e = Config::from_toml(toml).unwrap_err().to_string();
+        assert!(e.contains(key), "{toml}: {e}");
+    }
+    let ok = "[auth]\nrequire_exp = true\nleeway = \"0s\"\nissuer = \"i\"\n";
+    let c = Config::from_toml(ok).unwrap();
+    assert!(c.auth.require_exp && c.auth.leeway.is_zero());
+}
+
 mod gateway_toml {
     use super::*;
 
