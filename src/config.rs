@@ -22,10 +22,7 @@ mod security;
 mod validate;
 pub use env::Loaded;
 use env::{ignored_env, known_keys, names_a_key, ENV_PREFIX};
-pub use security::{AbuseConfig, AuthConfig, ReconnectConfig, TlsConfig, MAX_CREDENTIAL_LEN};
-
-/// What [`Config::to_toml`] shows instead of a secret.
-pub const REDACTED: &str = "<redacted>";
+pub use security::{AbuseConfig, AuthConfig, ReconnectConfig, TlsConfig};
 
 /// A configuration that could not be loaded or is invalid.
 #[derive(Debug, Error)]
@@ -559,6 +556,13 @@ impl Config {
         self.limits.max_message_bytes + 1024
     }
 }
+
+/// What [`Config::to_toml`] shows instead of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// Longest credential (token or API key) rtgate considers, in bytes;
+/// longer ones are refused before any parsing or crypto.
+pub const MAX_CREDENTIAL_LEN: usize = 8192;
 
 #[cfg(test)]
 mod tests;

@@ -7,10 +7,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Longest credential (token or API key) rtgate considers, in bytes;
-/// longer ones are refused before any parsing or crypto.
-pub const MAX_CREDENTIAL_LEN: usize = 8192;
-
 /// `[auth]`: off unless a key, a JWKS file or an API key is configured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

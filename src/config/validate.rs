@@ -11,6 +11,7 @@ impl Config {
         fn bad(key: &'static str, reason: &str) -> Result<(), ConfigError> {
             Err(ConfigError::Invalid { key, reason: reason.into() })
         }
+        self.validate_auth()?;
         if self.history.max_len == 0 {
             return bad("history.max_len", "must be at least 1");
         }
@@ -103,9 +104,11 @@ impl Config {
         if self.idempotency.ttl.is_zero() {
             return bad("idempotency.ttl", "must be more than 0s");
         }
-        self.validate_auth()
+        Ok(())
     }
+}
 
+impl Config {
     /// `[auth]`. Key files are read (and checked) when the server starts.
     fn validate_auth(&self) -> Result<(), ConfigError> {
         fn bad(key: &'static str, reason: &str) -> Result<(), ConfigError> {
