@@ -303,3 +303,8 @@ pub fn hub_sizes(topics: usize, subscriptions: usize) {
     gauge!("rtgate_topics").set(topics as f64);
     gauge!("rtgate_subscriptions").set(subscriptions as f64);
 }
+
+/// A request or stream refused for `reason` (auth, origin, abuse limits).
+pub fn rejected(reason: &'static str) {
+    metrics::counter!("rtgate_rejections_total", "reason" => reason).increment(1);
+}
