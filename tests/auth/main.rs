@@ -16,6 +16,7 @@ mod helpers;
 mod expiry;
 mod grpc;
 mod http;
+mod logs;
 mod ws;
 
 use std::time::{SystemTime, UNIX_EPOCH};
