@@ -252,6 +252,7 @@ impl Subscription {
             return refuse("already subscribed");
         }
         if self.cursor.len() >= self.max_topics {
+            metrics::rejected("topics_per_connection");
             return refuse("too many topics (limits.max_topics_per_connection)");
         }
         self.cursor.set(&topic, after.unwrap_or_default());
