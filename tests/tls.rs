@@ -506,3 +506,39 @@ async fn certificate_reload_serves_new_connections_and_keeps_open_ones() {
     ws.assert_quiet("still-here").await;
     s.stop().await;
 }
+
+/// SIGHUP reloads at once: with a reload interval of an hour, a rotated
+/// pair is served right after the signal (and not before it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_at_once() {
+    // From here on this process handles SIGHUP (tokio keeps the handler),
+    // so the signal below cannot kill it, whatever the server's timing.
+    // The other servers of this binary reload their unchanged files.
+    let _hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).unwrap();
+    let (one, two) = (Ca::new("rtgate test CA hup one"), Ca::new("rtgate test CA hup two"));
+    let files = Files::new();
+    files.write(&one.leaf());
+    let s = start(&files, "", "reload_interval = \"1h\"").await;
+    let res = send(one.https().build().unwrap().get(url(&s, "/healthz"))).await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+
+    files.write(&two.leaf());
+    let before = send(two.https().build().unwrap().get(url(&s, "/healthz"))).await;
+    assert!(before.is_err(), "the new pair was served before any signal: {before:?}");
+    // Signalled until served: the server's watcher may not listen yet on
+    // the first one.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let pid = std::process::id().to_string();
+        let status = std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(status.success());
+        match send(two.https().build().unwrap().get(url(&s, "/healthz"))).await {
+            Ok(res) if res.status().as_u16() == 200 => break,
+            other => {
+                assert!(Instant::now() < deadline, "never reloaded on SIGHUP: {other:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    s.stop().await;
+}
