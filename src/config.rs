@@ -19,6 +19,7 @@ use thiserror::Error;
 
 mod env;
 mod security;
+mod tls;
 mod validate;
 pub use env::Loaded;
 use env::{ignored_env, known_keys, names_a_key, ENV_PREFIX};

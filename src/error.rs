@@ -83,21 +83,32 @@ pub struct ApiError {
     pub code: Code,
     /// Text for humans.
     pub message: String,
+    /// When to come back (`Retry-After`), for `rate_limited` and `unavailable`.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
     /// Builds an error.
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into() }
+        ApiError { code, message: message.into(), retry_after: None }
+    }
+
+    /// The same error with a retry hint.
+    pub fn with_retry(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after);
+        self
     }
 
     /// How a WebSocket connect refused with this error is closed: 1013
-    /// (try again) when the engine is unavailable, 1008 (policy) otherwise.
+    /// (try again) when the engine is unavailable or over a limit, 1008
+    /// (policy) otherwise, with the code as the close reason for auth.
     pub fn connect_close(&self) -> Close {
-        if self.code == Code::Unavailable {
-            Close::Unavailable
-        } else {
-            Close::Policy
+        match self.code {
+            Code::Unavailable => Close::Unavailable,
+            Code::Unauthenticated => Close::Unauthenticated,
+            Code::Forbidden => Close::Forbidden,
+            Code::RateLimited => Close::RateLimited,
+            _ => Close::Policy,
         }
     }
 
@@ -126,7 +137,8 @@ impl IntoResponse for ApiError {
         let mut res = (self.code.http_status(), self.body()).into_response();
         res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if self.code == Code::RateLimited || self.code == Code::Unavailable {
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            let secs = self.retry_after.map_or(1, |d| d.as_millis().div_ceil(1000).max(1) as u64);
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }
@@ -157,6 +169,13 @@ pub fn stream_end(reason: Close) -> Option<Status> {
         }
         Close::Silent => (Grpc::Unavailable, "unavailable: heartbeat timeout"),
         Close::Policy => (Grpc::InvalidArgument, "bad_request: cannot continue"),
+        Close::Unauthenticated => (Grpc::Unauthenticated, "unauthenticated: no valid credential"),
+        Close::Forbidden => (Grpc::PermissionDenied, "forbidden: not allowed"),
+        Close::TokenExpired => (
+            Grpc::Unauthenticated,
+            "unauthenticated: token_expired; refresh the token and resume from the last cursor",
+        ),
+        Close::RateLimited => (Grpc::ResourceExhausted, "rate_limited: over an abuse limit"),
     };
     Some(Status::new(code, text))
 }

@@ -7,8 +7,9 @@
 //! Every arrow points down; nothing imports a module above it.
 //!
 //! - [`server`]: composes the HTTP and gRPC routers into one [`server::App`],
-//!   runs the accept loop (HTTP/1.1 and h2c on one port, gRPC routed by
-//!   content type) and drains; [`run`] ties it all together.
+//!   runs the accept loop (HTTP/1.1 and HTTP/2 on one port, in clear or
+//!   over TLS, gRPC routed by content type) and drains; [`run`] ties it
+//!   all together.
 //! - [`transport`]: protocol adapters (HTTP API, WebSocket, SSE, long poll,
 //!   gRPC) that read their client's input and encode events for their wire,
 //!   over three shared pieces: `transport::subscription` (the one
@@ -96,18 +97,20 @@ pub fn state(config: Arc<Config>, shutdown: Shutdown) -> Result<AppState, StartE
     let auth = Arc::new(auth::Auth::new(&config.auth)?);
     let abuse = Arc::new(abuse::Abuse::new(&config.abuse));
     let pacer = pacing::Pacer::new(&config.reconnect);
-    Ok(AppState { bus, config, shutdown, auth, abuse, pacer })
+    Ok(AppState { bus, config, shutdown, auth, abuse, pacer, expiries: Arc::default() })
 }
 
-/// Serves on `listener` until `token` is cancelled, then drains: stops
-/// accepting, closes WebSocket clients with 1001, waits for in-flight work
-/// for at most `shutdown.grace`. Returns when done.
+/// Serves on `listener` (over TLS when `[tls]` is set) until `token` is
+/// cancelled, then drains: stops accepting, closes WebSocket clients with
+/// 1001, waits for in-flight work for at most `shutdown.grace`. Returns
+/// when done; fails at once when the TLS files cannot be used.
 pub async fn run(listener: TcpListener, config: Config, token: CancellationToken) -> std::io::Result<()> {
     crate::metrics::install();
     // TLS to Redis (rediss://) uses rustls with the ring provider; the first
     // install wins, later calls (tests) are no-ops.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Arc::new(config);
+    let tls = server::tls::Tls::from_config(&config.tls).map_err(|e| std::io::Error::other(e.to_string()))?;
     let shutdown = Shutdown::new(token.clone(), config.shutdown.grace);
     let state =
         state(Arc::clone(&config), shutdown.clone()).map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -128,10 +131,26 @@ pub async fn run(listener: TcpListener, config: Config, token: CancellationToken
         });
     }
     let app = server::app(state);
+    let acceptor = tls.as_ref().map(server::tls::Tls::acceptor);
+    if let Some(tls) = tls {
+        shutdown.spawn(tls.watch(token.clone()));
+    }
     let serve_token = token.clone();
     let serve_config = Arc::clone(&config);
-    shutdown.spawn(async move { server::serve(listener, app, &serve_config, serve_token).await });
-    tracing::info!(addr = %local, engine = config.engine.kind_name(), "rtgate listening");
+    shutdown.spawn(async move { server::serve(listener, app, &serve_config, acceptor, serve_token).await });
+    tracing::info!(
+        addr = %local,
+        engine = config.engine.kind_name(),
+        tls = config.tls.enabled(),
+        "rtgate listening"
+    );
+    if let Some(cert_file) = config.tls.cert_file.as_deref().filter(|_| config.tls.enabled()) {
+        tracing::info!(
+            cert_file = %cert_file.display(),
+            reload_interval = ?config.tls.reload_interval,
+            "TLS on (ALPN h2, http/1.1); certificate reloaded when its files change and on SIGHUP"
+        );
+    }
     token.cancelled().await;
     tracing::info!(grace = ?config.shutdown.grace, "draining");
     if shutdown.drain().await {

@@ -289,6 +289,20 @@ pub fn tcp_connection(open: bool) {
     }
 }
 
+/// A TLS certificate reload (`[tls]`): `ok` when the new files are in use,
+/// not when they were refused (the current certificate stays).
+pub fn tls_reload(ok: bool) {
+    counter!("rtgate_tls_reloads_total", "outcome" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// A TLS handshake that failed (`timeout`: not done within
+/// `http.handshake_timeout`; `error`: refused, e.g. plain HTTP or an
+/// untrusted certificate on the client's side).
+pub fn tls_handshake_failed(timeout: bool) {
+    counter!("rtgate_tls_handshake_failures_total", "reason" => if timeout { "timeout" } else { "error" })
+        .increment(1);
+}
+
 /// A long poll started (`true`) or stopped (`false`) waiting.
 pub fn held_poll(held: bool) {
     if held {
@@ -302,4 +316,9 @@ pub fn held_poll(held: bool) {
 pub fn hub_sizes(topics: usize, subscriptions: usize) {
     gauge!("rtgate_topics").set(topics as f64);
     gauge!("rtgate_subscriptions").set(subscriptions as f64);
+}
+
+/// A request or stream refused for `reason` (auth, origin, abuse limits).
+pub fn rejected(reason: &'static str) {
+    metrics::counter!("rtgate_rejections_total", "reason" => reason).increment(1);
 }

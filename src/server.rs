@@ -1,6 +1,6 @@
 //! The server: composes the HTTP and gRPC routers into one [`App`], runs the
-//! accept loop (HTTP/1.1 with upgrades and h2c on one port, gRPC routed by
-//! content type) and drains on shutdown.
+//! accept loop (HTTP/1.1 with upgrades and HTTP/2 on one port, in clear or
+//! over TLS ([`tls`]), gRPC routed by content type) and drains on shutdown.
 //!
 //! Exhaustion guards of the accept loop: at most `limits.max_connections`
 //! sockets ([`Limited`]), each with TCP keepalive; a connection that has
@@ -11,6 +11,7 @@
 //! stream that must end is reset alone.
 
 mod body;
+pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,11 +28,13 @@ use axum::Router;
 use futures_util::future::Either;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
@@ -111,13 +114,22 @@ fn cors(origins: &[String]) -> CorsLayer {
 const SEND_BUF_PER_STREAM: usize = 64 * 1024;
 
 /// Serves `listener` until `token` is cancelled: each connection speaks
-/// HTTP/1.1 (with upgrades to WebSocket) or HTTP/2 (h2c: gRPC, and HTTP
-/// clients that choose it), and each request goes to `app.grpc` when its
-/// `content-type` is `application/grpc…`, to `app.http` otherwise. Then stops
+/// HTTP/1.1 (with upgrades to WebSocket) or HTTP/2 (gRPC, and HTTP clients
+/// that choose it: by ALPN over TLS, by prior knowledge in clear), and each
+/// request goes to `app.grpc` when its `content-type` is
+/// `application/grpc…`, to `app.http` otherwise. With `tls`, every
+/// connection is TLS: its handshake runs in the connection's task and must
+/// end, like the first request, within `http.handshake_timeout`. Then stops
 /// accepting and lets open connections finish (HTTP/1 after the request in
 /// flight, HTTP/2 after a GOAWAY); long-lived streams are ended by the
 /// shutdown's session close.
-pub async fn serve(mut listener: Limited, app: App, config: &Config, token: CancellationToken) {
+pub async fn serve(
+    mut listener: Limited,
+    app: App,
+    config: &Config,
+    tls: Option<TlsAcceptor>,
+    token: CancellationToken,
+) {
     let h2 = &config.http2;
     let handshake = config.http.handshake_timeout;
     let mut builder = auto::Builder::new(StreamExecutor);
@@ -131,6 +143,7 @@ pub async fn serve(mut listener: Limited, app: App, config: &Config, token: Canc
         // What one stream may have buffered for a client that does not read
         // (hyper's default is 400 KiB); the outbox bounds the rest.
         .max_send_buf_size(SEND_BUF_PER_STREAM);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
         let (io, addr) = tokio::select! {
@@ -138,36 +151,63 @@ pub async fn serve(mut listener: Limited, app: App, config: &Config, token: Canc
             _ = token.cancelled() => break,
             conn = axum::serve::Listener::accept(&mut listener) => conn,
         };
-        let control = Arc::clone(&io.control);
         let svc = Dispatch {
             http: app.http.clone(),
             grpc: app.grpc.clone(),
-            peer: Peer(addr, Arc::clone(&control)),
+            peer: Peer(addr, Arc::clone(&io.control)),
             body_timeout: config.http.body_timeout,
         };
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc));
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let ended = tokio::select! {
-                ended = conn.as_mut() => ended,
-                () = tokio::time::sleep(handshake) => {
-                    if !control.handshaken() {
-                        // Dropping the connection closes the socket and
-                        // frees its permit.
-                        tracing::debug!(peer = %addr, "closing a connection that sent no request in time");
-                        return;
-                    }
-                    conn.await
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "connection ended with an error");
+        let deadline = Instant::now() + handshake;
+        // Watched from here on: a drain waits for handshakes in progress.
+        let watcher = graceful.watcher();
+        match &tls {
+            None => {
+                tokio::spawn(connection(&builder, watcher, io, svc, deadline));
             }
-        });
+            Some(acceptor) => {
+                let (acceptor, builder) = (acceptor.clone(), Arc::clone(&builder));
+                tokio::spawn(tls::connection(acceptor, builder, watcher, io, svc, deadline));
+            }
+        }
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Serves one connection over `io` (TCP, or TLS over TCP) with `svc`:
+/// closed at `deadline` unless it completed its handshake by then.
+fn connection<S>(
+    builder: &auto::Builder<StreamExecutor>,
+    watcher: Watcher,
+    io: LimitedIo<S>,
+    svc: Dispatch,
+    deadline: Instant,
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let control = Arc::clone(&io.control);
+    let addr = svc.peer.0;
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc));
+    let conn = watcher.watch(conn.into_owned());
+    async move {
+        let mut conn = std::pin::pin!(conn);
+        let ended = tokio::select! {
+            ended = conn.as_mut() => ended,
+            () = tokio::time::sleep_until(deadline) => {
+                if !control.handshaken() {
+                    // Dropping the connection closes the socket and
+                    // frees its permit.
+                    tracing::debug!(peer = %addr, "closing a connection that sent no request in time");
+                    return;
+                }
+                conn.await
+            }
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
 }
 
 /// Spawns each HTTP/2 stream hyper hands it (the only futures hyper spawns
@@ -281,7 +321,7 @@ impl axum::serve::Listener for Limited {
                         stream,
                         control: Arc::default(),
                         preface: Some(Preface::default()),
-                        _permit: permit,
+                        _slot: Slot { _permit: permit },
                     };
                     return (io, addr);
                 }
@@ -302,24 +342,47 @@ impl axum::serve::Listener for Limited {
     }
 }
 
-/// A TCP stream holding one connection permit until dropped.
-pub struct LimitedIo {
-    stream: TcpStream,
+/// A connection's stream (TCP, or a TLS stream over it) holding one
+/// connection permit until dropped, with the connection's kill switch and
+/// handshake watch on the bytes the HTTP layer reads and writes (the
+/// plaintext, over TLS).
+pub struct LimitedIo<S = TcpStream> {
+    stream: S,
     control: Arc<ConnControl>,
     /// Watches the first bytes for the HTTP/2 preface and SETTINGS (the
     /// handshake of a connection that may open no stream for a while);
     /// `None` once decided.
     preface: Option<Preface>,
+    _slot: Slot,
+}
+
+/// One of `limits.max_connections`, counted in the TCP connection gauge
+/// while held.
+struct Slot {
     _permit: OwnedSemaphorePermit,
 }
 
-impl Drop for LimitedIo {
+impl Drop for Slot {
     fn drop(&mut self) {
         crate::metrics::tcp_connection(false);
     }
 }
 
-impl AsyncRead for LimitedIo {
+impl LimitedIo {
+    /// Replaces the TCP stream by what `wrap` makes of it (a TLS
+    /// handshake), keeping the permit, kill switch and handshake watch; on
+    /// an error the connection is closed and its permit freed.
+    async fn wrap<T, E, F>(self, wrap: impl FnOnce(TcpStream) -> F) -> Result<LimitedIo<T>, E>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+    {
+        let LimitedIo { stream, control, preface, _slot } = self;
+        let stream = wrap(stream).await?;
+        Ok(LimitedIo { stream, control, preface, _slot })
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for LimitedIo<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if let Err(e) = this.control.check_read(cx) {
@@ -390,7 +453,7 @@ impl Preface {
     }
 }
 
-impl AsyncWrite for LimitedIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for LimitedIo<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if let Err(e) = this.control.check_write(cx) {
@@ -415,12 +478,22 @@ impl AsyncWrite for LimitedIo {
         self.stream.is_write_vectored()
     }
 
+    // A TLS stream can wait in a flush or a shutdown (close_notify) for a
+    // client that does not read: the switch ends those too.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        if let Err(e) = this.control.check_write(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        let this = self.get_mut();
+        if let Err(e) = this.control.check_write(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.stream).poll_shutdown(cx)
     }
 }
 

@@ -16,6 +16,7 @@ use futures_util::task::AtomicWaker;
 use crate::abuse::Abuse;
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::core::expiry::Expiries;
 use crate::core::session::Kill;
 use crate::core::Bus;
 use crate::error::{ApiError, Code};
@@ -37,6 +38,8 @@ pub struct AppState {
     pub abuse: Arc<Abuse>,
     /// Reconnect hints.
     pub pacer: Pacer,
+    /// Closes streams whose token expires.
+    pub expiries: Arc<Expiries>,
 }
 
 impl AppState {

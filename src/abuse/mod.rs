@@ -44,6 +44,11 @@ impl Abuse {
         Ok(OpenGuard { _abuse: Arc::clone(self) })
     }
 
+    /// One HTTP or gRPC `Publish` from `ip`: `Err(wait)` over the rate.
+    pub fn publish_ip(&self, _ip: IpAddr) -> Result<(), Duration> {
+        Ok(())
+    }
+
     /// A fresh per-connection publish limiter (`None` when off).
     pub fn publish_limiter(&self) -> Option<PublishLimiter> {
         None

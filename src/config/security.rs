@@ -139,11 +139,22 @@ impl Default for ReconnectConfig {
 }
 
 /// `[tls]`: native TLS termination (rustls), off unless both files are set.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
-    /// PEM certificate chain; reloaded when it changes.
+    /// PEM certificate chain (leaf first); reloaded when it changes.
     pub cert_file: Option<PathBuf>,
-    /// PEM private key; reloaded when it changes.
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1); reloaded when it changes.
+    /// Never logged.
     pub key_file: Option<PathBuf>,
+    /// How often both files are checked for changes (size, modification
+    /// time); SIGHUP reloads them at once.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig { cert_file: None, key_file: None, reload_interval: Duration::from_secs(10) }
+    }
 }

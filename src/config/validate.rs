@@ -104,6 +104,11 @@ impl Config {
         if self.idempotency.ttl.is_zero() {
             return bad("idempotency.ttl", "must be more than 0s");
         }
+        if self.tls.reload_interval < Duration::from_millis(100) {
+            return bad("tls.reload_interval", "must be at least 100ms");
+        }
+        // Both files or neither; readable, parseable, and a matching pair.
+        self.tls.load()?;
         Ok(())
     }
 }

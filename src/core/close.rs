@@ -20,6 +20,15 @@ pub enum Close {
     Client = 6,
     /// The engine became unusable for this session.
     Unavailable = 7,
+    /// No valid credential at connect.
+    Unauthenticated = 8,
+    /// The credential does not allow what the connect asked for, or the
+    /// origin is not allowed.
+    Forbidden = 9,
+    /// The token's `exp` passed without a `refresh`.
+    TokenExpired = 10,
+    /// Over an abuse limit.
+    RateLimited = 11,
 }
 
 impl Close {
@@ -33,6 +42,10 @@ impl Close {
             5 => Close::Policy,
             6 => Close::Client,
             7 => Close::Unavailable,
+            8 => Close::Unauthenticated,
+            9 => Close::Forbidden,
+            10 => Close::TokenExpired,
+            11 => Close::RateLimited,
             _ => return None,
         })
     }
@@ -41,9 +54,9 @@ impl Close {
     pub fn ws_code(self) -> u16 {
         match self {
             Close::Shutdown | Close::Silent => 1001,
-            Close::Slow | Close::Unavailable => 1013,
+            Close::Slow | Close::Unavailable | Close::RateLimited => 1013,
             Close::TooLarge => 1009,
-            Close::Policy => 1008,
+            Close::Policy | Close::Unauthenticated | Close::Forbidden | Close::TokenExpired => 1008,
             Close::Client => 1000,
         }
     }
@@ -58,6 +71,10 @@ impl Close {
             Close::Policy => "policy",
             Close::Client => "client",
             Close::Unavailable => "unavailable",
+            Close::Unauthenticated => "unauthenticated",
+            Close::Forbidden => "forbidden",
+            Close::TokenExpired => "token_expired",
+            Close::RateLimited => "rate_limited",
         }
     }
 }

@@ -23,6 +23,7 @@
 pub mod close;
 pub mod cursor;
 pub mod engine;
+pub mod expiry;
 pub mod hub;
 pub mod message;
 pub mod replay;

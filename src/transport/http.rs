@@ -1,15 +1,16 @@
-//! HTTP API (contract §3): publish and history.
+//! HTTP API (contract §3): publish and history. Both need the credential's
+//! grant for the topic (publish / subscribe) while auth is on.
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use super::{ops, request};
+use super::{access, ops, request};
 use crate::error::{ApiError, Code};
 use crate::metrics::Transport;
-use crate::state::AppState;
+use crate::state::{AppState, Peer};
 
 fn json(body: Vec<u8>) -> Response {
     let mut res = Bytes::from(body).into_response();
@@ -20,11 +21,14 @@ fn json(body: Vec<u8>) -> Response {
 /// `POST /v1/publish/{topic}`: the body is the message's JSON `data`.
 pub(crate) async fn publish(
     State(state): State<AppState>,
+    ConnectInfo(Peer(peer, _)): ConnectInfo<Peer>,
     Path(name): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let topic = request::topic(&name)?;
+    access::http(&state, peer, &headers, query.as_deref(), false)?.may_publish(&state, &topic, false)?;
     let max = state.config.limits.max_message_bytes;
     let too_large = || ApiError::new(Code::TooLarge, format!("body over {max} bytes"));
     let declared =
@@ -43,10 +47,13 @@ pub(crate) async fn publish(
 /// `GET /v1/history/{topic}?after=ID&limit=N`.
 pub(crate) async fn history(
     State(state): State<AppState>,
+    ConnectInfo(Peer(peer, _)): ConnectInfo<Peer>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let topic = request::topic(&name)?;
+    access::http(&state, peer, &headers, query.as_deref(), false)?.may_subscribe(&topic)?;
     let mut after = None;
     let mut limit = request::HISTORY_DEFAULT;
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {

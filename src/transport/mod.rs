@@ -9,6 +9,7 @@
 //! - Adapters: [`http`] (publish, history), [`ws`], [`sse`], [`poll`],
 //!   [`grpc`]; [`frame`] holds the WebSocket JSON frames.
 
+pub(crate) mod access;
 pub mod frame;
 pub mod grpc;
 pub mod http;

@@ -8,8 +8,8 @@
 use bytes::Bytes;
 use smallvec::SmallVec;
 
-use super::request;
 use super::subscription::{SubscribeError, Subscription};
+use super::{access, request};
 use crate::core::replay::Gap;
 use crate::core::{Close, MessageId, Published, Topic};
 use crate::error::{ApiError, Code};
@@ -42,10 +42,10 @@ pub(crate) enum Op {
     },
     /// Liveness check.
     Ping,
-    /// Replace the connection's token (acknowledged; auth comes later).
+    /// Replace the connection's token: new grants and expiry; topics no
+    /// longer allowed are left (each answered `forbidden`).
     Refresh {
         /// The new token.
-        #[allow(dead_code)]
         token: String,
     },
 }
@@ -84,12 +84,27 @@ pub(crate) async fn handle(
     let mut out = Replies::new();
     match op {
         Op::Ping => out.push(Reply::Pong),
-        Op::Refresh { .. } => out.push(Reply::Done),
+        Op::Refresh { token } => match access::authenticate(state, Some(&token))
+            .and_then(|grants| sub.refresh(state, grants))
+        {
+            Ok(dropped) => {
+                for topic in dropped {
+                    let message = format!("the new token does not allow {}; unsubscribed", topic.as_str());
+                    out.push(Reply::Error(ApiError::new(Code::Forbidden, message)));
+                }
+                out.push(Reply::Done);
+            }
+            Err(e) => out.push(Reply::Error(e)),
+        },
         Op::Unsubscribe { topic } => {
             sub.leave(&topic);
             out.push(Reply::Done);
         }
         Op::Publish { topic, data, key } => {
+            if let Err(e) = sub.access_mut().may_publish(state, &topic, true) {
+                out.push(Reply::Error(e));
+                return Ok(out);
+            }
             match publish(state, transport, &topic, data, key.as_deref()).await {
                 Ok(p) => out.push(Reply::Published(p)),
                 // Contract §4: a message over the limit closes the connection.
@@ -110,7 +125,8 @@ pub(crate) async fn handle(
 }
 
 /// Publishes `data` on `topic` after checking it (size, one JSON value, the
-/// idempotency key): the one publish path of every transport.
+/// idempotency key): the one publish path of every transport. The caller
+/// has checked the publisher's grants and rate ([`access::Access::may_publish`]).
 pub(crate) async fn publish(
     state: &AppState,
     transport: Transport,

@@ -12,18 +12,19 @@
 
 use std::time::Duration;
 
-use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderValue};
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::access;
 use super::request::{self, Topics};
 use crate::core::replay::Gap;
 use crate::core::{Cursor, MessageId, Topic};
 use crate::error::{ApiError, Code};
 use crate::metrics::{self, Transport};
-use crate::state::AppState;
+use crate::state::{AppState, Peer};
 
 /// Messages per answer when the client gives no `limit` (contract §6).
 const DEFAULT_LIMIT: usize = 100;
@@ -33,10 +34,19 @@ const MAX_LIMIT: usize = 1000;
 /// `GET /v1/poll`.
 pub(crate) async fn poll(
     State(state): State<AppState>,
+    ConnectInfo(Peer(peer, _)): ConnectInfo<Peer>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let max = state.config.limits.max_topics_per_connection;
     let request = Topics::from_query(query.as_deref(), None, &["cursor"], 1, max)?;
+    // Checked on every poll (each presents its credential); the poll counts
+    // as an open stream while it is held.
+    let mut access = access::http(&state, peer, &headers, query.as_deref(), true)?;
+    for topic in &request.topics {
+        access.may_subscribe(topic)?;
+    }
+    access.open_stream(&state)?;
     let (timeout, limit) = parse_limits(query.as_deref(), &state)?;
     let deadline = Instant::now() + timeout;
     let engine = &state.bus.engine;
@@ -258,7 +268,10 @@ mod tests {
     }
 
     async fn get(state: &AppState, query: &str) -> Value {
-        let res = poll(State(state.clone()), RawQuery(Some(query.to_owned()))).await.expect("an answer");
+        let res =
+            poll(State(state.clone()), testing::peer(), RawQuery(Some(query.to_owned())), HeaderMap::new())
+                .await
+                .expect("an answer");
         json(res).await
     }
 

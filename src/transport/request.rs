@@ -38,6 +38,7 @@ pub(crate) fn check_topic_count(n: usize, min: usize, max: usize) -> Result<(), 
         return Err(ApiError::new(Code::BadRequest, "at least one topic is required"));
     }
     if n > max {
+        crate::metrics::rejected("topics_per_connection");
         return Err(ApiError::new(Code::BadRequest, "too many topics (limits.max_topics_per_connection)"));
     }
     Ok(())

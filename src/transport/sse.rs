@@ -13,7 +13,8 @@
 //! kill switch ends the stream when its outbox overflows: on HTTP/2 that
 //! stream alone is reset, on HTTP/1.1 the connection is aborted. It comes
 //! back with `Last-Event-ID` and loses nothing. On shutdown the stream ends
-//! cleanly.
+//! cleanly; at the token's expiry (without auth: never) it ends too, and
+//! the client reconnects with a fresh token (every request presents one).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::access;
 use super::request::Topics;
 use super::subscription::{Event, GapReport, Subscription};
 use crate::core::message::Wire;
@@ -48,9 +50,11 @@ pub(crate) async fn stream(
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
     let max = state.config.limits.max_topics_per_connection;
     let request = Topics::from_query(query.as_deref(), last_event_id, &["lastEventId"], 1, max)?;
-    let mut sub = Subscription::new(&state, Transport::Sse, GapReport::Event);
-    sub.session().set_kill(conn.kill_switch());
     let peer = conn.0;
+    let access = access::http(&state, peer, &headers, query.as_deref(), true)?;
+    let mut sub = Subscription::new(&state, Transport::Sse, GapReport::Event, access);
+    sub.session().set_kill(conn.kill_switch());
+    sub.admit(&state)?;
     sub.start(request.topics, request.cursor.as_ref()).await?;
     let body = Body::from_stream(events(state, peer, sub));
     let mut res = (StatusCode::OK, body).into_response();

@@ -44,7 +44,10 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use super::access::Access;
+use crate::auth::Grants;
 use crate::core::engine::EngineError;
+use crate::core::expiry::ExpiryEntry;
 use crate::core::replay::{Gap, Resume, Step};
 use crate::core::session::SessionGuard;
 use crate::core::{Close, Cursor, Message, MessageId, Session, Subscriber, Topic};
@@ -125,6 +128,10 @@ pub(crate) struct Subscription {
     max_topics: usize,
     record: Option<Record>,
     sent: u64,
+    /// Who the stream is and what it may do.
+    access: Access,
+    /// The close at the token's expiry.
+    expiry: Option<ExpiryEntry>,
 }
 
 /// The open/close accounting of a stream: a log line and metrics at open,
@@ -140,7 +147,7 @@ struct Record {
 
 impl Subscription {
     /// A subscription with no topic yet, registered for shutdown.
-    pub(crate) fn new(state: &AppState, transport: Transport, gap_report: GapReport) -> Self {
+    pub(crate) fn new(state: &AppState, transport: Transport, gap_report: GapReport, access: Access) -> Self {
         let sub = state.bus.subscriber();
         let session = Arc::clone(sub.session());
         let registered = state.shutdown.sessions().register(&session);
@@ -158,7 +165,47 @@ impl Subscription {
             max_topics: state.config.limits.max_topics_per_connection,
             record: None,
             sent: 0,
+            access,
+            expiry: None,
         }
+    }
+
+    /// Who the stream is and what it may do.
+    pub(crate) fn access_mut(&mut self) -> &mut Access {
+        &mut self.access
+    }
+
+    /// Counts the stream against the per-IP and per-user limits and
+    /// schedules its close at the token's expiry (`exp` + `auth.leeway`).
+    pub(crate) fn admit(&mut self, state: &AppState) -> Result<(), ApiError> {
+        self.access.open_stream(state)?;
+        self.schedule_expiry(state);
+        Ok(())
+    }
+
+    fn schedule_expiry(&mut self, state: &AppState) {
+        self.expiry = self.access.grants.expires.map(|exp| {
+            let at = exp.saturating_mul(1000).saturating_add(state.config.auth.leeway.as_millis() as u64);
+            state.expiries.schedule(&self.session, at)
+        });
+    }
+
+    /// A `refresh`: replaces the grants (same user) and the expiry; the
+    /// topics the new grants no longer allow are left and returned.
+    pub(crate) fn refresh(&mut self, state: &AppState, grants: Arc<Grants>) -> Result<Vec<Topic>, ApiError> {
+        self.access.refresh(grants)?;
+        self.schedule_expiry(state);
+        let dropped: Vec<Topic> = self
+            .cursor
+            .iter()
+            .map(|(t, _)| t)
+            .filter(|t| !self.access.grants.can_subscribe(t.as_str()))
+            .cloned()
+            .collect();
+        for topic in &dropped {
+            self.leave(topic);
+        }
+        Ok(dropped)
     }
 
     /// Subscribes to `topics`: those `cursor` names are replayed after their
@@ -169,6 +216,9 @@ impl Subscription {
         topics: Vec<Topic>,
         cursor: Option<&Cursor>,
     ) -> Result<(), ApiError> {
+        for topic in &topics {
+            self.access.may_subscribe(topic)?;
+        }
         for topic in topics {
             match cursor.and_then(|c| c.get(&topic)) {
                 Some(after) => {
@@ -195,10 +245,14 @@ impl Subscription {
         after: Option<MessageId>,
     ) -> Result<Subscribed, SubscribeError> {
         let refuse = |m: &str| Err(SubscribeError::Refused(ApiError::new(Code::BadRequest, m)));
+        if let Err(e) = self.access.may_subscribe(&topic) {
+            return Err(SubscribeError::Refused(e));
+        }
         if self.cursor.get(&topic).is_some() {
             return refuse("already subscribed");
         }
         if self.cursor.len() >= self.max_topics {
+            metrics::rejected("topics_per_connection");
             return refuse("too many topics (limits.max_topics_per_connection)");
         }
         self.cursor.set(&topic, after.unwrap_or_default());

@@ -30,20 +30,24 @@
 //! straight to the socket (`write_buffer_size = 0` by default).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
+use super::access::{self, Access};
 use super::frame;
 use super::ops;
 use super::request::Topics;
 use super::subscription::{Event, GapReport, Subscription};
+use crate::auth::Grants;
 use crate::core::message::Wire;
 use crate::core::{Close, Cursor, Message};
 use crate::error::{ApiError, Code};
@@ -70,18 +74,34 @@ impl<T> Socket for T where
 /// Why the connection loop stopped, and what to tell the client.
 type Outcome = Result<(), Close>;
 
-/// `GET /v1/ws`: joins the query's topics, then upgrades.
+/// `GET /v1/ws`: checks the origin and the credential, joins the query's
+/// topics, then upgrades. A refused connect still completes the handshake
+/// and then closes with the reason (browsers cannot read a refused
+/// handshake's status; contract §4).
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(Peer(peer, _)): ConnectInfo<Peer>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     if let Err(e) = state.check_open() {
         return e.into_response();
     }
-    let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event);
-    let connect = connect(&state, &mut sub, query.as_deref()).await;
+    let (sub, connect) = match access::http(&state, peer, &headers, query.as_deref(), true) {
+        Ok(access) => {
+            let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event, access);
+            let connect = connect(&state, &mut sub, query.as_deref()).await;
+            (sub, connect)
+        }
+        Err(e) => {
+            // Never served: `run` only sends the refusal and closes.
+            let ip = state.abuse.client_ip(peer, &headers);
+            let access = Access::new(Arc::new(Grants::anonymous()), ip);
+            let sub = Subscription::new(&state, Transport::Ws, GapReport::Event, access);
+            (sub, Err(e))
+        }
+    };
     let cfg = &state.config;
     let max_frame = cfg.ws_max_frame();
     ws.read_buffer_size(cfg.websocket.read_buffer_size)
@@ -96,11 +116,13 @@ pub(crate) async fn upgrade(
         })
 }
 
-/// Parses the connect query (`topic`, repeatable, and `cursor`) and
-/// subscribes; topics named by the cursor are replayed after the handshake.
+/// Counts the stream against the abuse limits, parses the connect query
+/// (`topic`, repeatable, and `cursor`) and subscribes; topics named by the
+/// cursor are replayed after the handshake.
 async fn connect(state: &AppState, sub: &mut Subscription, query: Option<&str>) -> Result<(), ApiError> {
     let max = state.config.limits.max_topics_per_connection;
     let request = Topics::from_query(query, None, &["cursor"], 0, max)?;
+    sub.admit(state)?;
     sub.start(request.topics, request.cursor.as_ref()).await
 }
 

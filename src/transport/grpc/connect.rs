@@ -23,6 +23,7 @@ use crate::core::Close;
 use crate::error::{self, ApiError, Code};
 use crate::metrics::Transport;
 use crate::state::{AppState, Peer};
+use crate::transport::access::Access;
 use crate::transport::ops::{self, Op, Reply};
 use crate::transport::request;
 use crate::transport::subscription::{Event, GapReport, Subscription};
@@ -34,10 +35,15 @@ const BATCH: usize = 64;
 pub(super) fn serve(
     state: AppState,
     peer: Option<Peer>,
+    access: Access,
     mut inbound: Streaming<pb::ClientFrame>,
 ) -> impl Stream<Item = Result<pb::ServerFrame, Status>> + Send {
     async_stream::stream! {
-        let mut sub = Subscription::new(&state, Transport::Grpc, GapReport::Event);
+        let mut sub = Subscription::new(&state, Transport::Grpc, GapReport::Event, access);
+        if let Err(e) = sub.admit(&state) {
+            yield Err(Status::from(e));
+            return;
+        }
         let _alive = arm_stall_kill(&state, peer.as_ref(), sub.session());
         sub.open(Some("connect"), peer.map(|p| p.0), true);
         let session = Arc::clone(sub.session());

@@ -13,9 +13,9 @@ use super::{arm_stall_kill, peer};
 use crate::error::{self, ApiError};
 use crate::metrics::Transport;
 use crate::state::AppState;
-use crate::transport::ops;
 use crate::transport::request::{self, Topics};
 use crate::transport::subscription::{Event, GapReport, Subscription};
+use crate::transport::{access, ops};
 
 /// A boxed response stream.
 pub(super) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -47,7 +47,9 @@ impl gateway_server::Gateway for Gateway {
     ) -> Result<Response<Self::ConnectStream>, Status> {
         self.state.check_open()?;
         let peer = peer(&request);
-        let stream = super::connect::serve(self.state.clone(), peer, request.into_inner());
+        let mut access = access::grpc(&self.state, &request)?;
+        access.open_stream(&self.state)?;
+        let stream = super::connect::serve(self.state.clone(), peer, access, request.into_inner());
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -57,6 +59,7 @@ impl gateway_server::Gateway for Gateway {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         self.state.check_open()?;
         let peer = peer(&request);
+        let access = access::grpc(&self.state, &request)?;
         let req = request.into_inner();
         let state = &self.state;
         let max = state.config.limits.max_topics_per_connection;
@@ -64,8 +67,9 @@ impl gateway_server::Gateway for Gateway {
         if !req.cursor.is_empty() {
             topics.cursor = Some(request::cursor(&req.cursor)?);
         }
-        let mut sub = Subscription::new(state, Transport::Grpc, GapReport::OnNextMessage);
+        let mut sub = Subscription::new(state, Transport::Grpc, GapReport::OnNextMessage, access);
         let alive = arm_stall_kill(state, peer.as_ref(), sub.session());
+        sub.admit(state)?;
         sub.start(topics.topics, topics.cursor.as_ref()).await?;
         let stream = messages(peer.map(|p| p.0), sub, alive);
         Ok(Response::new(Box::pin(stream)))
@@ -75,8 +79,10 @@ impl gateway_server::Gateway for Gateway {
         &self,
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishReply>, Status> {
+        let mut access = access::grpc(&self.state, &request)?;
         let req = request.into_inner();
         let topic = request::topic(&req.topic)?;
+        access.may_publish(&self.state, &topic, false)?;
         let key = Some(req.idempotency_key.as_str()).filter(|k| !k.is_empty());
         let published =
             ops::publish(&self.state, Transport::Grpc, &topic, Bytes::from(req.data), key).await?;
@@ -87,8 +93,10 @@ impl gateway_server::Gateway for Gateway {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryReply>, Status> {
+        let access = access::grpc(&self.state, &request)?;
         let req = request.into_inner();
         let topic = request::topic(&req.topic)?;
+        access.may_subscribe(&topic)?;
         let after = if req.after.is_empty() { None } else { Some(request::message_id(&req.after)?) };
         let limit = match req.limit as usize {
             0 => request::HISTORY_DEFAULT,

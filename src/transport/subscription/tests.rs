@@ -4,6 +4,7 @@
 use super::*;
 use crate::config::Config;
 use crate::testing::{self, topic};
+use crate::transport::access::Access;
 
 fn ids(events: &[Event]) -> Vec<MessageId> {
     events
@@ -23,7 +24,7 @@ fn drain(sub: &mut Subscription) -> Vec<Event> {
 #[tokio::test]
 async fn a_message_seen_twice_is_handed_out_once() {
     let state = testing::state(Config::default());
-    let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event);
+    let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event, Access::anonymous());
     sub.start(vec![topic("d")], None).await.unwrap();
     let id = testing::publish(&state, "d", "1").await;
     // The same message again, as a replay/live overlap would bring it.
@@ -41,7 +42,7 @@ async fn resume_replays_after_the_cursor_then_goes_live() {
     config.history.replay_page = 2;
     let state = testing::state(config);
     let published = testing::publish_numbers(&state, "r", 7).await;
-    let mut sub = Subscription::new(&state, Transport::Sse, GapReport::Event);
+    let mut sub = Subscription::new(&state, Transport::Sse, GapReport::Event, Access::anonymous());
     let cursor = Cursor::single(topic("r"), published[1]);
     sub.start(vec![topic("r"), topic("other")], Some(&cursor)).await.unwrap();
     assert!(sub.replaying());
@@ -68,7 +69,7 @@ async fn a_gap_is_an_event_or_rides_on_the_next_message() {
     let published = testing::publish_numbers(&state, "g", 6).await;
     let cursor = Cursor::single(topic("g"), published[0]);
 
-    let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event);
+    let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event, Access::anonymous());
     sub.start(vec![topic("g")], Some(&cursor)).await.unwrap();
     match sub.next_replayed().await {
         Some(Event::Gap(gap)) => {
@@ -85,7 +86,7 @@ async fn a_gap_is_an_event_or_rides_on_the_next_message() {
     }
     assert_eq!(ids(&rest), published[3..].to_vec());
 
-    let mut sub = Subscription::new(&state, Transport::Grpc, GapReport::OnNextMessage);
+    let mut sub = Subscription::new(&state, Transport::Grpc, GapReport::OnNextMessage, Access::anonymous());
     sub.start(vec![topic("g")], Some(&cursor)).await.unwrap();
     match sub.next_replayed().await {
         Some(Event::Message { message, gap: Some(gap) }) => {
@@ -102,7 +103,7 @@ async fn a_gap_is_an_event_or_rides_on_the_next_message() {
 #[tokio::test]
 async fn a_closed_session_ends_the_stream_before_queued_messages() {
     let state = testing::state(Config::default());
-    let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event);
+    let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event, Access::anonymous());
     sub.start(vec![topic("c")], None).await.unwrap();
     testing::publish(&state, "c", "1").await;
     sub.session().close(Close::Slow);
@@ -114,7 +115,7 @@ async fn subscribe_and_leave_rules() {
     let mut config = Config::default();
     config.limits.max_topics_per_connection = 2;
     let state = testing::state(config);
-    let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event);
+    let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event, Access::anonymous());
     let ok = sub.subscribe(topic("a"), None).await.unwrap();
     assert!(ok.recovered && ok.gap.is_none());
     let refused = |r: Result<Subscribed, SubscribeError>| match r {

@@ -1,6 +1,7 @@
 //! The WebSocket loop driven through channels: ops, delivery, replay,
 //! heartbeat (under paused time) and close codes.
 
+use crate::transport::access::Access;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -91,7 +92,7 @@ async fn connect(state: &AppState, query: &str) -> Client {
 async fn connect_with_budget(state: &AppState, query: &str, budget: Option<usize>) -> Client {
     let (tx, inbound) = mpsc::unbounded_channel();
     let (outbound, rx) = mpsc::unbounded_channel();
-    let mut sub = Subscription::new(state, Transport::Ws, GapReport::Event);
+    let mut sub = Subscription::new(state, Transport::Ws, GapReport::Event, Access::anonymous());
     let connected = super::connect(state, &mut sub, Some(query)).await;
     let socket = FakeSocket { inbound, outbound, budget };
     let server = tokio::spawn(run(state.clone(), None, sub, socket, connected));

@@ -1,0 +1,203 @@
+//! Who is asking, and may they (contract §8): the request's bearer
+//! credential (`Authorization: Bearer`, the `access_token` query parameter,
+//! gRPC `authorization` metadata), the browser origin, the client address
+//! and the [`Grants`], checked the same way on every transport.
+//!
+//! An [`Access`] travels with a stream: the subscription driver checks each
+//! topic against it at subscribe, the op handler at publish (with the
+//! connection's publish rate), and a `refresh` replaces its grants.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::http::{header, HeaderMap};
+
+use crate::abuse::{OpenGuard, PublishLimiter};
+use crate::auth::{Grants, Principal};
+use crate::core::Topic;
+use crate::error::{ApiError, Code};
+use crate::state::AppState;
+
+/// What a stream or request may do, and whose it is.
+#[derive(Debug)]
+pub(crate) struct Access {
+    /// The credential's grants.
+    pub(crate) grants: Arc<Grants>,
+    /// The client's address (behind trusted proxies: the forwarded one).
+    pub(crate) ip: IpAddr,
+    /// The stream's place in the per-IP and per-user counts.
+    open: Option<OpenGuard>,
+    /// The connection's publish rate, made at its first publish.
+    limiter: Option<Box<PublishLimiter>>,
+}
+
+impl Access {
+    /// Access with `grants` from `ip`.
+    pub(crate) fn new(grants: Arc<Grants>, ip: IpAddr) -> Access {
+        Access { grants, ip, open: None, limiter: None }
+    }
+
+    /// Everything, from nowhere: unit tests and internal streams.
+    #[cfg(test)]
+    pub(crate) fn anonymous() -> Access {
+        Access::new(Arc::new(Grants::anonymous()), IpAddr::from([127, 0, 0, 1]))
+    }
+
+    /// Counts this stream against `abuse.max_connections_per_ip` and
+    /// `_per_user` for as long as the access lives.
+    pub(crate) fn open_stream(&mut self, state: &AppState) -> Result<(), ApiError> {
+        if self.open.is_none() {
+            let user = self.grants.user.as_deref();
+            self.open = Some(state.abuse.open(self.ip, user).inspect_err(|_| {
+                crate::metrics::rejected(if user.is_some() {
+                    "connections_per_user"
+                } else {
+                    "connections_per_ip"
+                })
+            })?);
+        }
+        Ok(())
+    }
+
+    /// `forbidden` unless the grants allow subscribing to `topic`.
+    pub(crate) fn may_subscribe(&self, topic: &Topic) -> Result<(), ApiError> {
+        if self.grants.can_subscribe(topic.as_str()) {
+            return Ok(());
+        }
+        crate::metrics::rejected("forbidden");
+        Err(ApiError::new(
+            Code::Forbidden,
+            format!("the token does not allow subscribing to {}", topic.as_str()),
+        ))
+    }
+
+    /// `forbidden` unless the grants allow publishing to `topic`;
+    /// `rate_limited` over the connection's publish rate (`per_connection`:
+    /// a long-lived connection; otherwise the client address's rate, which
+    /// API keys are exempt from).
+    pub(crate) fn may_publish(
+        &mut self,
+        state: &AppState,
+        topic: &Topic,
+        per_connection: bool,
+    ) -> Result<(), ApiError> {
+        if !self.grants.can_publish(topic.as_str()) {
+            crate::metrics::rejected("forbidden");
+            return Err(ApiError::new(
+                Code::Forbidden,
+                format!("the token does not allow publishing to {}", topic.as_str()),
+            ));
+        }
+        if per_connection {
+            if self.limiter.is_none() {
+                self.limiter = state.abuse.publish_limiter().map(Box::new);
+            }
+            if let Some(limiter) = &self.limiter {
+                return limiter.check();
+            }
+        } else if self.grants.principal != Principal::ApiKey {
+            if let Err(wait) = state.abuse.publish_ip(self.ip) {
+                crate::metrics::rejected("publish_rate");
+                return Err(ApiError::new(
+                    Code::RateLimited,
+                    "publish rate over abuse.publish_rate_per_connection",
+                )
+                .with_retry(wait));
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the grants (a `refresh`); the user may not change.
+    pub(crate) fn refresh(&mut self, grants: Arc<Grants>) -> Result<(), ApiError> {
+        if grants.user != self.grants.user {
+            return Err(ApiError::new(Code::Forbidden, "a refresh token must be for the same user"));
+        }
+        self.grants = grants;
+        Ok(())
+    }
+}
+
+/// The bearer credential of an HTTP request: `Authorization: Bearer X`,
+/// else the `access_token` query parameter.
+pub(crate) fn bearer<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<Cow<'a, str>> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        return v.to_str().ok().and_then(strip_bearer).map(Cow::Borrowed);
+    }
+    form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == "access_token").map(|(_, v)| v)
+}
+
+/// The token of an `Authorization` value `Bearer X` (scheme in any case).
+pub(crate) fn strip_bearer(v: &str) -> Option<&str> {
+    let (scheme, rest) = v.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim()).filter(|t| !t.is_empty())
+}
+
+/// `forbidden` for a browser request from an origin not in
+/// `auth.allowed_origins` (requests without `Origin` are not browsers').
+pub(crate) fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let allowed = &state.config.auth.allowed_origins;
+    let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
+    if allowed.is_empty() || allowed.iter().any(|a| a == "*" || a.as_bytes() == origin.as_bytes()) {
+        return Ok(());
+    }
+    crate::metrics::rejected("origin");
+    Err(ApiError::new(Code::Forbidden, "origin not allowed"))
+}
+
+/// The access of an HTTP request from `peer` (origin checked first when
+/// `browser`): its credential's grants, or `unauthenticated`.
+pub(crate) fn http(
+    state: &AppState,
+    peer: std::net::SocketAddr,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    browser: bool,
+) -> Result<Access, ApiError> {
+    if browser {
+        check_origin(state, headers)?;
+    }
+    let ip = state.abuse.client_ip(peer, headers);
+    let grants = authenticate(state, bearer(headers, query).as_deref())?;
+    Ok(Access::new(grants, ip))
+}
+
+/// The access of a gRPC call: the `authorization: Bearer` metadata entry
+/// (gRPC clients are not browsers: no origin check).
+pub(crate) fn grpc<T>(state: &AppState, req: &tonic::Request<T>) -> Result<Access, ApiError> {
+    let headers: &HeaderMap = req.metadata().as_ref();
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<crate::state::Peer>>()
+        .map_or(std::net::SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0 .0);
+    http(state, peer, headers, None, false)
+}
+
+/// Grants for `credential`, counting a refusal.
+pub(crate) fn authenticate(state: &AppState, credential: Option<&str>) -> Result<Arc<Grants>, ApiError> {
+    state.auth.authenticate(credential).map_err(|e| {
+        crate::metrics::rejected("unauthenticated");
+        tracing::debug!(error = %e, "credential refused");
+        ApiError::from(e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_comes_from_the_header_first_then_the_query() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h, Some("topic=a&access_token=q%2Bt")).as_deref(), Some("q+t"));
+        assert_eq!(bearer(&h, Some("topic=a")), None);
+        assert_eq!(bearer(&h, None), None);
+        h.insert(header::AUTHORIZATION, "bEaReR  abc ".parse().unwrap());
+        assert_eq!(bearer(&h, Some("access_token=q")).as_deref(), Some("abc"));
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h, Some("access_token=q")), None, "a header that is not Bearer is not a token");
+        assert_eq!(strip_bearer("Bearer "), None);
+        assert_eq!(strip_bearer("Bearer"), None);
+    }
+}
