@@ -21,7 +21,7 @@ pub struct AuthConfig {
     /// A JWKS file whose `kid`s select the key; reloaded when it changes
     /// (checked every `reload_interval`) and on SIGHUP.
     pub jwks_file: Option<PathBuf>,
-    /// How often key and certificate files are checked for changes.
+    /// How often the JWKS file is checked for changes.
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
     /// Required `iss`, when set.
