@@ -20,9 +20,9 @@ use thiserror::Error;
 mod env;
 mod security;
 mod validate;
-pub use security::{AbuseConfig, AuthConfig, ReconnectConfig, TlsConfig};
 pub use env::Loaded;
 use env::{ignored_env, known_keys, names_a_key, ENV_PREFIX};
+pub use security::{AbuseConfig, AuthConfig, ReconnectConfig, TlsConfig};
 
 /// A configuration that could not be loaded or is invalid.
 #[derive(Debug, Error)]

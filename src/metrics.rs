@@ -157,7 +157,23 @@ struct Handles {
     tcp_open: Gauge,
     tcp_total: Counter,
     held_polls: Gauge,
+    rejections: Vec<(&'static str, Counter)>,
 }
+
+/// Why a connection, stream or request was refused, as label values of
+/// `rtgate_rejections_total` (registered with the other handles, so each
+/// shows 0 until it happens). [`rejected`] also takes other reasons.
+pub const REJECTION_REASONS: [&str; 9] = [
+    "connect_rate_ip",
+    "connect_rate_global",
+    "connections_per_ip",
+    "connections_per_user",
+    "publish_rate",
+    "topics_per_connection",
+    "unauthenticated",
+    "forbidden",
+    "origin",
+];
 
 /// Engine operations, as metric label values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,6 +235,10 @@ fn handles() -> &'static Handles {
         tcp_open: gauge!("rtgate_tcp_connections"),
         tcp_total: counter!("rtgate_tcp_connections_total"),
         held_polls: gauge!("rtgate_held_polls"),
+        rejections: REJECTION_REASONS
+            .iter()
+            .map(|&r| (r, counter!("rtgate_rejections_total", "reason" => r)))
+            .collect(),
     })
 }
 
@@ -295,6 +315,15 @@ pub fn held_poll(held: bool) {
         handles().held_polls.increment(1.0);
     } else {
         handles().held_polls.decrement(1.0);
+    }
+}
+
+/// A connection, stream or request was refused for `reason` (one of
+/// [`REJECTION_REASONS`], or another stable word: no client input).
+pub fn rejected(reason: &'static str) {
+    match handles().rejections.iter().find(|(r, _)| *r == reason) {
+        Some((_, c)) => c.increment(1),
+        None => counter!("rtgate_rejections_total", "reason" => reason).increment(1),
     }
 }
 

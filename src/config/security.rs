@@ -115,6 +115,36 @@ impl Default for AbuseConfig {
     }
 }
 
+impl AbuseConfig {
+    /// `trusted_proxies` parsed: each entry an address (`10.0.0.1`, `::1`)
+    /// or a CIDR block (`10.0.0.0/8`). `Err` names the first entry that is
+    /// neither.
+    pub fn trusted_nets(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted_proxies
+            .iter()
+            .map(|entry| {
+                let s = entry.trim();
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map(|net| canonical_net(net.trunc()))
+                    .map_err(|_| format!("{entry:?} is neither an IP address nor a CIDR block"))
+            })
+            .collect()
+    }
+}
+
+/// An IPv4-mapped IPv6 block (`::ffff:10.0.0.0/104`) as the IPv4 block it
+/// names, so it matches peers the way they are compared (canonical form).
+fn canonical_net(net: ipnet::IpNet) -> ipnet::IpNet {
+    match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, ipnet::IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    }
+}
+
 /// `[reconnect]`: when rtgate closes many clients at once (shutdown, a
 /// shed storm) it tells each when to come back, spread over `window`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
