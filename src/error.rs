@@ -5,13 +5,17 @@
 //! WebSocket close codes are [`Close::ws_code`] in `core::close`. These
 //! conversions only convert: whoever makes an error logs it.
 
+use std::time::Duration;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::Status;
 
 use crate::core::{Close, EngineError};
+use crate::pacing::{self, Pacer};
 
 /// An error code from contract §2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,8 +87,9 @@ pub struct ApiError {
     pub code: Code,
     /// Text for humans.
     pub message: String,
-    /// When to come back (`Retry-After`), for `rate_limited` and `unavailable`.
-    pub retry_after: Option<std::time::Duration>,
+    /// When the client may try again (`Retry-After`, gRPC
+    /// `retry-after-ms`); unset, `rate_limited` and `unavailable` say 1 s.
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -93,9 +98,10 @@ impl ApiError {
         ApiError { code, message: message.into(), retry_after: None }
     }
 
-    /// The same error with a retry hint.
-    pub fn with_retry(mut self, after: std::time::Duration) -> Self {
-        self.retry_after = Some(after);
+    /// The same error, telling the client to come back after `d` (a
+    /// [`Pacer`] hint where many clients are refused at once).
+    pub fn with_retry(mut self, d: Duration) -> Self {
+        self.retry_after = Some(d);
         self
     }
 
@@ -136,25 +142,42 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut res = (self.code.http_status(), self.body()).into_response();
         res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if self.code == Code::RateLimited || self.code == Code::Unavailable {
-            let secs = self.retry_after.map_or(1, |d| d.as_millis().div_ceil(1000).max(1) as u64);
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        if let Some(d) = self.retry_after {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(pacing::retry_after_secs(d)));
+        } else if self.code == Code::RateLimited || self.code == Code::Unavailable {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         res
     }
 }
 
 /// The gRPC status for a contract error (§2): the message starts with the
-/// contract's code.
+/// contract's code; a retry hint goes in `retry-after-ms` and
+/// `grpc-retry-pushback-ms`.
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
-        Status::new(e.code.grpc(), format!("{}: {}", e.code.as_str(), e.message))
+        let message = format!("{}: {}", e.code.as_str(), e.message);
+        match e.retry_after {
+            Some(d) => Status::with_metadata(e.code.grpc(), message, retry_metadata(d)),
+            None => Status::new(e.code.grpc(), message),
+        }
     }
 }
 
+/// `retry-after-ms` and `grpc-retry-pushback-ms` for a hint of `d`.
+pub fn retry_metadata(d: Duration) -> MetadataMap {
+    let ms = MetadataValue::from(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut map = MetadataMap::new();
+    map.insert(pacing::RETRY_AFTER_MS, ms.clone());
+    map.insert(pacing::GRPC_PUSHBACK_MS, ms);
+    map
+}
+
 /// The status a gRPC stream ends with when the server closes it for
-/// `reason`; `None` when the client went away.
-pub fn stream_end(reason: Close) -> Option<Status> {
+/// `reason`; `None` when the client went away. A close that hits many
+/// clients at once ([`pacing::paced`]: shutdown, engine unavailable)
+/// carries a `pacer` hint in its trailers.
+pub fn stream_end(reason: Close, pacer: &Pacer) -> Option<Status> {
     use tonic::Code as Grpc;
     let (code, text) = match reason {
         Close::Client => return None,
@@ -177,6 +200,9 @@ pub fn stream_end(reason: Close) -> Option<Status> {
         ),
         Close::RateLimited => (Grpc::ResourceExhausted, "rate_limited: over an abuse limit"),
     };
+    if pacing::paced(reason) {
+        return Some(Status::with_metadata(code, text, retry_metadata(pacer.hint())));
+    }
     Some(Status::new(code, text))
 }
 

@@ -157,7 +157,23 @@ struct Handles {
     tcp_open: Gauge,
     tcp_total: Counter,
     held_polls: Gauge,
+    rejections: Vec<(&'static str, Counter)>,
 }
+
+/// Why a connection, stream or request was refused, as label values of
+/// `rtgate_rejections_total` (registered with the other handles, so each
+/// shows 0 until it happens). [`rejected`] also takes other reasons.
+pub const REJECTION_REASONS: [&str; 9] = [
+    "connect_rate_ip",
+    "connect_rate_global",
+    "connections_per_ip",
+    "connections_per_user",
+    "publish_rate",
+    "topics_per_connection",
+    "unauthenticated",
+    "forbidden",
+    "origin",
+];
 
 /// Engine operations, as metric label values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,6 +235,10 @@ fn handles() -> &'static Handles {
         tcp_open: gauge!("rtgate_tcp_connections"),
         tcp_total: counter!("rtgate_tcp_connections_total"),
         held_polls: gauge!("rtgate_held_polls"),
+        rejections: REJECTION_REASONS
+            .iter()
+            .map(|&r| (r, counter!("rtgate_rejections_total", "reason" => r)))
+            .collect(),
     })
 }
 
@@ -312,13 +332,17 @@ pub fn held_poll(held: bool) {
     }
 }
 
+/// A connection, stream or request was refused for `reason` (one of
+/// [`REJECTION_REASONS`], or another stable word: no client input).
+pub fn rejected(reason: &'static str) {
+    match handles().rejections.iter().find(|(r, _)| *r == reason) {
+        Some((_, c)) => c.increment(1),
+        None => counter!("rtgate_rejections_total", "reason" => reason).increment(1),
+    }
+}
+
 /// Sets the hub gauges (at scrape time).
 pub fn hub_sizes(topics: usize, subscriptions: usize) {
     gauge!("rtgate_topics").set(topics as f64);
     gauge!("rtgate_subscriptions").set(subscriptions as f64);
-}
-
-/// A request or stream refused for `reason` (auth, origin, abuse limits).
-pub fn rejected(reason: &'static str) {
-    metrics::counter!("rtgate_rejections_total", "reason" => reason).increment(1);
 }

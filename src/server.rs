@@ -38,24 +38,36 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
+use crate::abuse::Abuse;
 use crate::config::Config;
 use crate::error::{ApiError, Code};
-use crate::state::{AppState, ConnControl, Peer, StreamControl, STREAM};
+use crate::pacing::Pacer;
+use crate::state::{AppState, ClientIp, ConnControl, Peer, StreamControl, STREAM};
 
 /// Every endpoint of the public port: the HTTP router (API, WebSocket, SSE,
 /// long polling, health, metrics) and the gRPC router (gateway, health,
-/// reflection). [`serve`] picks one per request by content type.
+/// reflection). [`serve`] picks one per request by content type, after the
+/// connection-attempt limits (`abuse`).
 #[derive(Clone)]
 pub struct App {
     /// Everything that is not gRPC.
     pub http: Router,
     /// `application/grpc…` requests.
     pub grpc: Router,
+    /// The abuse limits every request is checked against first.
+    pub abuse: Arc<Abuse>,
+    /// Reconnect hints for refused connection attempts.
+    pub pacer: Pacer,
 }
 
 /// The routers of every endpoint, used by `run` and by tests.
 pub fn app(state: AppState) -> App {
-    App { grpc: crate::transport::grpc::router(state.clone()), http: http_app(state) }
+    App {
+        abuse: Arc::clone(&state.abuse),
+        pacer: state.pacer,
+        grpc: crate::transport::grpc::router(state.clone()),
+        http: http_app(state),
+    }
 }
 
 /// The HTTP router: the transports' routes, health, readiness and (without
@@ -156,6 +168,8 @@ pub async fn serve(
             grpc: app.grpc.clone(),
             peer: Peer(addr, Arc::clone(&io.control)),
             body_timeout: config.http.body_timeout,
+            abuse: Arc::clone(&app.abuse),
+            pacer: app.pacer,
         };
         let deadline = Instant::now() + handshake;
         // Watched from here on: a drain waits for handshakes in progress.
@@ -239,21 +253,37 @@ where
 }
 
 /// Routes one connection's requests to the gRPC or the HTTP router, with the
-/// connection's [`Peer`] as `ConnectInfo`. A request's headers complete the
-/// connection's handshake; a request body (not gRPC) must arrive within
-/// `body_timeout` ([`body::deadline`]).
+/// connection's [`Peer`] as `ConnectInfo` and the client's address as
+/// [`ClientIp`]. A request's headers complete the connection's handshake; a
+/// request body (not gRPC) must arrive within `body_timeout`
+/// ([`body::deadline`]).
+///
+/// Before any routing, the connection's first request and every request
+/// that opens a stream ([`opens_stream`]) is a connection attempt of its
+/// client address ([`Abuse::attempt`]); over the limits it is refused at
+/// once ([`refuse`]): HTTP 429 `rate_limited` (the WebSocket handshake
+/// included), gRPC `RESOURCE_EXHAUSTED`, each with a paced retry hint.
 #[derive(Clone)]
 struct Dispatch {
     http: Router,
     grpc: Router,
     peer: Peer,
     body_timeout: Duration,
+    abuse: Arc<Abuse>,
+    pacer: Pacer,
 }
+
+/// What [`Dispatch`] answers: a router's future, one with a body deadline,
+/// or a refusal made before routing.
+type DispatchFuture = Either<
+    Either<axum::routing::future::RouteFuture<std::convert::Infallible>, body::Deadlined>,
+    std::future::Ready<Result<axum::response::Response, std::convert::Infallible>>,
+>;
 
 impl tower::Service<axum::http::Request<hyper::body::Incoming>> for Dispatch {
     type Response = axum::response::Response;
     type Error = std::convert::Infallible;
-    type Future = Either<axum::routing::future::RouteFuture<std::convert::Infallible>, body::Deadlined>;
+    type Future = DispatchFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -261,20 +291,57 @@ impl tower::Service<axum::http::Request<hyper::body::Incoming>> for Dispatch {
 
     fn call(&mut self, mut req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
         self.peer.1.set_handshaken();
-        req.extensions_mut().insert(ConnectInfo(self.peer.clone()));
         let grpc = req
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let ip = self.abuse.client_ip(self.peer.0, req.headers());
+        // Asked of every request, so that only the first one is first.
+        let first = self.peer.1.first_request();
+        if first || opens_stream(&req) {
+            if let Err(wait) = self.abuse.attempt(ip) {
+                tracing::debug!(client = %ip, "connection attempt over the abuse limits");
+                return Either::Right(std::future::ready(Ok(refuse(grpc, self.pacer.after(wait)))));
+            }
+        }
+        req.extensions_mut().insert(ConnectInfo(self.peer.clone()));
+        req.extensions_mut().insert(ClientIp(ip));
         if grpc {
             // gRPC bodies are streams (Connect) and do not hold a connection
             // of their own.
-            return Either::Left(tower::Service::call(&mut self.grpc, req));
+            return Either::Left(Either::Left(tower::Service::call(&mut self.grpc, req)));
         }
         if hyper::body::Body::is_end_stream(req.body()) {
-            return Either::Left(tower::Service::call(&mut self.http, req));
+            return Either::Left(Either::Left(tower::Service::call(&mut self.http, req)));
         }
-        Either::Right(body::deadline(&mut self.http, req, self.body_timeout))
+        Either::Left(Either::Right(body::deadline(&mut self.http, req, self.body_timeout)))
+    }
+}
+
+/// gRPC methods that open a stream.
+const GRPC_STREAMS: [&str; 2] = ["/rtgate.v1.Gateway/Subscribe", "/rtgate.v1.Gateway/Connect"];
+
+/// True for the requests that open a stream: `GET /v1/ws`, `/v1/sse`,
+/// `/v1/poll`, gRPC `Subscribe` and `Connect`.
+fn opens_stream<B>(req: &axum::http::Request<B>) -> bool {
+    let path = req.uri().path();
+    match *req.method() {
+        Method::GET => matches!(path, "/v1/ws" | "/v1/sse" | "/v1/poll"),
+        Method::POST => GRPC_STREAMS.contains(&path),
+        _ => false,
+    }
+}
+
+/// The answer to a connection attempt over the limits, telling the client
+/// to come back after `hint`: HTTP 429 `rate_limited` with `Retry-After`,
+/// or a trailers-only gRPC `RESOURCE_EXHAUSTED` with `retry-after-ms` and
+/// `grpc-retry-pushback-ms`.
+fn refuse(grpc: bool, hint: Duration) -> axum::response::Response {
+    let e = ApiError::new(Code::RateLimited, "too many connection attempts; retry later").with_retry(hint);
+    if grpc {
+        tonic::Status::from(e).into_http::<axum::body::Body>()
+    } else {
+        e.into_response()
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -49,14 +49,21 @@ impl AppState {
         self.bus.engine.is_ready() && !self.shutdown.is_shutting_down()
     }
 
-    /// Refuses new long-lived connections and streams once draining.
+    /// Refuses new long-lived connections and streams once draining, with
+    /// a reconnect hint (every client is refused alike: spread them).
     pub fn check_open(&self) -> Result<(), ApiError> {
         if self.shutdown.is_shutting_down() {
-            return Err(ApiError::new(Code::Unavailable, "shutting down"));
+            return Err(ApiError::new(Code::Unavailable, "shutting down").with_retry(self.pacer.hint()));
         }
         Ok(())
     }
 }
+
+/// The client's address as the abuse limits see it (the peer, or the
+/// address a trusted proxy forwarded: `Abuse::client_ip`), put in every
+/// request's extensions by the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
 
 /// What a handler knows of its connection (axum `ConnectInfo`): the peer
 /// address and the connection's kill switch.
@@ -141,6 +148,7 @@ pub struct ConnControl {
     armed: AtomicBool,
     killed: AtomicBool,
     handshaken: AtomicBool,
+    requested: AtomicBool,
     read: AtomicWaker,
     write: AtomicWaker,
 }
@@ -154,6 +162,12 @@ impl ConnControl {
     /// True once [`ConnControl::set_handshaken`] was called.
     pub fn handshaken(&self) -> bool {
         self.handshaken.load(Ordering::Relaxed)
+    }
+
+    /// True for the connection's first request (the first call only): the
+    /// one that counts as its connection attempt.
+    pub fn first_request(&self) -> bool {
+        !self.requested.swap(true, Ordering::Relaxed)
     }
 
     /// Makes [`Kill::kill`] effective for this connection.

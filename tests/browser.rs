@@ -80,12 +80,15 @@ fn capture(child: &mut Child) -> Arc<Mutex<String>> {
 use support::binary::Gateway;
 
 /// The gateway's settings here: the Redis engine on `redis_url`, a short SSE
-/// retry hint, a 5 s grace.
-fn gateway_env(redis_url: &str) -> [(&str, &str); 4] {
+/// retry hint (also the hint a stream gets when the gateway stops: the
+/// reconnect window), a 5 s grace.
+fn gateway_env(redis_url: &str) -> [(&str, &str); 6] {
     [
         ("RTGATE_ENGINE__KIND", "redis"),
         ("RTGATE_REDIS__URL", redis_url),
         ("RTGATE_SSE__RETRY", SSE_RETRY),
+        ("RTGATE_RECONNECT__MIN", SSE_RETRY),
+        ("RTGATE_RECONNECT__WINDOW", SSE_RETRY),
         ("RTGATE_SHUTDOWN__GRACE", "5s"),
     ]
 }

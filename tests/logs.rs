@@ -284,7 +284,8 @@ async fn sigterm_logs_shutdown_closes_for_every_connection() {
     sse.events(2).await;
 
     p.sigterm();
-    assert_eq!(ws.ended().await, Ended::Closed(1001, "shutdown".into()), "logs: {}", p.logs());
+    let end = ws.ended().await;
+    assert_eq!(end.paced().map(|(c, w, _)| (c, w)), Some((1001, "shutdown")), "{end:?}; logs: {}", p.logs());
     assert!(sse.until_end().await, "the SSE stream did not end cleanly; logs: {}", p.logs());
     let logs = p.wait_exit().await;
     let lines = json_lines(&logs);

@@ -75,12 +75,12 @@ async fn ws_publish_in_flight_at_shutdown_is_acked_before_1001_and_stored_once()
     let stop = tokio::spawn(s.stop());
     // Shutdown closed every session (the idle one hears it) while the
     // publish is still held in Redis.
-    assert_eq!(idle.ended().await, Ended::Closed(1001, "shutdown".into()));
+    assert_paced_close(&idle.ended().await, 1001, "shutdown");
     pause.end();
     let ack = publisher.next().await;
     assert_eq!((ack["op"].as_str(), ack["ref"].as_str()), (Some("ack"), Some("p1")), "{ack}");
     let id = ack["id"].as_str().expect("ack id").to_owned();
-    assert_eq!(publisher.ended().await, Ended::Closed(1001, "shutdown".into()));
+    assert_paced_close(&publisher.ended().await, 1001, "shutdown");
     tokio::time::timeout(WAIT, stop).await.expect("shutdown in time").expect("stop");
 
     // Stored exactly once; the client's retry is safe.

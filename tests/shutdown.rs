@@ -48,8 +48,20 @@ async fn sigterm_closes_clients_with_1001_and_exits_zero() {
     let t0 = Instant::now();
     p.sigterm();
     let (ea, eb) = tokio::join!(a.ended(), b.ended());
-    assert_eq!(ea, Ended::Closed(1001, "shutdown".into()), "client a; logs: {}", p.logs());
-    assert_eq!(eb, Ended::Closed(1001, "shutdown".into()), "client b; logs: {}", p.logs());
+    assert_eq!(
+        ea.paced().map(|(c, w, _)| (c, w)),
+        Some((1001, "shutdown")),
+        "client a: {ea:?}; logs: {}",
+        p.logs()
+    );
+    assert_paced_close(&ea, 1001, "shutdown");
+    assert_eq!(
+        eb.paced().map(|(c, w, _)| (c, w)),
+        Some((1001, "shutdown")),
+        "client b: {eb:?}; logs: {}",
+        p.logs()
+    );
+    assert_paced_close(&eb, 1001, "shutdown");
     drop((a, b));
 
     // Shutdown has begun: a new connection is refused (TCP refused/reset, or
@@ -106,8 +118,8 @@ async fn in_process_stop_closes_ws_clients_with_1001() {
     });
     tokio::time::timeout(Duration::from_secs(15), s.stop()).await.expect("stop timed out");
     let (ea, eb) = tokio::time::timeout(WAIT, closes).await.expect("closes timed out").expect("join");
-    assert_eq!(ea, Ended::Closed(1001, "shutdown".into()));
-    assert_eq!(eb, Ended::Closed(1001, "shutdown".into()));
+    assert_paced_close(&ea, 1001, "shutdown");
+    assert_paced_close(&eb, 1001, "shutdown");
     let refused =
         tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr)).await.expect("connect timed out");
     assert!(refused.is_err(), "connection accepted after stop");

@@ -101,6 +101,11 @@ pub struct AbuseConfig {
     /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` names the
     /// client; empty trusts no proxy (the default).
     pub trusted_proxies: Vec<String>,
+    /// Client addresses (or CIDR blocks) the per-IP and per-connection
+    /// limits do not apply to (the global and per-user ones still do):
+    /// loopback by default, so local tools, sidecars and a local proxy that
+    /// is not in `trusted_proxies` are not shed as one client.
+    pub exempt: Vec<String>,
 }
 
 impl Default for AbuseConfig {
@@ -115,7 +120,50 @@ impl Default for AbuseConfig {
             publish_rate_per_connection: 200,
             publish_burst_per_connection: 1000,
             trusted_proxies: Vec::new(),
+            exempt: vec!["127.0.0.0/8".into(), "::1".into()],
         }
+    }
+}
+
+impl AbuseConfig {
+    /// `trusted_proxies` parsed: each entry an address (`10.0.0.1`, `::1`)
+    /// or a CIDR block (`10.0.0.0/8`). `Err` names the first entry that is
+    /// neither.
+    pub fn trusted_nets(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        nets(&self.trusted_proxies)
+    }
+
+    /// `exempt` parsed, like [`AbuseConfig::trusted_nets`].
+    pub fn exempt_nets(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        nets(&self.exempt)
+    }
+}
+
+/// Addresses or CIDR blocks, parsed; `Err` names the first bad entry.
+fn nets(entries: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
+    {
+        entries
+            .iter()
+            .map(|entry| {
+                let s = entry.trim();
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map(|net| canonical_net(net.trunc()))
+                    .map_err(|_| format!("{entry:?} is neither an IP address nor a CIDR block"))
+            })
+            .collect()
+    }
+}
+
+/// An IPv4-mapped IPv6 block (`::ffff:10.0.0.0/104`) as the IPv4 block it
+/// names, so it matches peers the way they are compared (canonical form).
+fn canonical_net(net: ipnet::IpNet) -> ipnet::IpNet {
+    match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, ipnet::IpNet::V4),
+            None => net,
+        },
+        _ => net,
     }
 }
 

@@ -109,7 +109,7 @@ impl Config {
         }
         // Both files or neither; readable, parseable, and a matching pair.
         self.tls.load()?;
-        Ok(())
+        self.validate_abuse()
     }
 }
 
@@ -154,6 +154,41 @@ impl Config {
         if auth.allowed_origins.iter().any(|o| o.is_empty() || axum::http::HeaderValue::from_str(o).is_err())
         {
             return bad("auth.allowed_origins", "an origin is not a valid header value");
+        }
+        Ok(())
+    }
+
+    /// `[abuse]` and `[reconnect]`.
+    fn validate_abuse(&self) -> Result<(), ConfigError> {
+        fn bad(key: &'static str, reason: &str) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid { key, reason: reason.into() })
+        }
+        let a = &self.abuse;
+        for (rate, burst, key) in [
+            (a.connect_rate_per_ip, a.connect_burst_per_ip, "abuse.connect_burst_per_ip"),
+            (a.connect_rate_global, a.connect_burst_global, "abuse.connect_burst_global"),
+            (
+                a.publish_rate_per_connection,
+                a.publish_burst_per_connection,
+                "abuse.publish_burst_per_connection",
+            ),
+        ] {
+            if rate > 0 && burst == 0 {
+                return bad(key, "must be at least 1 while its rate is on (more than 0)");
+            }
+        }
+        if let Err(e) = a.trusted_nets() {
+            return bad("abuse.trusted_proxies", &e);
+        }
+        if let Err(e) = a.exempt_nets() {
+            return bad("abuse.exempt", &e);
+        }
+        let r = &self.reconnect;
+        if r.window.is_zero() || r.window > Duration::from_secs(600) {
+            return bad("reconnect.window", "must be more than 0s and at most 10m");
+        }
+        if r.window < r.min {
+            return bad("reconnect.window", "must be at least reconnect.min");
         }
         Ok(())
     }

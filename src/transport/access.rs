@@ -74,8 +74,8 @@ impl Access {
 
     /// `forbidden` unless the grants allow publishing to `topic`;
     /// `rate_limited` over the connection's publish rate (`per_connection`:
-    /// a long-lived connection; otherwise the client address's rate, which
-    /// API keys are exempt from).
+    /// a long-lived connection; otherwise the client address's rate). API
+    /// keys and `abuse.exempt` addresses have no publish rate.
     pub(crate) fn may_publish(
         &mut self,
         state: &AppState,
@@ -89,6 +89,9 @@ impl Access {
                 format!("the token does not allow publishing to {}", topic.as_str()),
             ));
         }
+        if self.grants.principal == Principal::ApiKey || state.abuse.exempt(self.ip) {
+            return Ok(());
+        }
         if per_connection {
             if self.limiter.is_none() {
                 self.limiter = state.abuse.publish_limiter().map(Box::new);
@@ -96,15 +99,12 @@ impl Access {
             if let Some(limiter) = &self.limiter {
                 return limiter.check();
             }
-        } else if self.grants.principal != Principal::ApiKey {
-            if let Err(wait) = state.abuse.publish_ip(self.ip) {
-                crate::metrics::rejected("publish_rate");
-                return Err(ApiError::new(
-                    Code::RateLimited,
-                    "publish rate over abuse.publish_rate_per_connection",
-                )
-                .with_retry(wait));
-            }
+        } else if let Err(wait) = state.abuse.publish_ip(self.ip) {
+            return Err(ApiError::new(
+                Code::RateLimited,
+                "publish rate over abuse.publish_rate_per_connection",
+            )
+            .with_retry(wait));
         }
         Ok(())
     }

@@ -122,6 +122,10 @@ fn events(
                     next = sub.try_next();
                 }
             }
+            // A close that hits many clients at once says when to come back.
+            if closed.is_some_and(crate::pacing::paced) {
+                out.put_slice(crate::pacing::sse_retry(state.pacer.hint()).as_bytes());
+            }
             if !out.is_empty() {
                 yield Ok(out.freeze());
             }

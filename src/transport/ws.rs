@@ -152,7 +152,7 @@ pub(crate) fn run<S: Socket>(
         // Leave the hub before the (bounded) close handshake.
         sub.leave_all();
         if reason != Close::Client {
-            Box::pin(close(&mut socket, reason)).await;
+            Box::pin(close(&mut socket, reason, &state.pacer)).await;
         }
     }
 }
@@ -380,9 +380,16 @@ fn read_error(e: axum::Error) -> Close {
     }
 }
 
-/// Sends a close frame and waits (bounded) for the client's answer.
-async fn close<S: Socket>(socket: &mut S, reason: Close) {
-    let frame = CloseFrame { code: reason.ws_code(), reason: Utf8Bytes::from_static(reason.label()) };
+/// Sends a close frame and waits (bounded) for the client's answer. A
+/// close that hits many clients at once (shutdown, engine unavailable)
+/// says when to come back: reason `"<reason>; retry_ms=<ms>"` (`pacing`).
+async fn close<S: Socket>(socket: &mut S, reason: Close, pacer: &crate::pacing::Pacer) {
+    let text = if crate::pacing::paced(reason) {
+        Utf8Bytes::from(crate::pacing::ws_reason(reason.label(), pacer.hint()))
+    } else {
+        Utf8Bytes::from_static(reason.label())
+    };
+    let frame = CloseFrame { code: reason.ws_code(), reason: text };
     if tokio::time::timeout(CLOSE_TIMEOUT, socket.send(WsMessage::Close(Some(frame)))).await.is_err() {
         return;
     }

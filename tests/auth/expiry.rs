@@ -107,16 +107,11 @@ async fn a_refresh_extends_grpc_connect_and_expiry_ends_it() {
         Frame::Ack(a) => assert_eq!(a.r#ref, "r"),
         other => panic!("expected the refresh's ack, got {other:?}"),
     }
-    let status = within(async {
-        loop {
-            match conn.rx.message().await {
-                Ok(Some(f)) => panic!("unexpected frame {f:?}"),
-                Ok(None) => panic!("ended without a status"),
-                Err(s) => return s,
-            }
-        }
-    })
-    .await;
+    let status = match within(conn.rx.message()).await {
+        Ok(Some(f)) => panic!("unexpected frame {f:?}"),
+        Ok(None) => panic!("ended without a status"),
+        Err(s) => s,
+    };
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("token_expired"), "{status:?}");
     let off = from_exp(later_exp);

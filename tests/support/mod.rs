@@ -419,3 +419,28 @@ pub async fn wait_status(s: &TestServer, path: &str, want: u16, within: Duration
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+impl Ended {
+    /// A close's code, reason word and server-paced reconnect hint (reason
+    /// `"<word>; retry_ms=<ms>"`); `None` for a dropped connection.
+    pub fn paced(&self) -> Option<(u16, &str, Option<u64>)> {
+        let Ended::Closed(code, reason) = self else {
+            return None;
+        };
+        Some(match reason.split_once("; retry_ms=") {
+            Some((word, ms)) => {
+                (*code, word, Some(ms.parse().unwrap_or_else(|_| panic!("bad hint {reason:?}"))))
+            }
+            None => (*code, reason.as_str(), None),
+        })
+    }
+}
+
+/// Asserts that `end` is a close with `code` and reason `word` carrying a
+/// reconnect hint (`"<word>; retry_ms=<ms>"`); returns the hint in ms.
+pub fn assert_paced_close(end: &Ended, code: u16, word: &str) -> u64 {
+    match end.paced() {
+        Some((c, w, Some(ms))) if c == code && w == word => ms,
+        _ => panic!("expected close {code} \"{word}; retry_ms=<ms>\", got {end:?}"),
+    }
+}

@@ -89,7 +89,7 @@ pub(super) fn serve(
         };
         sub.ended(reason);
         drop(sub);
-        if let Some(status) = error::stream_end(reason) {
+        if let Some(status) = error::stream_end(reason, &state.pacer) {
             yield Err(status);
         }
     }

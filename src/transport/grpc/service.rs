@@ -71,7 +71,7 @@ impl gateway_server::Gateway for Gateway {
         let alive = arm_stall_kill(state, peer.as_ref(), sub.session());
         sub.admit(state)?;
         sub.start(topics.topics, topics.cursor.as_ref()).await?;
-        let stream = messages(peer.map(|p| p.0), sub, alive);
+        let stream = messages(peer.map(|p| p.0), sub, alive, state.pacer);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -117,6 +117,7 @@ fn messages(
     peer: Option<std::net::SocketAddr>,
     mut sub: Subscription,
     alive: std::sync::Arc<()>,
+    pacer: crate::pacing::Pacer,
 ) -> impl Stream<Item = Result<EncodedMessage, Status>> + Send {
     async_stream::stream! {
         let _alive = alive;
@@ -137,7 +138,7 @@ fn messages(
         };
         sub.ended(reason);
         drop(sub);
-        if let Some(status) = error::stream_end(reason) {
+        if let Some(status) = error::stream_end(reason, &pacer) {
             yield Err(status);
         }
     }
