@@ -444,11 +444,11 @@ async fn open_streams_per_ip_are_capped() {
 /// proxy; behind one, addresses a client prepends are never used.
 #[tokio::test]
 async fn forwarded_addresses_count_only_from_trusted_proxies() {
-    // 127.0.0.1 is not trusted: every request is 127.0.0.1's, whatever it
-    // claims.
+    // 127.0.0.1 is not trusted (nor exempt): every request is 127.0.0.1's,
+    // whatever it claims.
     let s = TestServer::start(
         "[abuse]\ntrusted_proxies = [\"10.255.0.1\", \"192.0.2.0/24\"]\nconnect_rate_per_ip = 1\n\
-         connect_burst_per_ip = 3\n",
+         connect_burst_per_ip = 3\nexempt = []\n",
     )
     .await;
     let mut answers = vec![];
