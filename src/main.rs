@@ -33,8 +33,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print an HS256 token for trying rtgate out (production tokens come
-    /// from your own auth service).
+    /// Print a token for trying rtgate out: HS256 with --secret, RS256 or
+    /// ES256 with --key (production tokens come from your own auth service).
     Token(TokenArgs),
 }
 
@@ -42,8 +42,15 @@ enum Command {
 struct TokenArgs {
     /// The HS256 secret; default: the first `auth.hmac_secrets` entry of
     /// the configuration (--config).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "key")]
     secret: Option<String>,
+    /// Sign with this PEM private key instead: RS256 (RSA) or ES256 (EC
+    /// P-256), e.g. to try `auth.rsa_public_keys` / `ec_public_keys`.
+    #[arg(long, value_name = "PEM_FILE")]
+    key: Option<std::path::PathBuf>,
+    /// The `kid` header (with --key), naming the key in a JWKS file.
+    #[arg(long, requires = "key")]
+    kid: Option<String>,
     /// The user id (`sub`).
     #[arg(long)]
     sub: Option<String>,
@@ -75,15 +82,6 @@ fn parse_json(s: &str) -> Result<serde_json::Value, String> {
 
 /// `rtgate token`: mints and prints a token.
 fn token(args: TokenArgs, config: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let secret = match args.secret {
-        Some(s) => s,
-        None => {
-            let loaded = Config::load(config).context("invalid configuration")?;
-            loaded.config.auth.hmac_secrets.into_iter().next().context(
-                "no --secret and no auth.hmac_secrets in the configuration (--config, RTGATE_AUTH__HMAC_SECRETS)",
-            )?
-        }
-    };
     let spec = rtgate::auth::TokenSpec {
         sub: args.sub,
         subscribe: args.subscribe,
@@ -92,6 +90,24 @@ fn token(args: TokenArgs, config: Option<&std::path::Path>) -> anyhow::Result<()
         info: args.info,
         issuer: args.iss,
         audience: args.aud,
+    };
+    if let Some(path) = &args.key {
+        let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let token = rtgate::auth::mint_pem(&pem, args.kid.as_deref(), &spec)?;
+        #[allow(clippy::print_stdout)]
+        {
+            println!("{token}");
+        }
+        return Ok(());
+    }
+    let secret = match args.secret {
+        Some(s) => s,
+        None => {
+            let loaded = Config::load(config).context("invalid configuration")?;
+            loaded.config.auth.hmac_secrets.into_iter().next().context(
+                "no --secret and no auth.hmac_secrets in the configuration (--config, RTGATE_AUTH__HMAC_SECRETS)",
+            )?
+        }
     };
     let token = rtgate::auth::mint(secret.as_bytes(), &spec)?;
     #[allow(clippy::print_stdout)]

@@ -55,6 +55,31 @@ pub fn mint(secret: &[u8], spec: &TokenSpec) -> Result<String, AuthError> {
     if secret.is_empty() {
         return Err(AuthError::Mint("the secret is empty".into()));
     }
+    let key = EncodingKey::from_secret(secret).map_err(|_| AuthError::Mint("unusable secret".into()))?;
+    sign(&Header::new(jsonwebtoken::Algorithm::HS256), &key, spec)
+}
+
+/// A token signed with a PEM private key: RS256 for an RSA key, ES256 for
+/// an EC P-256 key; `kid` names the key in a JWKS.
+pub fn mint_pem(pem: &[u8], kid: Option<&str>, spec: &TokenSpec) -> Result<String, AuthError> {
+    use jsonwebtoken::Algorithm;
+    let (alg, key) = match EncodingKey::from_ec_pem(pem) {
+        Ok(key) => (Algorithm::ES256, key),
+        Err(_) => match EncodingKey::from_rsa_pem(pem) {
+            Ok(key) => (Algorithm::RS256, key),
+            Err(_) => {
+                return Err(AuthError::Mint(
+                    "the key is neither an EC P-256 nor an RSA private key (PEM)".into(),
+                ))
+            }
+        },
+    };
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    sign(&header, &key, spec)
+}
+
+fn sign(header: &Header, key: &EncodingKey, spec: &TokenSpec) -> Result<String, AuthError> {
     for p in spec.subscribe.iter().chain(&spec.publish) {
         Pattern::parse(p).map_err(|e| AuthError::Mint(format!("{p:?}: {e}")))?;
     }
@@ -68,7 +93,5 @@ pub fn mint(secret: &[u8], spec: &TokenSpec) -> Result<String, AuthError> {
         info: spec.info.as_ref(),
         topics: Topics { subscribe: &spec.subscribe, publish: &spec.publish },
     };
-    let key = EncodingKey::from_secret(secret).map_err(|_| AuthError::Mint("unusable secret".into()))?;
-    jsonwebtoken::encode(&Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key)
-        .map_err(|e| AuthError::Mint(format!("cannot sign: {e}")))
+    jsonwebtoken::encode(header, &claims, key).map_err(|e| AuthError::Mint(format!("cannot sign: {e}")))
 }

@@ -33,7 +33,7 @@ mod mint;
 mod reload;
 
 pub use jwt::{MAX_PATTERNS, MAX_TOKEN_LEN};
-pub use mint::{mint, TokenSpec};
+pub use mint::{mint, mint_pem, TokenSpec};
 
 /// Why a credential was refused. The messages never contain the token.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]

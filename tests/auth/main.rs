@@ -16,6 +16,7 @@ mod helpers;
 mod expiry;
 mod grpc;
 mod http;
+mod keys;
 mod logs;
 mod ws;
 
