@@ -15,9 +15,15 @@
 //!   over three shared pieces: `transport::subscription` (the one
 //!   subscription driver: replay → live, de-duplication, gaps, close),
 //!   `transport::ops` (the one publish path and the op handler of WebSocket
-//!   and gRPC `Connect`) and `transport::request` (parsing and checks).
+//!   and gRPC `Connect`), `transport::request` (parsing and checks) and
+//!   `transport::access` (credential, origin, grants and abuse limits of a
+//!   request or stream, checked the same way on every transport).
 //! - [`state`]: [`state::AppState`] and the per-connection [`state::Peer`]:
 //!   what every adapter is handed.
+//! - [`auth`] (JWT and API keys → [`auth::Grants`]) and [`abuse`] (token
+//!   buckets, open-stream counts, the client IP behind trusted proxies):
+//!   the gatekeepers `transport::access` and the server consult; [`pacing`]
+//!   draws the reconnect hints of mass closes.
 //! - [`core`]: topics, ids, cursors, the [`core::Engine`] seam, the hub that
 //!   fans messages out to bounded outboxes, sessions (close flags), replay.
 //!   It never imports an engine or a transport.
