@@ -349,6 +349,9 @@ async fn attempts_per_ip_are_limited_on_every_transport() {
     for i in 0..20 {
         let res = pooled.get(s.url("/healthz")).send().await.unwrap();
         assert_eq!(res.status().as_u16(), 200, "request {i} on an established connection");
+        // Read to the end, so the connection goes back to the pool (an
+        // unread body would make the client open a new one: a new attempt).
+        res.bytes().await.unwrap();
     }
     b.close_and_wait().await;
     assert!(rejections(&s, "connect_rate_ip").await >= before + 3.0);
