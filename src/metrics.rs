@@ -315,6 +315,13 @@ pub fn tls_reload(ok: bool) {
     counter!("rtgate_tls_reloads_total", "outcome" => if ok { "ok" } else { "error" }).increment(1);
 }
 
+/// A reload of the `auth.jwks_file` (file change or SIGHUP): `ok` when
+/// the new keys are in use, `error` when the file was refused (the current
+/// keys stay).
+pub fn jwks_reload(ok: bool) {
+    counter!("rtgate_jwks_reloads_total", "outcome" => if ok { "ok" } else { "error" }).increment(1);
+}
+
 /// A TLS handshake that failed (`timeout`: not done within
 /// `http.handshake_timeout`; `error`: refused, e.g. plain HTTP or an
 /// untrusted certificate on the client's side).

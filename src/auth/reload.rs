@@ -65,7 +65,9 @@ impl Jwks {
 
     /// Reloads and logs the outcome (path and key count; never key material).
     fn reload_logged(&self, why: &'static str) {
-        match self.reload() {
+        let outcome = self.reload();
+        crate::metrics::jwks_reload(outcome.is_ok());
+        match outcome {
             Ok(keys) => tracing::info!(path = %self.path.display(), keys, why, "JWKS reloaded"),
             Err(e) => tracing::warn!(
                 path = %self.path.display(),

@@ -76,11 +76,24 @@ async fn jwks_keys_are_selected_by_kid_and_rotate_without_a_restart() {
     .await
     .expect("the removed key was still accepted");
     assert_eq!(status(&s, &es).await, 200, "the remaining key still verifies");
-    // A broken file keeps the keys that were there.
+    // A broken file is refused (counted) and keeps the keys that were there.
+    let errors = || async {
+        let text = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find(|l| l.starts_with("rtgate_jwks_reloads_total{outcome=\"error\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = errors().await;
     std::fs::write(&jwks, "{not json").unwrap();
-    let metrics_probe = signed("ec-private.pem", Some("ec-1"));
-    tokio::time::sleep(Duration::from_millis(400)).await; // several reload intervals: nothing to await
-    assert_eq!(status(&s, &metrics_probe).await, 200, "a broken JWKS file keeps the old keys");
+    tokio::time::timeout(WAIT, async {
+        while errors().await <= before {
+            tokio::time::sleep(Duration::from_millis(50)).await; // polling for the reload, bounded
+        }
+    })
+    .await
+    .expect("the broken file was never tried");
+    assert_eq!(status(&s, &es).await, 200, "a broken JWKS file keeps the old keys");
     s.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
