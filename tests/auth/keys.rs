@@ -106,3 +106,21 @@ async fn a_server_with_only_a_secret_refuses_rs_and_es_tokens() {
     assert_eq!(status(&s, &signed("ec-private.pem", None)).await, 401);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn issuer_and_audience_are_required_when_configured() {
+    let s = TestServer::start(&format!(
+        "[auth]\nhmac_secrets = [{SECRET:?}]\nissuer = \"https://idp.example\"\naudience = \"rtgate\"\n"
+    ))
+    .await;
+    let with = |iss: Option<&str>, aud: Option<&str>| {
+        let spec = TokenSpec { issuer: iss.map(Into::into), audience: aud.map(Into::into), ..spec() };
+        mint(SECRET.as_bytes(), &spec).unwrap()
+    };
+    assert_eq!(status(&s, &with(Some("https://idp.example"), Some("rtgate"))).await, 200);
+    assert_eq!(status(&s, &with(Some("https://evil.example"), Some("rtgate"))).await, 401, "wrong iss");
+    assert_eq!(status(&s, &with(Some("https://idp.example"), Some("other"))).await, 401, "wrong aud");
+    assert_eq!(status(&s, &with(None, Some("rtgate"))).await, 401, "no iss");
+    assert_eq!(status(&s, &with(Some("https://idp.example"), None)).await, 401, "no aud");
+    s.stop().await;
+}
