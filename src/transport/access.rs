@@ -49,13 +49,8 @@ impl Access {
     pub(crate) fn open_stream(&mut self, state: &AppState) -> Result<(), ApiError> {
         if self.open.is_none() {
             let user = self.grants.user.as_deref();
-            self.open = Some(state.abuse.open(self.ip, user).inspect_err(|_| {
-                crate::metrics::rejected(if user.is_some() {
-                    "connections_per_user"
-                } else {
-                    "connections_per_ip"
-                })
-            })?);
+            // A refusal is counted by `Abuse::open`.
+            self.open = Some(state.abuse.open(self.ip, user)?);
         }
         Ok(())
     }
