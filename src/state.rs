@@ -65,6 +65,30 @@ impl AppState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
+impl ClientIp {
+    /// The address the server resolved for a request with these
+    /// extensions; the connection's peer when it resolved none (a handler
+    /// called outside the server, as in unit tests).
+    pub fn of(extensions: &axum::http::Extensions) -> ClientIp {
+        extensions.get::<ClientIp>().copied().unwrap_or_else(|| {
+            let peer = extensions.get::<axum::extract::ConnectInfo<Peer>>().map(|c| c.0 .0.ip());
+            ClientIp(peer.unwrap_or(IpAddr::from([0, 0, 0, 0])))
+        })
+    }
+}
+
+/// Handlers take the resolved address as an extractor.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp::of(&parts.extensions))
+    }
+}
+
 /// What a handler knows of its connection (axum `ConnectInfo`): the peer
 /// address and the connection's kill switch.
 #[derive(Clone, Debug)]

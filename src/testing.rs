@@ -36,11 +36,3 @@ pub(crate) async fn publish_numbers(state: &AppState, topic: &str, n: usize) -> 
     }
     ids
 }
-
-/// The `ConnectInfo` of a loopback client.
-pub(crate) fn peer() -> axum::extract::ConnectInfo<crate::state::Peer> {
-    axum::extract::ConnectInfo(crate::state::Peer(
-        std::net::SocketAddr::from(([127, 0, 0, 1], 40000)),
-        Arc::default(),
-    ))
-}

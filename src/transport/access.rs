@@ -17,7 +17,7 @@ use crate::abuse::{OpenGuard, PublishLimiter};
 use crate::auth::{Grants, Principal};
 use crate::core::Topic;
 use crate::error::{ApiError, Code};
-use crate::state::AppState;
+use crate::state::{AppState, ClientIp};
 
 /// What a stream or request may do, and whose it is.
 #[derive(Debug)]
@@ -141,11 +141,11 @@ pub(crate) fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), 
     Err(ApiError::new(Code::Forbidden, "origin not allowed"))
 }
 
-/// The access of an HTTP request from `peer` (origin checked first when
-/// `browser`): its credential's grants, or `unauthenticated`.
+/// The access of an HTTP request from client address `ip` (origin checked
+/// first when `browser`): its credential's grants, or `unauthenticated`.
 pub(crate) fn http(
     state: &AppState,
-    peer: std::net::SocketAddr,
+    ip: IpAddr,
     headers: &HeaderMap,
     query: Option<&str>,
     browser: bool,
@@ -153,7 +153,6 @@ pub(crate) fn http(
     if browser {
         check_origin(state, headers)?;
     }
-    let ip = state.abuse.client_ip(peer, headers);
     let grants = authenticate(state, bearer(headers, query).as_deref())?;
     Ok(Access::new(grants, ip))
 }
@@ -161,12 +160,8 @@ pub(crate) fn http(
 /// The access of a gRPC call: the `authorization: Bearer` metadata entry
 /// (gRPC clients are not browsers: no origin check).
 pub(crate) fn grpc<T>(state: &AppState, req: &tonic::Request<T>) -> Result<Access, ApiError> {
-    let headers: &HeaderMap = req.metadata().as_ref();
-    let peer = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<crate::state::Peer>>()
-        .map_or(std::net::SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0 .0);
-    http(state, peer, headers, None, false)
+    let ClientIp(ip) = ClientIp::of(req.extensions());
+    http(state, ip, req.metadata().as_ref(), None, false)
 }
 
 /// Grants for `credential`, counting a refusal.

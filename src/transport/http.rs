@@ -2,7 +2,7 @@
 //! grant for the topic (publish / subscribe) while auth is on.
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::{access, ops, request};
 use crate::error::{ApiError, Code};
 use crate::metrics::Transport;
-use crate::state::{AppState, Peer};
+use crate::state::{AppState, ClientIp};
 
 fn json(body: Vec<u8>) -> Response {
     let mut res = Bytes::from(body).into_response();
@@ -21,14 +21,14 @@ fn json(body: Vec<u8>) -> Response {
 /// `POST /v1/publish/{topic}`: the body is the message's JSON `data`.
 pub(crate) async fn publish(
     State(state): State<AppState>,
-    ConnectInfo(Peer(peer, _)): ConnectInfo<Peer>,
+    ClientIp(ip): ClientIp,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let topic = request::topic(&name)?;
-    access::http(&state, peer, &headers, query.as_deref(), false)?.may_publish(&state, &topic, false)?;
+    access::http(&state, ip, &headers, query.as_deref(), false)?.may_publish(&state, &topic, false)?;
     let max = state.config.limits.max_message_bytes;
     let too_large = || ApiError::new(Code::TooLarge, format!("body over {max} bytes"));
     let declared =
@@ -47,13 +47,13 @@ pub(crate) async fn publish(
 /// `GET /v1/history/{topic}?after=ID&limit=N`.
 pub(crate) async fn history(
     State(state): State<AppState>,
-    ConnectInfo(Peer(peer, _)): ConnectInfo<Peer>,
+    ClientIp(ip): ClientIp,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let topic = request::topic(&name)?;
-    access::http(&state, peer, &headers, query.as_deref(), false)?.may_subscribe(&topic)?;
+    access::http(&state, ip, &headers, query.as_deref(), false)?.may_subscribe(&topic)?;
     let mut after = None;
     let mut limit = request::HISTORY_DEFAULT;
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -24,7 +24,7 @@ use crate::core::replay::Gap;
 use crate::core::{Cursor, MessageId, Topic};
 use crate::error::{ApiError, Code};
 use crate::metrics::{self, Transport};
-use crate::state::{AppState, Peer};
+use crate::state::{AppState, ClientIp};
 
 /// Messages per answer when the client gives no `limit` (contract §6).
 const DEFAULT_LIMIT: usize = 100;
@@ -34,7 +34,7 @@ const MAX_LIMIT: usize = 1000;
 /// `GET /v1/poll`.
 pub(crate) async fn poll(
     State(state): State<AppState>,
-    ConnectInfo(Peer(peer, _)): ConnectInfo<Peer>,
+    ClientIp(ip): ClientIp,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -42,7 +42,7 @@ pub(crate) async fn poll(
     let request = Topics::from_query(query.as_deref(), None, &["cursor"], 1, max)?;
     // Checked on every poll (each presents its credential); the poll counts
     // as an open stream while it is held.
-    let mut access = access::http(&state, peer, &headers, query.as_deref(), true)?;
+    let mut access = access::http(&state, ip, &headers, query.as_deref(), true)?;
     for topic in &request.topics {
         access.may_subscribe(topic)?;
     }
@@ -268,10 +268,14 @@ mod tests {
     }
 
     async fn get(state: &AppState, query: &str) -> Value {
-        let res =
-            poll(State(state.clone()), testing::peer(), RawQuery(Some(query.to_owned())), HeaderMap::new())
-                .await
-                .expect("an answer");
+        let res = poll(
+            State(state.clone()),
+            ClientIp(std::net::IpAddr::from([127, 0, 0, 1])),
+            RawQuery(Some(query.to_owned())),
+            HeaderMap::new(),
+        )
+        .await
+        .expect("an answer");
         json(res).await
     }
 

@@ -34,7 +34,7 @@ use crate::core::replay::Gap;
 use crate::core::{Cursor, Message};
 use crate::error::ApiError;
 use crate::metrics::Transport;
-use crate::state::{AppState, Peer};
+use crate::state::{AppState, ClientIp, Peer};
 
 /// Events gathered into one body chunk.
 const CHUNK_EVENTS: usize = 64;
@@ -43,6 +43,7 @@ const CHUNK_EVENTS: usize = 64;
 pub(crate) async fn stream(
     State(state): State<AppState>,
     ConnectInfo(conn): ConnectInfo<Peer>,
+    ClientIp(ip): ClientIp,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -51,7 +52,7 @@ pub(crate) async fn stream(
     let max = state.config.limits.max_topics_per_connection;
     let request = Topics::from_query(query.as_deref(), last_event_id, &["lastEventId"], 1, max)?;
     let peer = conn.0;
-    let access = access::http(&state, peer, &headers, query.as_deref(), true)?;
+    let access = access::http(&state, ip, &headers, query.as_deref(), true)?;
     let mut sub = Subscription::new(&state, Transport::Sse, GapReport::Event, access);
     sub.session().set_kill(conn.kill_switch());
     sub.admit(&state)?;

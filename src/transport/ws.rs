@@ -52,7 +52,7 @@ use crate::core::message::Wire;
 use crate::core::{Close, Cursor, Message};
 use crate::error::{ApiError, Code};
 use crate::metrics::Transport;
-use crate::state::{AppState, Peer};
+use crate::state::{AppState, ClientIp, Peer};
 
 /// How long a close frame may take to reach a client, and its answer to come.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -81,6 +81,7 @@ type Outcome = Result<(), Close>;
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(Peer(peer, _)): ConnectInfo<Peer>,
+    ClientIp(ip): ClientIp,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -88,7 +89,7 @@ pub(crate) async fn upgrade(
     if let Err(e) = state.check_open() {
         return e.into_response();
     }
-    let (sub, connect) = match access::http(&state, peer, &headers, query.as_deref(), true) {
+    let (sub, connect) = match access::http(&state, ip, &headers, query.as_deref(), true) {
         Ok(access) => {
             let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event, access);
             let connect = connect(&state, &mut sub, query.as_deref()).await;
@@ -96,7 +97,6 @@ pub(crate) async fn upgrade(
         }
         Err(e) => {
             // Never served: `run` only sends the refusal and closes.
-            let ip = state.abuse.client_ip(peer, &headers);
             let access = Access::new(Arc::new(Grants::anonymous()), ip);
             let sub = Subscription::new(&state, Transport::Ws, GapReport::Event, access);
             (sub, Err(e))
