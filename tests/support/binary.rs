@@ -86,6 +86,12 @@ impl Gateway {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = g.child.try_wait().expect("try_wait") {
+                // The process is gone, so its stderr reaches end of file:
+                // read it to the end before reporting (the reader thread may
+                // not have seen the last bytes yet).
+                if let Some(reader) = g.reader.take() {
+                    let _ = reader.join();
+                }
                 return Err(format!("rtgate exited early ({status}): {}", g.logs()));
             }
             let ok = http
