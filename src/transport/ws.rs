@@ -26,21 +26,25 @@
 //! ([`Socket`]), so unit tests drive it through channels.
 //!
 //! Memory per idle connection is kept small on purpose: the library's read
-//! buffer starts at `websocket.read_buffer_size` and frames are written
-//! straight to the socket (`write_buffer_size = 0` by default).
+//! buffer starts at `websocket.read_buffer_size`, and data frames are written
+//! from the shared encoded bytes with one vectored write per wake-up
+//! ([`socket`]): no write buffer is kept.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::HeaderMap;
+use axum::extract::{ConnectInfo, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use super::access::{self, Access};
 use super::frame;
@@ -54,22 +58,14 @@ use crate::error::{ApiError, Code};
 use crate::metrics::Transport;
 use crate::state::{AppState, ClientIp, Peer};
 
+mod socket;
+pub(crate) use socket::Socket;
+use socket::{write_queued, Conn};
+
 /// How long a close frame may take to reach a client, and its answer to come.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Events written per wake-up before flushing.
 const WRITE_BATCH: usize = 64;
-
-/// What the connection loop needs of a WebSocket: axum's socket, or
-/// channels in tests.
-pub(crate) trait Socket:
-    Stream<Item = Result<WsMessage, axum::Error>> + Sink<WsMessage, Error = axum::Error> + Unpin + Send
-{
-}
-
-impl<T> Socket for T where
-    T: Stream<Item = Result<WsMessage, axum::Error>> + Sink<WsMessage, Error = axum::Error> + Unpin + Send
-{
-}
 
 /// Why the connection loop stopped, and what to tell the client.
 type Outcome = Result<(), Close>;
@@ -83,13 +79,21 @@ pub(crate) async fn upgrade(
     ConnectInfo(Peer(peer, _)): ConnectInfo<Peer>,
     ClientIp(ip): ClientIp,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    request: Request,
 ) -> Response {
+    let (mut parts, _) = request.into_parts();
+    let accept = match handshake(&parts.headers) {
+        Ok(accept) => accept,
+        Err(e) => return e.into_response(),
+    };
+    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return ApiError::new(Code::BadRequest, "this connection cannot be upgraded").into_response();
+    };
     if let Err(e) = state.check_open() {
         return e.into_response();
     }
-    let (sub, connect) = match access::http(&state, ip, &headers, query.as_deref(), true) {
+    let headers = &parts.headers;
+    let (sub, connect) = match access::http(&state, ip, headers, query.as_deref(), true) {
         Ok(access) => {
             let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event, access);
             let connect = connect(&state, &mut sub, query.as_deref()).await;
@@ -104,16 +108,55 @@ pub(crate) async fn upgrade(
     };
     let cfg = &state.config;
     let max_frame = cfg.ws_max_frame();
-    ws.read_buffer_size(cfg.websocket.read_buffer_size)
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(cfg.websocket.read_buffer_size)
         .write_buffer_size(cfg.websocket.write_buffer_size)
         .max_write_buffer_size(cfg.websocket.max_write_buffer_size)
-        .max_message_size(max_frame)
-        .max_frame_size(max_frame)
-        .on_upgrade(move |socket| {
-            let span = tracing::info_span!("ws", %peer);
-            let tracker = state.shutdown.clone();
-            tracker.track(run(state, Some(peer), sub, socket, connect).instrument(span))
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame));
+    let tracker = state.shutdown.clone();
+    let span = tracing::info_span!("ws", %peer);
+    tokio::spawn(tracker.track(
+        async move {
+            // A connection that fails before the upgrade completes never
+            // became a WebSocket: its subscription is dropped unserved.
+            let Ok(upgraded) = on_upgrade.await else { return };
+            let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+            run(state, Some(peer), sub, Conn::new(ws), connect).await;
+        }
+        .instrument(span),
+    ));
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    response
+}
+
+/// Checks an HTTP/1.1 WebSocket opening handshake (RFC 6455 §4.2.1) and
+/// answers its key: `Sec-WebSocket-Accept`.
+fn handshake(headers: &HeaderMap) -> Result<HeaderValue, ApiError> {
+    let bad = |what: &str| Err(ApiError::new(Code::BadRequest, format!("not a WebSocket handshake: {what}")));
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
+    };
+    if !has_token(header::CONNECTION, "upgrade") {
+        return bad("Connection must include upgrade");
+    }
+    if !has_token(header::UPGRADE, "websocket") {
+        return bad("Upgrade must be websocket");
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
+        return bad("Sec-WebSocket-Version must be 13");
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return bad("Sec-WebSocket-Key is missing");
+    };
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    HeaderValue::from_str(&accept).or_else(|_| bad("Sec-WebSocket-Key"))
 }
 
 /// Counts the stream against the abuse limits, parses the connect query
@@ -289,38 +332,41 @@ async fn replay<S: Socket>(socket: &mut S, sub: &mut Subscription) -> Outcome {
     }
 }
 
-/// Writes `first` and whatever else is ready, then flushes.
+/// Writes `first` and whatever else is ready (up to [`WRITE_BATCH`]
+/// frames) with as few writes as the socket takes.
 async fn write_events<S: Socket>(socket: &mut S, sub: &mut Subscription, first: Event) -> Outcome {
     let mut next = Some(first);
     let mut n = 0;
+    let mut ended = None;
     while let Some(event) = next.take() {
-        let frame = match event {
-            Event::Closed(reason) => return Err(reason),
-            Event::Gap(gap) => Some(text(frame::gap(&gap))),
-            Event::Message { message, .. } => message_frame(&message, sub.cursor()),
-        };
-        if let Some(frame) = frame {
-            socket.feed(frame).await.map_err(|_| Close::Client)?;
+        match event {
+            Event::Closed(reason) => {
+                // Frames queued before the close still go out first.
+                ended = Some(reason);
+                break;
+            }
+            Event::Gap(gap) => socket.queue(socket::text_frame(frame::gap(&gap).as_bytes())),
+            Event::Message { message, .. } => socket.queue(message_frame(&message, sub.cursor())),
         }
         n += 1;
         if n < WRITE_BATCH {
             next = sub.try_next();
         }
     }
-    socket.flush().await.map_err(|_| Close::Client)
+    write_queued(socket).await.map_err(|_| Close::Client)?;
+    ended.map_or(Ok(()), Err)
 }
 
-/// The `message` frame for `m` at position `cursor` (the cached frame for a
-/// single-topic connection).
-fn message_frame(m: &Message, cursor: &Cursor) -> Option<WsMessage> {
-    let bytes = if cursor.len() == 1 {
+/// The complete `message` frame for `m` at position `cursor` (encoded once
+/// per message and shared for a single-topic connection).
+fn message_frame(m: &Message, cursor: &Cursor) -> Bytes {
+    if cursor.len() == 1 {
         m.encoded(Wire::WsSingle, |m| {
-            Bytes::from(frame::message(m, &Cursor::single(m.topic.clone(), m.id).encode()))
+            socket::text_frame(&frame::message(m, &Cursor::single(m.topic.clone(), m.id).encode()))
         })
     } else {
-        Bytes::from(frame::message(m, &cursor.encode()))
-    };
-    Utf8Bytes::try_from(bytes).ok().map(WsMessage::Text)
+        socket::text_frame(&frame::message(m, &cursor.encode()))
+    }
 }
 
 /// One client text frame: parse, carry out, answer.
@@ -373,9 +419,9 @@ async fn send<S: Socket>(socket: &mut S, s: String) -> Outcome {
 
 /// Maps a read error: an oversized frame is `too_large` (1009), anything
 /// else means the client is gone.
-fn read_error(e: axum::Error) -> Close {
-    match e.into_inner().downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => Close::TooLarge,
+fn read_error(e: tungstenite::Error) -> Close {
+    match e {
+        tungstenite::Error::Capacity(_) => Close::TooLarge,
         _ => Close::Client,
     }
 }
@@ -389,7 +435,7 @@ async fn close<S: Socket>(socket: &mut S, reason: Close, pacer: &crate::pacing::
     } else {
         Utf8Bytes::from_static(reason.label())
     };
-    let frame = CloseFrame { code: reason.ws_code(), reason: text };
+    let frame = CloseFrame { code: reason.ws_code().into(), reason: text };
     if tokio::time::timeout(CLOSE_TIMEOUT, socket.send(WsMessage::Close(Some(frame)))).await.is_err() {
         return;
     }

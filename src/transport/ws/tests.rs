@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::{Sink, Stream};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -15,15 +16,17 @@ use crate::testing;
 
 /// The server's end of an in-memory WebSocket.
 struct FakeSocket {
-    inbound: mpsc::UnboundedReceiver<Result<WsMessage, axum::Error>>,
+    inbound: mpsc::UnboundedReceiver<Result<WsMessage, tungstenite::Error>>,
     outbound: mpsc::UnboundedSender<WsMessage>,
     /// Frames accepted before every write blocks for good (a client that
     /// stopped reading); `None`: no limit.
     budget: Option<usize>,
+    /// Frames queued by the loop, not yet taken.
+    queued: std::collections::VecDeque<Bytes>,
 }
 
 impl Stream for FakeSocket {
-    type Item = Result<WsMessage, axum::Error>;
+    type Item = Result<WsMessage, tungstenite::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.inbound.poll_recv(cx)
@@ -31,7 +34,7 @@ impl Stream for FakeSocket {
 }
 
 impl Sink<WsMessage> for FakeSocket {
-    type Error = axum::Error;
+    type Error = tungstenite::Error;
 
     fn poll_ready(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         match self.budget {
@@ -44,7 +47,7 @@ impl Sink<WsMessage> for FakeSocket {
         if let Some(n) = self.budget.as_mut() {
             *n = n.saturating_sub(1);
         }
-        self.outbound.send(item).map_err(axum::Error::new)
+        self.outbound.send(item).map_err(|_| tungstenite::Error::ConnectionClosed)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -56,9 +59,32 @@ impl Sink<WsMessage> for FakeSocket {
     }
 }
 
+impl Socket for FakeSocket {
+    fn queue(&mut self, frame: Bytes) {
+        self.queued.push_back(frame);
+    }
+
+    /// Decodes the queued frames back into messages, within the budget.
+    fn poll_write_queued(&mut self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Some(frame) = self.queued.front() {
+            if self.budget == Some(0) {
+                return Poll::Pending;
+            }
+            let text = std::str::from_utf8(super::socket::text_payload(frame)).expect("UTF-8 text frame");
+            let message = WsMessage::Text(Utf8Bytes::from(text));
+            self.queued.pop_front();
+            if let Some(n) = self.budget.as_mut() {
+                *n -= 1;
+            }
+            self.outbound.send(message).map_err(|_| std::io::ErrorKind::BrokenPipe)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// The client's end.
 struct Client {
-    tx: mpsc::UnboundedSender<Result<WsMessage, axum::Error>>,
+    tx: mpsc::UnboundedSender<Result<WsMessage, tungstenite::Error>>,
     rx: mpsc::UnboundedReceiver<WsMessage>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -94,7 +120,7 @@ async fn connect_with_budget(state: &AppState, query: &str, budget: Option<usize
     let (outbound, rx) = mpsc::unbounded_channel();
     let mut sub = Subscription::new(state, Transport::Ws, GapReport::Event, Access::anonymous());
     let connected = super::connect(state, &mut sub, Some(query)).await;
-    let socket = FakeSocket { inbound, outbound, budget };
+    let socket = FakeSocket { inbound, outbound, budget, queued: Default::default() };
     let server = tokio::spawn(run(state.clone(), None, sub, socket, connected));
     Client { tx, rx, server }
 }
@@ -183,7 +209,7 @@ async fn a_silent_client_is_pinged_then_closed() {
     assert!(start.elapsed() >= Duration::from_secs(10));
     assert!(matches!(c.frame().await, WsMessage::Ping(_)));
     match c.frame().await {
-        WsMessage::Close(Some(f)) => assert_eq!((f.code, f.reason.as_str()), (1001, "heartbeat_timeout")),
+        WsMessage::Close(Some(f)) => assert_eq!((u16::from(f.code), f.reason.as_str()), (1001, "heartbeat_timeout")),
         other => panic!("expected a close frame, got {other:?}"),
     }
     let elapsed = start.elapsed();
@@ -227,7 +253,7 @@ async fn refused_connect_and_oversized_publish_close_with_their_codes() {
     let mut c = connect(&state, "topic=a%20b").await;
     assert_eq!(c.json().await["code"], "bad_topic");
     match c.frame().await {
-        WsMessage::Close(Some(f)) => assert_eq!(f.code, 1008),
+        WsMessage::Close(Some(f)) => assert_eq!(u16::from(f.code), 1008),
         other => panic!("expected a close frame, got {other:?}"),
     }
 
@@ -237,7 +263,7 @@ async fn refused_connect_and_oversized_publish_close_with_their_codes() {
     let mut c = connect(&state, "topic=t").await;
     c.send(serde_json::json!({"op":"publish","topic":"t","data":"0123456789"}));
     match c.frame().await {
-        WsMessage::Close(Some(f)) => assert_eq!((f.code, f.reason.as_str()), (1009, "too_large")),
+        WsMessage::Close(Some(f)) => assert_eq!((u16::from(f.code), f.reason.as_str()), (1009, "too_large")),
         other => panic!("expected a close frame, got {other:?}"),
     }
 }
