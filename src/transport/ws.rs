@@ -116,16 +116,20 @@ pub(crate) async fn upgrade(
         .max_frame_size(Some(max_frame));
     let tracker = state.shutdown.clone();
     let span = tracing::info_span!("ws", %peer);
-    tokio::spawn(tracker.track(
-        async move {
-            // A connection that fails before the upgrade completes never
-            // became a WebSocket: its subscription is dropped unserved.
-            let Ok(upgraded) = on_upgrade.await else { return };
-            let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
-            run(state, Some(peer), sub, Conn::new(ws), connect).await;
-        }
-        .instrument(span),
-    ));
+    tokio::spawn(
+        tracker.track(
+            async move {
+                // A connection that fails before the upgrade completes never
+                // became a WebSocket: its subscription is dropped unserved.
+                let Ok(upgraded) = on_upgrade.await else { return };
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                        .await;
+                run(state, Some(peer), sub, Conn::new(ws), connect).await;
+            }
+            .instrument(span),
+        ),
+    );
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = response.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -139,9 +143,10 @@ pub(crate) async fn upgrade(
 fn handshake(headers: &HeaderMap) -> Result<HeaderValue, ApiError> {
     let bad = |what: &str| Err(ApiError::new(Code::BadRequest, format!("not a WebSocket handshake: {what}")));
     let has_token = |name: header::HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
+        headers
+            .get_all(name)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
     };
     if !has_token(header::CONNECTION, "upgrade") {
         return bad("Connection must include upgrade");

@@ -350,9 +350,17 @@ impl MemoryEngine {
             self.release(reserved);
             return Err(EngineError::IdsExhausted);
         };
-        let message = Arc::new(Message::new(topic.clone(), id, now, data.clone()));
+        // A copy of exactly `data`'s bytes: the caller's `Bytes` is often a
+        // slice of a bigger buffer (hyper's read buffer, a whole WebSocket
+        // frame), and a retained slice would keep all of it alive (about
+        // 6 KiB per 128-byte message published over HTTP keep-alive).
+        let stored = Message::new(topic.clone(), id, now, Bytes::copy_from_slice(data));
+        // Live subscribers get their own copy: the wire encodings they cache
+        // on it are freed once every subscriber wrote it, instead of staying
+        // with the message in the log for as long as it is retained.
+        let message = Arc::new(Message::new(topic.clone(), id, now, stored.data.clone()));
         let expiry = now.saturating_add(self.opts.idempotency_ttl.as_millis() as u64);
-        let added = st.log.append(Arc::clone(&message), key.map(|k| (k, expiry)));
+        let added = st.log.append(Arc::new(stored), key.map(|k| (k, expiry)));
         let freed = st.log.trim(&self.opts, now);
         // Settle the reservation against what the append really cost.
         let diff = added as isize - freed as isize - reserved as isize;

@@ -28,6 +28,24 @@ fn t(s: &str) -> Topic {
     Topic::new(s).unwrap()
 }
 
+/// A message published from a slice of a bigger buffer (hyper's read
+/// buffer, a WebSocket frame) keeps only its own bytes: the stored data owns
+/// its allocation alone, so retention costs what `max_retained_bytes`
+/// counts, not the whole buffer.
+#[tokio::test]
+async fn a_retained_message_does_not_keep_its_source_buffer() {
+    let e = engine(100, Duration::from_secs(3600));
+    let mut buffer = vec![b' '; 8192];
+    buffer[100..103].copy_from_slice(b"123");
+    let buffer = Bytes::from(buffer);
+    e.publish(&t("a"), buffer.slice(100..103), None).await.unwrap();
+    let h = e.history(&t("a"), None, 1).await.unwrap();
+    let stored = &h.messages[0].data;
+    assert_eq!(&stored[..], b"123");
+    assert!(stored.is_unique(), "the stored data shares the 8 KiB buffer it was sliced from");
+    drop(buffer);
+}
+
 #[tokio::test]
 async fn ids_increase_and_history_pages() {
     let e = engine(100, Duration::from_secs(3600));

@@ -209,7 +209,9 @@ async fn a_silent_client_is_pinged_then_closed() {
     assert!(start.elapsed() >= Duration::from_secs(10));
     assert!(matches!(c.frame().await, WsMessage::Ping(_)));
     match c.frame().await {
-        WsMessage::Close(Some(f)) => assert_eq!((u16::from(f.code), f.reason.as_str()), (1001, "heartbeat_timeout")),
+        WsMessage::Close(Some(f)) => {
+            assert_eq!((u16::from(f.code), f.reason.as_str()), (1001, "heartbeat_timeout"))
+        }
         other => panic!("expected a close frame, got {other:?}"),
     }
     let elapsed = start.elapsed();
