@@ -220,11 +220,12 @@ pub struct WebSocketConfig {
     /// Initial read buffer per connection, bytes. Small keeps idle
     /// connections cheap; larger frames grow it as needed.
     pub read_buffer_size: usize,
-    /// Bytes buffered before a write reaches the socket; 0 writes each frame
-    /// at once.
+    /// Bytes of control frames and op replies buffered before a write
+    /// reaches the socket; 0 writes each at once. (Message and gap frames
+    /// are written from their shared encoding, never through this buffer.)
     pub write_buffer_size: usize,
-    /// Bytes a connection may have waiting in its write buffer before a send
-    /// fails.
+    /// Bytes of control frames and op replies a connection may have waiting
+    /// before a send fails.
     pub max_write_buffer_size: usize,
 }
 

@@ -105,7 +105,7 @@ fn events(
                     }
                 }
             };
-            let mut out = BytesMut::new();
+            let mut out = Chunk::default();
             let mut next = Some(first);
             let mut n = 0;
             let mut closed = None;
@@ -115,7 +115,7 @@ fn events(
                         closed = Some(reason);
                         break;
                     }
-                    Event::Gap(gap) => gap_event(&mut out, sub.cursor(), &gap),
+                    Event::Gap(gap) => gap_event(out.buf(), sub.cursor(), &gap),
                     Event::Message { message, .. } => message_event(&mut out, sub.cursor(), &message),
                 }
                 n += 1;
@@ -125,10 +125,10 @@ fn events(
             }
             // A close that hits many clients at once says when to come back.
             if closed.is_some_and(crate::pacing::paced) {
-                out.put_slice(crate::pacing::sse_retry(state.pacer.hint()).as_bytes());
+                out.buf().put_slice(crate::pacing::sse_retry(state.pacer.hint()).as_bytes());
             }
-            if !out.is_empty() {
-                yield Ok(out.freeze());
+            if let Some(chunk) = out.take() {
+                yield Ok(chunk);
             }
             if let Some(reason) = closed {
                 sub.ended(reason);
@@ -138,17 +138,52 @@ fn events(
     }
 }
 
+/// One body chunk being gathered: a lone cached event goes out as the
+/// shared bytes themselves (no copy); several are joined into one buffer.
+#[derive(Default)]
+struct Chunk {
+    shared: Option<Bytes>,
+    own: BytesMut,
+}
+
+impl Chunk {
+    /// Appends `bytes` (kept shared while it is the chunk's only content).
+    fn push(&mut self, bytes: Bytes) {
+        if self.shared.is_none() && self.own.is_empty() {
+            self.shared = Some(bytes);
+        } else {
+            self.buf().put(bytes);
+        }
+    }
+
+    /// The chunk as a buffer of its own, to append to.
+    fn buf(&mut self) -> &mut BytesMut {
+        if let Some(b) = self.shared.take() {
+            self.own.put(b);
+        }
+        &mut self.own
+    }
+
+    /// The gathered bytes, if any.
+    fn take(self) -> Option<Bytes> {
+        match self.shared {
+            Some(b) => Some(b),
+            None => (!self.own.is_empty()).then(|| self.own.freeze()),
+        }
+    }
+}
+
 /// Appends the event for `m` at position `cursor` (the cached event for a
-/// single-topic stream).
-fn message_event(out: &mut BytesMut, cursor: &Cursor, m: &Message) {
+/// single-topic stream, encoded once per message and shared).
+fn message_event(out: &mut Chunk, cursor: &Cursor, m: &Message) {
     if cursor.len() == 1 {
-        out.put(m.encoded(Wire::SseSingle, |m| {
+        out.push(m.encoded(Wire::SseSingle, |m| {
             let mut b = BytesMut::new();
             event(&mut b, None, &Cursor::single(m.topic.clone(), m.id).encode(), &m.json());
             b.freeze()
         }));
     } else {
-        event(out, None, &cursor.encode(), &m.json());
+        event(out.buf(), None, &cursor.encode(), &m.json());
     }
 }
 
@@ -205,9 +240,9 @@ mod tests {
         let t = Topic::new("a").unwrap();
         let c = Cursor::single(t.clone(), MessageId::new(2, 0));
         let m = Message::new(t.clone(), MessageId::new(2, 0), 2, Bytes::from_static(b"{\"x\":1}"));
-        let mut out = BytesMut::new();
+        let mut out = Chunk::default();
         message_event(&mut out, &c, &m);
-        let text = String::from_utf8(out.to_vec()).unwrap();
+        let text = String::from_utf8(out.take().unwrap().to_vec()).unwrap();
         let id = c.encode();
         assert_eq!(
             text,
@@ -229,6 +264,24 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_lone_cached_event_is_sent_without_a_copy_and_several_are_joined() {
+        let t = Topic::new("a").unwrap();
+        let c = Cursor::single(t.clone(), MessageId::new(2, 0));
+        let m = Message::new(t, MessageId::new(2, 0), 2, Bytes::from_static(b"1"));
+        let mut one = Chunk::default();
+        message_event(&mut one, &c, &m);
+        let one = one.take().unwrap();
+        let cached = m.encoded(Wire::SseSingle, |_| unreachable!("cached by the first event"));
+        assert_eq!(one.as_ptr(), cached.as_ptr(), "the shared bytes themselves");
+        let mut two = Chunk::default();
+        message_event(&mut two, &c, &m);
+        message_event(&mut two, &c, &m);
+        two.buf().put_slice(b"retry: 5\n\n");
+        assert_eq!(two.take().unwrap(), [&cached[..], &cached[..], b"retry: 5\n\n"].concat());
+        assert_eq!(Chunk::default().take(), None);
+    }
+
     /// What an EventSource makes of one event's `data:` lines (HTML spec:
     /// lines end at CRLF, CR or LF; `data` values are joined with LF).
     fn client_data(event: &[u8]) -> String {
@@ -243,8 +296,9 @@ mod tests {
         let c = Cursor::single(t.clone(), MessageId::new(3, 0));
         let raw: &[u8] = b"{\"a\":\n1,\r\n\"b\":\r[2,\n\n3]}";
         let m = Message::new(t, MessageId::new(3, 0), 3, Bytes::copy_from_slice(raw));
-        let mut out = BytesMut::new();
+        let mut out = Chunk::default();
         message_event(&mut out, &c, &m);
+        let out = out.take().unwrap();
         let text = std::str::from_utf8(&out).unwrap();
         // No bare line in the event: every line is a field, then one blank line ends it.
         let fields: Vec<&str> = text.trim_end_matches('\n').split('\n').collect();
