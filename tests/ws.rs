@@ -413,6 +413,11 @@ async fn silent_client(s: &TestServer) -> (Vec<(u8, Vec<u8>)>, Duration) {
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // RFC 6455 §1.3: the sample key's accept value.
+    assert!(
+        head.to_ascii_lowercase().contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+        "{head}"
+    );
     buf.drain(..head_end);
     let mut frames = vec![];
     loop {
@@ -531,5 +536,69 @@ async fn bad_frames_never_affect_other_connections() {
     assert_eq!(frames[0]["op"], "ack");
     assert_eq!(frames[1]["op"], "message");
     assert_eq!(frames[1]["id"], frames[0]["id"]);
+    s.stop().await;
+}
+
+/// Requests to `/v1/ws` that are not a valid opening handshake get 400
+/// `bad_request` in the contract's shape, and never join a topic.
+#[tokio::test]
+async fn a_request_that_is_not_a_websocket_handshake_is_bad_request() {
+    let s = TestServer::start("").await;
+    let url = s.url("/v1/ws?topic=h");
+    let ok = [
+        ("upgrade", "websocket"),
+        ("connection", "Upgrade"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let cases: [(&str, Option<&str>); 5] = [
+        ("plain GET", None),
+        ("upgrade", Some("h2c")),
+        ("connection", Some("keep-alive")),
+        ("sec-websocket-version", Some("8")),
+        ("sec-websocket-key", None),
+    ];
+    for (i, (name, value)) in cases.iter().enumerate() {
+        let mut req = s.http.get(&url);
+        if i > 0 {
+            for (k, v) in ok {
+                if k == *name {
+                    if let Some(v) = value {
+                        req = req.header(k, *v);
+                    }
+                } else {
+                    req = req.header(k, v);
+                }
+            }
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{name}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "bad_request", "{name}: {body}");
+    }
+    assert_eq!(history_ids(&s, "h").await.len(), 0);
+    s.stop().await;
+}
+
+/// A subscriber that stops reading while 14 MB are published (more than the
+/// kernel buffers of a loopback connection hold) gets every
+/// frame intact and in order once it reads again: the vectored writes that
+/// the kernel takes only in part resume exactly where they stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_written_in_parts_arrive_whole_and_in_order() {
+    let s = TestServer::start("").await;
+    let mut c = s.ws("/v1/ws?topic=big").await;
+    let pad = "x".repeat(16_000);
+    let n = 900;
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        ids.push(publish_http(&s, "big", &format!("{{\"i\":{i},\"pad\":\"{pad}\"}}")).await["id"].clone());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let m = c.next_op("message").await;
+        assert_eq!((&m["id"], m["data"]["i"].as_u64()), (id, Some(i as u64)));
+        assert_eq!(m["data"]["pad"].as_str().map(str::len), Some(16_000));
+    }
+    c.assert_quiet("end").await;
     s.stop().await;
 }
