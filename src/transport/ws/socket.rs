@@ -82,7 +82,12 @@ where
                 n += 1;
             }
             let io = Pin::new(self.ws.get_mut());
-            let mut wrote = ready!(io.poll_write_vectored(cx, &slices[..n]))?;
+            // One frame: a plain `send` (cheaper in the kernel than `writev`).
+            let mut wrote = if n == 1 {
+                ready!(io.poll_write(cx, &slices[0]))?
+            } else {
+                ready!(io.poll_write_vectored(cx, &slices[..n]))?
+            };
             if wrote == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
