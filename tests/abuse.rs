@@ -402,6 +402,38 @@ async fn attempts_are_limited_globally() {
     s.stop().await;
 }
 
+/// Re-polling on a kept-alive connection is a poller's normal stride, not a
+/// connection attempt: far more polls than the global attempt budget are
+/// all served on one connection, while a new connection is still counted.
+#[tokio::test]
+async fn polls_on_a_kept_alive_connection_are_not_connection_attempts() {
+    let s = TestServer::start(
+        "[abuse]\ntrusted_proxies = [\"127.0.0.1\"]\nconnect_rate_per_ip = 1\nconnect_burst_per_ip = 2\n\
+         connect_rate_global = 1\nconnect_burst_global = 2\n",
+    )
+    .await;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-forwarded-for", "10.5.0.1".parse().unwrap());
+    let pooled = reqwest::Client::builder().default_headers(headers).build().unwrap();
+    let mut cursor = String::new();
+    for i in 0..30 {
+        let q = if cursor.is_empty() { String::new() } else { format!("&cursor={cursor}") };
+        let res = pooled.get(s.url(&format!("/v1/poll?topic=re&timeout=0{q}"))).send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 200, "poll {i}");
+        let v: serde_json::Value = res.json().await.unwrap();
+        cursor = v["cursor"].as_str().expect("cursor").to_owned();
+    }
+    // A poll on a new connection is an attempt: of five at once, at most the
+    // bucket's two tokens (and one refilled) are served.
+    let mut refused = 0;
+    for i in 0..5 {
+        let a = plain(&s, &unpooled(&format!("10.5.1.{i}")), "/v1/poll?topic=re&timeout=0").await;
+        refused += usize::from(!accepted(&a));
+    }
+    assert!(refused >= 2, "{refused} of 5 new connections refused");
+    s.stop().await;
+}
+
 /// `abuse.max_connections_per_ip`: the N+1th stream of an address is
 /// refused, another address is not, and a stream that closes makes room.
 #[tokio::test]
