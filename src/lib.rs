@@ -103,7 +103,7 @@ pub fn state(config: Arc<Config>, shutdown: Shutdown) -> Result<AppState, StartE
     let auth = Arc::new(auth::Auth::new(&config.auth)?);
     let abuse = Arc::new(abuse::Abuse::new(&config.abuse));
     let pacer = pacing::Pacer::new(&config.reconnect);
-    Ok(AppState { bus, config, shutdown, auth, abuse, pacer, expiries: Arc::default() })
+    Ok(AppState::new(state::Shared { bus, config, shutdown, auth, abuse, pacer, expiries: Arc::default() }))
 }
 
 /// Serves on `listener` (over TLS when `[tls]` is set) until `token` is

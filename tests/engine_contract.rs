@@ -86,7 +86,7 @@ pub async fn listener_hears_watched_topic_in_order(make: Factory<'_>) {
     let ids = publish_n(&*e, &t, 1000).await;
     let mut got = vec![];
     while got.len() < ids.len() {
-        let m = tokio::time::timeout(Duration::from_secs(10), sub.outbox.recv()).await.unwrap().unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.outbox.recv()).await.unwrap();
         got.push(m.id);
     }
     assert_eq!(got, ids);
@@ -134,7 +134,7 @@ pub async fn replay_to_live_race_has_no_gap_and_no_duplicate(make: Factory<'_>) 
     let during = publisher.await.unwrap();
     let last = *during.last().unwrap();
     while pos < last {
-        let m = tokio::time::timeout(Duration::from_secs(10), sub.outbox.recv()).await.unwrap().unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.outbox.recv()).await.unwrap();
         if m.id > pos {
             pos = m.id;
             got.push(m.id);

@@ -24,18 +24,17 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use parking_lot::RwLock;
 use slab::Slab;
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 
 use super::close::Close;
 use super::engine::{Engine, EngineError, Feed};
+use super::mailbox::Mailbox;
 use super::message::{Message, Topic};
 use super::session::Session;
 
-/// The hub's side of a subscriber: the outbox sender and the session.
+/// The hub's side of a subscriber: its outbox and its session.
 #[derive(Debug, Clone)]
 pub struct SubscriberHandle {
-    pub(super) tx: mpsc::Sender<Arc<Message>>,
+    pub(super) outbox: Arc<Mailbox>,
     pub(super) session: Arc<Session>,
 }
 
@@ -163,10 +162,8 @@ impl Hub {
         };
         let subs = subs.subs.read();
         for (_, handle) in subs.iter() {
-            match handle.tx.try_send(Arc::clone(message)) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => handle.session.close(Close::Slow),
-                Err(TrySendError::Closed(_)) => {}
+            if !handle.outbox.offer(Arc::clone(message)) {
+                handle.session.close(Close::Slow);
             }
         }
     }
@@ -269,14 +266,14 @@ mod tests {
         assert_eq!(slow.session().closed(), Some(Close::Slow));
         assert_eq!(fast.session().closed(), None);
         let mut got = Vec::new();
-        while let Ok(m) = fast.outbox.try_recv() {
+        while let Some(m) = fast.outbox.try_recv() {
             got.push(m.id.ms);
         }
         assert_eq!(got, [1, 2, 3], "the fast subscriber lost nothing");
         assert_eq!(slow.outbox.len(), 2, "the slow one keeps what fit; it resumes by cursor");
         // A message for another topic reaches nobody.
         hub.fan_out(&message(&Topic::new("other").unwrap(), 4));
-        assert!(fast.outbox.try_recv().is_err());
+        assert!(fast.outbox.try_recv().is_none());
     }
 
     #[tokio::test]
@@ -296,7 +293,7 @@ mod tests {
         drop(b); // dropping a subscriber leaves every topic
         assert_eq!((watches.unwatched.load(Ordering::SeqCst), hub.topic_count()), (1, 0));
         hub.fan_out(&message(&t, 1));
-        assert!(a.outbox.try_recv().is_err(), "a left: nothing delivered");
+        assert!(a.outbox.try_recv().is_none(), "a left: nothing delivered");
     }
 
     /// Issue 11 item 3: the last leave racing the first join must leave the
@@ -314,10 +311,7 @@ mod tests {
         });
         let hub = Hub::new();
         let t = Topic::new("race").unwrap();
-        let handle = || {
-            let (tx, _rx) = mpsc::channel(4);
-            SubscriberHandle { tx, session: Arc::default() }
-        };
+        let handle = || SubscriberHandle { outbox: Arc::new(Mailbox::new(4)), session: Arc::default() };
         let (key, _) = hub.join(&t, handle(), &*engine).unwrap();
         assert!(engine.live.lock().unwrap().contains(&t));
         std::thread::scope(|s| {

@@ -25,6 +25,7 @@ pub mod cursor;
 pub mod engine;
 pub mod expiry;
 pub mod hub;
+pub mod mailbox;
 pub mod message;
 pub mod replay;
 pub mod session;

@@ -9,11 +9,11 @@
 use std::sync::Arc;
 
 use smallvec::SmallVec;
-use tokio::sync::mpsc;
 
 use super::engine::{Engine, EngineError};
 use super::hub::{Hub, JoinKey, SubscriberHandle};
-use super::message::{Message, Topic};
+use super::mailbox::Mailbox;
+use super::message::Topic;
 use super::session::Session;
 
 /// One connection's membership in the bus: its outbox and joined topics.
@@ -21,9 +21,8 @@ use super::session::Session;
 pub struct Subscriber {
     hub: Hub,
     engine: Arc<dyn Engine>,
-    tx: mpsc::Sender<Arc<Message>>,
     /// Live messages for the joined topics, in per-topic id order.
-    pub outbox: mpsc::Receiver<Arc<Message>>,
+    pub outbox: Arc<Mailbox>,
     session: Arc<Session>,
     joined: SmallVec<[(Topic, JoinKey); 1]>,
 }
@@ -32,8 +31,8 @@ impl Subscriber {
     /// A subscriber whose outbox holds at most `capacity` messages.
     pub fn new(hub: Hub, engine: Arc<dyn Engine>, capacity: usize) -> Self {
         // Bounded: when full, the hub closes this session as slow (never waits).
-        let (tx, outbox) = mpsc::channel(capacity.max(1));
-        Subscriber { hub, engine, tx, outbox, session: Arc::default(), joined: SmallVec::new() }
+        let outbox = Arc::new(Mailbox::new(capacity));
+        Subscriber { hub, engine, outbox, session: Arc::default(), joined: SmallVec::new() }
     }
 
     /// The session flag the hub uses to close this subscriber.
@@ -58,7 +57,8 @@ impl Subscriber {
         if self.is_joined(topic) {
             return Ok(());
         }
-        let handle = SubscriberHandle { tx: self.tx.clone(), session: Arc::clone(&self.session) };
+        let handle =
+            SubscriberHandle { outbox: Arc::clone(&self.outbox), session: Arc::clone(&self.session) };
         let (key, ready) = self.hub.join(topic, handle, &*self.engine)?;
         self.joined.push((topic.clone(), key));
         if let Err(e) = ready.await {

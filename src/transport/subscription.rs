@@ -355,15 +355,11 @@ impl Subscription {
             tokio::select! {
                 biased;
                 reason = self.session.wait_closed() => return Event::Closed(reason),
-                m = self.sub.outbox.recv() => match m {
-                    Some(m) => {
-                        if let Some(event) = self.accept(m, true) {
-                            return event;
-                        }
+                m = self.sub.outbox.recv() => {
+                    if let Some(event) = self.accept(m, true) {
+                        return event;
                     }
-                    // The subscriber holds a sender itself; never seen.
-                    None => return Event::Closed(Close::Client),
-                },
+                }
             }
         }
     }
@@ -395,7 +391,7 @@ impl Subscription {
         if !self.resumes.is_empty() {
             return None;
         }
-        while let Ok(m) = self.sub.outbox.try_recv() {
+        while let Some(m) = self.sub.outbox.try_recv() {
             if let Some(event) = self.accept(m, true) {
                 return Some(event);
             }
