@@ -40,6 +40,8 @@ pub struct AppState {
     pub pacer: Pacer,
     /// Closes streams whose token expires.
     pub expiries: Arc<Expiries>,
+    /// Outbound workers, inbound sources and dead letters.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl AppState {

@@ -26,6 +26,7 @@ pub mod engine;
 pub mod expiry;
 pub mod hub;
 pub mod message;
+pub mod outbox;
 pub mod replay;
 pub mod session;
 pub mod subscriber;
