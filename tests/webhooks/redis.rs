@@ -1,0 +1,112 @@
+//! Webhooks on the Redis engine: several processes share one outbox, each
+//! message reaches each endpoint once, and a process killed with
+//! SIGKILL mid-delivery loses nothing (its deliveries are taken over after
+//! the visibility timeout).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::receiver::{always, Receiver, Reply};
+use crate::support::binary::Gateway;
+use crate::support::redis::{cli, RedisServer};
+use crate::{endpoint, publish, secret, WAIT};
+
+/// Deliveries pending in every outbox of `endpoint` (2 key groups).
+fn pending(port: u16, endpoint: &str) -> u64 {
+    (0..2)
+        .map(|g| {
+            let out = cli(port, &["XPENDING", &format!("rtgate:{{s{g}}}:o"), &format!("wh:{endpoint}")]);
+            out.lines().next().and_then(|l| l.trim().parse::<u64>().ok()).unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Polls (bounded) until nothing is pending for `endpoint`.
+async fn wait_settled(port: u16, endpoint: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while pending(port, endpoint) > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "deliveries of {endpoint} still pending");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling Redis, bounded
+    }
+}
+
+#[tokio::test]
+async fn two_processes_deliver_each_message_once_per_endpoint() {
+    let redis = RedisServer::start();
+    let secrets = [secret("r")];
+    let a = Receiver::start(&secrets, always(200)).await;
+    let b = Receiver::start(&secrets, always(200)).await;
+    let rest = format!(
+        "shards = 2\n{}{}",
+        endpoint("a", &a.url, &secrets, "*", ""),
+        endpoint("b", &b.url, &secrets, "news.*", "")
+    );
+    let (s1, s2) = redis.two_servers(&rest).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for i in 0..60 {
+        let s = if i % 2 == 0 { &s1 } else { &s2 };
+        let topic = if i % 3 == 0 { "other" } else { "news.x" };
+        let id = publish(&s.http, &s.url(""), topic, &i.to_string(), None).await;
+        ids.insert(format!("{topic}:{id}"));
+    }
+    let news: std::collections::BTreeSet<String> =
+        ids.iter().filter(|i| i.starts_with("news.")).cloned().collect();
+    a.wait_for(WAIT, "every message at a", |r| r.len() >= 60).await;
+    b.wait_for(WAIT, "the news messages at b", |r| r.len() >= news.len()).await;
+    wait_settled(redis.port, "a").await;
+    wait_settled(redis.port, "b").await;
+    // Nothing pending any more: no delivery is still on its way.
+    assert_eq!(a.received().len(), 60, "each message once at a");
+    assert_eq!(a.distinct(), ids);
+    assert_eq!(b.received().len(), news.len(), "each matching message once at b");
+    assert_eq!(b.distinct(), news);
+    assert!(a.received().iter().all(|r| r.verified));
+    s1.stop().await;
+    s2.stop().await;
+}
+
+#[tokio::test]
+async fn a_killed_process_loses_no_delivery() {
+    let redis = RedisServer::start();
+    let secrets = [secret("k")];
+    // Slow answers: many deliveries are in flight when the kill comes.
+    let rx =
+        Receiver::start(&secrets, Arc::new(|_: &str, _| Reply::After(Duration::from_millis(100), 200))).await;
+    let cfg = format!(
+        "[engine]\nkind = \"redis\"\n[redis]\nurl = {:?}\nshards = 2\n[webhook_queue]\nvisibility_timeout = \"1s\"\n\
+         poll_interval = \"50ms\"\n{}",
+        redis.url(),
+        endpoint("k", &rx.url, &secrets, "*", "concurrency = 4")
+    );
+    let dir = std::env::temp_dir().join(format!("rtgate-wh-{}-{}", std::process::id(), redis.port));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let path = path.to_str().unwrap();
+    let mut victim = Gateway::spawn(&["--config", path], &[]).await;
+    let survivor = Gateway::spawn(&["--config", path], &[]).await;
+    let http = reqwest::Client::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for i in 0..60 {
+        let g = if i % 2 == 0 { &victim } else { &survivor };
+        let id = publish(&http, &g.url(""), "jobs", &i.to_string(), None).await;
+        ids.insert(format!("jobs:{id}"));
+    }
+    rx.wait_for(WAIT, "some deliveries before the kill", |r| r.len() >= 5).await;
+    victim.child.kill().unwrap(); // SIGKILL
+    victim.exited(WAIT).await;
+    let got = rx
+        .wait_for(Duration::from_secs(20), "every message after the kill", |r| {
+            r.iter().map(|x| &x.id).collect::<std::collections::BTreeSet<_>>().len() >= ids.len()
+        })
+        .await;
+    wait_settled(redis.port, "k").await;
+    let distinct = rx.distinct();
+    assert_eq!(
+        distinct, ids,
+        "every message delivered at least once; after de-duplication exactly the published set"
+    );
+    assert!(got.iter().all(|r| r.verified));
+    drop(survivor);
+    let _ = std::fs::remove_dir_all(&dir);
+}
