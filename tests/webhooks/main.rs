@@ -34,9 +34,14 @@ pub(crate) fn secret(seed: &str) -> String {
 /// adds or overrides keys.
 pub(crate) fn endpoint(name: &str, url: &str, secrets: &[String], topics: &str, extra: &str) -> String {
     let secrets: Vec<String> = secrets.iter().map(|s| format!("{s:?}")).collect();
+    let mut defaults = String::new();
+    for (k, v) in [("backoff", "\"50ms\""), ("max_backoff", "\"1s\""), ("timeout", "\"2s\"")] {
+        if !extra.lines().any(|l| l.split('=').next().map(str::trim) == Some(k)) {
+            defaults.push_str(&format!("{k} = {v}\n"));
+        }
+    }
     format!(
-        "[[webhooks]]\nname = {name:?}\nurl = {url:?}\nsecrets = [{}]\ntopics = [{topics:?}]\n\
-         backoff = \"50ms\"\nmax_backoff = \"1s\"\ntimeout = \"2s\"\n{extra}\n",
+        "[[webhooks]]\nname = {name:?}\nurl = {url:?}\nsecrets = [{}]\ntopics = [{topics:?}]\n{defaults}{extra}\n",
         secrets.join(", ")
     )
 }

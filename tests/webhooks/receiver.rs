@@ -164,7 +164,11 @@ impl Receiver {
         };
         match tokio::time::timeout(within, wait).await {
             Ok(v) => v,
-            Err(_) => panic!("receiver: {what} not seen within {within:?}; got {:?}", self.received()),
+            Err(_) => {
+                let got = self.received();
+                let ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+                panic!("receiver: {what} not seen within {within:?}; got {} requests: {ids:?}", got.len())
+            }
         }
     }
 
