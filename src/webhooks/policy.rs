@@ -1,7 +1,9 @@
 //! What an answer means (success, retry, dead letter, disable), how long
 //! to wait before a retry, and the per-endpoint circuit breaker.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use parking_lot::Mutex;
 use rand::Rng;

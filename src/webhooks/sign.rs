@@ -76,8 +76,8 @@ mod tests {
         let both = Keys::new(&[a.clone(), b.clone()]);
         let header = both.sign("t:1-0", 1700000000, b"{\"x\":1}");
         assert_eq!(header.split(' ').count(), 2);
-        assert!(Keys::new(&[b.clone()]).verify(&header, "t:1-0", 1700000000, b"{\"x\":1}"));
-        assert!(Keys::new(&[a.clone()]).verify(&header, "t:1-0", 1700000000, b"{\"x\":1}"));
+        assert!(Keys::new(std::slice::from_ref(&b)).verify(&header, "t:1-0", 1700000000, b"{\"x\":1}"));
+        assert!(Keys::new(std::slice::from_ref(&a)).verify(&header, "t:1-0", 1700000000, b"{\"x\":1}"));
         assert!(!both.verify(&header, "t:1-0", 1700000001, b"{\"x\":1}"));
         assert!(!both.verify(&header, "t:1-0", 1700000000, b"{\"x\":2}"));
         let other = Keys::new(&[format!("whsec_{}", STANDARD.encode(b"other"))]);

@@ -172,6 +172,27 @@ impl Receiver {
         }
     }
 
+    /// Like [`Receiver::wait_for`], `None` on timeout.
+    pub(crate) async fn try_wait_for(
+        &self,
+        within: Duration,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> Option<Vec<Received>> {
+        let mut changed = self.changed.clone();
+        let wait = async {
+            loop {
+                {
+                    let log = self.log.lock().unwrap();
+                    if done(&log) {
+                        return log.clone();
+                    }
+                }
+                changed.changed().await.unwrap();
+            }
+        };
+        tokio::time::timeout(within, wait).await.ok()
+    }
+
     /// Distinct webhook-ids received.
     pub(crate) fn distinct(&self) -> std::collections::BTreeSet<String> {
         self.received().into_iter().map(|r| r.id).collect()
