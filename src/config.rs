@@ -90,8 +90,10 @@ pub struct Config {
     /// Native TLS termination.
     pub tls: TlsConfig,
     /// Outbound webhook endpoints (`[[webhooks]]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<WebhookConfig>,
     /// Inbound webhook sources (`[[webhooks_in]]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub webhooks_in: Vec<WebhookSourceConfig>,
     /// The webhook outbox.
     pub webhook_queue: WebhookQueueConfig,

@@ -339,6 +339,7 @@ impl Engine for RedisEngine {
         let reply: Value = self.run(inv.invoke_async(&mut conn)).await?;
         let published = reply::published(reply);
         if matches!(published, Err(EngineError::Full(_))) {
+            crate::metrics::rejected("webhook_outbox_full");
             tracing::warn!(topic = %topic, "webhook outbox full: publish refused");
         } else if self.inner.opts.routes.as_ref().is_some_and(|r| r.matches(topic)) {
             self.inner.outbox_added.send_modify(|n| *n = n.wrapping_add(1));
