@@ -123,6 +123,11 @@ pub trait Outbox: Send + Sync + 'static {
     /// meant for it). The outbox may drop it once every endpoint is.
     async fn ack(&self, endpoint: &str, entry: &EntryRef) -> Result<(), EngineError>;
 
+    /// Takes or renews `endpoint`'s lease for `consumer` for `ttl`: true
+    /// while `consumer` holds it. Ordered endpoints are read by the lease
+    /// holder only, so one process delivers them, in order.
+    async fn lease(&self, endpoint: &str, consumer: &str, ttl: Duration) -> Result<bool, EngineError>;
+
     /// Changes when an entry may have been added in this process (a
     /// wake-up; other processes' entries are found by polling).
     fn added(&self) -> tokio::sync::watch::Receiver<u64>;

@@ -166,6 +166,11 @@ impl Outbox for LocalOutbox {
         Ok(())
     }
 
+    async fn lease(&self, _endpoint: &str, _consumer: &str, _ttl: Duration) -> Result<bool, EngineError> {
+        // One process: always its own.
+        Ok(true)
+    }
+
     fn added(&self) -> watch::Receiver<u64> {
         self.added.subscribe()
     }

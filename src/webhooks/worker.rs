@@ -157,8 +157,7 @@ impl Worker {
         });
         metrics::circuit(&worker.ep.name, super::policy::BreakerState::Closed);
         let w = Arc::clone(&worker);
-        let tracker = shutdown.clone();
-        shutdown.spawn(async move { w.run(tracker).await });
+        shutdown.spawn(async move { w.run().await });
         let w = Arc::clone(&worker);
         shutdown.spawn(async move { w.keep_and_reclaim().await });
     }
@@ -171,7 +170,7 @@ impl Worker {
     }
 
     /// Registers, then fetches while the window has room.
-    async fn run(self: Arc<Self>, shutdown: Shutdown) {
+    async fn run(self: Arc<Self>) {
         let mut wait = Duration::from_millis(100);
         while let Err(e) = self.outbox.register(&self.ep.name).await {
             tracing::warn!(endpoint = %self.ep.name, error = %e, "webhook outbox not ready; retrying");
@@ -182,6 +181,12 @@ impl Worker {
         }
         let mut added = self.outbox.added();
         loop {
+            if !self.leased().await {
+                if !self.sleep(self.lease_wait()).await {
+                    return;
+                }
+                continue;
+            }
             let Ok(first) = Arc::clone(&self.window).acquire_owned().await else { return };
             let mut permits = vec![first];
             while permits.len() < 100 {
@@ -208,9 +213,29 @@ impl Worker {
                 continue;
             }
             for (entry, permit) in entries.into_iter().zip(permits) {
-                self.dispatch(entry, permit, &shutdown);
+                self.dispatch(entry, permit);
             }
         }
+    }
+
+    /// Whether this process may read the endpoint: always, unless it is
+    /// ordered and another process holds its lease.
+    async fn leased(&self) -> bool {
+        if !self.ep.cfg.ordered {
+            return true;
+        }
+        match self.outbox.lease(&self.ep.name, &self.consumer, self.queue.visibility_timeout).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(endpoint = %self.ep.name, error = %e, "webhook lease check failed");
+                false
+            }
+        }
+    }
+
+    /// How long a process without the lease waits before asking again.
+    fn lease_wait(&self) -> Duration {
+        (self.queue.visibility_timeout / 3).max(Duration::from_millis(100))
     }
 
     /// Keeps this process's entries from takeover and takes over those a
@@ -230,7 +255,7 @@ impl Worker {
                 }
             }
             let room = self.window.available_permits().min(100);
-            if room == 0 {
+            if room == 0 || !self.leased().await {
                 continue;
             }
             let idle = self.queue.visibility_timeout;
@@ -243,7 +268,7 @@ impl Worker {
                         let Ok(permit) = Arc::clone(&self.window).try_acquire_owned() else { break };
                         tracing::info!(endpoint = %self.ep.name, entry = %entry.at.id, "webhook delivery taken over");
                         metrics::taken_over(&self.ep.name);
-                        self.dispatch_now(entry, permit);
+                        self.dispatch(entry, permit);
                     }
                 }
                 Err(e) => {
@@ -253,7 +278,9 @@ impl Worker {
         }
     }
 
-    fn dispatch(self: &Arc<Self>, entry: Entry, permit: OwnedSemaphorePermit, _shutdown: &Shutdown) {
+    fn dispatch(self: &Arc<Self>, entry: Entry, permit: OwnedSemaphorePermit) {
+        // Held (kept from takeover) from now on, also while waiting in a chain.
+        self.held.lock().insert(entry.at.clone());
         if !self.ep.cfg.ordered {
             self.dispatch_now(entry, permit);
             return;
@@ -308,9 +335,9 @@ impl Worker {
         };
         if !mine {
             self.ack(&entry.at).await;
+            self.held.lock().remove(&entry.at);
             return;
         }
-        self.held.lock().insert(entry.at.clone());
         metrics::in_flight(&ep.name, 1.0);
         let done = self.attempts_of(&entry).await;
         metrics::in_flight(&ep.name, -1.0);

@@ -20,6 +20,7 @@
 //! {prefix}{s<N>}:o                  webhook outbox of group N (fields t, i, d, e):
 //!                                   one consumer group `wh:<endpoint>` per endpoint
 //! {prefix}{wh}:dl, {prefix}{wh}:dlo webhook dead letters (hash id → JSON; zset id → time)
+//! {prefix}{wh}:lease:<endpoint>     which process reads an ordered endpoint (SET PX)
 //! ```
 //!
 //! `N = fnv1a(topic) % shards`: every process must use the same `shards`.
@@ -196,6 +197,7 @@ struct Inner {
     /// The outbox's trim script and dead-letter take script.
     outbox_trim: Script,
     take_dead: Script,
+    lease: Script,
     /// Woken when this process recorded an outbox entry.
     outbox_added: tokio::sync::watch::Sender<u64>,
 }
@@ -255,6 +257,7 @@ impl RedisEngine {
                 sweep: Script::new(&format!("{TRIM}{SWEEP}")),
                 outbox_trim: Script::new(outbox::TRIM_OUTBOX),
                 take_dead: Script::new(outbox::TAKE_DEAD),
+                lease: Script::new(outbox::LEASE),
                 outbox_added: tokio::sync::watch::Sender::new(0),
             }),
         });

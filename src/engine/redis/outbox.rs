@@ -69,6 +69,16 @@ end
 return v
 "#;
 
+/// Takes or renews a lease. KEYS: the lease. ARGV: holder, ttl ms.
+pub(super) const LEASE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#;
+
 fn group_name(endpoint: &str) -> String {
     format!("wh:{endpoint}")
 }
@@ -132,11 +142,15 @@ impl Outbox for RedisEngine {
         for g in 0..self.inner.groups.len() {
             let mut cmd = redis::cmd("XGROUP");
             cmd.arg("CREATE").arg(self.outbox_key(g)).arg(group_name(endpoint)).arg("0").arg("MKSTREAM");
-            match self.run(cmd.query_async::<Value>(&mut conn)).await {
-                Ok(_) => {}
-                Err(EngineError::Rejected(e)) if e.contains("BUSYGROUP") => {}
-                Err(e) => return Err(e),
-            }
+            // An existing group is what we want: not an error (and not an
+            // outage for the health check).
+            let create = async {
+                match cmd.query_async::<Value>(&mut conn).await {
+                    Err(e) if e.code() == Some("BUSYGROUP") => Ok(Value::Okay),
+                    r => r,
+                }
+            };
+            self.run(create).await?;
         }
         Ok(())
     }
@@ -229,6 +243,16 @@ impl Outbox for RedisEngine {
         cmd.arg(self.outbox_key(entry.group)).arg(group_name(endpoint)).arg(&entry.id);
         let _: Value = self.run(cmd.query_async(&mut conn)).await?;
         Ok(())
+    }
+
+    async fn lease(&self, endpoint: &str, consumer: &str, ttl: Duration) -> Result<bool, EngineError> {
+        let key = format!("{}{{wh}}:lease:{endpoint}", self.inner.opts.key_prefix);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(MAX_TTL_MS).clamp(1, MAX_TTL_MS);
+        let mut conn = self.conn().await?;
+        let mut inv = self.inner.lease.key(key);
+        inv.arg(consumer).arg(ttl_ms);
+        let held: i64 = self.run(inv.invoke_async(&mut conn)).await?;
+        Ok(held == 1)
     }
 
     fn added(&self) -> tokio::sync::watch::Receiver<u64> {
