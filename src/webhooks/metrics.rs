@@ -24,8 +24,12 @@ pub(super) fn attempt(endpoint: &str, outcome: &Outcome) {
 }
 
 /// A delivery done: `rtgate_webhook_deliveries_total{outcome="delivered"}`
-/// and the time from publish to the 2xx
-/// (`rtgate_webhook_delivery_seconds{endpoint}`).
+/// and the time from publish to the 2xx, a Prometheus histogram
+/// (`# TYPE rtgate_webhook_delivery_seconds histogram`, buckets set in
+/// `crate::metrics::install`) exposed as
+/// `rtgate_webhook_delivery_seconds_bucket{{endpoint="…",le="…"}}`,
+/// `rtgate_webhook_delivery_seconds_sum{{endpoint="…"}}` and
+/// `rtgate_webhook_delivery_seconds_count{{endpoint="…"}}`.
 pub(super) fn delivered(endpoint: &str, latency: Duration) {
     counter!("rtgate_webhook_deliveries_total", "endpoint" => endpoint.to_owned(), "outcome" => "delivered")
         .increment(1);
