@@ -126,3 +126,31 @@ async fn a_killed_process_loses_no_delivery() {
     drop(survivor);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Redis restarted empty (its consumer groups gone): workers recreate their
+/// groups and deliver what is published afterwards.
+#[tokio::test]
+async fn deliveries_resume_after_redis_lost_its_data() {
+    let mut redis = RedisServer::start();
+    let secrets = [secret("l")];
+    let rx = Receiver::start(&secrets, always(200)).await;
+    let s =
+        crate::support::TestServer::start(&redis.config(&endpoint("lost", &rx.url, &secrets, "*", ""))).await;
+    let before = publish(&s.http, &s.url(""), "t", "1", None).await;
+    rx.wait_for(WAIT, "the first delivery", |r| r.len() == 1).await;
+    redis.restart_empty();
+    // Publishes answer 503 until the process has reconnected (bounded).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let after = loop {
+        let (status, v) = s.publish_raw("t", "2", None).await;
+        if status == 200 {
+            break v["id"].as_str().unwrap().to_owned();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "publishes refused after the restart: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling the reconnect, bounded
+    };
+    let got = rx.wait_for(WAIT, "the delivery after the restart", |r| r.len() >= 2).await;
+    assert_eq!(got[0].id, format!("t:{before}"));
+    assert_eq!(got[1].id, format!("t:{after}"));
+    s.stop().await;
+}

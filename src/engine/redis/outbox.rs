@@ -79,12 +79,27 @@ end
 return 0
 "#;
 
+/// Runs `cmd`, answering `None` for a missing consumer group (`NOGROUP`:
+/// Redis lost the outbox) instead of an error (which would count as an
+/// outage).
+async fn unless_no_group(
+    cmd: &redis::Cmd,
+    conn: &mut super::conn::RedisConn,
+) -> redis::RedisResult<Option<Value>> {
+    match cmd.query_async::<Value>(conn).await {
+        Err(e) if e.code() == Some("NOGROUP") => Ok(None),
+        r => r.map(Some),
+    }
+}
+
 fn group_name(endpoint: &str) -> String {
     format!("wh:{endpoint}")
 }
 
-/// Entries of an `XREADGROUP`/`XAUTOCLAIM` reply's entry list.
-fn entries(group: usize, list: &Value, out: &mut Vec<Entry>) {
+/// Entries of an `XREADGROUP`/`XAUTOCLAIM` reply's entry list; the ids of
+/// entries that are not this version's go to `bad` (acknowledged unread,
+/// so they do not come back forever).
+fn entries(group: usize, list: &Value, out: &mut Vec<Entry>, bad: &mut Vec<String>) {
     let Value::Array(items) = list else { return };
     for item in items {
         let Value::Array(parts) = item else { continue };
@@ -110,14 +125,27 @@ fn entries(group: usize, list: &Value, out: &mut Vec<Entry>) {
                 let message = std::sync::Arc::new(Message::new(topic, mid, mid.ms, data));
                 out.push(Entry { at, message, only });
             }
-            // Not an entry this version wrote: handed out as "not for any
-            // endpoint" so it is acknowledged rather than retried forever.
-            _ => tracing::warn!(entry = %id, "unreadable webhook outbox entry skipped"),
+            _ => {
+                tracing::warn!(entry = %id, "unreadable webhook outbox entry skipped");
+                bad.push(at.id);
+            }
         }
     }
 }
 
 impl RedisEngine {
+    /// Acknowledges entries of `group` that cannot be read.
+    async fn ack_unread(&self, endpoint: &str, group: usize, ids: &[String]) -> Result<(), EngineError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        let mut cmd = redis::cmd("XACK");
+        cmd.arg(self.outbox_key(group)).arg(group_name(endpoint)).arg(ids);
+        let _: Value = self.run(cmd.query_async(&mut conn)).await?;
+        Ok(())
+    }
+
     /// Trims every group's outbox below what the `endpoints` are done with.
     pub async fn trim_outboxes(&self, endpoints: &[String]) -> Result<u64, EngineError> {
         let mut conn = self.conn().await?;
@@ -171,17 +199,25 @@ impl Outbox for RedisEngine {
                 .arg("STREAMS")
                 .arg(self.outbox_key(g))
                 .arg(">");
-            let reply: Value = self.run(cmd.query_async(&mut conn)).await?;
+            let Some(reply) = self.run(unless_no_group(&cmd, &mut conn)).await? else {
+                // The group is gone (Redis flushed or restarted empty):
+                // create it again; the next read goes on.
+                tracing::warn!(endpoint, "webhook consumer group missing (Redis lost data?): recreated");
+                self.register(endpoint).await?;
+                continue;
+            };
+            let mut bad = Vec::new();
             // [[key, [entries]]] (RESP2) or nil.
             if let Value::Array(streams) = reply {
                 for s in streams {
                     if let Value::Array(kv) = s {
                         if let Some(list) = kv.get(1) {
-                            entries(g, list, &mut out);
+                            entries(g, list, &mut out, &mut bad);
                         }
                     }
                 }
             }
+            self.ack_unread(endpoint, g, &bad).await?;
         }
         Ok(out)
     }
@@ -208,12 +244,15 @@ impl Outbox for RedisEngine {
                 .arg("0-0")
                 .arg("COUNT")
                 .arg(max - out.len());
-            let reply: Value = self.run(cmd.query_async(&mut conn)).await?;
+            // A missing group has nothing to take over (fetch recreates it).
+            let Some(reply) = self.run(unless_no_group(&cmd, &mut conn)).await? else { continue };
+            let mut bad = Vec::new();
             if let Value::Array(parts) = reply {
                 if let Some(list) = parts.get(1) {
-                    entries(g, list, &mut out);
+                    entries(g, list, &mut out, &mut bad);
                 }
             }
+            self.ack_unread(endpoint, g, &bad).await?;
         }
         Ok(out)
     }
