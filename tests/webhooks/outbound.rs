@@ -238,3 +238,33 @@ async fn a_full_outbox_refuses_routed_publishes() {
     publish(&s.http, &s.url(""), "other", "1", None).await;
     s.stop().await;
 }
+
+/// Consecutive failures open the breaker: no attempt until its cooldown
+/// is over (although the backoff says 50 ms), then a probe whose success
+/// closes it.
+#[tokio::test]
+async fn the_circuit_breaker_pauses_a_failing_endpoint() {
+    let secrets = [secret("cb")];
+    let script = Arc::new(|_: &str, n: usize| Reply::Status(if n <= 2 { 503 } else { 200 }));
+    let rx = Receiver::start(&secrets, script).await;
+    let extra = "jitter = false\nbreaker_failures = 2\nbreaker_cooldown = \"700ms\"";
+    let s = TestServer::start(&endpoint("cb", &rx.url, &secrets, "t", extra)).await;
+    publish(&s.http, &s.url(""), "t", "1", None).await;
+    let got = rx.wait_for(WAIT, "the probe after the cooldown", |r| r.len() >= 3).await;
+    let closed_gap = got[1].at - got[0].at;
+    let open_gap = got[2].at - got[1].at;
+    assert!(closed_gap < Duration::from_millis(600), "first retry after {closed_gap:?}");
+    assert!(open_gap >= Duration::from_millis(700), "probe after {open_gap:?}, before the cooldown");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if m.contains("rtgate_webhook_circuit_state{endpoint=\"cb\"} 0")
+            && m.contains("rtgate_webhook_deliveries_total{endpoint=\"cb\",outcome=\"delivered\"} 1")
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "breaker not closed again:\n{m}");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling /metrics, bounded
+    }
+    s.stop().await;
+}
