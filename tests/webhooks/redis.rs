@@ -154,3 +154,38 @@ async fn deliveries_resume_after_redis_lost_its_data() {
     assert_eq!(got[1].id, format!("t:{after}"));
     s.stop().await;
 }
+
+/// On a Redis Cluster every outbox, dead-letter and lease command stays in
+/// one slot: deliveries, a dead letter and its redrive work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_work_on_a_redis_cluster() {
+    let cluster = tokio::task::block_in_place(crate::support::redis::RedisCluster::start);
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("{u:?}")).collect();
+    let secrets = [secret("cl")];
+    let script =
+        Arc::new(|id: &str, n: usize| Reply::Status(if id.starts_with("bad") && n == 1 { 400 } else { 200 }));
+    let rx = Receiver::start(&secrets, script).await;
+    let toml = format!(
+        "[engine]\nkind = \"redis\"\n[redis]\ncluster_urls = [{}]\n{}",
+        urls.join(", "),
+        endpoint("cl", &rx.url, &secrets, "*", "ordered = true")
+    );
+    let s = crate::support::TestServer::start(&toml).await;
+    crate::support::wait_status(&s, "/readyz", 200, WAIT).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let topic = format!("cl.{i}");
+        ids.insert(format!("{topic}:{}", publish(&s.http, &s.url(""), &topic, "1", None).await));
+    }
+    let bad = publish(&s.http, &s.url(""), "bad", "1", None).await;
+    rx.wait_for(WAIT, "20 deliveries and a refusal", |r| r.len() >= 21).await;
+    let items = crate::wait_dead_letters(&s.http, &s.url(""), None, 1).await;
+    assert_eq!(items[0]["id"], format!("cl:bad:{bad}"));
+    let res =
+        s.http.post(s.url(&format!("/v1/webhooks/dead-letters/cl:bad:{bad}/redrive"))).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 202);
+    rx.wait_for(WAIT, "the redriven delivery", |r| r.len() >= 22).await;
+    ids.insert(format!("bad:{bad}"));
+    assert_eq!(rx.distinct(), ids);
+    s.stop().await;
+}
