@@ -46,7 +46,7 @@ pub fn build(
             Ok(match routes {
                 None => Built { engine, outbox: None },
                 Some(routes) => {
-                    let outbox = outbox::LocalOutbox::new(routes.max_len);
+                    let outbox = outbox::LocalOutbox::new(routes.max_len, &routes.endpoints);
                     let engine = Arc::new(outbox::Enqueuing::new(engine, outbox.clone(), routes));
                     Built { engine, outbox: Some(Arc::new(outbox)) }
                 }

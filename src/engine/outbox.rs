@@ -91,9 +91,18 @@ pub struct LocalOutbox {
 }
 
 impl LocalOutbox {
-    /// An empty outbox of at most `max_len` entries.
-    pub fn new(max_len: usize) -> LocalOutbox {
-        LocalOutbox { log: Arc::default(), added: Arc::new(watch::Sender::new(0)), max_len: max_len.max(1) }
+    /// An empty outbox of at most `max_len` entries for `endpoints`
+    /// (registered now, so nothing is trimmed before each one has read it).
+    pub fn new(max_len: usize, endpoints: &[String]) -> LocalOutbox {
+        let mut log = Log::default();
+        for e in endpoints {
+            log.cursors.insert(e.clone(), Cursor::default());
+        }
+        LocalOutbox {
+            log: Arc::new(Mutex::new(log)),
+            added: Arc::new(watch::Sender::new(0)),
+            max_len: max_len.max(1),
+        }
     }
 
     fn seq(id: &str) -> Option<u64> {
@@ -295,5 +304,61 @@ impl Engine for Enqueuing {
 
     fn is_ready(&self) -> bool {
         self.engine.is_ready()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(n: u64) -> Message {
+        Message::new(Topic::new("t").unwrap(), MessageId::new(n, 0), n, Bytes::from(n.to_string()))
+    }
+
+    fn len(o: &LocalOutbox) -> usize {
+        o.log.lock().entries.len()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_stay_until_every_endpoint_is_done_and_idle_ones_are_reclaimed() {
+        let o = LocalOutbox::new(2, &["a".into(), "b".into()]);
+        o.enqueue_for("a", &message(1)).await.unwrap();
+        o.enqueue_for("b", &message(2)).await.unwrap();
+        assert!(matches!(o.enqueue_for("a", &message(3)).await, Err(EngineError::Full(_))));
+        let a = o.fetch("a", "c1", 10).await.unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0].only.as_deref(), Some("a"));
+        for e in &a {
+            o.ack("a", &e.at).await.unwrap();
+        }
+        assert_eq!(len(&o), 2, "b has read nothing yet");
+        let b = o.fetch("b", "c1", 1).await.unwrap();
+        assert!(o.reclaim("b", "c2", Duration::from_secs(5), 10).await.unwrap().is_empty());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let again = o.reclaim("b", "c2", Duration::from_secs(5), 10).await.unwrap();
+        assert_eq!(again.iter().map(|e| &e.at).collect::<Vec<_>>(), vec![&b[0].at]);
+        o.ack("b", &b[0].at).await.unwrap();
+        assert_eq!(len(&o), 1);
+        let rest = o.fetch("b", "c1", 10).await.unwrap();
+        o.ack("b", &rest[0].at).await.unwrap();
+        assert_eq!(len(&o), 0);
+    }
+
+    #[tokio::test]
+    async fn dead_letters_are_replaced_by_id_and_taken_once() {
+        let o = LocalOutbox::new(10, &[]);
+        let letter = |attempts| DeadLetter {
+            id: "a:t:1-0".into(),
+            endpoint: "a".into(),
+            message: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            attempts,
+            last_error: "HTTP 400".into(),
+        };
+        o.put_dead_letter(&letter(1)).await.unwrap();
+        o.put_dead_letter(&letter(2)).await.unwrap();
+        assert_eq!(o.dead_letter_count().await.unwrap(), 1);
+        assert_eq!(o.dead_letters(10).await.unwrap()[0].attempts, 2);
+        assert!(o.take_dead_letter("a:t:1-0").await.unwrap().is_some());
+        assert!(o.take_dead_letter("a:t:1-0").await.unwrap().is_none());
     }
 }

@@ -187,7 +187,11 @@ impl Worker {
                 }
                 continue;
             }
-            let Ok(first) = Arc::clone(&self.window).acquire_owned().await else { return };
+            let first = tokio::select! {
+                _ = self.token.cancelled() => return,
+                p = Arc::clone(&self.window).acquire_owned() => p,
+            };
+            let Ok(first) = first else { return };
             let mut permits = vec![first];
             while permits.len() < 100 {
                 match Arc::clone(&self.window).try_acquire_owned() {
