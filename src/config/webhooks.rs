@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{Config, ConfigError, REDACTED};
 
-/// `[[webhooks]]`: one outbound endpoint.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[[webhooks]]`: one outbound endpoint. Its `Debug` hides the URL and
+/// the secrets.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookConfig {
     /// Name (metrics label, dead letters, logs): 1 to 64 of `a-z 0-9 _ -`.
@@ -65,8 +66,9 @@ impl Default for WebhookConfig {
     }
 }
 
-/// `[[webhooks_in]]`: one inbound source, `POST /v1/webhooks/{name}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[[webhooks_in]]`: one inbound source, `POST /v1/webhooks/{name}`. Its
+/// `Debug` hides the secrets.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookSourceConfig {
     /// The `{source}` of the URL: 1 to 64 of `a-z 0-9 _ -`.
@@ -117,6 +119,32 @@ impl Default for WebhookQueueConfig {
             poll_interval: Duration::from_millis(200),
             max_in_flight: 1000,
         }
+    }
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("name", &self.name)
+            .field("url", &REDACTED)
+            .field("secrets", &self.secrets.len())
+            .field("topics", &self.topics)
+            .field("timeout", &self.timeout)
+            .field("max_attempts", &self.max_attempts)
+            .field("concurrency", &self.concurrency)
+            .field("ordered", &self.ordered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for WebhookSourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSourceConfig")
+            .field("name", &self.name)
+            .field("secrets", &self.secrets.len())
+            .field("topic", &self.topic)
+            .field("tolerance", &self.tolerance)
+            .finish()
     }
 }
 
