@@ -229,8 +229,11 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         for (i, s) in self.webhooks_in.iter().enumerate() {
             let which = format!("entry {i} ({:?})", s.name);
-            if !valid_name(&s.name) {
-                return bad("webhooks_in.name", format!("{which}: must be 1 to 64 of a-z 0-9 _ -"));
+            if !valid_name(&s.name) || s.name == "dead-letters" {
+                return bad(
+                    "webhooks_in.name",
+                    format!("{which}: must be 1 to 64 of a-z 0-9 _ -, not \"dead-letters\""),
+                );
             }
             if !names.insert(s.name.as_str()) {
                 return bad("webhooks_in.name", format!("{which}: used twice"));
