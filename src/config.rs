@@ -21,9 +21,11 @@ mod env;
 mod security;
 mod tls;
 mod validate;
+mod webhooks;
 pub use env::Loaded;
 use env::{ignored_env, known_keys, names_a_key, ENV_PREFIX};
 pub use security::{AbuseConfig, AuthConfig, ReconnectConfig, TlsConfig};
+pub use webhooks::{decode_secret, WebhookConfig, WebhookQueueConfig, WebhookSourceConfig};
 
 /// A configuration that could not be loaded or is invalid.
 #[derive(Debug, Error)]
@@ -87,6 +89,14 @@ pub struct Config {
     pub reconnect: ReconnectConfig,
     /// Native TLS termination.
     pub tls: TlsConfig,
+    /// Outbound webhook endpoints (`[[webhooks]]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookConfig>,
+    /// Inbound webhook sources (`[[webhooks_in]]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub webhooks_in: Vec<WebhookSourceConfig>,
+    /// The webhook outbox.
+    pub webhook_queue: WebhookQueueConfig,
 }
 
 /// `[engine]`
@@ -412,6 +422,9 @@ impl Default for Config {
             abuse: AbuseConfig::default(),
             reconnect: ReconnectConfig::default(),
             tls: TlsConfig::default(),
+            webhooks: Vec::new(),
+            webhooks_in: Vec::new(),
+            webhook_queue: WebhookQueueConfig::default(),
         }
     }
 }
@@ -527,13 +540,14 @@ impl Config {
     }
 
     /// The effective configuration as TOML, for people (`--print-config`):
-    /// every `auth.hmac_secrets` and `auth.api_keys` entry shows as
-    /// `"<redacted>"`.
+    /// every `auth.hmac_secrets`, `auth.api_keys`, `webhooks.secrets` and
+    /// `webhooks_in.secrets` entry shows as `"<redacted>"`.
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         for secret in shown.auth.hmac_secrets.iter_mut().chain(shown.auth.api_keys.iter_mut()) {
             *secret = REDACTED.into();
         }
+        shown.redact_webhooks();
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 

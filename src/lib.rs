@@ -20,6 +20,11 @@
 //!   request or stream, checked the same way on every transport).
 //! - [`state`]: [`state::AppState`] and the per-connection [`state::Peer`]:
 //!   what every adapter is handed.
+//! - [`webhooks`]: outbound delivery (a worker per endpoint reading the
+//!   engine's outbox: signatures, retries, circuit breaker, dead letters)
+//!   and inbound verification; its HTTP endpoints are `transport::webhooks`.
+//!   It imports the core (the `core::outbox` seam), auth patterns, config
+//!   and metrics, never an engine or a transport.
 //! - [`auth`] (JWT and API keys → [`auth::Grants`]) and [`abuse`] (token
 //!   buckets, open-stream counts, the client IP behind trusted proxies):
 //!   the gatekeepers `transport::access` and the server consult; [`pacing`]
@@ -28,7 +33,7 @@
 //!   fans messages out to bounded outboxes, sessions (close flags), replay.
 //!   It never imports an engine or a transport.
 //! - [`engine`]: engine implementations (embedded memory, Redis Streams),
-//!   chosen once from config.
+//!   chosen once from config, each with its webhook outbox.
 //! - Beside the stack: [`config`], [`error`] (the contract's codes and every
 //!   projection of a reason onto a wire, with `core::close`), [`metrics`],
 //!   [`shutdown`], [`telemetry`], [`ops`] (health, readiness, metrics
@@ -60,6 +65,7 @@ pub mod shutdown;
 pub mod state;
 pub mod telemetry;
 pub mod transport;
+pub mod webhooks;
 
 #[cfg(test)]
 mod testing;
@@ -86,6 +92,9 @@ pub enum StartError {
     /// A key source of `[auth]` cannot be used.
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
+    /// A `[[webhooks]]` endpoint cannot be set up.
+    #[error(transparent)]
+    Webhooks(#[from] webhooks::worker::EndpointError),
 }
 
 /// The application state for `config`: the configured engine (metered),
@@ -93,9 +102,11 @@ pub enum StartError {
 /// obey.
 pub fn state(config: Arc<Config>, shutdown: Shutdown) -> Result<AppState, StartError> {
     let hub = Hub::with_max_topics(config.limits.max_topics);
-    let engine = engine::build(&config, Arc::new(hub.clone()) as Arc<dyn Feed>, &shutdown)?;
+    let routes = webhooks::routes(&config);
+    let built = engine::build(&config, Arc::new(hub.clone()) as Arc<dyn Feed>, &shutdown, routes)?;
+    let webhooks = webhooks::Webhooks::start(&config, built.outbox, &shutdown)?;
     let bus = Bus {
-        engine: Arc::new(engine::Metered::new(engine)),
+        engine: Arc::new(engine::Metered::new(built.engine)),
         hub,
         outbox_capacity: config.limits.outbox_capacity,
         replay_page: config.history.replay_page,
@@ -103,7 +114,16 @@ pub fn state(config: Arc<Config>, shutdown: Shutdown) -> Result<AppState, StartE
     let auth = Arc::new(auth::Auth::new(&config.auth)?);
     let abuse = Arc::new(abuse::Abuse::new(&config.abuse));
     let pacer = pacing::Pacer::new(&config.reconnect);
-    Ok(AppState::new(state::Shared { bus, config, shutdown, auth, abuse, pacer, expiries: Arc::default() }))
+    Ok(AppState::new(state::Shared {
+        bus,
+        config,
+        shutdown,
+        auth,
+        abuse,
+        pacer,
+        expiries: Arc::default(),
+        webhooks,
+    }))
 }
 
 /// Serves on `listener` (over TLS when `[tls]` is set) until `token` is

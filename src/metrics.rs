@@ -49,7 +49,7 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 /// Installs the Prometheus recorder (once per process; later calls reuse it).
 pub fn install() -> Option<PrometheusHandle> {
     HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+        .get_or_init(|| match webhook_buckets(PrometheusBuilder::new()).install_recorder() {
             Ok(h) => Some(h),
             Err(e) => {
                 tracing::warn!(error = %e, "metrics recorder not installed");
@@ -57,6 +57,21 @@ pub fn install() -> Option<PrometheusHandle> {
             }
         })
         .clone()
+}
+
+/// Buckets of `rtgate_webhook_delivery_seconds` (publish to 2xx: 5 ms to
+/// an hour, retries included).
+fn webhook_buckets(b: PrometheusBuilder) -> PrometheusBuilder {
+    const WEBHOOK: [f64; 14] =
+        [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0, 120.0, 600.0, 3600.0];
+    let m = metrics_exporter_prometheus::Matcher::Full("rtgate_webhook_delivery_seconds".into());
+    match b.set_buckets_for_metric(m, &WEBHOOK) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "webhook latency buckets not set");
+            PrometheusBuilder::new()
+        }
+    }
 }
 
 /// The Prometheus text exposition: the recorder's metrics, then the

@@ -59,6 +59,8 @@ pub struct Shared {
     pub pacer: Pacer,
     /// Closes streams whose token expires.
     pub expiries: Arc<Expiries>,
+    /// Outbound workers, inbound sources and dead letters.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl Shared {

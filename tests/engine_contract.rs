@@ -226,6 +226,7 @@ fn redis_setup() -> (RedisGuard, impl Fn(usize, Arc<dyn Feed>) -> Arc<dyn Engine
             idempotency_max_keys: 1000,
             op_timeout: Duration::from_secs(2),
             block: Duration::from_secs(2),
+            routes: None,
         };
         RedisEngine::start(opts, listener, &shutdown).unwrap()
     };

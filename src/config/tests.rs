@@ -72,6 +72,33 @@ fn print_config_redacts_secrets_and_api_keys() {
 }
 
 #[test]
+fn webhook_secrets_are_redacted_and_keys_validated() {
+    let secret = "whsec_c2VjcmV0LXNpZ25pbmcta2V5LTEyMzQ1";
+    let entry = |name: &str, url: &str, secrets: &str, topics: &str, extra: &str| {
+        format!(
+            "[[webhooks]]\nname = \"{name}\"\nurl = \"{url}\"\nsecrets = [{secrets}]\ntopics = [{topics}]\n{extra}\n\
+             [[webhooks_in]]\nname = \"src\"\nsecrets = [\"{secret}\"]\ntopic = \"in\"\n"
+        )
+    };
+    let good = format!("\"{secret}\"");
+    let hook = |extra: &str| entry("a", "http://127.0.0.1:1/h", &good, "\"t.*\"", extra);
+    let c = Config::from_toml(&hook("")).unwrap();
+    let shown = c.to_toml();
+    assert!(!shown.contains(secret), "{shown}");
+    assert_eq!(shown.matches(REDACTED).count(), 2, "{shown}");
+    let key_of = |toml: String| match Config::from_toml(&toml) {
+        Err(ConfigError::Invalid { key, .. }) => key,
+        other => panic!("{toml}: {other:?}"),
+    };
+    assert_eq!(key_of(hook("max_attempts = 0")), "webhooks.max_attempts");
+    assert_eq!(key_of(hook("concurrency = 0")), "webhooks.concurrency");
+    assert_eq!(key_of(entry("a", "ftp://x", &good, "\"t\"", "")), "webhooks.url");
+    assert_eq!(key_of(entry("a", "http://h/", "\"plain\"", "\"t\"", "")), "webhooks.secrets");
+    assert_eq!(key_of(entry("a", "http://h/", &good, "", "")), "webhooks.topics");
+    assert_eq!(key_of(entry("Bad Name", "http://h/", &good, "\"t\"", "")), "webhooks.name");
+}
+
+#[test]
 fn auth_errors_name_the_key() {
     for (toml, key) in [
         ("[auth]\nhmac_secrets = [\"\"]\n", "auth.hmac_secrets"),

@@ -12,6 +12,7 @@ impl Config {
             Err(ConfigError::Invalid { key, reason: reason.into() })
         }
         self.validate_auth()?;
+        self.validate_webhooks()?;
         if self.history.max_len == 0 {
             return bad("history.max_len", "must be at least 1");
         }

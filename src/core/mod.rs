@@ -27,6 +27,7 @@ pub mod expiry;
 pub mod hub;
 pub mod mailbox;
 pub mod message;
+pub mod outbox;
 pub mod replay;
 pub mod session;
 pub mod subscriber;

@@ -3,22 +3,35 @@
 
 mod errors;
 pub mod memory;
+pub mod outbox;
 pub mod redis;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{Config, EngineKind};
+use crate::core::outbox::{Outbox, Routes};
 use crate::core::{Engine, EngineError, Feed};
 use crate::metrics::EngineOp;
 use crate::shutdown::Shutdown;
 
-/// Builds the configured engine, notifying `listener` of live messages; the
-/// engine starts its own background tasks under `shutdown`.
+/// The configured engine and, with webhooks, its outbox.
+pub struct Built {
+    /// The engine.
+    pub engine: Arc<dyn Engine>,
+    /// The webhook outbox, when `routes` were given.
+    pub outbox: Option<Arc<dyn Outbox>>,
+}
+
+/// Builds the configured engine, notifying `listener` of live messages and
+/// recording the topics `routes` match in its webhook outbox; the engine
+/// starts its own background tasks under `shutdown`.
 pub fn build(
     config: &Config,
     listener: Arc<dyn Feed>,
     shutdown: &Shutdown,
-) -> Result<Arc<dyn Engine>, EngineError> {
+    routes: Option<Routes>,
+) -> Result<Built, EngineError> {
     match config.engine.kind {
         EngineKind::Memory => {
             let opts = memory::MemoryOptions {
@@ -29,7 +42,15 @@ pub fn build(
                 max_topics: config.limits.max_topics,
                 max_retained_bytes: config.memory.max_retained_bytes,
             };
-            Ok(memory::MemoryEngine::start(opts, listener, shutdown))
+            let engine: Arc<dyn Engine> = memory::MemoryEngine::start(opts, listener, shutdown);
+            Ok(match routes {
+                None => Built { engine, outbox: None },
+                Some(routes) => {
+                    let outbox = outbox::LocalOutbox::new(routes.max_len, &routes.endpoints);
+                    let engine = Arc::new(outbox::Enqueuing::new(engine, outbox.clone(), routes));
+                    Built { engine, outbox: Some(Arc::new(outbox)) }
+                }
+            })
         }
         EngineKind::Redis => {
             let r = &config.redis;
@@ -44,8 +65,29 @@ pub fn build(
                 idempotency_max_keys: config.idempotency.max_keys_per_topic,
                 op_timeout: r.op_timeout,
                 block: r.block,
+                routes: routes.clone(),
             };
-            Ok(redis::RedisEngine::start(opts, listener, shutdown)?)
+            let engine = redis::RedisEngine::start(opts, listener, shutdown)?;
+            let outbox = routes.map(|routes| {
+                // Trims every outbox below what every endpoint is done with.
+                let trimmer = redis::RedisEngine::clone(&engine);
+                let token = shutdown.token().clone();
+                shutdown.spawn(async move {
+                    let endpoints: Vec<String> = routes.endpoints.to_vec();
+                    let mut tick = tokio::time::interval(Duration::from_secs(1));
+                    loop {
+                        tokio::select! {
+                            _ = token.cancelled() => return,
+                            _ = tick.tick() => {}
+                        }
+                        if let Err(e) = trimmer.trim_outboxes(&endpoints).await {
+                            tracing::debug!(error = %e, "webhook outbox trim failed; retried in 1s");
+                        }
+                    }
+                });
+                Arc::clone(&engine) as Arc<dyn Outbox>
+            });
+            Ok(Built { engine, outbox })
         }
     }
 }

@@ -7,7 +7,8 @@
 //! - [`ops`]: the one publish path and the op handler shared by WebSocket
 //!   and gRPC `Connect`.
 //! - Adapters: [`http`] (publish, history), [`ws`], [`sse`], [`poll`],
-//!   [`grpc`]; [`frame`] holds the WebSocket JSON frames.
+//!   [`grpc`]; [`frame`] holds the WebSocket JSON frames; `webhooks`
+//!   (inbound webhooks and the dead-letter endpoints, over `crate::webhooks`).
 
 pub(crate) mod access;
 pub mod frame;
@@ -18,6 +19,7 @@ pub mod poll;
 pub(crate) mod request;
 pub mod sse;
 pub(crate) mod subscription;
+pub(crate) mod webhooks;
 pub mod ws;
 
 use axum::routing::{get, post};
@@ -33,4 +35,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/sse", get(sse::stream))
         .route("/v1/poll", get(poll::poll))
+        .route("/v1/webhooks/dead-letters", get(webhooks::list))
+        .route("/v1/webhooks/dead-letters/redrive", post(webhooks::redrive_all))
+        .route("/v1/webhooks/dead-letters/{id}/redrive", post(webhooks::redrive))
+        .route("/v1/webhooks/{source}", post(webhooks::inbound))
 }

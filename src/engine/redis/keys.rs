@@ -69,6 +69,17 @@ impl RedisEngine {
         format!("{}:n", self.tag(group))
     }
 
+    /// The webhook outbox of `group`.
+    pub(super) fn outbox_key(&self, group: usize) -> String {
+        format!("{}:o", self.tag(group))
+    }
+
+    /// The webhook dead letters (hash) and their order (zset): one slot.
+    pub(super) fn dead_keys(&self) -> (String, String) {
+        let tag = format!("{}{{wh}}", self.inner.opts.key_prefix);
+        (format!("{tag}:dl"), format!("{tag}:dlo"))
+    }
+
     /// What the stream keys of `group` start with (`…:t:`, then the topic).
     pub(super) fn stream_prefix(&self, group: usize) -> String {
         format!("{}:t:", self.tag(group))

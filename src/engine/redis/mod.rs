@@ -17,6 +17,10 @@
 //! {prefix}{s<N>}:a                  the group's age index: topic → when its oldest entry expires
 //! {prefix}{s<N>}:n                  notify stream of group N: the stream key of
 //!                                   every publish (capped at ~10,000 entries)
+//! {prefix}{s<N>}:o                  webhook outbox of group N (fields t, i, d, e):
+//!                                   one consumer group `wh:<endpoint>` per endpoint
+//! {prefix}{wh}:dl, {prefix}{wh}:dlo webhook dead letters (hash id → JSON; zset id → time)
+//! {prefix}{wh}:lease:<endpoint>     which process reads an ordered endpoint (SET PX)
 //! ```
 //!
 //! `N = fnv1a(topic) % shards`: every process must use the same `shards`.
@@ -96,12 +100,15 @@
 //! - `health.rs`: the command timeout, readiness and the health task (own
 //!   connection).
 //! - `sweep.rs`: the age sweep of idle topics.
+//! - `outbox.rs`: the webhook outbox ([`crate::core::outbox::Outbox`]):
+//!   consumer groups, takeover, trimming below every group, dead letters.
 //! - `reader.rs`: the per-group live readers (notify stream, trimmed-entry
 //!   detection, the check after a reconnect).
 
 mod conn;
 mod health;
 mod keys;
+mod outbox;
 mod reader;
 mod reply;
 mod sweep;
@@ -147,6 +154,8 @@ pub struct RedisOptions {
     pub op_timeout: Duration,
     /// How long one `XREAD` blocks.
     pub block: Duration,
+    /// Topics recorded in the webhook outbox (none without webhooks).
+    pub routes: Option<crate::core::outbox::Routes>,
 }
 
 /// The shared trimming function, prepended to every script.
@@ -185,6 +194,12 @@ struct Inner {
     publish: Script,
     history: Script,
     sweep: Script,
+    /// The outbox's trim script and dead-letter take script.
+    outbox_trim: Script,
+    take_dead: Script,
+    lease: Script,
+    /// Woken when this process recorded an outbox entry.
+    outbox_added: tokio::sync::watch::Sender<u64>,
 }
 
 /// The Redis Streams engine. Clone = `Arc` bump.
@@ -240,6 +255,10 @@ impl RedisEngine {
                 publish: Script::new(&format!("{TRIM}{PUBLISH}")),
                 history: Script::new(&format!("{TRIM}{HISTORY}")),
                 sweep: Script::new(&format!("{TRIM}{SWEEP}")),
+                outbox_trim: Script::new(outbox::TRIM_OUTBOX),
+                take_dead: Script::new(outbox::TAKE_DEAD),
+                lease: Script::new(outbox::LEASE),
+                outbox_added: tokio::sync::watch::Sender::new(0),
             }),
         });
         let token = shutdown.token().clone();
@@ -309,14 +328,26 @@ impl Engine for RedisEngine {
             .key(&index)
             .key(self.age_index(self.group_of(topic)))
             .key(self.notify_key(self.group_of(topic)))
+            .key(self.outbox_key(self.group_of(topic)))
             .arg(data.as_ref())
             .arg(opts.max_len)
             .arg(self.max_age_ms())
             .arg(ttl.unwrap_or_default())
             .arg(opts.idempotency_max_keys.max(1))
-            .arg(topic.as_str());
+            .arg(topic.as_str())
+            .arg(match &opts.routes {
+                Some(r) if r.matches(topic) => r.max_len.to_string(),
+                _ => String::new(),
+            });
         let reply: Value = self.run(inv.invoke_async(&mut conn)).await?;
-        reply::published(reply)
+        let published = reply::published(reply);
+        if matches!(published, Err(EngineError::Full(_))) {
+            crate::metrics::rejected("webhook_outbox_full");
+            tracing::warn!(topic = %topic, "webhook outbox full: publish refused");
+        } else if self.inner.opts.routes.as_ref().is_some_and(|r| r.matches(topic)) {
+            self.inner.outbox_added.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        published
     }
 
     async fn history(

@@ -74,6 +74,9 @@ pub(super) fn published(reply: Value) -> Result<Published, EngineError> {
     let Value::Array(parts) = reply else {
         return Err(malformed("publish"));
     };
+    if parts.get(1).and_then(as_int) == Some(2) {
+        return Err(EngineError::Full("webhook_queue.max_len"));
+    }
     let stored = parts.first().and_then(as_str).ok_or_else(|| malformed("publish id"))?;
     let (id, ts) = stored.split_once(' ').ok_or_else(|| malformed("publish id"))?;
     let id: MessageId = id.parse().map_err(|_| malformed("publish id"))?;

@@ -1,8 +1,10 @@
 -- Publish: idempotency check, XADD, trim, expiry, idempotency key.
 -- KEYS: stream, trim marker, idempotency key, idempotency index, the key
--- group's age index, the group's notify stream. ARGV: data, maxlen, max age ms, idempotency ttl ms
--- ('' = no key), idempotency keys kept per topic, topic. Returns {"<id> <ts>", duplicate}; ts is
--- the id's ms part (Redis's clock, never decreasing within a topic).
+-- group's age index, the group's notify stream, the group's webhook outbox. ARGV: data, maxlen,
+-- max age ms, idempotency ttl ms ('' = no key), idempotency keys kept per topic, topic, outbox
+-- bound ('' = the topic goes to no webhook). Returns {"<id> <ts>", duplicate}, or {'', 2} when
+-- the outbox is full (nothing stored); ts is the id's ms part (Redis's clock, never decreasing
+-- within a topic).
 
 -- Stores idempotency key `key` for `ttl` ms and indexes it by time in
 -- `index`, forgetting the topic's oldest keys past `keep` (a bounded number
@@ -25,7 +27,11 @@ if ARGV[4] ~= '' then
   local prev = redis.call('GET', KEYS[3])
   if prev then return {prev, 1} end
 end
+-- A message some webhook endpoint matches is recorded in the group's outbox in the same
+-- script (never lost between the two); a full outbox refuses the publish instead.
+if ARGV[7] ~= '' and redis.call('XLEN', KEYS[7]) >= tonumber(ARGV[7]) then return {'', 2} end
 local id = redis.call('XADD', KEYS[1], '*', 'd', ARGV[1])
+if ARGV[7] ~= '' then redis.call('XADD', KEYS[7], '*', 't', ARGV[6], 'i', id, 'd', ARGV[1]) end
 local first = trim(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
 -- An idle topic's keys vanish with its newest message; older entries go
 -- when the sweep finds them due in the age index.
