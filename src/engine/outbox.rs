@@ -231,12 +231,16 @@ pub struct Enqueuing {
     engine: Arc<dyn Engine>,
     outbox: LocalOutbox,
     routes: Routes,
+    /// Held from a routed publish to its record, so the outbox holds each
+    /// topic's messages in id order (`ordered` endpoints rely on it). The
+    /// embedded engine's publish never waits on I/O: the hold is short.
+    order: tokio::sync::Mutex<()>,
 }
 
 impl Enqueuing {
     /// Records `engine`'s publishes that `routes` match in `outbox`.
     pub fn new(engine: Arc<dyn Engine>, outbox: LocalOutbox, routes: Routes) -> Enqueuing {
-        Enqueuing { engine, outbox, routes }
+        Enqueuing { engine, outbox, routes, order: tokio::sync::Mutex::new(()) }
     }
 }
 
@@ -268,8 +272,12 @@ impl Engine for Enqueuing {
             }
         }
         let reservation = Reservation(&self.outbox);
+        let order = self.order.lock().await;
         let published = self.engine.publish(topic, data.clone(), key).await?;
         if !published.duplicate {
+            // Exactly the data's bytes: `data` may be a slice of a much
+            // bigger buffer (hyper's read buffer) that would stay alive.
+            let data = Bytes::copy_from_slice(&data);
             let message = Arc::new(Message::new(topic.clone(), published.id, published.ts, data));
             let mut log = self.outbox.log.lock();
             log.push(message, None);
@@ -278,6 +286,7 @@ impl Engine for Enqueuing {
             drop(log);
             self.outbox.added.send_modify(|n| *n = n.wrapping_add(1));
         }
+        drop(order);
         Ok(published)
     }
 

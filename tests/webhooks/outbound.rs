@@ -215,6 +215,34 @@ async fn ordered_endpoints_keep_each_topics_order() {
     s.stop().await;
 }
 
+/// Concurrent publishes of one topic reach an `ordered` endpoint in id
+/// order: the embedded outbox records each publish in the order of its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_publishes_reach_an_ordered_endpoint_in_id_order() {
+    let secrets = [secret("c")];
+    let rx = Receiver::start(&secrets, Arc::new(|_: &str, _| Reply::Status(200))).await;
+    let s = TestServer::start(&endpoint("conc", &rx.url, &secrets, "par", "ordered = true")).await;
+    let publishers: Vec<_> = (0..8)
+        .map(|p| {
+            let (http, url) = (s.http.clone(), s.url(""));
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    publish(&http, &url, "par", &(p * 100 + i).to_string(), None).await;
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let got = rx.wait_for(WAIT, "200 deliveries", |r| r.len() >= 200).await;
+    let ids: Vec<rtgate::core::MessageId> =
+        got.iter().map(|r| r.id.strip_prefix("par:").expect("topic:id").parse().expect("an id")).collect();
+    assert_eq!(ids.len(), 200);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "delivered out of id order: {ids:?}");
+    s.stop().await;
+}
+
 /// The outbox is bounded: while an endpoint holds every entry, a publish
 /// of a routed topic is refused (`unavailable`, nothing stored) instead of
 /// being dropped for the webhooks; other topics are unaffected.
