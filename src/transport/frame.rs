@@ -174,19 +174,29 @@ pub(crate) fn reply(r: Option<&RawValue>, reply: &Reply) -> String {
 /// `{"op":"message","topic":T,"id":ID,"ts":MS,"data":D,"cursor":"C"}`.
 /// Topic, id and cursor alphabets need no JSON escaping.
 pub fn message(m: &Message, cursor: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(m.data.len() + m.topic.as_str().len() + cursor.len() + 80);
+    let mut out = Vec::with_capacity(message_len(m, cursor));
+    write_message(&mut out, m, cursor);
+    out
+}
+
+/// About the length of [`message`]'s frame, to reserve.
+pub fn message_len(m: &Message, cursor: &str) -> usize {
+    m.data.len() + m.topic.as_str().len() + cursor.len() + 80
+}
+
+/// Appends [`message`]'s frame to `out`.
+pub fn write_message(out: &mut Vec<u8>, m: &Message, cursor: &str) {
     out.extend_from_slice(b"{\"op\":\"message\",\"topic\":\"");
     out.extend_from_slice(m.topic.as_str().as_bytes());
     out.extend_from_slice(b"\",\"id\":\"");
-    write_id(&mut out, m.id);
+    write_id(out, m.id);
     out.extend_from_slice(b"\",\"ts\":");
-    write_u64(&mut out, m.ts);
+    write_u64(out, m.ts);
     out.extend_from_slice(b",\"data\":");
     out.extend_from_slice(&m.data);
     out.extend_from_slice(b",\"cursor\":\"");
     out.extend_from_slice(cursor.as_bytes());
     out.extend_from_slice(b"\"}");
-    out
 }
 
 #[cfg(test)]

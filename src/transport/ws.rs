@@ -365,12 +365,13 @@ async fn write_events<S: Socket>(socket: &mut S, sub: &mut Subscription, first: 
 /// The complete `message` frame for `m` at position `cursor` (encoded once
 /// per message and shared for a single-topic connection).
 fn message_frame(m: &Message, cursor: &Cursor) -> Bytes {
+    let encode = |m: &Message, cursor: &str| {
+        socket::encode_text_frame(frame::message_len(m, cursor), |out| frame::write_message(out, m, cursor))
+    };
     if cursor.len() == 1 {
-        m.encoded(Wire::WsSingle, |m| {
-            socket::text_frame(&frame::message(m, &Cursor::single(m.topic.clone(), m.id).encode()))
-        })
+        m.encoded(Wire::WsSingle, |m| encode(m, &Cursor::single(m.topic.clone(), m.id).encode()))
     } else {
-        socket::text_frame(&frame::message(m, &cursor.encode()))
+        encode(m, &cursor.encode())
     }
 }
 

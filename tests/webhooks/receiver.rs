@@ -150,21 +150,9 @@ impl Receiver {
         what: &str,
         done: impl Fn(&[Received]) -> bool,
     ) -> Vec<Received> {
-        let mut changed = self.changed.clone();
-        let wait = async {
-            loop {
-                {
-                    let log = self.log.lock().unwrap();
-                    if done(&log) {
-                        return log.clone();
-                    }
-                }
-                changed.changed().await.unwrap();
-            }
-        };
-        match tokio::time::timeout(within, wait).await {
-            Ok(v) => v,
-            Err(_) => {
+        match self.try_wait_for(within, done).await {
+            Some(v) => v,
+            None => {
                 let got = self.received();
                 let ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
                 panic!("receiver: {what} not seen within {within:?}; got {} requests: {ids:?}", got.len())
@@ -172,7 +160,7 @@ impl Receiver {
         }
     }
 
-    /// Like [`Receiver::wait_for`], `None` on timeout.
+    /// Waits (bounded by `within`) until `done` holds; `None` on timeout.
     pub(crate) async fn try_wait_for(
         &self,
         within: Duration,

@@ -197,26 +197,39 @@ where
     }
 }
 
+/// Bytes of the longest frame header.
+const MAX_HEADER: usize = 10;
+
 /// A complete unmasked, unfragmented text frame carrying `payload`.
 pub(crate) fn text_frame(payload: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(payload.len() + 10);
-    push_header(&mut out, payload.len());
-    out.extend_from_slice(payload);
-    Bytes::from(out)
+    encode_text_frame(payload.len(), |out| out.extend_from_slice(payload))
 }
 
-/// Appends the header of a final text frame of `len` bytes (RFC 6455 §5.2).
-pub(crate) fn push_header(out: &mut Vec<u8>, len: usize) {
-    out.push(0x81); // FIN, opcode 1 (text)
+/// A complete text frame whose payload `write` appends (about `hint`
+/// bytes), encoded into one buffer: the payload is written after room for
+/// the longest header, and the header goes right before it once its length
+/// is known (no second copy of the payload).
+pub(crate) fn encode_text_frame(hint: usize, write: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    let mut out = Vec::with_capacity(MAX_HEADER + hint);
+    out.resize(MAX_HEADER, 0);
+    write(&mut out);
+    let mut header = SmallVec::<[u8; MAX_HEADER]>::new();
+    let len = out.len() - MAX_HEADER;
+    header.push(0x81); // FIN, opcode 1 (text)
     if len < 126 {
-        out.push(len as u8);
+        header.push(len as u8);
     } else if let Ok(short) = u16::try_from(len) {
-        out.push(126);
-        out.extend_from_slice(&short.to_be_bytes());
+        header.push(126);
+        header.extend_from_slice(&short.to_be_bytes());
     } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
+        header.push(127);
+        header.extend_from_slice(&(len as u64).to_be_bytes());
     }
+    let start = MAX_HEADER - header.len();
+    out[start..MAX_HEADER].copy_from_slice(&header);
+    let mut frame = Bytes::from(out);
+    bytes::Buf::advance(&mut frame, start);
+    frame
 }
 
 /// The payload of a frame made by [`text_frame`] (tests decode what the
