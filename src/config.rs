@@ -20,11 +20,13 @@ use thiserror::Error;
 mod env;
 mod security;
 mod tls;
+mod topics;
 mod validate;
 mod webhooks;
 pub use env::Loaded;
 use env::{ignored_env, known_keys, names_a_key, ENV_PREFIX};
 pub use security::{AbuseConfig, AuthConfig, ReconnectConfig, TlsConfig};
+pub use topics::{PresenceConfig, TopicConfig, TopicHistoryConfig};
 pub use webhooks::{decode_secret, WebhookConfig, WebhookQueueConfig, WebhookSourceConfig};
 
 /// A configuration that could not be loaded or is invalid.
@@ -97,6 +99,11 @@ pub struct Config {
     pub webhooks_in: Vec<WebhookSourceConfig>,
     /// The webhook outbox.
     pub webhook_queue: WebhookQueueConfig,
+    /// Topic policies (`[[topics]]`), first match wins.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<TopicConfig>,
+    /// Presence leases.
+    pub presence: PresenceConfig,
 }
 
 /// `[engine]`
@@ -425,6 +432,8 @@ impl Default for Config {
             webhooks: Vec::new(),
             webhooks_in: Vec::new(),
             webhook_queue: WebhookQueueConfig::default(),
+            topics: Vec::new(),
+            presence: PresenceConfig::default(),
         }
     }
 }

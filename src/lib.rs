@@ -101,9 +101,10 @@ pub enum StartError {
 /// the hub it feeds, and `shutdown`, which the engine's background tasks
 /// obey.
 pub fn state(config: Arc<Config>, shutdown: Shutdown) -> Result<AppState, StartError> {
-    let hub = Hub::with_max_topics(config.limits.max_topics);
+    let hub = Hub::with_policies(config.limits.max_topics, Arc::new(config.policies()));
     let routes = webhooks::routes(&config);
-    let built = engine::build(&config, Arc::new(hub.clone()) as Arc<dyn Feed>, &shutdown, routes)?;
+    let built =
+        engine::build(&config, Arc::new(hub.clone()) as Arc<dyn Feed>, hub.policies(), &shutdown, routes)?;
     let webhooks = webhooks::Webhooks::start(&config, built.outbox, &shutdown)?;
     let bus = Bus {
         engine: Arc::new(engine::Metered::new(built.engine)),

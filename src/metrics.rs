@@ -281,6 +281,22 @@ pub fn published(t: Transport) {
     of(t).published.increment(1);
 }
 
+/// An ephemeral message was published over `t`.
+pub fn published_ephemeral(t: Transport) {
+    metrics::counter!("rtgate_ephemeral_published_total", "transport" => t.label()).increment(1);
+}
+
+/// A `delivery = "latest"` subscriber of `t` was not sent `n` messages
+/// (replaced by newer ones of their key).
+pub fn skipped(t: Transport, n: u64) {
+    metrics::counter!("rtgate_skipped_total", "transport" => t.label()).increment(n);
+}
+
+/// A `delivery = "drop"` subscriber of `t` was not sent a range of messages.
+pub fn dropped_range(t: Transport) {
+    metrics::counter!("rtgate_dropped_ranges_total", "transport" => t.label()).increment(1);
+}
+
 /// `n` messages were written to clients of `t`.
 pub fn delivered(t: Transport, n: u64) {
     of(t).delivered.increment(n);

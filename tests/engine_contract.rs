@@ -227,6 +227,7 @@ fn redis_setup() -> (RedisGuard, impl Fn(usize, Arc<dyn Feed>) -> Arc<dyn Engine
             op_timeout: Duration::from_secs(2),
             block: Duration::from_secs(2),
             routes: None,
+            policies: None,
         };
         RedisEngine::start(opts, listener, &shutdown).unwrap()
     };

@@ -63,6 +63,7 @@ pub struct Abuse {
     connect_global: Option<DefaultDirectRateLimiter>,
     publish_ip: Option<Keyed>,
     publish_quota: Option<Quota>,
+    ephemeral_quota: Option<Quota>,
     max_per_ip: u32,
     max_per_user: u32,
     open_ip: DashMap<IpAddr, u32>,
@@ -90,6 +91,7 @@ impl Abuse {
             publish_ip: quota(cfg.publish_rate_per_connection, cfg.publish_burst_per_connection)
                 .map(Keyed::new),
             publish_quota: quota(cfg.publish_rate_per_connection, cfg.publish_burst_per_connection),
+            ephemeral_quota: quota(cfg.ephemeral_rate_per_connection, cfg.ephemeral_burst_per_connection),
             max_per_ip: cfg.max_connections_per_ip,
             max_per_user: cfg.max_connections_per_user,
             open_ip: DashMap::new(),
@@ -169,7 +171,22 @@ impl Abuse {
 
     /// A fresh per-connection publish limiter (`None` when off).
     pub fn publish_limiter(&self) -> Option<PublishLimiter> {
-        self.publish_quota.map(|q| PublishLimiter(RateLimiter::direct_with_clock(q, MonotonicClock)))
+        self.publish_quota.map(|q| {
+            PublishLimiter(
+                RateLimiter::direct_with_clock(q, MonotonicClock),
+                false,
+            )
+        })
+    }
+
+    /// A fresh per-connection limiter of ephemeral publishes (`None` when off).
+    pub fn ephemeral_limiter(&self) -> Option<PublishLimiter> {
+        self.ephemeral_quota.map(|q| {
+            PublishLimiter(
+                RateLimiter::direct_with_clock(q, MonotonicClock),
+                true,
+            )
+        })
     }
 
     /// Streams open now from `ip` (0 when not counted).
@@ -269,6 +286,8 @@ impl Drop for OpenGuard {
 #[allow(clippy::disallowed_types)]
 pub struct PublishLimiter(
     RateLimiter<NotKeyed, InMemoryState, MonotonicClock, NoOpMiddleware<std::time::Instant>>,
+    /// True for the ephemeral publishes' limiter.
+    bool,
 );
 
 impl PublishLimiter {
@@ -278,8 +297,12 @@ impl PublishLimiter {
         self.0.check().map_err(|not_until| {
             metrics::rejected(reason::PUBLISH_RATE);
             let wait = not_until.wait_time_from(self.0.clock().now());
-            ApiError::new(Code::RateLimited, "publish rate over abuse.publish_rate_per_connection")
-                .with_retry(wait)
+            let what = if self.1 {
+                "ephemeral publish rate over abuse.ephemeral_rate_per_connection"
+            } else {
+                "publish rate over abuse.publish_rate_per_connection"
+            };
+            ApiError::new(Code::RateLimited, what).with_retry(wait)
         })
     }
 }

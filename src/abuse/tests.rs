@@ -19,6 +19,8 @@ fn cfg(f: impl FnOnce(&mut AbuseConfig)) -> AbuseConfig {
         max_connections_per_user: 0,
         publish_rate_per_connection: 0,
         publish_burst_per_connection: 0,
+        ephemeral_rate_per_connection: 0,
+        ephemeral_burst_per_connection: 0,
         trusted_proxies: Vec::new(),
         exempt: Vec::new(),
     };

@@ -98,6 +98,11 @@ pub struct AbuseConfig {
     pub publish_rate_per_connection: u32,
     /// Burst above `publish_rate_per_connection`.
     pub publish_burst_per_connection: u32,
+    /// Ephemeral publishes per connection per second (typing indicators,
+    /// cursors); counted apart from stored publishes. 0: no limit.
+    pub ephemeral_rate_per_connection: u32,
+    /// Burst above `ephemeral_rate_per_connection`.
+    pub ephemeral_burst_per_connection: u32,
     /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` names the
     /// client; empty trusts no proxy (the default).
     pub trusted_proxies: Vec<String>,
@@ -119,6 +124,8 @@ impl Default for AbuseConfig {
             max_connections_per_user: 100,
             publish_rate_per_connection: 200,
             publish_burst_per_connection: 1000,
+            ephemeral_rate_per_connection: 20,
+            ephemeral_burst_per_connection: 50,
             trusted_proxies: Vec::new(),
             exempt: vec!["127.0.0.0/8".into(), "::1".into()],
         }

@@ -13,6 +13,7 @@ impl Config {
         }
         self.validate_auth()?;
         self.validate_webhooks()?;
+        self.validate_topics()?;
         if self.history.max_len == 0 {
             return bad("history.max_len", "must be at least 1");
         }

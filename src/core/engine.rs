@@ -51,6 +51,15 @@ pub enum EngineError {
     Full(&'static str),
 }
 
+/// What a publish carries besides its topic and data.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PublishOptions<'a> {
+    /// Deduplicates repeats within the idempotency TTL.
+    pub idempotency_key: Option<&'a str>,
+    /// Coalescing key, stored with the message (`delivery = "latest"`).
+    pub key: Option<&'a str>,
+}
+
 /// The answer to a publish.
 #[derive(Debug, Clone)]
 pub struct Published {
@@ -114,13 +123,30 @@ pub trait Engine: Send + Sync + 'static {
     /// A short name for logs and metrics labels ("memory", "redis").
     fn name(&self) -> &'static str;
 
-    /// Appends `data` (valid JSON text) to `topic`, applying retention.
+    /// Appends `data` (valid JSON text) to `topic`, applying the topic's
+    /// retention; `options.key` is stored with the message and comes back
+    /// on every read of it ([`Message::key`]).
+    async fn publish_with(
+        &self,
+        topic: &Topic,
+        data: Bytes,
+        options: PublishOptions<'_>,
+    ) -> Result<Published, EngineError>;
+
+    /// [`Engine::publish_with`] without a coalescing key.
     async fn publish(
         &self,
         topic: &Topic,
         data: Bytes,
         idempotency_key: Option<&str>,
-    ) -> Result<Published, EngineError>;
+    ) -> Result<Published, EngineError> {
+        self.publish_with(topic, data, PublishOptions { idempotency_key, key: None }).await
+    }
+
+    /// Delivers an ephemeral message (contract §11) to the topic's current
+    /// subscribers on every process: never stored, no id. Resolves once the
+    /// message is handed to the local feed and, with Redis, to Redis.
+    async fn broadcast(&self, message: Arc<Message>) -> Result<(), EngineError>;
 
     /// Up to `limit` messages after `after` ascending; with `after = None`,
     /// the newest `limit` messages ascending. An engine may answer fewer to

@@ -29,13 +29,16 @@ use super::close::Close;
 use super::engine::{Engine, EngineError, Feed};
 use super::mailbox::Mailbox;
 use super::message::{Message, Topic};
+use super::policy::{Delivery, Policies};
 use super::session::Session;
 
 /// The hub's side of a subscriber: its outbox and its session.
 #[derive(Debug, Clone)]
 pub struct SubscriberHandle {
-    pub(super) outbox: Arc<Mailbox>,
-    pub(super) session: Arc<Session>,
+    /// Its outbox.
+    pub outbox: Arc<Mailbox>,
+    /// Its close flag.
+    pub session: Arc<Session>,
 }
 
 /// Registry of local subscribers per topic. Clone = `Arc` bump.
@@ -50,17 +53,26 @@ struct HubInner {
     count: AtomicUsize,
     /// The most topics `topics` may hold.
     max_topics: usize,
+    /// Where each topic's delivery policy comes from (resolved once, when
+    /// the topic gets its first local subscriber).
+    policies: Arc<Policies>,
 }
 
 impl Default for HubInner {
     fn default() -> Self {
-        HubInner { topics: DashMap::new(), count: AtomicUsize::new(0), max_topics: usize::MAX }
+        HubInner {
+            topics: DashMap::new(),
+            count: AtomicUsize::new(0),
+            max_topics: usize::MAX,
+            policies: Arc::default(),
+        }
     }
 }
 
 #[derive(Default)]
 struct TopicSubs {
     subs: RwLock<Slab<SubscriberHandle>>,
+    delivery: Delivery,
 }
 
 /// Where a subscriber sits in the hub; needed to leave.
@@ -77,6 +89,17 @@ impl Hub {
     /// `# Cap`).
     pub fn with_max_topics(max_topics: usize) -> Self {
         Hub { inner: Arc::new(HubInner { max_topics, ..HubInner::default() }) }
+    }
+
+    /// An empty hub holding at most `max_topics` topics, delivering each
+    /// topic by its policy in `policies`.
+    pub fn with_policies(max_topics: usize, policies: Arc<Policies>) -> Self {
+        Hub { inner: Arc::new(HubInner { max_topics, policies, ..HubInner::default() }) }
+    }
+
+    /// The topic policies this hub delivers by.
+    pub fn policies(&self) -> &Arc<Policies> {
+        &self.inner.policies
     }
 
     /// Adds `handle` to `topic`'s subscribers and registers the topic with
@@ -105,7 +128,8 @@ impl Hub {
                 if !admitted {
                     return Err(EngineError::Full("limits.max_topics"));
                 }
-                v.insert(Arc::default())
+                let delivery = self.inner.policies.get(topic.as_str()).delivery;
+                v.insert(Arc::new(TopicSubs { subs: RwLock::default(), delivery }))
             }
         };
         let key = entry.subs.write().insert(handle);
@@ -160,12 +184,23 @@ impl Hub {
         let Some(subs) = self.inner.topics.get(&message.topic).map(|e| Arc::clone(e.value())) else {
             return;
         };
+        let delivery = subs.delivery;
         let subs = subs.subs.read();
         for (_, handle) in subs.iter() {
-            if !handle.outbox.offer(Arc::clone(message)) {
+            if !handle.outbox.offer_with(Arc::clone(message), delivery) {
                 handle.session.close(Close::Slow);
             }
         }
+    }
+
+    /// The local subscribers' outboxes and sessions of `topic` (presence
+    /// events pick their receivers from them).
+    pub fn handles(&self, topic: &Topic) -> Vec<SubscriberHandle> {
+        self.inner
+            .topics
+            .get(topic)
+            .map(|e| e.value().subs.read().iter().map(|(_, h)| h.clone()).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -191,7 +226,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::core::engine::{History, Published};
+    use crate::core::engine::{History, PublishOptions, Published};
     use crate::core::message::MessageId;
     use crate::core::Subscriber;
 
@@ -217,7 +252,10 @@ mod tests {
         fn name(&self) -> &'static str {
             "watches"
         }
-        async fn publish(&self, _: &Topic, _: Bytes, _: Option<&str>) -> Result<Published, EngineError> {
+        async fn publish_with(&self, _: &Topic, _: Bytes, _: PublishOptions<'_>) -> Result<Published, EngineError> {
+            Err(EngineError::Unavailable("not in hub tests".into()))
+        }
+        async fn broadcast(&self, _: Arc<Message>) -> Result<(), EngineError> {
             Err(EngineError::Unavailable("not in hub tests".into()))
         }
         async fn history(&self, _: &Topic, _: Option<MessageId>, _: usize) -> Result<History, EngineError> {
@@ -266,8 +304,8 @@ mod tests {
         assert_eq!(slow.session().closed(), Some(Close::Slow));
         assert_eq!(fast.session().closed(), None);
         let mut got = Vec::new();
-        while let Some(m) = fast.outbox.try_recv() {
-            got.push(m.id.ms);
+        while let Some(crate::core::mailbox::Entry::Message { message, .. }) = fast.outbox.try_recv() {
+            got.push(message.id.ms);
         }
         assert_eq!(got, [1, 2, 3], "the fast subscriber lost nothing");
         assert_eq!(slow.outbox.len(), 2, "the slow one keeps what fit; it resumes by cursor");

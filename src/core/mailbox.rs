@@ -5,9 +5,25 @@
 //! ever offers (never waits), the owner only ever takes, and an idle
 //! connection's outbox is a few words. The queue's buffer is allocated when
 //! the first message arrives and released once a burst has drained, so
-//! thousands of idle subscribers keep none. Offers fail when the outbox
-//! holds `capacity` messages: the hub then closes the session as a slow
-//! consumer, which resumes from its cursor.
+//! thousands of idle subscribers keep none.
+//!
+//! # Full outbox, by delivery policy (contract §11)
+//!
+//! An offer never waits. When the outbox holds `capacity` entries:
+//!
+//! - an **ephemeral** message is dropped (first to go), and a queued one
+//!   makes room for any stored message;
+//! - **lossless**: the offer fails and the hub closes the session as a slow
+//!   consumer, which resumes from its cursor;
+//! - **latest**: a queued message of the same topic and key is replaced
+//!   (at any fill level, so a reader that falls behind only ever has the
+//!   newest per key queued); when full and there is none, the oldest queued
+//!   message of the topic makes room. The entry carries how many were
+//!   replaced (`skipped`). The newest message always goes to the back, so
+//!   each topic stays in id order;
+//! - **drop**: the message is dropped for this subscriber and its range
+//!   remembered; the topic's next message that fits, or the moment the
+//!   outbox runs empty, first yields [`Entry::Dropped`].
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -18,58 +34,212 @@ use std::task::{Context, Poll};
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 
-use super::message::Message;
+use super::message::{Message, MessageId, Topic};
+use super::notice::Notice;
+use super::policy::Delivery;
 
 /// Queue capacity kept after a burst drained; a larger buffer is freed.
 const KEEP: usize = 16;
 
+/// What the owner takes out of a mailbox.
+#[derive(Debug)]
+pub enum Entry {
+    /// A message (stored or ephemeral); `skipped` older messages of its
+    /// topic (and key) were replaced by it (`delivery = "latest"`).
+    Message {
+        /// The message.
+        message: Arc<Message>,
+        /// Messages it replaced.
+        skipped: u64,
+    },
+    /// Messages of a `delivery = "drop"` topic were dropped for this
+    /// subscriber, up to and including `last`.
+    Dropped(Box<Dropped>),
+    /// A presence event.
+    Notice(Arc<Notice>),
+}
+
+/// A range dropped by `delivery = "drop"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    /// The topic.
+    pub topic: Topic,
+    /// The newest id dropped.
+    pub last: MessageId,
+    /// How many were dropped.
+    pub count: u64,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Entry>,
+    /// Ranges dropped and not yet reported (boxed: rare; an idle outbox
+    /// keeps one word for it).
+    drops: Option<Box<Vec<Dropped>>>,
+}
+
 /// One subscriber's bounded outbox.
 #[derive(Debug)]
 pub struct Mailbox {
-    queue: Mutex<VecDeque<Arc<Message>>>,
+    queue: Mutex<Queue>,
     waker: AtomicWaker,
     capacity: usize,
 }
 
+/// Whether an entry holds a stored (not ephemeral) message of `topic` with
+/// coalescing key `key`.
+fn same_key(e: &Entry, topic: &Topic, key: Option<&str>) -> bool {
+    matches!(e, Entry::Message { message, .. }
+        if !message.is_ephemeral() && message.topic == *topic && message.key.as_deref() == key)
+}
+
+fn of_topic(e: &Entry, topic: &Topic) -> bool {
+    matches!(e, Entry::Message { message, .. } if !message.is_ephemeral() && message.topic == *topic)
+}
+
+fn is_ephemeral(e: &Entry) -> bool {
+    matches!(e, Entry::Message { message, .. } if message.is_ephemeral())
+}
+
 impl Mailbox {
-    /// An empty outbox that holds at most `capacity` messages (at least 1).
+    /// An empty outbox that holds at most `capacity` entries (at least 1).
     pub fn new(capacity: usize) -> Self {
-        Mailbox { queue: Mutex::new(VecDeque::new()), waker: AtomicWaker::new(), capacity: capacity.max(1) }
+        Mailbox { queue: Mutex::new(Queue::default()), waker: AtomicWaker::new(), capacity: capacity.max(1) }
     }
 
-    /// Queues `message` and wakes the owner; false (and nothing queued)
-    /// when the outbox is full.
+    /// Queues a lossless `message` and wakes the owner; false (nothing
+    /// queued) when the outbox is full.
     pub fn offer(&self, message: Arc<Message>) -> bool {
+        self.offer_with(message, Delivery::Lossless)
+    }
+
+    /// Queues `message` under its topic's `delivery` policy (see the
+    /// module docs). False only when the subscriber must be closed as slow.
+    pub fn offer_with(&self, message: Arc<Message>, delivery: Delivery) -> bool {
+        let queued = {
+            let mut q = self.queue.lock();
+            match self.place(&mut q, message, delivery) {
+                Placed::Queued => true,
+                Placed::Discarded => return true,
+                Placed::Full => return false,
+            }
+        };
+        if queued {
+            self.waker.wake();
+        }
+        true
+    }
+
+    fn place(&self, q: &mut Queue, message: Arc<Message>, delivery: Delivery) -> Placed {
+        if message.is_ephemeral() {
+            if q.items.len() >= self.capacity {
+                return Placed::Discarded;
+            }
+            q.items.push_back(Entry::Message { message, skipped: 0 });
+            return Placed::Queued;
+        }
+        match delivery {
+            Delivery::Lossless => {
+                if !self.room(q) {
+                    return Placed::Full;
+                }
+                q.items.push_back(Entry::Message { message, skipped: 0 });
+            }
+            Delivery::Latest => {
+                let (topic, key) = (&message.topic, message.key.as_deref());
+                let mut skipped = 0;
+                let replaced = q.items.iter().rposition(|e| same_key(e, topic, key));
+                let evict = replaced.or_else(|| {
+                    (q.items.len() >= self.capacity && !self.drop_ephemeral(q))
+                        .then(|| q.items.iter().position(|e| of_topic(e, topic)))
+                        .flatten()
+                });
+                if let Some(Entry::Message { skipped: s, .. }) = evict.and_then(|i| q.items.remove(i)) {
+                    skipped = s + 1;
+                } else if q.items.len() >= self.capacity {
+                    // Full of other topics' messages: not this topic's doing,
+                    // but nothing of it can make room.
+                    return Placed::Full;
+                }
+                q.items.push_back(Entry::Message { message, skipped });
+            }
+            Delivery::Drop => {
+                if !self.room(q) {
+                    let drops = q.drops.get_or_insert_with(Default::default);
+                    match drops.iter_mut().find(|d| d.topic == message.topic) {
+                        Some(d) => {
+                            d.last = d.last.max(message.id);
+                            d.count += 1;
+                        }
+                        None => drops.push(Dropped { topic: message.topic.clone(), last: message.id, count: 1 }),
+                    }
+                    return Placed::Discarded;
+                }
+                if let Some(d) = take_drop(q, &message.topic) {
+                    q.items.push_back(Entry::Dropped(Box::new(d)));
+                }
+                q.items.push_back(Entry::Message { message, skipped: 0 });
+            }
+        }
+        Placed::Queued
+    }
+
+    /// Room for one more stored message, made by dropping a queued
+    /// ephemeral one if need be.
+    fn room(&self, q: &mut Queue) -> bool {
+        q.items.len() < self.capacity || self.drop_ephemeral(q)
+    }
+
+    fn drop_ephemeral(&self, q: &mut Queue) -> bool {
+        match q.items.iter().position(is_ephemeral) {
+            Some(i) => {
+                q.items.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Queues a presence event; false (nothing queued) when full.
+    pub fn offer_notice(&self, notice: Arc<Notice>) -> bool {
         {
             let mut q = self.queue.lock();
-            if q.len() >= self.capacity {
+            if !self.room(&mut q) {
                 return false;
             }
-            q.push_back(message);
+            q.items.push_back(Entry::Notice(notice));
         }
         self.waker.wake();
         true
     }
 
-    /// The oldest queued message, if any.
-    pub fn try_recv(&self) -> Option<Arc<Message>> {
+    /// The oldest queued entry, if any; once the queue runs empty, the
+    /// ranges dropped meanwhile (the subscriber has caught up).
+    pub fn try_recv(&self) -> Option<Entry> {
         let mut q = self.queue.lock();
-        let m = q.pop_front();
-        if q.is_empty() && q.capacity() > KEEP {
-            *q = VecDeque::new();
+        if let Some(e) = q.items.pop_front() {
+            if q.items.is_empty() && q.items.capacity() > KEEP {
+                q.items = VecDeque::new();
+            }
+            return Some(e);
         }
-        m
+        let drops = q.drops.as_mut()?;
+        let d = drops.pop();
+        if drops.is_empty() {
+            q.drops = None;
+        }
+        d.map(|d| Entry::Dropped(Box::new(d)))
     }
 
-    /// Resolves with the oldest queued message once there is one. Only the
+    /// Resolves with the oldest queued entry once there is one. Only the
     /// owning task should wait (one waker is kept).
     pub fn recv(&self) -> Recv<'_> {
         Recv(self)
     }
 
-    /// Messages queued.
+    /// Entries queued.
     pub fn len(&self) -> usize {
-        self.queue.lock().len()
+        self.queue.lock().items.len()
     }
 
     /// True when nothing is queued.
@@ -78,14 +248,31 @@ impl Mailbox {
     }
 }
 
+fn take_drop(q: &mut Queue, topic: &Topic) -> Option<Dropped> {
+    let drops = q.drops.as_mut()?;
+    let i = drops.iter().position(|d| d.topic == *topic)?;
+    let d = drops.swap_remove(i);
+    if drops.is_empty() {
+        q.drops = None;
+    }
+    Some(d)
+}
+
+enum Placed {
+    Queued,
+    /// Not queued, by policy (nothing to wake for).
+    Discarded,
+    Full,
+}
+
 /// Future of [`Mailbox::recv`].
 #[derive(Debug)]
 pub struct Recv<'a>(&'a Mailbox);
 
 impl Future for Recv<'_> {
-    type Output = Arc<Message>;
+    type Output = Entry;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Arc<Message>> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Entry> {
         if let Some(m) = self.0.try_recv() {
             return Poll::Ready(m);
         }
@@ -99,41 +286,4 @@ impl Future for Recv<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use bytes::Bytes;
-
-    use super::*;
-    use crate::core::message::{MessageId, Topic};
-
-    fn m(n: u64) -> Arc<Message> {
-        Arc::new(Message::new(Topic::new("t").unwrap(), MessageId::new(n, 0), n, Bytes::from_static(b"1")))
-    }
-
-    #[test]
-    fn bounded_fifo_that_frees_its_buffer_after_a_burst() {
-        let b = Mailbox::new(100);
-        assert!(b.try_recv().is_none());
-        for n in 0..100 {
-            assert!(b.offer(m(n)));
-        }
-        assert!(!b.offer(m(100)), "full at its capacity");
-        assert_eq!(b.len(), 100);
-        for n in 0..100 {
-            assert_eq!(b.try_recv().map(|m| m.id.ms), Some(n));
-        }
-        assert!(b.is_empty());
-        assert_eq!(b.queue.lock().capacity(), 0, "the burst's buffer is freed");
-        assert!(Mailbox::new(0).offer(m(1)), "capacity is at least 1");
-    }
-
-    #[tokio::test]
-    async fn recv_wakes_on_an_offer_from_another_task() {
-        let b = Arc::new(Mailbox::new(4));
-        let b2 = Arc::clone(&b);
-        let waiter = tokio::spawn(async move { b2.recv().await.id.ms });
-        tokio::task::yield_now().await;
-        assert!(b.offer(m(7)));
-        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await;
-        assert_eq!(got.expect("woken").expect("task"), 7);
-    }
-}
+mod tests;

@@ -170,6 +170,16 @@ pub enum Wire {
     GrpcSingle = 4,
 }
 
+impl Wire {
+    /// An ephemeral message has no cursor, so its frame for each transport
+    /// lives in that transport's single-topic slot.
+    pub const EPHEMERAL_WS: Wire = Wire::WsSingle;
+    /// See [`Wire::EPHEMERAL_WS`].
+    pub const EPHEMERAL_SSE: Wire = Wire::SseSingle;
+    /// See [`Wire::EPHEMERAL_WS`].
+    pub const EPHEMERAL_GRPC: Wire = Wire::GrpcSingle;
+}
+
 const WIRE_SLOTS: usize = 5;
 
 /// One published message. Shared as `Arc<Message>` from the engine through
@@ -185,7 +195,23 @@ pub struct Message {
     pub data: Bytes,
     /// Monotonic time the gateway accepted or first saw it; for latency metrics.
     pub seen: tokio::time::Instant,
+    /// The publisher's coalescing key (`delivery = "latest"` keeps the
+    /// newest message per key); stored with the message.
+    pub key: Option<Arc<str>>,
+    /// Set on an ephemeral message (contract §11): never stored, no id, no
+    /// cursor. `id` and `ts` are then the acceptance time only.
+    pub ephemeral: Option<Box<Ephemeral>>,
     wire: [OnceLock<Bytes>; WIRE_SLOTS],
+}
+
+/// Who sent an ephemeral message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ephemeral {
+    /// The publishing connection's id (0: not a connection), so it is not
+    /// echoed back to it.
+    pub origin: u64,
+    /// The publisher's user id, shown to receivers as `user`.
+    pub user: Option<Arc<str>>,
 }
 
 impl fmt::Debug for Message {
@@ -202,7 +228,35 @@ impl fmt::Debug for Message {
 impl Message {
     /// Builds a message; `data` must already be valid JSON text.
     pub fn new(topic: Topic, id: MessageId, ts: u64, data: Bytes) -> Self {
-        Message { topic, id, ts, data, seen: tokio::time::Instant::now(), wire: Default::default() }
+        Message {
+            topic,
+            id,
+            ts,
+            data,
+            seen: tokio::time::Instant::now(),
+            key: None,
+            ephemeral: None,
+            wire: Default::default(),
+        }
+    }
+
+    /// The same message with a coalescing key.
+    pub fn with_key(mut self, key: Option<Arc<str>>) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// An ephemeral message from `origin` (see [`Ephemeral`]).
+    pub fn ephemeral(topic: Topic, data: Bytes, from: Ephemeral) -> Self {
+        let ts = now_ms();
+        let mut m = Message::new(topic, MessageId::ZERO, ts, data);
+        m.ephemeral = Some(Box::new(from));
+        m
+    }
+
+    /// True for an ephemeral message.
+    pub fn is_ephemeral(&self) -> bool {
+        self.ephemeral.is_some()
     }
 
     /// The cached encoding for `wire`, computed by `encode` on first use.

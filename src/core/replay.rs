@@ -35,6 +35,9 @@ pub struct Gap {
     /// or `after` itself when the history is gone); the subscriber's cursor
     /// moves here.
     pub resume_from: MessageId,
+    /// True when the range was dropped for this subscriber by
+    /// `delivery = "drop"` (still in history), not trimmed.
+    pub dropped: bool,
 }
 
 impl Gap {
@@ -42,7 +45,11 @@ impl Gap {
     /// braces: every wire's gap notice is built from them (topic and id
     /// alphabets need no escaping).
     pub fn json_fields(&self) -> String {
-        format!("\"topic\":\"{}\",\"after\":\"{}\",\"oldest\":\"{}\"", self.topic, self.after, self.oldest)
+        let reason = if self.dropped { ",\"reason\":\"dropped\"" } else { "" };
+        format!(
+            "\"topic\":\"{}\",\"after\":\"{}\",\"oldest\":\"{}\"{reason}",
+            self.topic, self.after, self.oldest
+        )
     }
 
     /// The gap as a JSON object (SSE `event: gap` data, long-poll `gaps`).
@@ -59,7 +66,7 @@ impl Gap {
         }
         let oldest = history.oldest.or_else(|| after.successor()).unwrap_or(after);
         let resume_from = history.trimmed.map_or(after, |t| after.max(t));
-        Some(Gap { topic: topic.clone(), after, oldest, resume_from })
+        Some(Gap { topic: topic.clone(), after, oldest, resume_from, dropped: false })
     }
 }
 

@@ -21,11 +21,39 @@ use super::close::Close;
 ///
 /// Waiting is an atomic load plus an [`AtomicWaker`] registration: the
 /// owning task polls it on every wake-up, so it must not take a lock.
-#[derive(Default)]
 pub struct Session {
     reason: AtomicU8,
     waker: AtomicWaker,
     kill: std::sync::OnceLock<Arc<dyn Kill>>,
+    id: u64,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session {
+            reason: AtomicU8::new(0),
+            waker: AtomicWaker::new(),
+            kill: std::sync::OnceLock::new(),
+            id: next_id(),
+        }
+    }
+}
+
+/// A connection id unique across processes with high probability: this
+/// process's random 24-bit tag over a 40-bit counter.
+fn next_id() -> u64 {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::OnceLock;
+    static TAG: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let tag = *TAG.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        h.write_u32(std::process::id());
+        (h.finish() & 0xff_ffff).max(1)
+    });
+    (tag << 40) | (NEXT.fetch_add(1, Ordering::Relaxed) & ((1 << 40) - 1))
 }
 
 impl std::fmt::Debug for Session {
@@ -57,6 +85,17 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The connection's id: unique across processes (with high
+    /// probability), never 0. Presence shows it as `client` (hex).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The id as presence and the admin API show it: 16 hex digits.
+    pub fn client_id(&self) -> String {
+        format!("{:016x}", self.id)
     }
 
     /// Installs the connection's kill switch (once).
@@ -133,6 +172,23 @@ impl Sessions {
         for (_, s) in inner.live.iter() {
             s.close(reason);
         }
+    }
+
+    /// Closes the live session with id `id` for `reason`; false when none has it.
+    pub fn close_one(&self, id: u64, reason: Close) -> bool {
+        let inner = self.inner.lock();
+        match inner.live.iter().find(|(_, s)| s.id() == id) {
+            Some((_, s)) => {
+                s.close(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The live sessions (for the admin API; walks the registry).
+    pub fn snapshot(&self) -> Vec<Arc<Session>> {
+        self.inner.lock().live.iter().map(|(_, s)| Arc::clone(s)).collect()
     }
 
     /// Number of live sessions.

@@ -29,6 +29,7 @@ pub struct Built {
 pub fn build(
     config: &Config,
     listener: Arc<dyn Feed>,
+    policies: &Arc<crate::core::policy::Policies>,
     shutdown: &Shutdown,
     routes: Option<Routes>,
 ) -> Result<Built, EngineError> {
@@ -41,6 +42,7 @@ pub fn build(
                 idempotency_max_keys: config.idempotency.max_keys_per_topic,
                 max_topics: config.limits.max_topics,
                 max_retained_bytes: config.memory.max_retained_bytes,
+                policies: Some(Arc::clone(policies)),
             };
             let engine: Arc<dyn Engine> = memory::MemoryEngine::start(opts, listener, shutdown);
             Ok(match routes {
@@ -66,6 +68,7 @@ pub fn build(
                 op_timeout: r.op_timeout,
                 block: r.block,
                 routes: routes.clone(),
+                policies: Some(Arc::clone(policies)),
             };
             let engine = redis::RedisEngine::start(opts, listener, shutdown)?;
             let outbox = routes.map(|routes| {
@@ -134,13 +137,19 @@ impl Engine for Metered {
         self.engine.name()
     }
 
-    async fn publish(
+    async fn publish_with(
         &self,
         topic: &crate::core::Topic,
         data: bytes::Bytes,
-        idempotency_key: Option<&str>,
+        options: crate::core::PublishOptions<'_>,
     ) -> Result<crate::core::Published, EngineError> {
-        let r = self.engine.publish(topic, data, idempotency_key).await;
+        let r = self.engine.publish_with(topic, data, options).await;
+        self.record(EngineOp::Publish, &r);
+        r
+    }
+
+    async fn broadcast(&self, message: Arc<crate::core::Message>) -> Result<(), EngineError> {
+        let r = self.engine.broadcast(message).await;
         self.record(EngineOp::Publish, &r);
         r
     }

@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::core::outbox::{DeadLetter, Entry, EntryRef, Outbox, Routes};
-use crate::core::{Engine, EngineError, History, Message, MessageId, Published, Topic};
+use crate::core::{Engine, EngineError, History, Message, MessageId, PublishOptions, Published, Topic};
 
 /// Dead letters the embedded outbox keeps; past it the oldest is dropped
 /// (counted and logged).
@@ -250,9 +250,14 @@ impl Engine for Enqueuing {
         self.engine.name()
     }
 
-    async fn publish(&self, topic: &Topic, data: Bytes, key: Option<&str>) -> Result<Published, EngineError> {
+    async fn publish_with(
+        &self,
+        topic: &Topic,
+        data: Bytes,
+        options: PublishOptions<'_>,
+    ) -> Result<Published, EngineError> {
         if !self.routes.matches(topic) {
-            return self.engine.publish(topic, data, key).await;
+            return self.engine.publish_with(topic, data, options).await;
         }
         {
             let mut log = self.outbox.log.lock();
@@ -273,7 +278,7 @@ impl Engine for Enqueuing {
         }
         let reservation = Reservation(&self.outbox);
         let order = self.order.lock().await;
-        let published = self.engine.publish(topic, data.clone(), key).await?;
+        let published = self.engine.publish_with(topic, data.clone(), options).await?;
         if !published.duplicate {
             // Exactly the data's bytes: `data` may be a slice of a much
             // bigger buffer (hyper's read buffer) that would stay alive.
@@ -288,6 +293,11 @@ impl Engine for Enqueuing {
         }
         drop(order);
         Ok(published)
+    }
+
+    async fn broadcast(&self, message: Arc<Message>) -> Result<(), EngineError> {
+        // Ephemeral messages are never stored, so never routed to webhooks.
+        self.engine.broadcast(message).await
     }
 
     async fn history(

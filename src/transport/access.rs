@@ -30,12 +30,14 @@ pub(crate) struct Access {
     open: Option<OpenGuard>,
     /// The connection's publish rate, made at its first publish.
     limiter: Option<Box<PublishLimiter>>,
+    /// Ephemeral publishes of this connection (made on first use).
+    ephemeral: Option<Box<PublishLimiter>>,
 }
 
 impl Access {
     /// Access with `grants` from `ip`.
     pub(crate) fn new(grants: Arc<Grants>, ip: IpAddr) -> Access {
-        Access { grants, ip, open: None, limiter: None }
+        Access { grants, ip, open: None, limiter: None, ephemeral: None }
     }
 
     /// Everything, from nowhere: unit tests and internal streams.
@@ -77,13 +79,7 @@ impl Access {
         topic: &Topic,
         per_connection: bool,
     ) -> Result<(), ApiError> {
-        if !self.grants.can_publish(topic.as_str()) {
-            crate::metrics::rejected("forbidden");
-            return Err(ApiError::new(
-                Code::Forbidden,
-                format!("the token does not allow publishing to {}", topic.as_str()),
-            ));
-        }
+        self.may_publish_to(state, topic, per_connection)?;
         if self.grants.principal == Principal::ApiKey || state.abuse.exempt(self.ip) {
             return Ok(());
         }
@@ -100,6 +96,58 @@ impl Access {
                 "publish rate over abuse.publish_rate_per_connection",
             )
             .with_retry(wait));
+        }
+        Ok(())
+    }
+
+    /// [`Access::may_publish`] for an ephemeral publish (contract §11): the
+    /// same grants and policy, then a rate of its own,
+    /// `abuse.ephemeral_rate_per_connection` (per connection; for HTTP per
+    /// client IP, as stored publishes).
+    pub(crate) fn may_publish_ephemeral(
+        &mut self,
+        state: &AppState,
+        topic: &Topic,
+        per_connection: bool,
+    ) -> Result<(), ApiError> {
+        if !per_connection {
+            return self.may_publish(state, topic, false);
+        }
+        self.may_publish_to(state, topic, true)?;
+        if self.grants.principal == Principal::ApiKey || state.abuse.exempt(self.ip) {
+            return Ok(());
+        }
+        if self.ephemeral.is_none() {
+            self.ephemeral = state.abuse.ephemeral_limiter().map(Box::new);
+        }
+        match &self.ephemeral {
+            Some(limiter) => limiter.check(),
+            None => Ok(()),
+        }
+    }
+
+    /// The grants and the topic's `client_publish` policy.
+    fn may_publish_to(&self, state: &AppState, topic: &Topic, per_connection: bool) -> Result<(), ApiError> {
+        if !self.grants.can_publish(topic.as_str()) {
+            crate::metrics::rejected("forbidden");
+            return Err(ApiError::new(
+                Code::Forbidden,
+                format!("the token does not allow publishing to {}", topic.as_str()),
+            ));
+        }
+        // `client_publish = false`: API keys only; with auth off, only the
+        // server-to-server requests (HTTP, gRPC `Publish`), not client streams.
+        let client = match self.grants.principal {
+            Principal::ApiKey => false,
+            Principal::User => true,
+            Principal::Anonymous => per_connection,
+        };
+        if client && !state.bus.hub.policies().get(topic.as_str()).client_publish {
+            crate::metrics::rejected("forbidden");
+            return Err(ApiError::new(
+                Code::Forbidden,
+                format!("only API keys may publish to {} (topic policy client_publish = false)", topic.as_str()),
+            ));
         }
         Ok(())
     }

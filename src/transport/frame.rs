@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use thiserror::Error;
 
-use super::ops::{Op, Reply};
+use super::ops::{Op, PublishOp, Reply};
 use crate::core::message::{write_id, write_u64};
 use crate::core::replay::Gap;
 use crate::core::{Message, MessageId, Topic};
@@ -49,6 +49,14 @@ struct RawFrame<'a> {
     /// Publish: makes a retry safe (checked like the HTTP
     /// `Idempotency-Key` header, by the publish path).
     idempotency_key: Option<String>,
+    /// Publish: the coalescing key (`delivery = "latest"`).
+    key: Option<String>,
+    /// Publish: to current subscribers only (contract §11).
+    #[serde(default)]
+    ephemeral: bool,
+    /// Subscribe: also the topic's presence events.
+    #[serde(default)]
+    presence: bool,
 }
 
 /// Keeps an explicit `null` as `Some("null")`: null is valid `data`.
@@ -79,7 +87,7 @@ pub(crate) fn parse(text: &str, max_data: usize) -> Result<(Option<Ref>, Op), Fr
                     fail(Code::BadRequest, "after must be a message id <ms>-<seq>", r.clone())
                 })?),
             };
-            Ok((r, Op::Subscribe { topic, after }))
+            Ok((r, Op::Subscribe { topic, after, presence: raw.presence }))
         }
         Some("unsubscribe") => {
             let topic = topic(&r)?;
@@ -92,7 +100,12 @@ pub(crate) fn parse(text: &str, max_data: usize) -> Result<(Option<Ref>, Op), Fr
                 return Err(fail(Code::TooLarge, "data over limits.max_message_bytes", r));
             }
             let data = Bytes::copy_from_slice(data.get().as_bytes());
-            Ok((r, Op::Publish { topic, data, key: raw.idempotency_key }))
+            let options = PublishOp { idempotency_key: raw.idempotency_key, key: raw.key, ephemeral: raw.ephemeral };
+            Ok((r, Op::Publish { topic, data, options }))
+        }
+        Some("presence") => {
+            let topic = topic(&r)?;
+            Ok((r, Op::Presence { topic }))
         }
         Some("ping") => Ok((r, Op::Ping)),
         Some("refresh") => {
@@ -165,7 +178,7 @@ pub(crate) fn reply(r: Option<&RawValue>, reply: &Reply) -> String {
         Reply::Gap(g) => gap(g),
         Reply::Subscribed { recovered } => ack_subscribe(r, *recovered),
         Reply::Published(p) => ack_publish(r, p.id),
-        Reply::Done => ack(r),
+        Reply::Done | Reply::Broadcast => ack(r),
         Reply::Pong => pong(r),
         Reply::Error(e) => error(r, e.code, &e.message),
     }
@@ -182,6 +195,42 @@ pub fn message(m: &Message, cursor: &str) -> Vec<u8> {
 /// About the length of [`message`]'s frame, to reserve.
 pub fn message_len(m: &Message, cursor: &str) -> usize {
     m.data.len() + m.topic.as_str().len() + cursor.len() + 80
+}
+
+/// [`message`] with `"skipped":N` (`delivery = "latest"`), or without it
+/// when `skipped` is 0.
+pub fn message_skipped(m: &Message, cursor: &str, skipped: u64) -> Vec<u8> {
+    let mut out = message(m, cursor);
+    if skipped > 0 {
+        out.pop();
+        out.extend_from_slice(b",\"skipped\":");
+        write_u64(&mut out, skipped);
+        out.push(b'}');
+    }
+    out
+}
+
+/// The frame of an ephemeral message (contract §11):
+/// `{"op":"message","topic":T,"data":D,"ephemeral":true,"user":U?}`.
+pub fn ephemeral(m: &Message) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.data.len() + m.topic.as_str().len() + 64);
+    out.extend_from_slice(b"{\"op\":\"message\",\"topic\":\"");
+    out.extend_from_slice(m.topic.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"data\":");
+    out.extend_from_slice(&m.data);
+    out.extend_from_slice(b",\"ephemeral\":true");
+    write_user(&mut out, m);
+    out.push(b'}');
+    out
+}
+
+/// Appends `,"user":U` for an ephemeral message with a known sender.
+pub fn write_user(out: &mut Vec<u8>, m: &Message) {
+    if let Some(user) = m.ephemeral.as_ref().and_then(|e| e.user.as_deref()) {
+        out.extend_from_slice(b",\"user\":");
+        // A user id is any string: JSON-escaped.
+        out.extend_from_slice(serde_json::to_string(user).unwrap_or_else(|_| "null".into()).as_bytes());
+    }
 }
 
 /// Appends [`message`]'s frame to `out`.
@@ -206,17 +255,18 @@ mod tests {
     #[test]
     fn parses_ops() {
         match parse(r#"{"op":"publish","topic":"t","data":{"b":1,  "a":[2]},"ref":7}"#, 100).unwrap() {
-            (r, Op::Publish { topic, data, key }) => {
+            (r, Op::Publish { topic, data, options }) => {
                 assert_eq!(topic.as_str(), "t");
                 assert_eq!(&data[..], br#"{"b":1,  "a":[2]}"#);
                 assert_eq!(r.unwrap().get(), "7");
-                assert_eq!(key, None);
+                assert_eq!(options.idempotency_key, None);
+                assert_eq!((options.key, options.ephemeral), (None, false));
             }
             other => panic!("{other:?}"),
         }
         assert!(matches!(
             parse(r#"{"op":"publish","topic":"t","data":1,"idempotency_key":"k-1"}"#, 100).unwrap(),
-            (_, Op::Publish { key: Some(k), .. }) if k == "k-1"
+            (_, Op::Publish { options: PublishOp { idempotency_key: Some(k), .. }, .. }) if k == "k-1"
         ));
         assert!(matches!(
             parse(r#"{"op":"publish","topic":"t","data":null}"#, 100).unwrap(),

@@ -8,6 +8,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use super::{access, ops, request};
+use crate::core::message::Ephemeral;
+use crate::core::PublishOptions;
 use crate::error::{ApiError, Code};
 use crate::metrics::Transport;
 use crate::state::{AppState, ClientIp};
@@ -28,7 +30,20 @@ pub(crate) async fn publish(
     body: Body,
 ) -> Result<Response, ApiError> {
     let topic = request::topic(&name)?;
-    access::http(&state, ip, &headers, query.as_deref(), false)?.may_publish(&state, &topic, false)?;
+    let (mut key, mut ephemeral) = (None, false);
+    for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes()) {
+        match &*k {
+            "key" => key = Some(v.into_owned()),
+            "ephemeral" => ephemeral = request::flag(&v, "ephemeral")?,
+            _ => {}
+        }
+    }
+    let mut access = access::http(&state, ip, &headers, query.as_deref(), false)?;
+    if ephemeral {
+        access.may_publish_ephemeral(&state, &topic, false)?;
+    } else {
+        access.may_publish(&state, &topic, false)?;
+    }
     let max = state.config.limits.max_message_bytes;
     let too_large = || ApiError::new(Code::TooLarge, format!("body over {max} bytes"));
     let declared =
@@ -37,9 +52,16 @@ pub(crate) async fn publish(
         return Err(too_large());
     }
     // Checked (with the data) by the one publish path.
-    let key = headers.get("idempotency-key").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let idem = headers.get("idempotency-key").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let body = axum::body::to_bytes(body, max).await.map_err(|_| too_large())?;
-    let published = ops::publish(&state, Transport::Http, &topic, body, key.as_deref()).await?;
+    if ephemeral {
+        let from = Ephemeral { origin: 0, user: access.grants.user.clone() };
+        ops::publish_ephemeral(&state, Transport::Http, &topic, body, from).await?;
+        let body = serde_json::json!({"topic": topic.as_str(), "ephemeral": true});
+        return Ok(json(body.to_string().into_bytes()));
+    }
+    let options = PublishOptions { idempotency_key: idem.as_deref(), key: key.as_deref() };
+    let published = ops::publish(&state, Transport::Http, &topic, body, options).await?;
     let body = serde_json::json!({"topic": topic.as_str(), "id": published.id, "ts": published.ts});
     Ok(json(body.to_string().into_bytes()))
 }

@@ -11,7 +11,10 @@ use smallvec::SmallVec;
 use super::subscription::{SubscribeError, Subscription};
 use super::{access, request};
 use crate::core::replay::Gap;
-use crate::core::{Close, MessageId, Published, Topic};
+use std::sync::Arc;
+
+use crate::core::message::Ephemeral;
+use crate::core::{Close, Message, MessageId, PublishOptions, Published, Topic};
 use crate::error::{ApiError, Code};
 use crate::metrics::{self, Transport};
 use crate::state::AppState;
@@ -25,6 +28,8 @@ pub(crate) enum Op {
         topic: Topic,
         /// Resume after this id.
         after: Option<MessageId>,
+        /// Also the topic's presence events.
+        presence: bool,
     },
     /// Leave `topic`.
     Unsubscribe {
@@ -37,8 +42,13 @@ pub(crate) enum Op {
         topic: Topic,
         /// The JSON text of `data`.
         data: Bytes,
-        /// Idempotency key, when the wire has one.
-        key: Option<String>,
+        /// Keys and flags.
+        options: PublishOp,
+    },
+    /// Who is present in `topic`.
+    Presence {
+        /// Topic.
+        topic: Topic,
     },
     /// Liveness check.
     Ping,
@@ -48,6 +58,17 @@ pub(crate) enum Op {
         /// The new token.
         token: String,
     },
+}
+
+/// A publish's keys and flags, as a wire carries them.
+#[derive(Debug, Default)]
+pub(crate) struct PublishOp {
+    /// Idempotency key.
+    pub(crate) idempotency_key: Option<String>,
+    /// Coalescing key (`delivery = "latest"`).
+    pub(crate) key: Option<String>,
+    /// To current subscribers only (contract §11).
+    pub(crate) ephemeral: bool,
 }
 
 /// What an op answers, in order.
@@ -62,6 +83,8 @@ pub(crate) enum Reply {
     },
     /// A publish was accepted.
     Published(Published),
+    /// An ephemeral publish was handed to every process.
+    Broadcast,
     /// An unsubscribe or a refresh was carried out.
     Done,
     /// The answer to a ping.
@@ -100,20 +123,39 @@ pub(crate) async fn handle(
             sub.leave(&topic);
             out.push(Reply::Done);
         }
-        Op::Publish { topic, data, key } => {
+        Op::Publish { topic, data, options } if options.ephemeral => {
+            if let Err(e) = sub.access_mut().may_publish_ephemeral(state, &topic, true) {
+                out.push(Reply::Error(e));
+                return Ok(out);
+            }
+            let from = Ephemeral { origin: sub.id(), user: sub.access().grants.user.clone() };
+            match publish_ephemeral(state, transport, &topic, data, from).await {
+                Ok(()) => out.push(Reply::Broadcast),
+                Err(e) if e.code == Code::TooLarge => return Err(Close::TooLarge),
+                Err(e) => out.push(Reply::Error(e)),
+            }
+        }
+        Op::Publish { topic, data, options } => {
             if let Err(e) = sub.access_mut().may_publish(state, &topic, true) {
                 out.push(Reply::Error(e));
                 return Ok(out);
             }
-            match publish(state, transport, &topic, data, key.as_deref()).await {
+            let opts = PublishOptions { idempotency_key: options.idempotency_key.as_deref(), key: options.key.as_deref() };
+            match publish(state, transport, &topic, data, opts).await {
                 Ok(p) => out.push(Reply::Published(p)),
                 // Contract §4: a message over the limit closes the connection.
                 Err(e) if e.code == Code::TooLarge => return Err(Close::TooLarge),
                 Err(e) => out.push(Reply::Error(e)),
             }
         }
-        Op::Subscribe { topic, after } => match sub.subscribe(topic, after).await {
+        Op::Presence { topic } => {
+            out.push(Reply::Error(ApiError::new(Code::BadRequest, format!("no presence for {}", topic.as_str()))))
+        }
+        Op::Subscribe { topic, after, presence } => match sub.subscribe(topic.clone(), after).await {
             Ok(done) => {
+                if presence {
+                    sub.want_presence(&topic, true);
+                }
                 out.extend(done.gap.map(Reply::Gap));
                 out.push(Reply::Subscribed { recovered: done.recovered });
             }
@@ -132,15 +174,38 @@ pub(crate) async fn publish(
     transport: Transport,
     topic: &Topic,
     data: Bytes,
-    key: Option<&str>,
+    options: PublishOptions<'_>,
 ) -> Result<Published, ApiError> {
-    if let Some(key) = key {
+    if let Some(key) = options.idempotency_key {
         request::check_idempotency_key(key.as_bytes())?;
     }
+    if let Some(key) = options.key {
+        request::check_coalescing_key(key)?;
+    }
     let data = request::check_data(data, state.config.limits.max_message_bytes)?;
-    let published = state.bus.engine.publish(topic, data, key).await?;
+    let published = state.bus.engine.publish_with(topic, data, options).await?;
     if !published.duplicate {
         metrics::published(transport);
     }
     Ok(published)
+}
+
+/// Delivers `data` on `topic` as an ephemeral message (contract §11) to the
+/// current subscribers of every process, after the same checks as
+/// [`publish`]; the caller checked grants and rate
+/// ([`access::Access::may_publish_ephemeral`]).
+pub(crate) async fn publish_ephemeral(
+    state: &AppState,
+    transport: Transport,
+    topic: &Topic,
+    data: Bytes,
+    from: Ephemeral,
+) -> Result<(), ApiError> {
+    let data = request::check_data(data, state.config.limits.max_message_bytes)?;
+    // Exactly the data's bytes: it may be a slice of a read buffer.
+    let data = Bytes::copy_from_slice(&data);
+    let message = Arc::new(Message::ephemeral(topic.clone(), data, from));
+    state.bus.engine.broadcast(message).await?;
+    metrics::published_ephemeral(transport);
+    Ok(())
 }

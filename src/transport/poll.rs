@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use super::access;
 use super::request::{self, Topics};
 use crate::core::replay::Gap;
+use crate::core::policy::Delivery;
 use crate::core::{Cursor, MessageId, Topic};
 use crate::error::{ApiError, Code};
 use crate::metrics::{self, Transport};
@@ -90,7 +91,8 @@ pub(crate) async fn poll(
             _ = session.wait_closed() => return Ok(answer(Batch::default(), &cursor)),
             _ = tokio::time::sleep_until(deadline) => return Ok(answer(Batch::default(), &cursor)),
             _ = sub.0.outbox.recv() => {
-                // Whatever is queued is also in history; drop it and read there.
+                // Whatever is queued is also in history (ephemeral messages
+                // are not carried by long polling); drop it and read there.
                 while sub.0.outbox.try_recv().is_some() {}
             }
         }
@@ -201,6 +203,9 @@ async fn read_topic(
     batch: &mut Batch,
 ) -> Result<(MessageId, bool), ApiError> {
     let engine = &state.bus.engine;
+    if state.bus.hub.policies().get(topic.as_str()).delivery == Delivery::Latest {
+        return read_latest(state, topic, after, want, batch).await;
+    }
     let history = engine.history(topic, Some(after), want).await?;
     let mut pos = after;
     let gap = Gap::in_history(topic, after, &history);
@@ -224,6 +229,61 @@ async fn read_topic(
         return Ok((history.trimmed.unwrap_or(MessageId::ZERO), false));
     }
     Ok((pos, history.messages.len() >= want))
+}
+
+/// Messages of a `delivery = "latest"` topic read for one poll at most: a
+/// backlog longer than this is coalesced in parts.
+const LATEST_READ_MAX: usize = 10_000;
+
+/// [`read_topic`] for a `delivery = "latest"` topic: the backlog after
+/// `after` (up to [`LATEST_READ_MAX`]) coalesced to the newest message per
+/// key, each with `"skipped":N`, up to `want` of them in id order.
+async fn read_latest(
+    state: &AppState,
+    topic: &Topic,
+    after: MessageId,
+    want: usize,
+    batch: &mut Batch,
+) -> Result<(MessageId, bool), ApiError> {
+    let engine = &state.bus.engine;
+    let page = state.bus.replay_page.max(want);
+    let mut read = Vec::new();
+    let mut pos = after;
+    let mut more = true;
+    while more && read.len() < LATEST_READ_MAX {
+        let history = engine.history(topic, Some(pos), page).await?;
+        if let Some(gap) = Gap::in_history(topic, pos, &history) {
+            batch.gaps.push(gap.json());
+            // Lost history (see read_topic): go on from what the topic has now.
+            let lost = gap.resume_from == pos;
+            pos = if lost { history.trimmed.unwrap_or(MessageId::ZERO) } else { gap.resume_from };
+        }
+        more = history.messages.len() >= page || history.cut;
+        let before = read.len();
+        read.extend(history.messages.into_iter().filter(|m| m.id > pos));
+        match read.last() {
+            Some(m) if read.len() > before => pos = m.id,
+            _ => break,
+        }
+    }
+    let kept = crate::transport::subscription::coalesce(read);
+    let full = more || kept.len() > want;
+    let mut last = None;
+    for (m, skipped) in kept.into_iter().take(want) {
+        let mut json = Vec::with_capacity(m.data.len() + 96);
+        m.write_json(&mut json);
+        if skipped > 0 {
+            json.pop();
+            json.extend_from_slice(b",\"skipped\":");
+            crate::core::message::write_u64(&mut json, skipped);
+            json.push(b'}');
+            metrics::skipped(Transport::Poll, skipped);
+        }
+        batch.messages.push(Bytes::from(json));
+        last = Some(m.id);
+    }
+    // All kept: everything read is delivered or superseded.
+    Ok((if full { last.unwrap_or(pos) } else { pos }, full))
 }
 
 fn answer(batch: Batch, cursor: &Cursor) -> Response {

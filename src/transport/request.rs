@@ -64,6 +64,24 @@ pub(crate) fn check_idempotency_key(key: &[u8]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A boolean query parameter: `true`/`1` or `false`/`0`.
+pub(crate) fn flag(v: &str, name: &str) -> Result<bool, ApiError> {
+    match v {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(ApiError::new(Code::BadRequest, format!("{name} must be true, false, 1 or 0"))),
+    }
+}
+
+/// Checks a coalescing key (`delivery = "latest"`): 1 to 256 bytes, no
+/// control characters.
+pub(crate) fn check_coalescing_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.chars().any(char::is_control) {
+        return Err(ApiError::new(Code::BadRequest, "key must be 1 to 256 bytes without control characters"));
+    }
+    Ok(())
+}
+
 /// Checks a message's `data`: at most `max` bytes (`too_large`) of one JSON
 /// value (`bad_request`). Returns the value without surrounding whitespace,
 /// otherwise byte for byte.
@@ -121,6 +139,8 @@ pub(crate) struct Topics {
     pub(crate) topics: Vec<Topic>,
     /// The resume cursor (`Last-Event-ID` / `lastEventId` / `cursor`).
     pub(crate) cursor: Option<Cursor>,
+    /// `presence=1`: the topics' presence events are wanted too.
+    pub(crate) presence: bool,
 }
 
 impl Topics {
@@ -155,9 +175,12 @@ impl Topics {
     ) -> Result<Self, ApiError> {
         let mut set = TopicSet::new(max);
         let mut cursor_text = header_cursor.map(str::to_owned);
+        let mut presence = false;
         for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             if k == "topic" {
                 set.add(&v)?;
+            } else if k == "presence" {
+                presence = flag(&v, "presence")?;
             } else if cursor_params.contains(&&*k) && cursor_text.is_none() && !v.is_empty() {
                 cursor_text = Some(v.into_owned());
             }
@@ -168,6 +191,7 @@ impl Topics {
         if let Some(c) = cursor_text {
             parsed.cursor = Some(cursor(&c)?);
         }
+        parsed.presence = presence;
         Ok(parsed)
     }
 }
@@ -197,7 +221,7 @@ impl TopicSet {
 
     fn finish(self, cursor: Option<Cursor>, min: usize) -> Result<Topics, ApiError> {
         check_topic_count(self.topics.len(), min, self.max)?;
-        Ok(Topics { topics: self.topics, cursor })
+        Ok(Topics { topics: self.topics, cursor, presence: false })
     }
 }
 

@@ -56,6 +56,11 @@ pub(crate) async fn stream(
     let mut sub = Subscription::new(&state, Transport::Sse, GapReport::Event, access);
     sub.session().set_kill(conn.kill_switch());
     sub.admit(&state)?;
+    if request.presence {
+        for topic in &request.topics {
+            sub.want_presence(topic, true);
+        }
+    }
     sub.start(request.topics, request.cursor.as_ref()).await?;
     let body = Body::from_stream(events(state, peer, sub));
     let mut res = (StatusCode::OK, body).into_response();
@@ -116,7 +121,17 @@ fn events(
                         break;
                     }
                     Event::Gap(gap) => gap_event(out.buf(), sub.cursor(), &gap),
-                    Event::Message { message, .. } => message_event(&mut out, sub.cursor(), &message),
+                    Event::Message { message, skipped: 0, .. } => message_event(&mut out, sub.cursor(), &message),
+                    Event::Message { message, skipped, .. } => skipped_event(out.buf(), sub.cursor(), &message, skipped),
+                    Event::Ephemeral(message) => out.push(ephemeral_event(&message)),
+                    Event::Notice(notice) => {
+                        let b = out.buf();
+                        b.put_slice(b"event: ");
+                        b.put_slice(notice.event.as_bytes());
+                        b.put_slice(b"\n");
+                        put_data(b, &notice.json);
+                        b.put_slice(b"\n");
+                    }
                 }
                 n += 1;
                 if n < CHUNK_EVENTS {
@@ -187,6 +202,38 @@ fn message_event(out: &mut Chunk, cursor: &Cursor, m: &Message) {
     }
 }
 
+/// A message event whose data carries `"skipped":N` (`delivery = "latest"`):
+/// written for this subscriber alone.
+fn skipped_event(out: &mut BytesMut, cursor: &Cursor, m: &Message, skipped: u64) {
+    let mut json = Vec::with_capacity(m.data.len() + 96);
+    m.write_json(&mut json);
+    json.pop();
+    json.extend_from_slice(b",\"skipped\":");
+    crate::core::message::write_u64(&mut json, skipped);
+    json.push(b'}');
+    event(out, None, &cursor.encode(), &json);
+}
+
+/// `event: ephemeral` with no `id:` line (contract §11), cached on the
+/// message: `{"topic":T,"data":D,"ephemeral":true,"user":U?}`.
+fn ephemeral_event(m: &Message) -> Bytes {
+    m.encoded(Wire::EPHEMERAL_SSE, |m| {
+        let mut json = Vec::with_capacity(m.data.len() + m.topic.as_str().len() + 64);
+        json.extend_from_slice(b"{\"topic\":\"");
+        json.extend_from_slice(m.topic.as_str().as_bytes());
+        json.extend_from_slice(b"\",\"data\":");
+        json.extend_from_slice(&m.data);
+        json.extend_from_slice(b",\"ephemeral\":true");
+        super::frame::write_user(&mut json, m);
+        json.push(b'}');
+        let mut b = BytesMut::with_capacity(json.len() + 32);
+        b.put_slice(b"event: ephemeral\n");
+        put_data(&mut b, &json);
+        b.put_slice(b"\n");
+        b.freeze()
+    })
+}
+
 /// `event: gap`, with the cursor already moved past the gap, so a
 /// reconnect does not report it again.
 fn gap_event(out: &mut BytesMut, cursor: &Cursor, gap: &Gap) {
@@ -253,6 +300,7 @@ mod tests {
             after: MessageId::new(1, 0),
             oldest: MessageId::new(5, 0),
             resume_from: MessageId::new(4, 0),
+            dropped: false,
         };
         let mut out = BytesMut::new();
         gap_event(&mut out, &c, &gap);

@@ -42,12 +42,16 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use super::access::Access;
 use crate::auth::Grants;
 use crate::core::engine::EngineError;
 use crate::core::expiry::ExpiryEntry;
+use crate::core::mailbox::Entry;
+use crate::core::notice::Notice;
+use crate::core::policy::{Delivery, Policies};
 use crate::core::replay::{Gap, Resume, Step};
 use crate::core::session::SessionGuard;
 use crate::core::{Close, Cursor, Message, MessageId, Session, Subscriber, Topic};
@@ -66,7 +70,14 @@ pub(crate) enum Event {
         /// A gap reported with this message (boxed: rare, and events are
         /// held in every stream's future).
         gap: Option<Box<Gap>>,
+        /// Messages of its topic (and key) not delivered before it
+        /// (`delivery = "latest"`); 0 for most.
+        skipped: u64,
     },
+    /// An ephemeral message (contract §11): no id, the cursor unchanged.
+    Ephemeral(Arc<Message>),
+    /// A presence event for a topic subscribed with presence.
+    Notice(Arc<Notice>),
     /// History no longer reaches back; the cursor has moved past the gap.
     Gap(Box<Gap>),
     /// The stream must end for this reason (slow consumer, shutdown, engine
@@ -105,7 +116,7 @@ pub(crate) struct Subscribed {
 /// A replayed item not yet handed out.
 #[derive(Debug)]
 enum Pending {
-    Message(Arc<Message>),
+    Message(Arc<Message>, u64),
     Gap(Gap),
 }
 
@@ -132,6 +143,10 @@ pub(crate) struct Subscription {
     access: Access,
     /// The close at the token's expiry.
     expiry: Option<ExpiryEntry>,
+    /// Topic policies (a replay of a `latest` topic is coalesced).
+    policies: Arc<Policies>,
+    /// Topics whose presence events this stream asked for.
+    presence: SmallVec<[Topic; 1]>,
 }
 
 /// The open/close accounting of a stream: a log line and metrics at open,
@@ -167,7 +182,37 @@ impl Subscription {
             sent: 0,
             access,
             expiry: None,
+            policies: Arc::clone(state.bus.hub.policies()),
+            presence: SmallVec::new(),
         }
+    }
+
+    /// The stream's connection id (presence `client`; not echoed its own
+    /// ephemeral messages).
+    pub(crate) fn id(&self) -> u64 {
+        self.session.id()
+    }
+
+    /// Marks `topic`'s presence events as wanted (or not).
+    pub(crate) fn want_presence(&mut self, topic: &Topic, on: bool) {
+        let had = self.presence.iter().position(|t| t == topic);
+        match (had, on) {
+            (None, true) => self.presence.push(topic.clone()),
+            (Some(i), false) => {
+                self.presence.swap_remove(i);
+            }
+            _ => {}
+        }
+    }
+
+    /// True when `topic`'s presence events are wanted.
+    pub(crate) fn wants_presence(&self, topic: &Topic) -> bool {
+        self.presence.iter().any(|t| t == topic)
+    }
+
+    /// Who the stream is.
+    pub(crate) fn access(&self) -> &Access {
+        &self.access
     }
 
     /// Who the stream is and what it may do.
@@ -309,6 +354,7 @@ impl Subscription {
     /// Leaves `topic` (unsubscribe); what was queued for it is dropped.
     pub(crate) fn leave(&mut self, topic: &Topic) {
         self.sub.leave(topic);
+        self.want_presence(topic, false);
         self.cursor.remove(topic);
         self.resumes.retain(|r| r.topic() != topic);
     }
@@ -355,8 +401,8 @@ impl Subscription {
             tokio::select! {
                 biased;
                 reason = self.session.wait_closed() => return Event::Closed(reason),
-                m = self.sub.outbox.recv() => {
-                    if let Some(event) = self.accept(m, true) {
+                e = self.sub.outbox.recv() => {
+                    if let Some(event) = self.take(e) {
                         return event;
                     }
                 }
@@ -391,12 +437,36 @@ impl Subscription {
         if !self.resumes.is_empty() {
             return None;
         }
-        while let Some(m) = self.sub.outbox.try_recv() {
-            if let Some(event) = self.accept(m, true) {
+        while let Some(e) = self.sub.outbox.try_recv() {
+            if let Some(event) = self.take(e) {
                 return Some(event);
             }
         }
         None
+    }
+
+    /// What an outbox entry becomes, if anything is left of it for this
+    /// stream.
+    fn take(&mut self, entry: Entry) -> Option<Event> {
+        match entry {
+            Entry::Message { message, skipped } => match &message.ephemeral {
+                Some(from) => {
+                    let mine = from.origin == self.session.id();
+                    (!mine && self.cursor.get(&message.topic).is_some()).then_some(Event::Ephemeral(message))
+                }
+                None => self.accept(message, skipped, true),
+            },
+            Entry::Dropped(d) => {
+                let after = self.cursor.get(&d.topic)?;
+                if d.last <= after {
+                    return None;
+                }
+                let oldest = d.last.successor().unwrap_or(d.last);
+                metrics::dropped_range(self.transport);
+                self.gap_now(Gap { topic: d.topic, after, oldest, resume_from: d.last, dropped: true })
+            }
+            Entry::Notice(n) => self.wants_presence(&n.topic).then_some(Event::Notice(n)),
+        }
     }
 
     /// Starts the open/close record (log line and metrics), when the stream
@@ -426,7 +496,7 @@ impl Subscription {
     fn take_pending(&mut self) -> Option<Event> {
         while let Some(p) = self.pending.pop_front() {
             let event = match p {
-                Pending::Message(m) => self.accept(m, false),
+                Pending::Message(m, skipped) => self.accept(m, skipped, false),
                 Pending::Gap(g) => self.gap_now(g),
             };
             if event.is_some() {
@@ -439,17 +509,28 @@ impl Subscription {
     fn hold(&mut self, step: Step) {
         match step {
             Step::Gap(g) => self.pending.push_back(Pending::Gap(g)),
-            Step::Messages(ms) => self.pending.extend(ms.into_iter().map(Pending::Message)),
+            Step::Messages(ms) => {
+                let latest = ms.first().is_some_and(|m| self.policies.get(m.topic.as_str()).delivery == Delivery::Latest);
+                if latest {
+                    let kept = coalesce(ms);
+                    self.pending.extend(kept.into_iter().map(|(m, n)| Pending::Message(m, n)));
+                } else {
+                    self.pending.extend(ms.into_iter().map(|m| Pending::Message(m, 0)));
+                }
+            }
         }
     }
 
     /// Hands `m` out if it is new for its topic, advancing the cursor.
-    fn accept(&mut self, m: Arc<Message>, live: bool) -> Option<Event> {
+    fn accept(&mut self, m: Arc<Message>, skipped: u64, live: bool) -> Option<Event> {
         if !self.cursor.advance(&m.topic, m.id) {
             return None;
         }
         self.sent += 1;
         metrics::delivered(self.transport, 1);
+        if skipped > 0 {
+            metrics::skipped(self.transport, skipped);
+        }
         if live {
             metrics::delivery_latency(self.transport, Instant::now().saturating_duration_since(m.seen));
         }
@@ -457,7 +538,7 @@ impl Subscription {
             Some(i) => Some(Box::new(self.held_gaps.swap_remove(i))),
             None => None,
         };
-        Some(Event::Message { message: m, gap })
+        Some(Event::Message { message: m, gap, skipped })
     }
 
     /// Reports `gap` now (moving the cursor past it) or holds it for the
@@ -501,6 +582,32 @@ impl Subscription {
             }
         }
     }
+}
+
+/// The newest message per coalescing key of one topic's `messages`
+/// (ascending), in id order, each with how many older ones of its key it
+/// replaces: what a `delivery = "latest"` reader that fell behind gets.
+pub(crate) fn coalesce(messages: Vec<Arc<Message>>) -> Vec<(Arc<Message>, u64)> {
+    let mut newest: std::collections::HashMap<Option<&str>, (usize, u64)> = std::collections::HashMap::new();
+    for (i, m) in messages.iter().enumerate() {
+        let e = newest.entry(m.key.as_deref()).or_insert((i, 0));
+        if e.0 != i {
+            *e = (i, e.1 + 1);
+        }
+    }
+    let mut keep: Vec<(usize, u64)> = newest.into_values().collect();
+    keep.sort_unstable();
+    let mut skipped = keep.iter().map(|&(i, n)| (i, n)).peekable();
+    let mut out = Vec::with_capacity(keep.len());
+    for (i, m) in messages.into_iter().enumerate() {
+        if let Some(&(j, n)) = skipped.peek() {
+            if i == j {
+                out.push((m, n));
+                skipped.next();
+            }
+        }
+    }
+    out
 }
 
 /// A peer address for logs (empty when unknown).

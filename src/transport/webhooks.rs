@@ -9,6 +9,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::{access, ops};
+use crate::core::PublishOptions;
 use crate::error::{ApiError, Code};
 use crate::metrics::Transport;
 use crate::state::AppState;
@@ -104,7 +105,7 @@ pub(crate) async fn inbound(
         tracing::info!(source = %name, reason = %refusal, "inbound webhook refused");
         return Err(ApiError::new(code, refusal.to_string()));
     }
-    let published = match ops::publish(&state, Transport::Http, &source.topic, body, Some(id)).await {
+    let published = match ops::publish(&state, Transport::Http, &source.topic, body, PublishOptions { idempotency_key: Some(id), key: None }).await {
         Ok(p) => p,
         Err(e) => {
             hooks.count_inbound(

@@ -171,6 +171,11 @@ async fn connect(state: &AppState, sub: &mut Subscription, query: Option<&str>) 
     let max = state.config.limits.max_topics_per_connection;
     let request = Topics::from_query(query, None, &["cursor"], 0, max)?;
     sub.admit(state)?;
+    if request.presence {
+        for topic in &request.topics {
+            sub.want_presence(topic, true);
+        }
+    }
     sub.start(request.topics, request.cursor.as_ref()).await
 }
 
@@ -351,7 +356,15 @@ async fn write_events<S: Socket>(socket: &mut S, sub: &mut Subscription, first: 
                 break;
             }
             Event::Gap(gap) => socket.queue(socket::text_frame(frame::gap(&gap).as_bytes())),
-            Event::Message { message, .. } => socket.queue(message_frame(&message, sub.cursor())),
+            Event::Message { message, skipped: 0, .. } => socket.queue(message_frame(&message, sub.cursor())),
+            Event::Message { message, skipped, .. } => {
+                let body = frame::message_skipped(&message, &sub.cursor().encode(), skipped);
+                socket.queue(socket::text_frame(&body))
+            }
+            Event::Ephemeral(message) => socket.queue(
+                message.encoded(Wire::EPHEMERAL_WS, |m| socket::text_frame(&frame::ephemeral(m))),
+            ),
+            Event::Notice(notice) => socket.queue(socket::text_frame(&notice.json)),
         }
         n += 1;
         if n < WRITE_BATCH {

@@ -9,6 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::core::message::{Message, MessageId};
+use crate::core::policy::Retention;
 
 use super::MemoryOptions;
 
@@ -47,6 +48,8 @@ pub(super) struct Log {
     idem: HashMap<Box<str>, (MessageId, u64)>,
     /// Keys in insertion order with their expiry (ms); expiry grows with it.
     idem_order: VecDeque<(Box<str>, u64)>,
+    /// The topic's own retention (`[[topics]]`); `None`: the engine's.
+    retention: Option<Retention>,
 }
 
 impl Log {
@@ -55,13 +58,24 @@ impl Log {
         Log { floor, ..Log::default() }
     }
 
+    /// The same log kept by the topic's own `retention`.
+    pub(super) fn with_retention(mut self, retention: Option<Retention>) -> Log {
+        self.retention = retention;
+        self
+    }
+
+    fn limits(&self, opts: &MemoryOptions) -> Retention {
+        self.retention.unwrap_or(Retention { max_len: opts.max_len, max_age: opts.max_age })
+    }
+
     /// Drops messages beyond `max_len` or older than `max_age`, and expired
     /// or surplus idempotency keys; returns the bytes freed.
     pub(super) fn trim(&mut self, opts: &MemoryOptions, now: u64) -> usize {
-        let min_ts = now.saturating_sub(opts.max_age.as_millis() as u64);
+        let keep = self.limits(opts);
+        let min_ts = now.saturating_sub(keep.max_age.as_millis() as u64);
         let mut freed = 0;
         while let Some(front) = self.messages.front() {
-            if self.messages.len() > opts.max_len || front.ts < min_ts {
+            if self.messages.len() > keep.max_len || front.ts < min_ts {
                 self.trimmed_through = Some(front.id);
                 freed += message_cost(front.data.len());
                 self.messages.pop_front();
@@ -97,7 +111,7 @@ impl Log {
     /// when the append pushes out a bigger message.
     pub(super) fn growth(&self, opts: &MemoryOptions, data_len: usize, key: Option<&str>) -> isize {
         let mut grow = message_cost(data_len) as isize;
-        if self.messages.len() >= opts.max_len {
+        if self.messages.len() >= self.limits(opts).max_len {
             if let Some(front) = self.messages.front() {
                 grow -= message_cost(front.data.len()) as isize;
             }

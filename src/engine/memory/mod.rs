@@ -46,7 +46,8 @@ use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::core::engine::{lost_after, Engine, EngineError, Feed, History, Published};
+use crate::core::engine::{lost_after, Engine, EngineError, Feed, History, PublishOptions, Published};
+use crate::core::policy::Policies;
 use crate::core::message::{now_ms, Message, MessageId, Topic};
 use crate::shutdown::Shutdown;
 
@@ -78,6 +79,9 @@ pub struct MemoryOptions {
     pub max_topics: usize,
     /// Bytes retained at once (`memory.max_retained_bytes`).
     pub max_retained_bytes: usize,
+    /// Per-topic retention (`[[topics]]`); `None`: `max_len` and `max_age`
+    /// for every topic.
+    pub policies: Option<Arc<Policies>>,
 }
 
 impl Default for MemoryOptions {
@@ -90,6 +94,7 @@ impl Default for MemoryOptions {
             idempotency_max_keys: 10_000,
             max_topics: 100_000,
             max_retained_bytes: 256 << 20,
+            policies: None,
         }
     }
 }
@@ -169,7 +174,8 @@ impl MemoryEngine {
     /// under `shutdown` that [sweeps](MemoryEngine::sweep) it every
     /// [`sweep_every`] until shutdown begins.
     pub fn start(opts: MemoryOptions, listener: Arc<dyn Feed>, shutdown: &Shutdown) -> Arc<MemoryEngine> {
-        let every = sweep_every(opts.max_age);
+        let shortest = opts.policies.as_ref().map_or(opts.max_age, |p| p.shortest_max_age());
+        let every = sweep_every(opts.max_age.min(shortest));
         let engine = Arc::new(MemoryEngine::new(opts, listener));
         let sweeper = Arc::clone(&engine);
         let token = shutdown.token().clone();
@@ -306,8 +312,9 @@ impl MemoryEngine {
                     return Err(self.refuse("memory.max_retained_bytes"));
                 }
                 let floor = *self.floor.lock();
+                let retention = self.opts.policies.as_ref().map(|p| p.get(topic.as_str()).history);
                 let slot = Arc::new(Slot {
-                    state: Mutex::new(SlotState { log: Log::above(floor), ..SlotState::default() }),
+                    state: Mutex::new(SlotState { log: Log::above(floor).with_retention(retention), ..SlotState::default() }),
                     room: Notify::new(),
                 });
                 v.insert(Arc::clone(&slot));
@@ -327,8 +334,9 @@ impl MemoryEngine {
         slot: &Slot,
         topic: &Topic,
         data: &Bytes,
-        key: Option<&str>,
+        options: PublishOptions<'_>,
     ) -> Result<Appended, EngineError> {
+        let key = options.idempotency_key;
         let mut st = slot.state.lock();
         if st.removed {
             return Ok(Appended::Retry);
@@ -354,11 +362,12 @@ impl MemoryEngine {
         // slice of a bigger buffer (hyper's read buffer, a whole WebSocket
         // frame), and a retained slice would keep all of it alive (about
         // 6 KiB per 128-byte message published over HTTP keep-alive).
-        let stored = Message::new(topic.clone(), id, now, Bytes::copy_from_slice(data));
+        let coalesce: Option<Arc<str>> = options.key.map(Arc::from);
+        let stored = Message::new(topic.clone(), id, now, Bytes::copy_from_slice(data)).with_key(coalesce.clone());
         // Live subscribers get their own copy: the wire encodings they cache
         // on it are freed once every subscriber wrote it, instead of staying
         // with the message in the log for as long as it is retained.
-        let message = Arc::new(Message::new(topic.clone(), id, now, stored.data.clone()));
+        let message = Arc::new(Message::new(topic.clone(), id, now, stored.data.clone()).with_key(coalesce));
         let expiry = now.saturating_add(self.opts.idempotency_ttl.as_millis() as u64);
         let added = st.log.append(Arc::new(stored), key.map(|k| (k, expiry)));
         let freed = st.log.trim(&self.opts, now);
@@ -396,15 +405,15 @@ impl Engine for MemoryEngine {
         "memory"
     }
 
-    async fn publish(
+    async fn publish_with(
         &self,
         topic: &Topic,
         data: Bytes,
-        idempotency_key: Option<&str>,
+        options: PublishOptions<'_>,
     ) -> Result<Published, EngineError> {
         loop {
             let slot = self.slot_for_publish(topic)?;
-            match self.append(&slot, topic, &data, idempotency_key)? {
+            match self.append(&slot, topic, &data, options)? {
                 Appended::Done { published, drain } => {
                     if drain {
                         self.drain(&slot);
@@ -425,6 +434,12 @@ impl Engine for MemoryEngine {
                 }
             }
         }
+    }
+
+    async fn broadcast(&self, message: Arc<Message>) -> Result<(), EngineError> {
+        // One process: the local feed is every subscriber.
+        self.listener.deliver(&message);
+        Ok(())
     }
 
     async fn history(

@@ -127,7 +127,7 @@ use tokio::sync::{Notify, OnceCell};
 use self::conn::{Clients, RedisConn};
 use self::reader::{Group, Watched};
 use self::reply::{parse_entry, StreamRead};
-use crate::core::engine::{lost_after, Engine, EngineError, Feed, History, Published};
+use crate::core::engine::{lost_after, Engine, EngineError, Feed, History, PublishOptions, Published};
 use crate::core::message::{Message, MessageId, Topic};
 use crate::shutdown::Shutdown;
 
@@ -156,6 +156,9 @@ pub struct RedisOptions {
     pub block: Duration,
     /// Topics recorded in the webhook outbox (none without webhooks).
     pub routes: Option<crate::core::outbox::Routes>,
+    /// Per-topic retention (`[[topics]]`); `None`: `max_len` and `max_age`
+    /// for every topic.
+    pub policies: Option<Arc<crate::core::policy::Policies>>,
 }
 
 /// The shared trimming function, prepended to every script.
@@ -304,12 +307,13 @@ impl Engine for RedisEngine {
         "redis"
     }
 
-    async fn publish(
+    async fn publish_with(
         &self,
         topic: &Topic,
         data: Bytes,
-        idempotency_key: Option<&str>,
+        options: PublishOptions<'_>,
     ) -> Result<Published, EngineError> {
+        let idempotency_key = options.idempotency_key;
         let mut conn = self.conn().await?;
         let stream = self.stream_key(topic);
         // Without a key, the key slots name the stream (every key of a
@@ -348,6 +352,10 @@ impl Engine for RedisEngine {
             self.inner.outbox_added.send_modify(|n| *n = n.wrapping_add(1));
         }
         published
+    }
+
+    async fn broadcast(&self, _message: Arc<Message>) -> Result<(), EngineError> {
+        Err(EngineError::Rejected("ephemeral messages are not carried by the Redis engine yet".into()))
     }
 
     async fn history(

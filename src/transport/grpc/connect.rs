@@ -24,7 +24,7 @@ use crate::error::{self, ApiError, Code};
 use crate::metrics::Transport;
 use crate::state::{AppState, Peer};
 use crate::transport::access::Access;
-use crate::transport::ops::{self, Op, Reply};
+use crate::transport::ops::{self, Op, PublishOp, Reply};
 use crate::transport::request;
 use crate::transport::subscription::{Event, GapReport, Subscription};
 
@@ -108,8 +108,13 @@ fn events(sub: &mut Subscription, first: Event, out: &mut Vec<pb::ServerFrame>) 
         match event {
             Event::Closed(reason) => return Some(reason),
             Event::Gap(gap) => out.push(gap_frame(&gap)),
-            Event::Message { message, .. } => {
-                out.push(frame(Frame::Message(EncodedMessage::with_cursor(&message, sub.cursor()))));
+            Event::Message { message, skipped, .. } => {
+                let m = EncodedMessage::with_cursor(&message, sub.cursor()).with_skipped(skipped);
+                out.push(frame(Frame::Message(m)));
+            }
+            Event::Ephemeral(message) => out.push(frame(Frame::Message(EncodedMessage::ephemeral(&message)))),
+            Event::Notice(_) => {
+                // Presence events are carried as PresenceEvent frames (see presence).
             }
         }
         n += 1;
@@ -125,6 +130,7 @@ fn gap_frame(gap: &Gap) -> pb::ServerFrame {
         topic: gap.topic.as_str().to_owned(),
         after: gap.after.to_string(),
         oldest: gap.oldest.to_string(),
+        reason: if gap.dropped { "dropped".into() } else { String::new() },
     }))
 }
 
@@ -147,12 +153,18 @@ fn op(f: Option<PbOp>) -> Result<Op, ApiError> {
         Some(PbOp::Publish(op)) => Op::Publish {
             topic: request::topic(&op.topic)?,
             data: Bytes::from(op.data),
-            key: Some(op.idempotency_key).filter(|k| !k.is_empty()),
+            options: PublishOp {
+                idempotency_key: Some(op.idempotency_key).filter(|k| !k.is_empty()),
+                key: Some(op.key).filter(|k| !k.is_empty()),
+                ephemeral: op.ephemeral,
+            },
         },
         Some(PbOp::Subscribe(op)) => Op::Subscribe {
             topic: request::topic(&op.topic)?,
             after: op.after.as_deref().map(request::message_id).transpose()?,
+            presence: op.presence,
         },
+        Some(PbOp::Presence(op)) => Op::Presence { topic: request::topic(&op.topic)? },
     })
 }
 
@@ -182,9 +194,9 @@ async fn handle(
                 r#ref: r.clone(),
                 id: p.id.to_string(),
                 ts: p.ts,
-                recovered: false,
+                ..Default::default()
             })),
-            Reply::Done => frame(Frame::Ack(pb::Ack { r#ref: r.clone(), ..Default::default() })),
+            Reply::Done | Reply::Broadcast => frame(Frame::Ack(pb::Ack { r#ref: r.clone(), ..Default::default() })),
             Reply::Pong => frame(Frame::Pong(pb::Pong { r#ref: r.clone() })),
             Reply::Error(e) => error_frame(r.clone(), &e),
         });

@@ -10,6 +10,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::pb::{self, gateway_server};
 use super::wire::EncodedMessage;
 use super::{arm_stall_kill, peer};
+use crate::core::message::Ephemeral;
+use crate::core::PublishOptions;
 use crate::error::{self, ApiError};
 use crate::metrics::Transport;
 use crate::state::AppState;
@@ -82,11 +84,30 @@ impl gateway_server::Gateway for Gateway {
         let mut access = access::grpc(&self.state, &request)?;
         let req = request.into_inner();
         let topic = request::topic(&req.topic)?;
+        if req.ephemeral {
+            access.may_publish_ephemeral(&self.state, &topic, false)?;
+            let from = Ephemeral { origin: 0, user: access.grants.user.clone() };
+            ops::publish_ephemeral(&self.state, Transport::Grpc, &topic, Bytes::from(req.data), from).await?;
+            return Ok(Response::new(pb::PublishReply { topic: topic.as_str().to_owned(), ..Default::default() }));
+        }
         access.may_publish(&self.state, &topic, false)?;
-        let key = Some(req.idempotency_key.as_str()).filter(|k| !k.is_empty());
+        let options = PublishOptions {
+            idempotency_key: Some(req.idempotency_key.as_str()).filter(|k| !k.is_empty()),
+            key: Some(req.key.as_str()).filter(|k| !k.is_empty()),
+        };
         let published =
-            ops::publish(&self.state, Transport::Grpc, &topic, Bytes::from(req.data), key).await?;
+            ops::publish(&self.state, Transport::Grpc, &topic, Bytes::from(req.data), options).await?;
         Ok(Response::new(publish_reply(topic.as_str(), &published)))
+    }
+
+    async fn presence(
+        &self,
+        request: Request<pb::PresenceRequest>,
+    ) -> Result<Response<pb::PresenceReply>, Status> {
+        let access = access::grpc(&self.state, &request)?;
+        let topic = request::topic(&request.get_ref().topic)?;
+        access.may_subscribe(&topic)?;
+        Err(ApiError::new(crate::error::Code::BadRequest, format!("no presence for {}", topic.as_str())).into())
     }
 
     async fn history(
@@ -125,15 +146,17 @@ fn messages(
         let reason = loop {
             match sub.next().await {
                 Event::Closed(reason) => break reason,
-                Event::Message { message, gap } => {
-                    let encoded = EncodedMessage::with_cursor(&message, sub.cursor());
+                Event::Message { message, gap, skipped } => {
+                    let encoded = EncodedMessage::with_cursor(&message, sub.cursor()).with_skipped(skipped);
                     yield Ok(match gap {
                         Some(gap) => encoded.with_gap(&gap),
                         None => encoded,
                     });
                 }
-                // Not produced with `GapReport::OnNextMessage`.
-                Event::Gap(_) => {}
+                Event::Ephemeral(message) => yield Ok(EncodedMessage::ephemeral(&message)),
+                // Not produced with `GapReport::OnNextMessage`; presence
+                // events are carried by `Connect` only.
+                Event::Gap(_) | Event::Notice(_) => {}
             }
         };
         sub.ended(reason);

@@ -28,6 +28,10 @@ mod field {
     pub(super) const GAP_TOPIC: u32 = 1;
     pub(super) const GAP_AFTER: u32 = 2;
     pub(super) const GAP_OLDEST: u32 = 3;
+    pub(super) const GAP_REASON: u32 = 4;
+    pub(super) const EPHEMERAL: u32 = 7;
+    pub(super) const USER: u32 = 8;
+    pub(super) const SKIPPED: u32 = 9;
 }
 
 /// A `rtgate.v1.Message` ready to be written: `head` then `tail`.
@@ -78,10 +82,47 @@ impl EncodedMessage {
         put_str(&mut inner, field::GAP_TOPIC, gap.topic.as_str());
         put_str(&mut inner, field::GAP_AFTER, &after);
         put_str(&mut inner, field::GAP_OLDEST, &oldest);
+        if gap.dropped {
+            put_str(&mut inner, field::GAP_REASON, "dropped");
+        }
         let mut tail = BytesMut::with_capacity(self.tail.len() + inner.len() + 4);
         tail.put_slice(&self.tail);
         put_bytes(&mut tail, field::GAP, &inner);
         EncodedMessage { head: self.head, tail: tail.freeze() }
+    }
+}
+
+impl EncodedMessage {
+    /// Adds `skipped` (`delivery = "latest"`; nothing when 0).
+    pub fn with_skipped(self, skipped: u64) -> Self {
+        if skipped == 0 {
+            return self;
+        }
+        let mut tail = BytesMut::with_capacity(self.tail.len() + 12);
+        tail.put_slice(&self.tail);
+        encode_key(field::SKIPPED, WireType::Varint, &mut tail);
+        encode_varint(skipped, &mut tail);
+        EncodedMessage { head: self.head, tail: tail.freeze() }
+    }
+
+    /// An ephemeral message (contract §11): topic, ts, data,
+    /// `ephemeral = true` and the sender's `user`; no id, no cursor.
+    /// Cached on the message.
+    pub fn ephemeral(m: &Message) -> Self {
+        let head = m.encoded(Wire::EPHEMERAL_GRPC, |m| {
+            let mut b = BytesMut::with_capacity(m.data.len() + m.topic.as_str().len() + 32);
+            put_str(&mut b, field::TOPIC, m.topic.as_str());
+            encode_key(field::TS, WireType::Varint, &mut b);
+            encode_varint(m.ts, &mut b);
+            put_bytes(&mut b, field::DATA, &m.data);
+            encode_key(field::EPHEMERAL, WireType::Varint, &mut b);
+            encode_varint(1, &mut b);
+            if let Some(user) = m.ephemeral.as_ref().and_then(|e| e.user.as_deref()) {
+                put_str(&mut b, field::USER, user);
+            }
+            b.freeze()
+        });
+        EncodedMessage { head, tail: Bytes::new() }
     }
 }
 
@@ -187,6 +228,7 @@ mod tests {
             after: MessageId::new(3, 0),
             oldest: MessageId::new(9, 1),
             resume_from: MessageId::new(9, 0),
+            dropped: false,
         };
         let encoded = EncodedMessage::with_cursor(&m, &multi).with_gap(&gap);
         let got = crate::proto::Message::decode(encoded.encode_to_vec().as_slice()).unwrap();

@@ -89,7 +89,7 @@ async fn a_gap_is_an_event_or_rides_on_the_next_message() {
     let mut sub = Subscription::new(&state, Transport::Grpc, GapReport::OnNextMessage, Access::anonymous());
     sub.start(vec![topic("g")], Some(&cursor)).await.unwrap();
     match sub.next_replayed().await {
-        Some(Event::Message { message, gap: Some(gap) }) => {
+        Some(Event::Message { message, gap: Some(gap), .. }) => {
             assert_eq!((message.id, gap.after, gap.oldest), (published[3], published[0], published[3]));
         }
         other => panic!("expected the first message carrying the gap, got {other:?}"),
