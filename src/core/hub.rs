@@ -304,7 +304,7 @@ mod tests {
         assert_eq!(slow.session().closed(), Some(Close::Slow));
         assert_eq!(fast.session().closed(), None);
         let mut got = Vec::new();
-        while let Some(crate::core::mailbox::Entry::Message { message, .. }) = fast.outbox.try_recv() {
+        while let Some(crate::core::mailbox::Entry::Message(message)) = fast.outbox.try_recv() {
             got.push(message.id.ms);
         }
         assert_eq!(got, [1, 2, 3], "the fast subscriber lost nothing");

@@ -17,10 +17,13 @@
 //!   consumer, which resumes from its cursor;
 //! - **latest**: a queued message of the same topic and key is replaced
 //!   (at any fill level, so a reader that falls behind only ever has the
-//!   newest per key queued); when full and there is none, the oldest queued
-//!   message of the topic makes room. The entry carries how many were
-//!   replaced (`skipped`). The newest message always goes to the back, so
-//!   each topic stays in id order;
+//!   newest per key queued). The entry carries how many were replaced
+//!   (`skipped`), and the newest always goes to the back, so each topic
+//!   stays in id order. Latest entries are bounded apart from the others
+//!   (up to `capacity` of them, one per key; so the outbox holds at most
+//!   twice `capacity` entries): they never make a lossless topic's
+//!   subscriber look slow. With more distinct keys queued than that, the
+//!   topic's oldest entry makes room (its count rides on the new one);
 //! - **drop**: the message is dropped for this subscriber and its range
 //!   remembered; the topic's next message that fits, or the moment the
 //!   outbox runs empty, first yields [`Entry::Dropped`].
@@ -44,9 +47,12 @@ const KEEP: usize = 16;
 /// What the owner takes out of a mailbox.
 #[derive(Debug)]
 pub enum Entry {
-    /// A message (stored or ephemeral); `skipped` older messages of its
-    /// topic (and key) were replaced by it (`delivery = "latest"`).
-    Message {
+    /// A message (stored or ephemeral).
+    Message(Arc<Message>),
+    /// A `delivery = "latest"` message (counted apart, see the module
+    /// docs); `skipped` older messages of its topic (and key) were replaced
+    /// by it.
+    Latest {
         /// The message.
         message: Arc<Message>,
         /// Messages it replaced.
@@ -73,6 +79,8 @@ pub struct Dropped {
 #[derive(Debug, Default)]
 struct Queue {
     items: VecDeque<Entry>,
+    /// How many of `items` are [`Entry::Latest`].
+    latest: usize,
     /// Ranges dropped and not yet reported (boxed: rare; an idle outbox
     /// keeps one word for it).
     drops: Option<Box<Vec<Dropped>>>,
@@ -89,16 +97,15 @@ pub struct Mailbox {
 /// Whether an entry holds a stored (not ephemeral) message of `topic` with
 /// coalescing key `key`.
 fn same_key(e: &Entry, topic: &Topic, key: Option<&str>) -> bool {
-    matches!(e, Entry::Message { message, .. }
-        if !message.is_ephemeral() && message.topic == *topic && message.key.as_deref() == key)
+    matches!(e, Entry::Latest { message, .. } if message.topic == *topic && message.key.as_deref() == key)
 }
 
 fn of_topic(e: &Entry, topic: &Topic) -> bool {
-    matches!(e, Entry::Message { message, .. } if !message.is_ephemeral() && message.topic == *topic)
+    matches!(e, Entry::Latest { message, .. } if message.topic == *topic)
 }
 
 fn is_ephemeral(e: &Entry) -> bool {
-    matches!(e, Entry::Message { message, .. } if message.is_ephemeral())
+    matches!(e, Entry::Message(message) if message.is_ephemeral())
 }
 
 impl Mailbox {
@@ -132,10 +139,10 @@ impl Mailbox {
 
     fn place(&self, q: &mut Queue, message: Arc<Message>, delivery: Delivery) -> Placed {
         if message.is_ephemeral() {
-            if q.items.len() >= self.capacity {
+            if q.items.len() - q.latest >= self.capacity {
                 return Placed::Discarded;
             }
-            q.items.push_back(Entry::Message { message, skipped: 0 });
+            q.items.push_back(Entry::Message(message));
             return Placed::Queued;
         }
         match delivery {
@@ -143,25 +150,28 @@ impl Mailbox {
                 if !self.room(q) {
                     return Placed::Full;
                 }
-                q.items.push_back(Entry::Message { message, skipped: 0 });
+                q.items.push_back(Entry::Message(message));
             }
             Delivery::Latest => {
                 let (topic, key) = (&message.topic, message.key.as_deref());
-                let mut skipped = 0;
-                let replaced = q.items.iter().rposition(|e| same_key(e, topic, key));
-                let evict = replaced.or_else(|| {
-                    (q.items.len() >= self.capacity && !self.drop_ephemeral(q))
-                        .then(|| q.items.iter().position(|e| of_topic(e, topic)))
-                        .flatten()
+                // The queued message of the same key, else (when the
+                // latest entries are at their bound) the topic's oldest.
+                let old = q.items.iter().rposition(|e| same_key(e, topic, key)).or_else(|| {
+                    (q.latest >= self.capacity).then(|| q.items.iter().position(|e| of_topic(e, topic))).flatten()
                 });
-                if let Some(Entry::Message { skipped: s, .. }) = evict.and_then(|i| q.items.remove(i)) {
-                    skipped = s + 1;
-                } else if q.items.len() >= self.capacity {
-                    // Full of other topics' messages: not this topic's doing,
-                    // but nothing of it can make room.
-                    return Placed::Full;
+                let mut skipped = 0;
+                match old.and_then(|i| q.items.remove(i)) {
+                    Some(Entry::Latest { skipped: s, .. }) => {
+                        skipped = s + 1;
+                        q.latest -= 1;
+                    }
+                    // Other topics' latest entries fill the bound: nothing
+                    // of this topic can make room.
+                    _ if q.latest >= self.capacity => return Placed::Full,
+                    _ => {}
                 }
-                q.items.push_back(Entry::Message { message, skipped });
+                q.latest += 1;
+                q.items.push_back(Entry::Latest { message, skipped });
             }
             Delivery::Drop => {
                 if !self.room(q) {
@@ -178,7 +188,7 @@ impl Mailbox {
                 if let Some(d) = take_drop(q, &message.topic) {
                     q.items.push_back(Entry::Dropped(Box::new(d)));
                 }
-                q.items.push_back(Entry::Message { message, skipped: 0 });
+                q.items.push_back(Entry::Message(message));
             }
         }
         Placed::Queued
@@ -187,7 +197,7 @@ impl Mailbox {
     /// Room for one more stored message, made by dropping a queued
     /// ephemeral one if need be.
     fn room(&self, q: &mut Queue) -> bool {
-        q.items.len() < self.capacity || self.drop_ephemeral(q)
+        q.items.len() - q.latest < self.capacity || self.drop_ephemeral(q)
     }
 
     fn drop_ephemeral(&self, q: &mut Queue) -> bool {
@@ -218,6 +228,9 @@ impl Mailbox {
     pub fn try_recv(&self) -> Option<Entry> {
         let mut q = self.queue.lock();
         if let Some(e) = q.items.pop_front() {
+            if matches!(e, Entry::Latest { .. }) {
+                q.latest -= 1;
+            }
             if q.items.is_empty() && q.items.capacity() > KEEP {
                 q.items = VecDeque::new();
             }

@@ -449,13 +449,14 @@ impl Subscription {
     /// stream.
     fn take(&mut self, entry: Entry) -> Option<Event> {
         match entry {
-            Entry::Message { message, skipped } => match &message.ephemeral {
+            Entry::Message(message) => match &message.ephemeral {
                 Some(from) => {
                     let mine = from.origin == self.session.id();
                     (!mine && self.cursor.get(&message.topic).is_some()).then_some(Event::Ephemeral(message))
                 }
-                None => self.accept(message, skipped, true),
+                None => self.accept(message, 0, true),
             },
+            Entry::Latest { message, skipped } => self.accept(message, skipped, true),
             Entry::Dropped(d) => {
                 let after = self.cursor.get(&d.topic)?;
                 if d.last <= after {

@@ -24,8 +24,14 @@ fn drain(b: &Mailbox) -> Vec<String> {
     let mut out = Vec::new();
     while let Some(e) = b.try_recv() {
         out.push(match e {
-            Entry::Message { message, .. } if message.is_ephemeral() => format!("eph:{}", message.topic),
-            Entry::Message { message, skipped } => format!(
+            Entry::Message(message) if message.is_ephemeral() => format!("eph:{}", message.topic),
+            Entry::Message(message) => format!(
+                "{}:{}:{}:0",
+                message.topic,
+                message.id.ms,
+                message.key.as_deref().unwrap_or("-")
+            ),
+            Entry::Latest { message, skipped } => format!(
                 "{}:{}:{}:{skipped}",
                 message.topic,
                 message.id.ms,
@@ -48,7 +54,7 @@ fn bounded_fifo_that_frees_its_buffer_after_a_burst() {
     assert!(!b.offer(m(100)), "full at its capacity");
     assert_eq!(b.len(), 100);
     for n in 0..100 {
-        assert!(matches!(b.try_recv(), Some(Entry::Message { message, skipped: 0 }) if message.id.ms == n));
+        assert!(matches!(b.try_recv(), Some(Entry::Message(message)) if message.id.ms == n));
     }
     assert!(b.is_empty());
     assert_eq!(b.queue.lock().items.capacity(), 0, "the burst's buffer is freed");
@@ -75,19 +81,24 @@ fn latest_keeps_the_newest_per_key_in_id_order_and_counts_what_it_replaced() {
 }
 
 #[test]
-fn a_full_latest_outbox_evicts_the_topics_oldest_and_never_closes() {
+fn latest_entries_are_bounded_apart_and_never_make_a_lossless_topic_slow() {
     let b = Mailbox::new(3);
     for n in 1..=3 {
         assert!(b.offer_with(keyed("p", n, Some(&n.to_string())), Delivery::Latest));
     }
-    // Full, a fourth key: the oldest of the topic makes room.
-    assert!(b.offer_with(keyed("p", 4, Some("4")), Delivery::Latest));
-    assert_eq!(drain(&b), ["p:2:2:0", "p:3:3:0", "p:4:4:1"]);
-    // Full of another topic's lossless messages: nothing of p to evict.
-    for n in 1..=3 {
+    // Three lossless messages still fit: latest entries are counted apart.
+    for n in 4..=6 {
         assert!(b.offer(keyed("other", n, None)));
     }
-    assert!(!b.offer_with(keyed("p", 5, None), Delivery::Latest));
+    assert!(!b.offer(keyed("other", 7, None)), "the lossless bound is its own");
+    // A fourth key at the latest bound: the topic's oldest makes room.
+    assert!(b.offer_with(keyed("p", 8, Some("8")), Delivery::Latest));
+    assert_eq!(drain(&b), ["p:2:2:0", "p:3:3:0", "other:4:-:0", "other:5:-:0", "other:6:-:0", "p:8:8:1"]);
+    // At the bound with another topic's entries only: nothing of q to evict.
+    for n in 1..=3 {
+        assert!(b.offer_with(keyed("p", n + 10, Some(&n.to_string())), Delivery::Latest));
+    }
+    assert!(!b.offer_with(keyed("q", 20, None), Delivery::Latest));
 }
 
 #[test]
@@ -112,7 +123,7 @@ fn drop_reports_one_range_when_the_reader_catches_up() {
 
 fn drain_one(b: &Mailbox) -> String {
     match b.try_recv() {
-        Some(Entry::Message { message, skipped }) => format!("{}:{}:-:{skipped}", message.topic, message.id.ms),
+        Some(Entry::Message(message)) => format!("{}:{}:-:0", message.topic, message.id.ms),
         other => panic!("expected a message, got {other:?}"),
     }
 }
@@ -135,7 +146,7 @@ async fn recv_wakes_on_an_offer_from_another_task() {
     let b2 = Arc::clone(&b);
     let waiter = tokio::spawn(async move {
         match b2.recv().await {
-            Entry::Message { message, .. } => message.id.ms,
+            Entry::Message(message) => message.id.ms,
             _ => 0,
         }
     });
