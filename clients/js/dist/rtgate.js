@@ -762,10 +762,8 @@ export class WsTransport {
             frame.after = after;
         if (presence)
             frame.presence = true;
-        this.request(frame, topic).then(() => {
-            if (this.requested.has(topic))
-                this.streamTopics.add(topic);
-        }, (err) => {
+        // The ack itself adds the topic to the stream's topics (in `settle`, before the next frame is read).
+        this.request(frame, topic).then(() => { }, (err) => {
             if (err instanceof ConnectionLost)
                 return;
             this.requested.delete(topic);
@@ -830,6 +828,8 @@ export class WsTransport {
         if (!p)
             return;
         this.pending.delete(ref);
+        if (!err && p.subscribe !== undefined && this.requested.has(p.subscribe))
+            this.streamTopics.add(p.subscribe);
         if (err)
             p.reject(err);
         else

@@ -191,10 +191,9 @@ export class WsTransport implements Transport {
     const frame: Record<string, unknown> = { op: "subscribe", topic };
     if (after !== undefined) frame.after = after;
     if (presence) frame.presence = true;
+    // The ack itself adds the topic to the stream's topics (in `settle`, before the next frame is read).
     this.request(frame, topic).then(
-      () => {
-        if (this.requested.has(topic)) this.streamTopics.add(topic);
-      },
+      () => {},
       (err: RtgateError) => {
         if (err instanceof ConnectionLost) return;
         this.requested.delete(topic);
@@ -255,6 +254,7 @@ export class WsTransport implements Transport {
     const p = this.pending.get(ref);
     if (!p) return;
     this.pending.delete(ref);
+    if (!err && p.subscribe !== undefined && this.requested.has(p.subscribe)) this.streamTopics.add(p.subscribe);
     if (err) p.reject(err);
     else p.resolve(frame);
   }
