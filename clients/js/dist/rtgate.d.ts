@@ -402,6 +402,7 @@ export declare class WsTransport implements Transport {
     private beat;
     private beatTimer;
     private connectTimer;
+    private retryTimer;
     private nextRef;
     private readonly pending;
     /** Topics the server has (query topics, acknowledged subscribes): what a cursor names. */
@@ -554,6 +555,7 @@ export declare class Rtgate {
     private remembered;
     private readonly o;
     constructor(url: string, options?: RtgateOptions);
+    private readonly onOnline;
     /** Listens to `state` or `error` events; returns a function that stops listening. */
     on<K extends keyof Events>(event: K, fn: (e: Events[K]) => void): () => void;
     /** The transport in use, if any. */

@@ -617,6 +617,8 @@ export class ConnectionLost extends RtgateError {
         super("connection_lost", "the connection closed before the server answered");
     }
 }
+/** Wait before subscribing again after `unavailable`/`rate_limited` (ms). */
+const RESUBSCRIBE_MS = 2000;
 /** Builds `/v1/ws?...` for the host's resume plan. */
 export function wsUrl(host, token, queryTopics, cursor, presence) {
     const q = new URLSearchParams();
@@ -767,6 +769,11 @@ export class WsTransport {
             if (err instanceof ConnectionLost)
                 return;
             this.requested.delete(topic);
+            if (err.code === "unavailable" || err.code === "rate_limited") {
+                // The server is short of room now, not refusing the topic: ask again later.
+                this.retryTimer = this.host.clock.setTimeout(() => this.topicsChanged(), RESUBSCRIBE_MS);
+                return;
+            }
             this.host.refused(topic, err);
         });
     }
@@ -863,6 +870,7 @@ export class WsTransport {
         this.isOpen = false;
         this.host.clock.clearTimeout(this.connectTimer);
         this.host.clock.clearTimeout(this.beatTimer);
+        this.host.clock.clearTimeout(this.retryTimer);
         const pending = [...this.pending.values()];
         this.pending.clear();
         for (const p of pending)
@@ -1500,6 +1508,12 @@ export class Rtgate {
         this.opsOnly = false;
         this.cursorResets = 0;
         this.saveQueued = false;
+        this.onOnline = () => {
+            if (this.closed || !this.running || this.transport)
+                return;
+            this.clock.clearTimeout(this.retryTimer);
+            this.startTransport();
+        };
         const b = bases(url);
         this.clock = options.clock ?? systemClock;
         this.o = {
@@ -1523,6 +1537,10 @@ export class Rtgate {
         this.backoff = new Backoff(options.backoff, options.random);
         this.tokens = new TokenManager(options.token, this.clock, (t) => this.transport?.refreshed(t), (err) => this.emit("error", new RtgateError("token_error", String(err?.message ?? err))));
         this.host = this.makeHost(b.http, b.ws);
+        // Back online (browsers): the wait for the next attempt is pointless now.
+        const g = globalThis;
+        if (typeof g.addEventListener === "function")
+            g.addEventListener("online", this.onOnline);
         if (options.autoConnect !== false)
             queueMicrotask(() => this.connect());
     }
@@ -1616,6 +1634,9 @@ export class Rtgate {
         for (const t of [this.retryTimer, this.stableTimer, this.probeTimer])
             this.clock.clearTimeout(t);
         this.tokens.stop();
+        const g = globalThis;
+        if (typeof g.removeEventListener === "function")
+            g.removeEventListener("online", this.onOnline);
         this.flushSave();
         for (const p of this.publishes.splice(0))
             p.reject(new RtgateError("closed", "the client was closed"));
@@ -1659,8 +1680,8 @@ export class Rtgate {
         let delay;
         switch (e.action) {
             case "refresh":
-                if (!this.tokens.refreshable && this.options.token !== undefined)
-                    return this.fail(new RtgateError(e.reason, "the token was refused and cannot be renewed"));
+                if (!this.tokens.refreshable)
+                    return this.fail(new RtgateError(e.reason, "the server wants a token this client cannot renew (pass `token` as a function)"));
                 this.tokens.invalidate();
                 break;
             case "reset_cursor":

@@ -181,8 +181,17 @@ export class Rtgate {
       (err) => this.emit("error", new RtgateError("token_error", String((err as Error)?.message ?? err))),
     );
     this.host = this.makeHost(b.http, b.ws);
+    // Back online (browsers): the wait for the next attempt is pointless now.
+    const g = globalThis as { addEventListener?: (t: string, f: () => void) => void };
+    if (typeof g.addEventListener === "function") g.addEventListener("online", this.onOnline);
     if (options.autoConnect !== false) queueMicrotask(() => this.connect());
   }
+
+  private readonly onOnline = (): void => {
+    if (this.closed || !this.running || this.transport) return;
+    this.clock.clearTimeout(this.retryTimer);
+    this.startTransport();
+  };
 
   /** Listens to `state` or `error` events; returns a function that stops listening. */
   on<K extends keyof Events>(event: K, fn: (e: Events[K]) => void): () => void {
@@ -267,6 +276,8 @@ export class Rtgate {
     this.transport = undefined;
     for (const t of [this.retryTimer, this.stableTimer, this.probeTimer]) this.clock.clearTimeout(t);
     this.tokens.stop();
+    const g = globalThis as { removeEventListener?: (t: string, f: () => void) => void };
+    if (typeof g.removeEventListener === "function") g.removeEventListener("online", this.onOnline);
     this.flushSave();
     for (const p of this.publishes.splice(0)) p.reject(new RtgateError("closed", "the client was closed"));
     this.emit("state", { state: "closed", reason: "client" });
@@ -311,7 +322,7 @@ export class Rtgate {
     let delay: number | undefined;
     switch (e.action) {
       case "refresh":
-        if (!this.tokens.refreshable && this.options.token !== undefined) return this.fail(new RtgateError(e.reason, "the token was refused and cannot be renewed"));
+        if (!this.tokens.refreshable) return this.fail(new RtgateError(e.reason, "the server wants a token this client cannot renew (pass `token` as a function)"));
         this.tokens.invalidate();
         break;
       case "reset_cursor":

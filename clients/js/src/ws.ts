@@ -39,6 +39,9 @@ interface Pending {
   subscribe?: string;
 }
 
+/** Wait before subscribing again after `unavailable`/`rate_limited` (ms). */
+const RESUBSCRIBE_MS = 2_000;
+
 /** Options of {@link WsTransport}. */
 export interface WsOptions {
   /** No open within this (ms): the attempt failed. */
@@ -69,6 +72,7 @@ export class WsTransport implements Transport {
   private beat: Heartbeat | undefined;
   private beatTimer: unknown;
   private connectTimer: unknown;
+  private retryTimer: unknown;
   private nextRef = 1;
   private readonly pending = new Map<number, Pending>();
   /** Topics the server has (query topics, acknowledged subscribes): what a cursor names. */
@@ -197,6 +201,11 @@ export class WsTransport implements Transport {
       (err: RtgateError) => {
         if (err instanceof ConnectionLost) return;
         this.requested.delete(topic);
+        if (err.code === "unavailable" || err.code === "rate_limited") {
+          // The server is short of room now, not refusing the topic: ask again later.
+          this.retryTimer = this.host.clock.setTimeout(() => this.topicsChanged(), RESUBSCRIBE_MS);
+          return;
+        }
         this.host.refused(topic, err);
       },
     );
@@ -286,6 +295,7 @@ export class WsTransport implements Transport {
     this.isOpen = false;
     this.host.clock.clearTimeout(this.connectTimer);
     this.host.clock.clearTimeout(this.beatTimer);
+    this.host.clock.clearTimeout(this.retryTimer);
     const pending = [...this.pending.values()];
     this.pending.clear();
     for (const p of pending) p.reject(err);
