@@ -4,12 +4,18 @@
 // over each transport forced alone: publish → receive, and resume with no
 // gap and no duplicate across a forced reconnect; and the fallback through a
 // small proxy in front of the gateway that refuses WebSocket upgrades (→ SSE)
-// or holds SSE responses like a buffering proxy (→ long polling).
+// or holds SSE responses like a buffering proxy (→ long polling); and, on a
+// second gateway with HS256 auth, tokens refreshed before expiry (WS `refresh`
+// op, SSE restarted with the new token) versus a fixed token that runs out.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import http from "node:http";
 import net from "node:net";
+import { createHmac } from "node:crypto";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import WebSocket from "ws";
 import { Rtgate } from "../dist/rtgate.js";
 
@@ -158,5 +164,67 @@ test("fallback: a proxy refusing upgrades → SSE; one buffering SSE → long po
     rt.close();
     p.server.closeAllConnections?.();
     p.server.close();
+  }
+});
+
+// ---- tokens: a second gateway with HS256 auth ----
+
+
+const SECRET = "integration-secret";
+
+/** An HS256 JWT valid for `ttl` seconds that may use every topic. */
+function token(ttl, sub = "it-user") {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const now = Math.floor(Date.now() / 1000);
+  const head = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub, exp: now + ttl, topics: { subscribe: ["*"], publish: ["*"] } })}`;
+  return `${head}.${createHmac("sha256", SECRET).update(head).digest("base64url")}`;
+}
+
+async function authGateway() {
+  const dir = mkdtempSync(join(tmpdir(), "rtgate-js-"));
+  const config = join(dir, "gateway.toml");
+  writeFileSync(config, `[auth]\nhmac_secrets = ["${SECRET}"]\nleeway = "1s"\n`);
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const p = spawn(BIN, ["--config", config, "--listen", `127.0.0.1:${port}`], { stdio: "ignore" });
+  await until("the auth gateway", async () => (await fetch(`${url}/healthz`).catch(() => null))?.ok);
+  return { url, stop: () => p.kill("SIGTERM") };
+}
+
+test("tokens refreshed before expiry keep a WebSocket and an SSE stream going; a fixed token runs out", async () => {
+  const gw = await authGateway();
+  try {
+    for (const transport of ["ws", "sse"]) {
+      let asked = 0;
+      const topic = `it.tok.${transport}.${Date.now()}`;
+      const { rt, states, got } = await open(gw.url, topic, [transport], {
+        token: async () => {
+          asked += 1;
+          return token(3); // refreshed 1 s before expiry: every ~2 s
+        },
+      });
+      await new Promise((r) => setTimeout(r, 6_500)); // past two expiries
+      assert.ok(asked >= 3, `${transport}: asked ${asked} times`);
+      const id = await rt.publish(topic, { after: "refresh" });
+      await until("the message", () => got.length === 1);
+      assert.equal(got[0].id, id);
+      const drops = states.filter((s) => s.state === "disconnected");
+      assert.deepEqual(drops, [], `${transport}: no disconnect (${JSON.stringify(states)})`);
+      rt.close();
+    }
+    // A fixed token is not renewed: the server ends the connection at its expiry, and the client says why.
+    const errors = [];
+    const rt = new Rtgate(gw.url, { transports: ["ws"], WebSocket, token: token(2) });
+    rt.on("error", (e) => errors.push(e.code));
+    const states = [];
+    rt.on("state", (s) => states.push(s));
+    rt.subscribe(`it.tok.fixed.${Date.now()}`, {});
+    await until("the expiry", () => states.some((s) => s.state === "disconnected"), 8_000);
+    assert.equal(states.find((s) => s.state === "disconnected").reason, "token_expired");
+    await until("the error", () => errors.length > 0);
+    assert.deepEqual(errors, ["token_expired"]);
+    rt.close();
+  } finally {
+    gw.stop();
   }
 });
