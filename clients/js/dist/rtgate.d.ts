@@ -578,7 +578,6 @@ export declare class Rtgate {
     private armProbe;
     /** Tries the better transport in the background; switches to it when it works. */
     private probe;
-    private probeSse;
     /** Sends what can be sent now: over an open WebSocket, or over HTTP for the other transports. */
     private pump;
     private retryOrFail;
@@ -876,3 +875,9 @@ export declare class SseTransport implements Transport {
 }
 /** An HTTP refusal of a stream as an {@link Ended}. */
 export declare function verdictToEnded(v: ReturnType<typeof httpVerdict>, opened: boolean): Ended;
+/**
+ * A background probe of SSE: requests a stream of the current topics and
+ * resolves true at its first `retry:`, comment or event (false when the
+ * answer is not a stream, or nothing arrives within `timeout`).
+ */
+export declare function probeSse(host: TransportHost, token: string | undefined, timeout: number): Promise<boolean>;

@@ -1203,6 +1203,45 @@ export function verdictToEnded(v, opened) {
             return { reason: v.reason, action: "fatal" };
     }
 }
+/**
+ * A background probe of SSE: requests a stream of the current topics and
+ * resolves true at its first `retry:`, comment or event (false when the
+ * answer is not a stream, or nothing arrives within `timeout`).
+ */
+export async function probeSse(host, token, timeout) {
+    const topics = host.topics();
+    if (topics.length === 0)
+        return false;
+    const abort = new AbortController();
+    const timer = host.clock.setTimeout(() => abort.abort(), timeout);
+    try {
+        const res = await host.fetch(sseUrl(host.httpBase, topics, undefined), {
+            headers: authHeaders(token, { Accept: "text/event-stream" }),
+            signal: abort.signal,
+            cache: "no-store",
+        });
+        if (!res.ok || !res.body || !(res.headers.get("content-type") ?? "").startsWith("text/event-stream"))
+            return false;
+        let heard = false;
+        const parser = new SseParser({ onRetry: () => (heard = true), onComment: () => (heard = true), onEvent: () => (heard = true) });
+        const reader = res.body.getReader();
+        const decoder = new TextDecoder();
+        while (!heard) {
+            const { done, value } = await reader.read();
+            if (done)
+                break;
+            parser.feed(decoder.decode(value, { stream: true }));
+        }
+        return heard;
+    }
+    catch {
+        return false;
+    }
+    finally {
+        host.clock.clearTimeout(timer);
+        abort.abort();
+    }
+}
 
 // ---- poll ----
 /**
@@ -1749,7 +1788,7 @@ export class Rtgate {
             if (better === "ws")
                 ok = await probeWs(this.host, this.wsCtor(), token, this.o.connectTimeout);
             else if (better === "sse")
-                ok = await this.probeSse(token);
+                ok = await probeSse(this.host, token, this.o.sseTimeout);
         }
         catch {
             ok = false;
@@ -1767,40 +1806,6 @@ export class Rtgate {
         }
         else
             this.armProbe();
-    }
-    async probeSse(token) {
-        const topics = this.host.topics();
-        if (topics.length === 0)
-            return false;
-        const abort = new AbortController();
-        const timer = this.clock.setTimeout(() => abort.abort(), this.o.sseTimeout);
-        try {
-            const q = new URLSearchParams(topics.map((t) => ["topic", t.topic]));
-            const res = await this.fetchFn()(`${this.host.httpBase}/v1/sse?${q}`, {
-                headers: token ? { Authorization: `Bearer ${token}`, Accept: "text/event-stream" } : { Accept: "text/event-stream" },
-                signal: abort.signal,
-            });
-            if (!res.ok || !res.body)
-                return false;
-            let heard = false;
-            const parser = new SseParser({ onRetry: () => (heard = true), onComment: () => (heard = true), onEvent: () => (heard = true) });
-            const reader = res.body.getReader();
-            const dec = new TextDecoder();
-            while (!heard) {
-                const { done, value } = await reader.read();
-                if (done)
-                    break;
-                parser.feed(dec.decode(value, { stream: true }));
-            }
-            return heard;
-        }
-        catch {
-            return false;
-        }
-        finally {
-            this.clock.clearTimeout(timer);
-            abort.abort();
-        }
     }
     // ---- publishes ----
     /** Sends what can be sent now: over an open WebSocket, or over HTTP for the other transports. */

@@ -14,14 +14,13 @@ import { TransportMachine } from "./fallback.js";
 import type { FallbackOptions, TransportName } from "./fallback.js";
 import { httpPresence, httpPublish, retryable } from "./http.js";
 import { PollTransport } from "./poll.js";
-import { SseTransport } from "./ssestream.js";
+import { SseTransport, probeSse } from "./ssestream.js";
 import { TokenManager } from "./token.js";
 import type { TokenSource } from "./token.js";
 import { RtgateError } from "./types.js";
 import type { Ended, Ephemeral, Gap, Message, PresenceEntry, PresenceSnapshot, StreamTopic, Transport, TransportHost } from "./types.js";
 import { ConnectionLost, WsTransport, probeWs } from "./ws.js";
 import type { WebSocketCtor } from "./ws.js";
-import { SseParser } from "./sse.js";
 
 /** A `Storage`-like place for the cursor (e.g. `sessionStorage`). */
 export interface StorageLike {
@@ -384,7 +383,7 @@ export class Rtgate {
     try {
       const token = await this.tokens.get();
       if (better === "ws") ok = await probeWs(this.host, this.wsCtor() as WebSocketCtor, token, this.o.connectTimeout);
-      else if (better === "sse") ok = await this.probeSse(token);
+      else if (better === "sse") ok = await probeSse(this.host, token, this.o.sseTimeout);
     } catch {
       ok = false;
     }
@@ -398,36 +397,6 @@ export class Rtgate {
       this.emit("state", { state: "disconnected", transport: before, reason: "upgrade" });
       this.startTransport();
     } else this.armProbe();
-  }
-
-  private async probeSse(token: string | undefined): Promise<boolean> {
-    const topics = this.host.topics();
-    if (topics.length === 0) return false;
-    const abort = new AbortController();
-    const timer = this.clock.setTimeout(() => abort.abort(), this.o.sseTimeout);
-    try {
-      const q = new URLSearchParams(topics.map((t) => ["topic", t.topic]));
-      const res = await this.fetchFn()(`${this.host.httpBase}/v1/sse?${q}`, {
-        headers: token ? { Authorization: `Bearer ${token}`, Accept: "text/event-stream" } : { Accept: "text/event-stream" },
-        signal: abort.signal,
-      });
-      if (!res.ok || !res.body) return false;
-      let heard = false;
-      const parser = new SseParser({ onRetry: () => (heard = true), onComment: () => (heard = true), onEvent: () => (heard = true) });
-      const reader = res.body.getReader();
-      const dec = new TextDecoder();
-      while (!heard) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        parser.feed(dec.decode(value, { stream: true }));
-      }
-      return heard;
-    } catch {
-      return false;
-    } finally {
-      this.clock.clearTimeout(timer);
-      abort.abort();
-    }
   }
 
   // ---- publishes ----

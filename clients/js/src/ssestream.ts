@@ -258,3 +258,38 @@ export function verdictToEnded(v: ReturnType<typeof httpVerdict>, opened: boolea
       return { reason: v.reason, action: "fatal" };
   }
 }
+
+/**
+ * A background probe of SSE: requests a stream of the current topics and
+ * resolves true at its first `retry:`, comment or event (false when the
+ * answer is not a stream, or nothing arrives within `timeout`).
+ */
+export async function probeSse(host: TransportHost, token: string | undefined, timeout: number): Promise<boolean> {
+  const topics = host.topics();
+  if (topics.length === 0) return false;
+  const abort = new AbortController();
+  const timer = host.clock.setTimeout(() => abort.abort(), timeout);
+  try {
+    const res = await host.fetch(sseUrl(host.httpBase, topics, undefined), {
+      headers: authHeaders(token, { Accept: "text/event-stream" }),
+      signal: abort.signal,
+      cache: "no-store",
+    });
+    if (!res.ok || !res.body || !(res.headers.get("content-type") ?? "").startsWith("text/event-stream")) return false;
+    let heard = false;
+    const parser = new SseParser({ onRetry: () => (heard = true), onComment: () => (heard = true), onEvent: () => (heard = true) });
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    while (!heard) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      parser.feed(decoder.decode(value, { stream: true }));
+    }
+    return heard;
+  } catch {
+    return false;
+  } finally {
+    host.clock.clearTimeout(timer);
+    abort.abort();
+  }
+}

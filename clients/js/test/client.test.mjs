@@ -303,3 +303,77 @@ test("the cursor and the working transport survive a reload through storage", as
   assert.deepEqual(got, ["8-0", "9-0"]);
   two.rt.close();
 });
+
+test("on a fallback transport the better one is probed in the background and switched to when it works", async () => {
+  const streams = [];
+  const fetchFn = async (url, init = {}) => {
+    const s = sseResponse();
+    streams.push({ s, q: new URL(url).searchParams });
+    init.signal?.addEventListener("abort", () => s.end());
+    return s.response;
+  };
+  const { rt, clock, sockets, states } = client({ fetch: fetchFn, fallback: { probeAfter: 30_000 } });
+  rt.subscribe("a", {});
+  await settle();
+  sockets[0].serverClose(1006, "");
+  clock.advance(0);
+  await settle();
+  streams[0].s.push("retry: 2000\n\nid: C5\ndata: {\"topic\":\"a\",\"id\":\"5-0\",\"ts\":1,\"data\":null}\n\n");
+  await settle();
+  assert.equal(states.at(-1), "connected:sse");
+  // Keep the SSE stream alive (comments) until the probe is due.
+  for (let t = 0; t < 30_000; t += 10_000) {
+    streams[0].s.push(": ping\n\n");
+    await settle();
+    clock.advance(10_000);
+  }
+  await settle();
+  assert.equal(sockets.length, 2, "the probe socket");
+  const probe = sockets[1];
+  assert.deepEqual([...probe.query.keys()], [], "a probe subscribes to nothing");
+  probe.open();
+  assert.equal(probe.frames()[0].op, "ping");
+  probe.receive({ op: "pong", ref: 0 });
+  await settle();
+  assert.equal(probe.closedWith.reason, "probe");
+  assert.deepEqual(states.slice(-3), ["connected:sse", "disconnected:upgrade", "connecting:ws"]);
+  const ws = sockets[2];
+  assert.equal(ws.query.get("cursor"), "C5", "the switch resumes from the SSE cursor");
+  assert.deepEqual(ws.query.getAll("topic"), ["a"]);
+  rt.close();
+});
+
+test("SSE: a stream ended after a late retry: comes back after that hint; a silent stream is replaced", async () => {
+  const streams = [];
+  const fetchFn = async (url, init = {}) => {
+    const s = sseResponse();
+    streams.push({ s, q: new URL(url).searchParams, signal: init.signal });
+    init.signal?.addEventListener("abort", () => s.end());
+    return s.response;
+  };
+  const { rt, clock, states } = client({ fetch: fetchFn, transports: ["sse"], heartbeatTimeout: 40_000 });
+  rt.subscribe("a", {});
+  await settle();
+  streams[0].s.push('retry: 2000\n\nid: C1\ndata: {"topic":"a","id":"1-0","ts":1,"data":0}\n\n');
+  await settle();
+  // Shutdown: the server paces the reconnect with a retry: before the end of the stream.
+  streams[0].s.push("retry: 4321\n\n");
+  streams[0].s.end();
+  await settle();
+  assert.equal(states.at(-1), "disconnected:stream_end");
+  clock.advance(4320);
+  await settle();
+  assert.equal(streams.length, 1);
+  clock.advance(1);
+  await settle();
+  assert.equal(streams.length, 2);
+  assert.equal(streams[1].q.get("lastEventId"), "C1");
+  streams[1].s.push("retry: 2000\n\n");
+  await settle();
+  // Nothing more, not even the server's comments: dead after the heartbeat timeout.
+  clock.advance(40_000);
+  await settle();
+  assert.equal(streams[1].signal.aborted, true);
+  assert.equal(states.at(-1), "disconnected:heartbeat_timeout");
+  rt.close();
+});
