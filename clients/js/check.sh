@@ -8,9 +8,9 @@ if [ ! -x node_modules/.bin/tsc ]; then
   npm ci --no-audit --no-fund >/dev/null
 fi
 npm run --silent build
-if ! git diff --quiet --exit-code -- dist/; then
+if ! git diff --quiet --exit-code HEAD -- dist/; then
   echo "check.sh: clients/js/dist/ differs from a fresh build of src/:" >&2
-  git --no-pager diff --stat -- dist/ >&2
+  git --no-pager diff --stat HEAD -- dist/ >&2
   echo "check.sh: run 'npm run build' in clients/js and commit dist/." >&2
   exit 1
 fi
