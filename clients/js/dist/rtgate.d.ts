@@ -417,6 +417,8 @@ export declare class WsTransport implements Transport {
     /** Sends a request and resolves with its ack (rejects with its error frame, or {@link ConnectionLost}). */
     request(frame: Record<string, unknown>, subscribe?: string): Promise<Record<string, unknown>>;
     topicsChanged(): void;
+    /** Subscribes and unsubscribes by op until the server has the host's topic set. */
+    private reconcile;
     refreshed(token: string): void;
     stop(): void;
     private subscribe;

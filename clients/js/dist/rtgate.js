@@ -665,9 +665,6 @@ export class WsTransport {
         const presence = new Map(topics.map((t) => [t.topic, t.presence]));
         const plan = this.host.plan(topics.map((t) => t.topic));
         const query = this.options.opsOnly ? [] : plan.covered;
-        const ops = this.options.opsOnly
-            ? topics.map((t) => ({ topic: t.topic, after: this.host.lastId(t.topic) }))
-            : plan.uncovered;
         const wantPresence = query.some((t) => presence.get(t) === true);
         let ws;
         try {
@@ -690,8 +687,8 @@ export class WsTransport {
                 this.streamTopics.add(t);
                 this.requested.set(t, presence.get(t) === true);
             }
-            for (const { topic, after } of ops)
-                this.subscribe(topic, after, presence.get(topic) === true);
+            // The others (and any subscribed since the connect began) by op, from their last id.
+            this.reconcile();
             // The first answer proves the whole path (a proxy may accept the upgrade and pass nothing).
             this.send({ op: "ping" });
             this.beat = new Heartbeat({ timeout: this.host.heartbeatTimeout }, this.host.clock.now());
@@ -718,8 +715,11 @@ export class WsTransport {
         });
     }
     topicsChanged() {
-        if (!this.open)
-            return; // the connect reads the set
+        if (this.open)
+            this.reconcile(); // else the open does it
+    }
+    /** Subscribes and unsubscribes by op until the server has the host's topic set. */
+    reconcile() {
         const want = new Map(this.host.topics().map((t) => [t.topic, t.presence]));
         for (const [topic, presence] of want) {
             const had = this.requested.get(topic);

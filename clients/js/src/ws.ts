@@ -104,9 +104,6 @@ export class WsTransport implements Transport {
     const presence = new Map(topics.map((t) => [t.topic, t.presence]));
     const plan = this.host.plan(topics.map((t) => t.topic));
     const query = this.options.opsOnly ? [] : plan.covered;
-    const ops = this.options.opsOnly
-      ? topics.map((t) => ({ topic: t.topic, after: this.host.lastId(t.topic) }))
-      : plan.uncovered;
     const wantPresence = query.some((t) => presence.get(t) === true);
     let ws: WebSocketLike;
     try {
@@ -126,7 +123,8 @@ export class WsTransport implements Transport {
         this.streamTopics.add(t);
         this.requested.set(t, presence.get(t) === true);
       }
-      for (const { topic, after } of ops) this.subscribe(topic, after, presence.get(topic) === true);
+      // The others (and any subscribed since the connect began) by op, from their last id.
+      this.reconcile();
       // The first answer proves the whole path (a proxy may accept the upgrade and pass nothing).
       this.send({ op: "ping" });
       this.beat = new Heartbeat({ timeout: this.host.heartbeatTimeout }, this.host.clock.now());
@@ -154,7 +152,11 @@ export class WsTransport implements Transport {
   }
 
   topicsChanged(): void {
-    if (!this.open) return; // the connect reads the set
+    if (this.open) this.reconcile(); // else the open does it
+  }
+
+  /** Subscribes and unsubscribes by op until the server has the host's topic set. */
+  private reconcile(): void {
     const want = new Map(this.host.topics().map((t) => [t.topic, t.presence]));
     for (const [topic, presence] of want) {
       const had = this.requested.get(topic);

@@ -377,3 +377,16 @@ test("SSE: a stream ended after a late retry: comes back after that hint; a sile
   assert.equal(states.at(-1), "disconnected:heartbeat_timeout");
   rt.close();
 });
+
+test("a topic subscribed while the WebSocket is still opening is subscribed at the open", async () => {
+  const { rt, sockets } = client();
+  rt.subscribe("a", {});
+  await settle();
+  rt.subscribe("b", { presence: true });
+  const un = rt.subscribe("c", {});
+  un();
+  sockets[0].open();
+  const subs = sockets[0].frames().filter((f) => f.op !== "ping").map(({ ref, ...f }) => f);
+  assert.deepEqual(subs, [{ op: "subscribe", topic: "a" }, { op: "subscribe", topic: "b", presence: true }]);
+  rt.close();
+});
