@@ -685,7 +685,6 @@ export type HttpVerdict = {
     kind: "retry";
     reason: string;
     retryMs?: number;
-    unreachable: boolean;
 } | {
     kind: "blocked";
     reason: string;

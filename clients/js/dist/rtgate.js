@@ -356,13 +356,13 @@ export function httpVerdict(status, body, retryAfterMs) {
     if (status === 403)
         return { kind: "fatal", reason: body.code ?? "forbidden" };
     if (status === 429 || status === 503)
-        return { kind: "retry", reason: code, retryMs: retryAfterMs, unreachable: false };
+        return { kind: "retry", reason: code, retryMs: retryAfterMs };
     if (status === 400 && /cursor/i.test(body.message ?? ""))
         return { kind: "reset_cursor", reason: code };
     if (status === 404 || status === 405 || status === 406)
         return { kind: "blocked", reason: code };
     if (status >= 500)
-        return { kind: "retry", reason: code, retryMs: retryAfterMs, unreachable: true };
+        return { kind: "retry", reason: code, retryMs: retryAfterMs };
     return { kind: "fatal", reason: code };
 }
 
@@ -1192,7 +1192,9 @@ export class SseTransport {
 export function verdictToEnded(v, opened) {
     switch (v.kind) {
         case "retry":
-            return { reason: v.reason, action: "reconnect", retryMs: v.retryMs, failure: v.unreachable && !opened ? "unreachable" : undefined };
+            // Overloaded, rate limited or down: the server's doing, not the transport's. (A browser
+            // sees a WebSocket handshake refused with 429 as a blocked upgrade; this undoes that fallback.)
+            return { reason: v.reason, action: "reconnect", retryMs: v.retryMs, failure: opened ? undefined : "unreachable" };
         case "blocked":
             return { reason: v.reason, action: "reconnect", failure: "blocked" };
         case "refresh":

@@ -84,7 +84,7 @@ export function parseErrorBody(text: string): ErrorBody {
 
 /** What an HTTP refusal of a stream (SSE, poll) means. */
 export type HttpVerdict =
-  | { kind: "retry"; reason: string; retryMs?: number; unreachable: boolean }
+  | { kind: "retry"; reason: string; retryMs?: number }
   | { kind: "blocked"; reason: string }
   | { kind: "refresh"; reason: string }
   | { kind: "reset_cursor"; reason: string }
@@ -95,9 +95,9 @@ export function httpVerdict(status: number, body: ErrorBody, retryAfterMs?: numb
   const code = body.code ?? `http_${status}`;
   if (status === 401) return { kind: "refresh", reason: body.code ?? "unauthenticated" };
   if (status === 403) return { kind: "fatal", reason: body.code ?? "forbidden" };
-  if (status === 429 || status === 503) return { kind: "retry", reason: code, retryMs: retryAfterMs, unreachable: false };
+  if (status === 429 || status === 503) return { kind: "retry", reason: code, retryMs: retryAfterMs };
   if (status === 400 && /cursor/i.test(body.message ?? "")) return { kind: "reset_cursor", reason: code };
   if (status === 404 || status === 405 || status === 406) return { kind: "blocked", reason: code };
-  if (status >= 500) return { kind: "retry", reason: code, retryMs: retryAfterMs, unreachable: true };
+  if (status >= 500) return { kind: "retry", reason: code, retryMs: retryAfterMs };
   return { kind: "fatal", reason: code };
 }

@@ -247,7 +247,9 @@ export class SseTransport implements Transport {
 export function verdictToEnded(v: ReturnType<typeof httpVerdict>, opened: boolean): Ended {
   switch (v.kind) {
     case "retry":
-      return { reason: v.reason, action: "reconnect", retryMs: v.retryMs, failure: v.unreachable && !opened ? "unreachable" : undefined };
+      // Overloaded, rate limited or down: the server's doing, not the transport's. (A browser
+      // sees a WebSocket handshake refused with 429 as a blocked upgrade; this undoes that fallback.)
+      return { reason: v.reason, action: "reconnect", retryMs: v.retryMs, failure: opened ? undefined : "unreachable" };
     case "blocked":
       return { reason: v.reason, action: "reconnect", failure: "blocked" };
     case "refresh":

@@ -390,3 +390,22 @@ test("a topic subscribed while the WebSocket is still opening is subscribed at t
   assert.deepEqual(subs, [{ op: "subscribe", topic: "a" }, { op: "subscribe", topic: "b", presence: true }]);
   rt.close();
 });
+
+test("a rate-limited reconnect storm does not leave clients on a worse transport", async () => {
+  const fetchFn = async () => new Response(JSON.stringify({ error: { code: "rate_limited", message: "later" } }), { status: 429, headers: { "retry-after": "3" } });
+  const { rt, clock, sockets, states } = client({ fetch: fetchFn });
+  rt.subscribe("a", {});
+  await settle();
+  sockets[0].serverClose(1006, ""); // a handshake refused with 429 looks like a blocked upgrade
+  clock.advance(0);
+  await settle();
+  assert.deepEqual(states, ["connecting:ws", "disconnected:network", "connecting:sse", "disconnected:rate_limited"]);
+  clock.advance(2_999);
+  await settle();
+  assert.equal(sockets.length, 1);
+  clock.advance(1);
+  await settle();
+  assert.equal(states.at(-1), "connecting:ws", "back to the WebSocket after Retry-After");
+  assert.equal(sockets.length, 2);
+  rt.close();
+});

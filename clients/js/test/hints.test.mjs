@@ -41,9 +41,9 @@ test("HTTP refusals of a stream", () => {
   const body = parseErrorBody('{"error":{"code":"rate_limited","message":"slow down"}}');
   assert.deepEqual(body, { code: "rate_limited", message: "slow down" });
   assert.deepEqual(parseErrorBody("<html>"), {});
-  assert.deepEqual(httpVerdict(429, body, 2000), { kind: "retry", reason: "rate_limited", retryMs: 2000, unreachable: false });
-  assert.deepEqual(httpVerdict(503, {}, undefined), { kind: "retry", reason: "http_503", retryMs: undefined, unreachable: false });
-  assert.deepEqual(httpVerdict(502, {}, undefined), { kind: "retry", reason: "http_502", retryMs: undefined, unreachable: true });
+  assert.deepEqual(httpVerdict(429, body, 2000), { kind: "retry", reason: "rate_limited", retryMs: 2000 });
+  assert.deepEqual(httpVerdict(503, {}, undefined), { kind: "retry", reason: "http_503", retryMs: undefined });
+  assert.deepEqual(httpVerdict(502, {}, undefined), { kind: "retry", reason: "http_502", retryMs: undefined });
   assert.deepEqual(httpVerdict(401, { code: "unauthenticated" }), { kind: "refresh", reason: "unauthenticated" });
   assert.deepEqual(httpVerdict(403, {}), { kind: "fatal", reason: "forbidden" });
   assert.deepEqual(httpVerdict(400, { code: "bad_request", message: "malformed cursor" }), { kind: "reset_cursor", reason: "bad_request" });

@@ -108,7 +108,7 @@ test("429 ends the run with the server's Retry-After", async () => {
   const h = host(f.fn);
   new PollTransport(h, { timeout: 25, slack: 10_000 }).start();
   await settle(10);
-  assert.deepEqual(h.log.ended, [{ reason: "rate_limited", action: "reconnect", retryMs: 7000, failure: undefined }]);
+  assert.deepEqual(h.log.ended, [{ reason: "rate_limited", action: "reconnect", retryMs: 7000, failure: "unreachable" }], "the server's doing, not the transport's");
   assert.equal(h.log.opened, 0);
 });
 
