@@ -576,6 +576,7 @@ export declare class Rtgate {
     private makeTransport;
     private opened;
     private ended;
+    /** Stops reconnecting (the `disconnected` state was emitted): `connect()` or a publish starts again. */
     private fail;
     private armProbe;
     /** Tries the better transport in the background; switches to it when it works. */

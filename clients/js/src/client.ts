@@ -301,13 +301,15 @@ export class Rtgate {
   }
 
   private opened(t: TransportName): void {
-    this.cursorResets = 0;
     this.machine.connected(t, this.clock.now());
     this.remembered = t;
     this.save();
     this.emit("state", { state: "connected", transport: t });
     this.clock.clearTimeout(this.stableTimer);
-    this.stableTimer = this.clock.setTimeout(() => this.backoff.reset(), this.o.stableAfter);
+    this.stableTimer = this.clock.setTimeout(() => {
+      this.backoff.reset();
+      this.cursorResets = 0;
+    }, this.o.stableAfter);
     this.armProbe();
     this.pump();
   }
@@ -325,11 +327,12 @@ export class Rtgate {
         this.tokens.invalidate();
         break;
       case "reset_cursor":
+        // Once without the cursor at once; if the server still refuses, it was not the cursor.
         this.cursorResets += 1;
         if (this.cursorResets > 2) return this.fail(new RtgateError(e.reason, "the server refused the connection request"));
+        if (this.cursorResets === 1) delay = 0;
         this.position.dropCursor();
         this.save();
-        delay = 0;
         break;
       case "forbidden":
         if (t === "ws" && !this.opsOnly && this.subs.size > 1) {
@@ -360,10 +363,10 @@ export class Rtgate {
     this.pump();
   }
 
+  /** Stops reconnecting (the `disconnected` state was emitted): `connect()` or a publish starts again. */
   private fail(err: RtgateError): void {
     this.running = false;
     this.emit("error", err);
-    this.emit("state", { state: "disconnected", reason: err.code });
     for (const p of this.publishes.splice(0)) p.reject(err);
   }
 

@@ -409,3 +409,35 @@ test("a rate-limited reconnect storm does not leave clients on a worse transport
   assert.equal(sockets.length, 2);
   rt.close();
 });
+
+test("a refused connect request drops the cursor once, then backs off, then stops", async () => {
+  const store = new Map([["rtgate:http://gw.test:8080", JSON.stringify({ position: { cursor: "STALE", covered: ["a"], ids: { a: "1-0" } } })]]);
+  const storage = { getItem: (k) => store.get(k) ?? null, setItem: (k, v) => store.set(k, v) };
+  const { rt, clock, sockets, states, errors } = client({ storage });
+  rt.subscribe("a", {});
+  await settle();
+  assert.equal(sockets[0].query.get("cursor"), "STALE");
+  sockets[0].open();
+  sockets[0].serverClose(1008, "policy");
+  clock.advance(0);
+  await settle();
+  assert.equal(sockets.length, 2, "again at once");
+  assert.equal(sockets[1].query.get("cursor"), null, "without the cursor");
+  sockets[1].open();
+  assert.deepEqual(sockets[1].frames()[0], { op: "subscribe", topic: "a", after: "1-0", ref: sockets[1].frames()[0].ref }, "the topic resumes from its id");
+  sockets[1].serverClose(1008, "policy");
+  clock.advance(0);
+  await settle();
+  assert.equal(sockets.length, 2, "not at once a second time");
+  clock.advance(250);
+  await settle();
+  assert.equal(sockets.length, 3);
+  sockets[2].open();
+  sockets[2].serverClose(1008, "policy");
+  clock.advance(60_000);
+  await settle();
+  assert.equal(sockets.length, 3, "stopped");
+  assert.deepEqual(errors, ["policy"]);
+  assert.equal(states.filter((s) => s === "disconnected:policy").length, 3);
+  rt.close();
+});
