@@ -519,10 +519,12 @@ export type StateEvent = {
     state: "closed";
     reason: string;
 };
-type Events = {
+/** The events of {@link Rtgate.on}. */
+export type RtgateEvents = {
     state: StateEvent;
     error: RtgateError;
 };
+type Events = RtgateEvents;
 /** A fresh idempotency key. */
 export declare function newIdempotencyKey(): string;
 /** Splits a gateway URL into its HTTP and WebSocket bases. */
@@ -556,6 +558,11 @@ export declare class Rtgate {
     /** The transport that last connected (persisted). */
     private remembered;
     private readonly o;
+    /**
+     * A client of the gateway at `url` (`http(s)://host[:port][/prefix]`, or the
+     * `ws(s)://` form; relative to the page in a browser). Connects at once
+     * unless `autoConnect` is false.
+     */
     constructor(url: string, options?: RtgateOptions);
     private readonly onOnline;
     /** Listens to `state` or `error` events; returns a function that stops listening. */

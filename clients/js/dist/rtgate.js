@@ -1537,6 +1537,11 @@ export function bases(url) {
 }
 /** The rtgate client. */
 export class Rtgate {
+    /**
+     * A client of the gateway at `url` (`http(s)://host[:port][/prefix]`, or the
+     * `ws(s)://` form; relative to the page in a browser). Connects at once
+     * unless `autoConnect` is false.
+     */
     constructor(url, options = {}) {
         this.options = options;
         this.subs = new Map();

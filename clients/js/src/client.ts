@@ -93,7 +93,9 @@ export type StateEvent =
   | { state: "disconnected"; transport?: TransportName; reason: string }
   | { state: "closed"; reason: string };
 
-type Events = { state: StateEvent; error: RtgateError };
+/** The events of {@link Rtgate.on}. */
+export type RtgateEvents = { state: StateEvent; error: RtgateError };
+type Events = RtgateEvents;
 
 interface PendingPublish {
   topic: string;
@@ -153,6 +155,11 @@ export class Rtgate {
   private remembered: TransportName | undefined;
   private readonly o: Required<Pick<RtgateOptions, "heartbeatTimeout" | "connectTimeout" | "sseTimeout" | "pollTimeout" | "stableAfter" | "maxMessageBytes">>;
 
+  /**
+   * A client of the gateway at `url` (`http(s)://host[:port][/prefix]`, or the
+   * `ws(s)://` form; relative to the page in a browser). Connects at once
+   * unless `autoConnect` is false.
+   */
   constructor(url: string, private readonly options: RtgateOptions = {}) {
     const b = bases(url);
     this.clock = options.clock ?? systemClock;
