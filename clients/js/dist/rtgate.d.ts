@@ -215,6 +215,13 @@ export declare class CursorState {
     message(topic: string, id: string, cursor: string | undefined, streamTopics: Iterable<string>): boolean;
     /** Takes a cursor that names `streamTopics` (a batch, a gap, a poll answer). */
     setCursor(cursor: string, streamTopics: Iterable<string>): void;
+    /**
+     * A gap on `topic`: the server goes on from `oldest`. When that is not past
+     * the last id seen (the history was lost and numbered again, e.g. a flushed
+     * store), the old id would drop the new messages as duplicates: it is
+     * forgotten.
+     */
+    gap(topic: string, oldest: string | undefined): void;
     /** Forgets the cursor (the server refused it); the per-topic ids stay. */
     dropCursor(): void;
     /** Forgets a topic that is no longer subscribed. */

@@ -121,6 +121,17 @@ export class CursorState {
         this.cursor = cursor;
         this.covered = new Set(streamTopics);
     }
+    /**
+     * A gap on `topic`: the server goes on from `oldest`. When that is not past
+     * the last id seen (the history was lost and numbered again, e.g. a flushed
+     * store), the old id would drop the new messages as duplicates: it is
+     * forgotten.
+     */
+    gap(topic, oldest) {
+        const last = this.ids.get(topic);
+        if (last !== undefined && (oldest === undefined || compareIds(oldest, last) <= 0))
+            this.ids.delete(topic);
+    }
     /** Forgets the cursor (the server refused it); the per-topic ids stay. */
     dropCursor() {
         this.cursor = undefined;
@@ -1903,6 +1914,7 @@ export class Rtgate {
             gap: (g, cursor, streamTopics) => {
                 if (cursor !== undefined)
                     self.position.setCursor(cursor, streamTopics);
+                self.position.gap(g.topic, typeof g.oldest === "string" ? g.oldest : undefined);
                 self.save();
                 for (const s of [...(self.subs.get(g.topic) ?? [])])
                     self.call(() => s.onGap?.(g));

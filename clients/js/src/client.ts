@@ -490,6 +490,7 @@ export class Rtgate {
       },
       gap: (g, cursor, streamTopics) => {
         if (cursor !== undefined) self.position.setCursor(cursor, streamTopics);
+        self.position.gap(g.topic, typeof g.oldest === "string" ? g.oldest : undefined);
         self.save();
         for (const s of [...(self.subs.get(g.topic) ?? [])]) self.call(() => s.onGap?.(g));
       },

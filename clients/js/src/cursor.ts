@@ -85,6 +85,17 @@ export class CursorState {
     this.covered = new Set(streamTopics);
   }
 
+  /**
+   * A gap on `topic`: the server goes on from `oldest`. When that is not past
+   * the last id seen (the history was lost and numbered again, e.g. a flushed
+   * store), the old id would drop the new messages as duplicates: it is
+   * forgotten.
+   */
+  gap(topic: string, oldest: string | undefined): void {
+    const last = this.ids.get(topic);
+    if (last !== undefined && (oldest === undefined || compareIds(oldest, last) <= 0)) this.ids.delete(topic);
+  }
+
   /** Forgets the cursor (the server refused it); the per-topic ids stay. */
   dropCursor(): void {
     this.cursor = undefined;

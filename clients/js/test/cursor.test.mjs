@@ -75,3 +75,15 @@ test("the number of topics whose id is kept is bounded", () => {
   assert.equal(c.ids.has("t0"), false, "least recently moved goes first");
   assert.equal(c.ids.has("t599"), true);
 });
+
+test("a gap keeps the last id unless the history was numbered again below it", () => {
+  const c = new CursorState();
+  c.message("a", "100-0", undefined, []);
+  c.gap("a", "200-0"); // trimmed: the server goes on past what was seen
+  assert.equal(c.message("a", "100-0", undefined, []), false, "still a duplicate guard");
+  c.gap("a", "5-0"); // lost and renumbered: new messages have lower ids
+  assert.equal(c.ids.has("a"), false);
+  assert.equal(c.message("a", "5-0", undefined, []), true, "not dropped as a duplicate");
+  c.gap("b", "1-0"); // a topic never seen: nothing to forget
+  assert.equal(c.ids.has("b"), false);
+});

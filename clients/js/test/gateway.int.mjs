@@ -228,3 +228,57 @@ test("tokens refreshed before expiry keep a WebSocket and an SSE stream going; a
     gw.stop();
   }
 });
+
+// ---- a gateway restart mid-stream (memory engine: history is lost with it) ----
+
+test("a gateway restart: every transport comes back by itself, reports the lost history as a gap, and gets every new message once", async () => {
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const env = { ...process.env, RTGATE_RECONNECT__MIN: "100ms", RTGATE_RECONNECT__WINDOW: "500ms" };
+  const start = async () => {
+    const p = spawn(BIN, ["--listen", `127.0.0.1:${port}`], { stdio: "ignore", env });
+    await until("the gateway", async () => (await fetch(`${url}/healthz`).catch(() => null))?.ok);
+    return p;
+  };
+  let gw = await start();
+  const topic = `it.restart.${Date.now()}`;
+  const clients = {};
+  for (const t of ["ws", "sse", "poll"]) {
+    const rt = new Rtgate(url, { transports: [t], WebSocket, pollTimeout: 5, backoff: { base: 100, cap: 1_000 } });
+    const c = { rt, states: [], got: [], gaps: [] };
+    rt.on("state", (s) => c.states.push(s));
+    rt.subscribe(topic, { onMessage: (m) => c.got.push(m.id), onGap: (g) => c.gaps.push(g) });
+    clients[t] = c;
+  }
+  const all = Object.values(clients);
+  await until("all connected", () => all.every((c) => c.states.some((s) => s.state === "connected")));
+  const before = [await publish2(url, topic, 1), await publish2(url, topic, 2)];
+  await until("the first two everywhere", () => all.every((c) => c.got.length === 2));
+  const connects = (c) => c.states.filter((s) => s.state === "connected").length;
+  const n = Object.fromEntries(Object.entries(clients).map(([t, c]) => [t, connects(c)]));
+  gw.kill("SIGTERM");
+  await new Promise((r) => gw.on("exit", r));
+  gw = await start();
+  try {
+    await until("all back", () => Object.entries(clients).every(([t, c]) => connects(c) > n[t]), 15_000);
+    const after = [];
+    for (let i = 3; i <= 5; i++) after.push(await publish2(url, topic, i));
+    await until("the new three everywhere", () => all.every((c) => c.got.length >= 5), 15_000);
+    await new Promise((r) => setTimeout(r, 300));
+    for (const [t, c] of Object.entries(clients)) {
+      assert.deepEqual(c.got, [...before, ...after], `${t}: every message once, in order`);
+      assert.ok(c.gaps.length >= 1, `${t}: the lost history is reported (${JSON.stringify(c.states.map((s) => s.reason ?? s.state))})`);
+      const reasons = c.states.filter((s) => s.state === "disconnected").map((s) => s.reason);
+      assert.ok(reasons.length >= 1, `${t}: ${reasons}`);
+    }
+  } finally {
+    for (const c of all) c.rt.close();
+    gw.kill("SIGTERM");
+  }
+});
+
+async function publish2(url, topic, i) {
+  const res = await fetch(`${url}/v1/publish/${topic}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ i }) });
+  assert.equal(res.status, 200);
+  return (await res.json()).id;
+}
