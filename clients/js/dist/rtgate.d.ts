@@ -354,6 +354,8 @@ export interface Transport {
     topicsChanged(): void;
     /** A new token was obtained before expiry. */
     refreshed(token: string): void;
+    /** The connection may have died unnoticed (back online, tab visible again): check it now. */
+    wake?(): void;
 }
 
 // ---- ws ----
@@ -427,6 +429,7 @@ export declare class WsTransport implements Transport {
     /** Subscribes and unsubscribes by op until the server has the host's topic set. */
     private reconcile;
     refreshed(token: string): void;
+    wake(): void;
     stop(): void;
     private subscribe;
     private send;
@@ -571,7 +574,7 @@ export declare class Rtgate {
      * unless `autoConnect` is false.
      */
     constructor(url: string, options?: RtgateOptions);
-    private readonly onOnline;
+    private readonly onWake;
     /** Listens to `state` or `error` events; returns a function that stops listening. */
     on<K extends keyof Events>(event: K, fn: (e: Events[K]) => void): () => void;
     /** The transport in use, if any. */
@@ -648,6 +651,12 @@ export declare class Heartbeat {
     constructor(timing: HeartbeatTiming, now: number);
     /** Something arrived at `now`. */
     frame(now: number): void;
+    /**
+     * The connection is in doubt at `now` (the network changed, the tab came
+     * back): the transport pings, and it is dead unless something arrives
+     * within the grace. Returns the grace, for the transport's next tick.
+     */
+    suspect(now: number): number;
     /** The timer fired at `now`. */
     tick(now: number): Beat;
 }

@@ -482,6 +482,16 @@ export class Heartbeat {
         this.pingedAt = undefined;
         this.graceUntil = undefined;
     }
+    /**
+     * The connection is in doubt at `now` (the network changed, the tab came
+     * back): the transport pings, and it is dead unless something arrives
+     * within the grace. Returns the grace, for the transport's next tick.
+     */
+    suspect(now) {
+        this.graceUntil = now + this.grace;
+        this.pingedAt = now;
+        return this.grace;
+    }
     /** The timer fired at `now`. */
     tick(now) {
         const late = now - this.lastTick > 2 * this.interval;
@@ -758,6 +768,15 @@ export class WsTransport {
                     this.host.error(err);
             });
     }
+    wake() {
+        const beat = this.beat;
+        if (!this.open || !beat)
+            return;
+        const grace = beat.suspect(this.host.clock.now());
+        this.send({ op: "ping" });
+        this.host.clock.clearTimeout(this.beatTimer);
+        this.armBeat(grace);
+    }
     stop() {
         this.stopped = true;
         this.teardown(new ConnectionLost());
@@ -853,7 +872,7 @@ export class WsTransport {
         else
             p.resolve(frame);
     }
-    armBeat() {
+    armBeat(delay) {
         const beat = this.beat;
         if (!beat || this.done)
             return;
@@ -874,7 +893,7 @@ export class WsTransport {
                     break;
             }
             this.armBeat();
-        }, beat.interval);
+        }, delay ?? beat.interval);
     }
     teardown(err) {
         this.done = true;
@@ -1565,9 +1584,14 @@ export class Rtgate {
         this.opsOnly = false;
         this.cursorResets = 0;
         this.saveQueued = false;
-        this.onOnline = () => {
-            if (this.closed || !this.running || this.transport)
+        this.onWake = () => {
+            if (this.closed || !this.running)
                 return;
+            const doc = globalThis.document;
+            if (doc?.visibilityState === "hidden")
+                return;
+            if (this.transport)
+                return this.transport.wake?.();
             this.clock.clearTimeout(this.retryTimer);
             this.startTransport();
         };
@@ -1594,10 +1618,12 @@ export class Rtgate {
         this.backoff = new Backoff(options.backoff, options.random);
         this.tokens = new TokenManager(options.token, this.clock, (t) => this.transport?.refreshed(t), (err) => this.emit("error", new RtgateError("token_error", String(err?.message ?? err))));
         this.host = this.makeHost(b.http, b.ws);
-        // Back online (browsers): the wait for the next attempt is pointless now.
+        // Browsers: back online or visible again, the connection is checked (or the wait cut short).
         const g = globalThis;
-        if (typeof g.addEventListener === "function")
-            g.addEventListener("online", this.onOnline);
+        if (typeof g.addEventListener === "function") {
+            g.addEventListener("online", this.onWake);
+            g.addEventListener("visibilitychange", this.onWake);
+        }
         if (options.autoConnect !== false)
             queueMicrotask(() => this.connect());
     }
@@ -1692,8 +1718,10 @@ export class Rtgate {
             this.clock.clearTimeout(t);
         this.tokens.stop();
         const g = globalThis;
-        if (typeof g.removeEventListener === "function")
-            g.removeEventListener("online", this.onOnline);
+        if (typeof g.removeEventListener === "function") {
+            g.removeEventListener("online", this.onWake);
+            g.removeEventListener("visibilitychange", this.onWake);
+        }
         this.flushSave();
         for (const p of this.publishes.splice(0))
             p.reject(new RtgateError("closed", "the client was closed"));

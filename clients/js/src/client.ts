@@ -187,14 +187,20 @@ export class Rtgate {
       (err) => this.emit("error", new RtgateError("token_error", String((err as Error)?.message ?? err))),
     );
     this.host = this.makeHost(b.http, b.ws);
-    // Back online (browsers): the wait for the next attempt is pointless now.
+    // Browsers: back online or visible again, the connection is checked (or the wait cut short).
     const g = globalThis as { addEventListener?: (t: string, f: () => void) => void };
-    if (typeof g.addEventListener === "function") g.addEventListener("online", this.onOnline);
+    if (typeof g.addEventListener === "function") {
+      g.addEventListener("online", this.onWake);
+      g.addEventListener("visibilitychange", this.onWake);
+    }
     if (options.autoConnect !== false) queueMicrotask(() => this.connect());
   }
 
-  private readonly onOnline = (): void => {
-    if (this.closed || !this.running || this.transport) return;
+  private readonly onWake = (): void => {
+    if (this.closed || !this.running) return;
+    const doc = (globalThis as { document?: { visibilityState?: string } }).document;
+    if (doc?.visibilityState === "hidden") return;
+    if (this.transport) return this.transport.wake?.();
     this.clock.clearTimeout(this.retryTimer);
     this.startTransport();
   };
@@ -283,7 +289,10 @@ export class Rtgate {
     for (const t of [this.retryTimer, this.stableTimer, this.probeTimer]) this.clock.clearTimeout(t);
     this.tokens.stop();
     const g = globalThis as { removeEventListener?: (t: string, f: () => void) => void };
-    if (typeof g.removeEventListener === "function") g.removeEventListener("online", this.onOnline);
+    if (typeof g.removeEventListener === "function") {
+      g.removeEventListener("online", this.onWake);
+      g.removeEventListener("visibilitychange", this.onWake);
+    }
     this.flushSave();
     for (const p of this.publishes.splice(0)) p.reject(new RtgateError("closed", "the client was closed"));
     this.emit("state", { state: "closed", reason: "client" });

@@ -51,6 +51,17 @@ export class Heartbeat {
     this.graceUntil = undefined;
   }
 
+  /**
+   * The connection is in doubt at `now` (the network changed, the tab came
+   * back): the transport pings, and it is dead unless something arrives
+   * within the grace. Returns the grace, for the transport's next tick.
+   */
+  suspect(now: number): number {
+    this.graceUntil = now + this.grace;
+    this.pingedAt = now;
+    return this.grace;
+  }
+
   /** The timer fired at `now`. */
   tick(now: number): Beat {
     const late = now - this.lastTick > 2 * this.interval;

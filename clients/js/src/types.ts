@@ -138,4 +138,6 @@ export interface Transport {
   topicsChanged(): void;
   /** A new token was obtained before expiry. */
   refreshed(token: string): void;
+  /** The connection may have died unnoticed (back online, tab visible again): check it now. */
+  wake?(): void;
 }

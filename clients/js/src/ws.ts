@@ -182,6 +182,15 @@ export class WsTransport implements Transport {
     });
   }
 
+  wake(): void {
+    const beat = this.beat;
+    if (!this.open || !beat) return;
+    const grace = beat.suspect(this.host.clock.now());
+    this.send({ op: "ping" });
+    this.host.clock.clearTimeout(this.beatTimer);
+    this.armBeat(grace);
+  }
+
   stop(): void {
     this.stopped = true;
     this.teardown(new ConnectionLost());
@@ -270,7 +279,7 @@ export class WsTransport implements Transport {
     else p.resolve(frame);
   }
 
-  private armBeat(): void {
+  private armBeat(delay?: number): void {
     const beat = this.beat;
     if (!beat || this.done) return;
     this.beatTimer = this.host.clock.setTimeout(() => {
@@ -289,7 +298,7 @@ export class WsTransport implements Transport {
           break;
       }
       this.armBeat();
-    }, beat.interval);
+    }, delay ?? beat.interval);
   }
 
   private teardown(err: RtgateError): void {

@@ -441,3 +441,30 @@ test("a refused connect request drops the cursor once, then backs off, then stop
   assert.equal(states.filter((s) => s === "disconnected:policy").length, 3);
   rt.close();
 });
+
+test("back online or visible again: the WebSocket is pinged and replaced if it does not answer within the grace", async () => {
+  const listeners = {};
+  globalThis.addEventListener = (t, f) => (listeners[t] = f);
+  globalThis.removeEventListener = (t) => delete listeners[t];
+  try {
+    const { rt, clock, sockets, states } = client();
+    rt.subscribe("a", {});
+    await settle();
+    sockets[0].open();
+    sockets[0].receive({ op: "pong" });
+    clock.advance(1_000);
+    listeners.online();
+    assert.equal(sockets[0].frames().at(-1).op, "ping");
+    sockets[0].receive({ op: "pong" });
+    clock.advance(10_000);
+    assert.equal(states.at(-1), "connected:ws", "answered: kept");
+    listeners.visibilitychange();
+    clock.advance(10_000);
+    assert.equal(states.at(-1), "disconnected:heartbeat_timeout", "silent: replaced after the 10 s grace, not the 40 s timeout");
+    rt.close();
+    assert.deepEqual(Object.keys(listeners), [], "close removes the listeners");
+  } finally {
+    delete globalThis.addEventListener;
+    delete globalThis.removeEventListener;
+  }
+});

@@ -60,3 +60,14 @@ test("a late tick right after a frame is an ordinary tick", () => {
   hb.frame(99_000);
   assert.equal(hb.tick(100_000), "ok");
 });
+
+test("a suspected connection is dead unless something arrives within the grace", () => {
+  const hb = new Heartbeat(T, 0);
+  assert.equal(hb.suspect(1_000), 10_000);
+  assert.equal(hb.tick(10_000), "ok");
+  assert.equal(hb.tick(11_000), "dead");
+  const alive = new Heartbeat(T, 0);
+  alive.suspect(1_000);
+  alive.frame(2_000);
+  assert.equal(alive.tick(11_000), "ok");
+});
