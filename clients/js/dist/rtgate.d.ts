@@ -119,55 +119,6 @@ export declare class TransportMachine {
     probed(t: TransportName, ok: boolean, now: number): TransportName;
 }
 
-// ---- token ----
-/**
- * Tokens: a fixed string, or a function the client asks again before the
- * token expires. The JWT's `exp` is read without verifying anything (the
- * server verifies); a token without one is never refreshed on a timer, only
- * when the server says it expired. At most one request for a token is in
- * flight: every caller during a refresh waits for the same answer.
- */
-/** A token, or a function that returns a fresh one. */
-export type TokenSource = string | (() => string | Promise<string>);
-/** The `exp` claim of a JWT in milliseconds, or undefined when it has none or is not a JWT. */
-export declare function jwtExpiry(token: string): number | undefined;
-/**
- * How long to wait before asking for a new token that expires at `expMs`:
- * a margin of a tenth of its remaining life, at least `minMargin` (1 s) and
- * at most `maxMargin` (60 s), never negative.
- */
-export declare function refreshDelay(expMs: number, nowMs: number, minMargin?: number, maxMargin?: number): number;
-/** Holds the current token and refreshes it on time. */
-export declare class TokenManager {
-    private readonly source;
-    private readonly clock;
-    private readonly onRefreshed;
-    private readonly onError;
-    private token;
-    private expiry;
-    private inflight;
-    private timer;
-    private stopped;
-    /**
-     * `onRefreshed` is called with each token obtained by the timer (not for
-     * the ones callers asked for), so the transport can present it.
-     */
-    constructor(source: TokenSource | undefined, clock: Clock, onRefreshed?: (token: string) => void, onError?: (err: unknown) => void);
-    /** Whether a new token can be asked for (the source is a function). */
-    get refreshable(): boolean;
-    /** The current token: cached while valid, else asked for (one request in flight). */
-    get(): Promise<string | undefined>;
-    /** The server refused the token: the next {@link TokenManager.get} asks again. */
-    invalidate(): void;
-    /** Stops the refresh timer. */
-    stop(): void;
-    /** Asks the source; concurrent callers share the request. */
-    private fetch;
-    /** Arms the timer for the current token's expiry. */
-    private schedule;
-    private refreshNow;
-}
-
 // ---- cursor ----
 /**
  * The client's position: one cursor for all subscriptions.
@@ -358,6 +309,90 @@ export interface Transport {
     wake?(): void;
 }
 
+// ---- http ----
+/**
+ * The HTTP requests besides streams: publish (`POST /v1/publish/{topic}`,
+ * contract §3/§11) and presence (`GET /v1/presence/{topic}`).
+ */
+/** Request headers carrying `token`, if any. */
+export declare function authHeaders(token: string | undefined, extra?: Record<string, string>): Record<string, string>;
+/** A refusal read from a non-2xx answer. */
+export declare function refusal(res: Response, now: number): Promise<RtgateError>;
+/** What one HTTP publish asks for. */
+export interface HttpPublish {
+    topic: string;
+    data: unknown;
+    idempotencyKey?: string;
+    key?: string;
+    ephemeral?: boolean;
+}
+/** Publishes once over HTTP; resolves with the id (undefined for an ephemeral message). */
+export declare function httpPublish(fetchFn: typeof fetch, base: string, token: string | undefined, p: HttpPublish, now: () => number): Promise<string | undefined>;
+/** Whether a failed publish may be sent again (with the same idempotency key). */
+export declare function retryable(err: RtgateError): boolean;
+/** `GET /v1/presence/{topic}`. */
+export declare function httpPresence(fetchFn: typeof fetch, base: string, token: string | undefined, topic: string, now: () => number): Promise<PresenceSnapshot>;
+/** A page of history (contract §3). */
+export interface HistoryPage {
+    messages: Message[];
+    /** True when `after` is older than the oldest retained message. */
+    truncated: boolean;
+}
+/** `GET /v1/history/{topic}?after=ID&limit=N`. */
+export declare function httpHistory(fetchFn: typeof fetch, base: string, token: string | undefined, topic: string, opts: {
+    after?: string;
+    limit?: number;
+}, now: () => number): Promise<HistoryPage>;
+
+// ---- token ----
+/**
+ * Tokens: a fixed string, or a function the client asks again before the
+ * token expires. The JWT's `exp` is read without verifying anything (the
+ * server verifies); a token without one is never refreshed on a timer, only
+ * when the server says it expired. At most one request for a token is in
+ * flight: every caller during a refresh waits for the same answer.
+ */
+/** A token, or a function that returns a fresh one. */
+export type TokenSource = string | (() => string | Promise<string>);
+/** The `exp` claim of a JWT in milliseconds, or undefined when it has none or is not a JWT. */
+export declare function jwtExpiry(token: string): number | undefined;
+/**
+ * How long to wait before asking for a new token that expires at `expMs`:
+ * a margin of a tenth of its remaining life, at least `minMargin` (1 s) and
+ * at most `maxMargin` (60 s), never negative.
+ */
+export declare function refreshDelay(expMs: number, nowMs: number, minMargin?: number, maxMargin?: number): number;
+/** Holds the current token and refreshes it on time. */
+export declare class TokenManager {
+    private readonly source;
+    private readonly clock;
+    private readonly onRefreshed;
+    private readonly onError;
+    private token;
+    private expiry;
+    private inflight;
+    private timer;
+    private stopped;
+    /**
+     * `onRefreshed` is called with each token obtained by the timer (not for
+     * the ones callers asked for), so the transport can present it.
+     */
+    constructor(source: TokenSource | undefined, clock: Clock, onRefreshed?: (token: string) => void, onError?: (err: unknown) => void);
+    /** Whether a new token can be asked for (the source is a function). */
+    get refreshable(): boolean;
+    /** The current token: cached while valid, else asked for (one request in flight). */
+    get(): Promise<string | undefined>;
+    /** The server refused the token: the next {@link TokenManager.get} asks again. */
+    invalidate(): void;
+    /** Stops the refresh timer. */
+    stop(): void;
+    /** Asks the source; concurrent callers share the request. */
+    private fetch;
+    /** Arms the timer for the current token's expiry. */
+    private schedule;
+    private refreshNow;
+}
+
 // ---- ws ----
 /**
  * The WebSocket transport (contract §4): connects with the covered topics
@@ -487,6 +522,8 @@ export interface RtgateOptions {
     fallback?: FallbackOptions;
     /** Largest `data` accepted, in bytes of JSON (default 65536, as the server's default). */
     maxMessageBytes?: number;
+    /** Publishes waiting for an answer at most (default 1000); more are refused with `queue_full`. */
+    maxPending?: number;
     /** Connect at construction (default true). */
     autoConnect?: boolean;
     /** Clock and randomness, for tests. */
@@ -587,6 +624,11 @@ export declare class Rtgate {
     publish(topic: string, data: unknown, opts?: PublishOptions): Promise<string | undefined>;
     /** Who is on `topic` (over the WebSocket when open, else HTTP). */
     presence(topic: string): Promise<PresenceSnapshot>;
+    /** A page of `topic`'s history (e.g. to fill a `dropped` gap): after `after`, or the newest `limit`. */
+    history(topic: string, opts?: {
+        after?: string;
+        limit?: number;
+    }): Promise<HistoryPage>;
     /** Closes the connection for good; pending publishes are rejected. */
     close(): void;
     private startTransport;
@@ -724,30 +766,6 @@ export type HttpVerdict = {
 };
 /** Understands a stream request's non-200 answer. */
 export declare function httpVerdict(status: number, body: ErrorBody, retryAfterMs?: number): HttpVerdict;
-
-// ---- http ----
-/**
- * The HTTP requests besides streams: publish (`POST /v1/publish/{topic}`,
- * contract §3/§11) and presence (`GET /v1/presence/{topic}`).
- */
-/** Request headers carrying `token`, if any. */
-export declare function authHeaders(token: string | undefined, extra?: Record<string, string>): Record<string, string>;
-/** A refusal read from a non-2xx answer. */
-export declare function refusal(res: Response, now: number): Promise<RtgateError>;
-/** What one HTTP publish asks for. */
-export interface HttpPublish {
-    topic: string;
-    data: unknown;
-    idempotencyKey?: string;
-    key?: string;
-    ephemeral?: boolean;
-}
-/** Publishes once over HTTP; resolves with the id (undefined for an ephemeral message). */
-export declare function httpPublish(fetchFn: typeof fetch, base: string, token: string | undefined, p: HttpPublish, now: () => number): Promise<string | undefined>;
-/** Whether a failed publish may be sent again (with the same idempotency key). */
-export declare function retryable(err: RtgateError): boolean;
-/** `GET /v1/presence/{topic}`. */
-export declare function httpPresence(fetchFn: typeof fetch, base: string, token: string | undefined, topic: string, now: () => number): Promise<PresenceSnapshot>;
 
 // ---- poll ----
 /**

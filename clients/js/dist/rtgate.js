@@ -455,6 +455,26 @@ export async function httpPresence(fetchFn, base, token, topic, now) {
         throw await refusal(res, now());
     return (await res.json());
 }
+/** `GET /v1/history/{topic}?after=ID&limit=N`. */
+export async function httpHistory(fetchFn, base, token, topic, opts, now) {
+    const q = new URLSearchParams();
+    if (opts.after !== undefined)
+        q.set("after", opts.after);
+    if (opts.limit !== undefined)
+        q.set("limit", String(opts.limit));
+    const qs = q.toString();
+    let res;
+    try {
+        res = await fetchFn(`${base}/v1/history/${encodeURIComponent(topic)}${qs ? "?" + qs : ""}`, { headers: authHeaders(token) });
+    }
+    catch (err) {
+        throw new RtgateError("network", String(err?.message ?? err));
+    }
+    if (!res.ok)
+        throw await refusal(res, now());
+    const body = (await res.json());
+    return { messages: body.messages ?? [], truncated: body.truncated === true };
+}
 
 // ---- heartbeat ----
 /**
@@ -1604,6 +1624,7 @@ export class Rtgate {
             pollTimeout: options.pollTimeout ?? 25,
             stableAfter: options.stableAfter ?? 10000,
             maxMessageBytes: options.maxMessageBytes ?? 65536,
+            maxPending: options.maxPending ?? 1000,
         };
         this.storageKey = `rtgate:${b.http}`;
         let order = options.transports ?? ["ws", "sse", "poll"];
@@ -1681,6 +1702,8 @@ export class Rtgate {
         const size = new TextEncoder().encode(text).length;
         if (size > this.o.maxMessageBytes)
             return Promise.reject(new RtgateError("too_large", `data over ${this.o.maxMessageBytes} bytes`));
+        if (this.publishes.length >= this.o.maxPending)
+            return Promise.reject(new RtgateError("queue_full", `${this.o.maxPending} publishes are waiting already`));
         return new Promise((resolve, reject) => {
             const idempotencyKey = opts.idempotencyKey ?? newIdempotencyKey();
             this.publishes.push({ topic, data, opts, idempotencyKey, inFlight: false, attempt: 0, size, resolve, reject });
@@ -1705,6 +1728,11 @@ export class Rtgate {
         }
         const token = await this.tokens.get();
         return httpPresence(this.fetchFn(), this.host.httpBase, token, topic, () => this.clock.now());
+    }
+    /** A page of `topic`'s history (e.g. to fill a `dropped` gap): after `after`, or the newest `limit`. */
+    async history(topic, opts = {}) {
+        const token = await this.tokens.get();
+        return httpHistory(this.fetchFn(), this.host.httpBase, token, topic, opts, () => this.clock.now());
     }
     /** Closes the connection for good; pending publishes are rejected. */
     close() {

@@ -12,7 +12,8 @@ import type { Clock } from "./clock.js";
 import { CursorState } from "./cursor.js";
 import { TransportMachine } from "./fallback.js";
 import type { FallbackOptions, TransportName } from "./fallback.js";
-import { httpPresence, httpPublish, retryable } from "./http.js";
+import { httpHistory, httpPresence, httpPublish, retryable } from "./http.js";
+import type { HistoryPage } from "./http.js";
 import { PollTransport } from "./poll.js";
 import { SseTransport, probeSse } from "./ssestream.js";
 import { TokenManager } from "./token.js";
@@ -56,6 +57,8 @@ export interface RtgateOptions {
   fallback?: FallbackOptions;
   /** Largest `data` accepted, in bytes of JSON (default 65536, as the server's default). */
   maxMessageBytes?: number;
+  /** Publishes waiting for an answer at most (default 1000); more are refused with `queue_full`. */
+  maxPending?: number;
   /** Connect at construction (default true). */
   autoConnect?: boolean;
   /** Clock and randomness, for tests. */
@@ -153,7 +156,7 @@ export class Rtgate {
   private saveQueued = false;
   /** The transport that last connected (persisted). */
   private remembered: TransportName | undefined;
-  private readonly o: Required<Pick<RtgateOptions, "heartbeatTimeout" | "connectTimeout" | "sseTimeout" | "pollTimeout" | "stableAfter" | "maxMessageBytes">>;
+  private readonly o: Required<Pick<RtgateOptions, "heartbeatTimeout" | "connectTimeout" | "sseTimeout" | "pollTimeout" | "stableAfter" | "maxMessageBytes" | "maxPending">>;
 
   /**
    * A client of the gateway at `url` (`http(s)://host[:port][/prefix]`, or the
@@ -170,6 +173,7 @@ export class Rtgate {
       pollTimeout: options.pollTimeout ?? 25,
       stableAfter: options.stableAfter ?? 10_000,
       maxMessageBytes: options.maxMessageBytes ?? 65_536,
+      maxPending: options.maxPending ?? 1_000,
     };
     this.storageKey = `rtgate:${b.http}`;
     let order = options.transports ?? ["ws", "sse", "poll"];
@@ -255,6 +259,7 @@ export class Rtgate {
     const text = JSON.stringify(data === undefined ? null : data);
     const size = new TextEncoder().encode(text).length;
     if (size > this.o.maxMessageBytes) return Promise.reject(new RtgateError("too_large", `data over ${this.o.maxMessageBytes} bytes`));
+    if (this.publishes.length >= this.o.maxPending) return Promise.reject(new RtgateError("queue_full", `${this.o.maxPending} publishes are waiting already`));
     return new Promise((resolve, reject) => {
       const idempotencyKey = opts.idempotencyKey ?? newIdempotencyKey();
       this.publishes.push({ topic, data, opts, idempotencyKey, inFlight: false, attempt: 0, size, resolve, reject });
@@ -277,6 +282,12 @@ export class Rtgate {
     }
     const token = await this.tokens.get();
     return httpPresence(this.fetchFn(), this.host.httpBase, token, topic, () => this.clock.now());
+  }
+
+  /** A page of `topic`'s history (e.g. to fill a `dropped` gap): after `after`, or the newest `limit`. */
+  async history(topic: string, opts: { after?: string; limit?: number } = {}): Promise<HistoryPage> {
+    const token = await this.tokens.get();
+    return httpHistory(this.fetchFn(), this.host.httpBase, token, topic, opts, () => this.clock.now());
   }
 
   /** Closes the connection for good; pending publishes are rejected. */

@@ -5,7 +5,7 @@
 
 import { httpVerdict, parseErrorBody, parseRetryAfter } from "./hints.js";
 import { RtgateError } from "./types.js";
-import type { PresenceSnapshot } from "./types.js";
+import type { Message, PresenceSnapshot } from "./types.js";
 
 /** Request headers carrying `token`, if any. */
 export function authHeaders(token: string | undefined, extra: Record<string, string> = {}): Record<string, string> {
@@ -74,4 +74,35 @@ export async function httpPresence(fetchFn: typeof fetch, base: string, token: s
   }
   if (!res.ok) throw await refusal(res, now());
   return (await res.json()) as PresenceSnapshot;
+}
+
+/** A page of history (contract §3). */
+export interface HistoryPage {
+  messages: Message[];
+  /** True when `after` is older than the oldest retained message. */
+  truncated: boolean;
+}
+
+/** `GET /v1/history/{topic}?after=ID&limit=N`. */
+export async function httpHistory(
+  fetchFn: typeof fetch,
+  base: string,
+  token: string | undefined,
+  topic: string,
+  opts: { after?: string; limit?: number },
+  now: () => number,
+): Promise<HistoryPage> {
+  const q = new URLSearchParams();
+  if (opts.after !== undefined) q.set("after", opts.after);
+  if (opts.limit !== undefined) q.set("limit", String(opts.limit));
+  const qs = q.toString();
+  let res: Response;
+  try {
+    res = await fetchFn(`${base}/v1/history/${encodeURIComponent(topic)}${qs ? "?" + qs : ""}`, { headers: authHeaders(token) });
+  } catch (err) {
+    throw new RtgateError("network", String((err as Error)?.message ?? err));
+  }
+  if (!res.ok) throw await refusal(res, now());
+  const body = (await res.json()) as { messages?: Message[]; truncated?: boolean };
+  return { messages: body.messages ?? [], truncated: body.truncated === true };
 }

@@ -468,3 +468,19 @@ test("back online or visible again: the WebSocket is pinged and replaced if it d
     delete globalThis.removeEventListener;
   }
 });
+
+test("history pages over HTTP; the publish queue is bounded", async () => {
+  const seen = [];
+  const fetchFn = async (url, init = {}) => {
+    seen.push([url, init.headers?.Authorization]);
+    return new Response(JSON.stringify({ messages: [{ topic: "a", id: "2-0", ts: 2, data: 1 }], truncated: false }));
+  };
+  const { rt } = client({ fetch: fetchFn, token: "tk", maxPending: 2 });
+  const page = await rt.history("a", { after: "1-0", limit: 10 });
+  assert.deepEqual(page, { messages: [{ topic: "a", id: "2-0", ts: 2, data: 1 }], truncated: false });
+  assert.deepEqual(seen, [["http://gw.test:8080/v1/history/a?after=1-0&limit=10", "Bearer tk"]]);
+  const waiting = [rt.publish("a", 1), rt.publish("a", 2)];
+  await assert.rejects(rt.publish("a", 3), (e) => e.code === "queue_full");
+  rt.close();
+  for (const p of waiting) await assert.rejects(p, (e) => e.code === "closed");
+});
