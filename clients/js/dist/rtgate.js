@@ -730,11 +730,11 @@ export class WsTransport {
             }
             // The others (and any subscribed since the connect began) by op, from their last id.
             this.reconcile();
-            // The first answer proves the whole path (a proxy may accept the upgrade and pass nothing).
+            // The first answer proves the whole path (a proxy may accept the upgrade and pass nothing,
+            // a refused credential is closed right after the handshake): connected only then.
             this.send({ op: "ping" });
             this.beat = new Heartbeat({ timeout: this.host.heartbeatTimeout }, this.host.clock.now());
             this.armBeat();
-            this.host.opened();
         };
         ws.onmessage = (ev) => this.receive(ev.data);
         ws.onclose = (ev) => {
@@ -838,8 +838,13 @@ export class WsTransport {
     receive(raw) {
         if (this.done)
             return;
-        this.heard = true;
         this.beat?.frame(this.host.clock.now());
+        if (!this.heard) {
+            this.heard = true;
+            this.host.opened();
+            if (this.done)
+                return;
+        }
         if (typeof raw !== "string")
             return;
         let f;

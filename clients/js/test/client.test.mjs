@@ -87,17 +87,19 @@ test("publishes are queued, resent with the same idempotency key after a reconne
   await settle();
   const ws = sockets[0];
   ws.open();
+  assert.equal(ws.frames().find((f) => f.op === "publish"), undefined, "not before the path is proven");
+  ws.receive({ op: "pong" });
   const pub = ws.frames().find((f) => f.op === "publish");
   assert.equal(pub.topic, "t");
   assert.deepEqual(pub.data, { n: 1 });
   assert.match(pub.idempotency_key, /^[0-9a-f-]{36}$/);
-  ws.receive({ op: "pong" });
   // The connection drops before the ack: the server may have stored it.
   ws.serverClose(1006, "");
   clock.advance(250);
   await settle();
   const ws2 = sockets[1];
   ws2.open();
+  ws2.receive({ op: "pong" });
   const again = ws2.frames().find((f) => f.op === "publish");
   assert.equal(again.idempotency_key, pub.idempotency_key, "the retry cannot duplicate");
   ws2.receive({ op: "ack", ref: again.ref, id: "9-0" });
@@ -229,6 +231,7 @@ test("token_expired asks for a new token; with a fixed token it stops", async ()
   await settle();
   assert.equal(fixed.sockets.length, 1);
   assert.deepEqual(fixed.errors, ["unauthenticated"]);
+  assert.deepEqual(fixed.states, ["connecting:ws", "disconnected:unauthenticated"], "closed right after the handshake: never connected");
   fixed.rt.close();
 });
 
@@ -248,6 +251,7 @@ test("a silent WebSocket is pinged, then replaced; a throttled timer does not ki
   assert.equal(sockets.length, 2);
   // A tab whose timers were held for minutes: the overdue tick only pings.
   sockets[1].open();
+  sockets[1].receive({ op: "pong" });
   const pings1 = () => sockets[1].frames().filter((f) => f.op === "ping").length;
   clock.jump(300_000);
   clock.advance(1);
