@@ -372,6 +372,8 @@ export declare class TokenManager {
     private expiry;
     private inflight;
     private timer;
+    /** When the timer asks for the next token (ms since the epoch). */
+    private refreshAt;
     private stopped;
     /**
      * `onRefreshed` is called with each token obtained by the timer (not for
@@ -390,6 +392,8 @@ export declare class TokenManager {
     private fetch;
     /** Arms the timer for the current token's expiry. */
     private schedule;
+    /** Arms the timer for {@link TokenManager.refreshAt}, in steps a timer can take. */
+    private arm;
     private refreshNow;
 }
 

@@ -1439,6 +1439,8 @@ export class PollTransport {
  * when the server says it expired. At most one request for a token is in
  * flight: every caller during a refresh waits for the same answer.
  */
+/** The longest delay a timer takes. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 /** The `exp` claim of a JWT in milliseconds, or undefined when it has none or is not a JWT. */
 export function jwtExpiry(token) {
     const parts = token.split(".");
@@ -1542,8 +1544,24 @@ export class TokenManager {
         this.timer = undefined;
         if (this.stopped || this.expiry === undefined || !this.refreshable)
             return;
-        const delay = refreshDelay(this.expiry, this.clock.now());
-        this.timer = this.clock.setTimeout(() => this.refreshNow(), delay);
+        // Timers take at most 2^31-1 ms (about 24.8 days; longer fires at once): a
+        // longer wait is taken in steps.
+        const now = this.clock.now();
+        this.refreshAt = now + refreshDelay(this.expiry, now);
+        this.arm();
+    }
+    /** Arms the timer for {@link TokenManager.refreshAt}, in steps a timer can take. */
+    arm() {
+        const wait = Math.max(0, (this.refreshAt ?? 0) - this.clock.now());
+        this.timer = this.clock.setTimeout(() => {
+            this.timer = undefined;
+            if (this.stopped)
+                return;
+            if (this.clock.now() < (this.refreshAt ?? 0))
+                this.arm();
+            else
+                this.refreshNow();
+        }, Math.min(MAX_TIMER_MS, wait));
     }
     refreshNow() {
         this.timer = undefined;

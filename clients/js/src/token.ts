@@ -8,6 +8,9 @@
 
 import type { Clock } from "./clock.js";
 
+/** The longest delay a timer takes. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** A token, or a function that returns a fresh one. */
 export type TokenSource = string | (() => string | Promise<string>);
 
@@ -49,6 +52,8 @@ export class TokenManager {
   private expiry: number | undefined;
   private inflight: Promise<string | undefined> | undefined;
   private timer: unknown;
+  /** When the timer asks for the next token (ms since the epoch). */
+  private refreshAt: number | undefined;
   private stopped = false;
 
   /**
@@ -118,8 +123,22 @@ export class TokenManager {
     if (this.timer !== undefined) this.clock.clearTimeout(this.timer);
     this.timer = undefined;
     if (this.stopped || this.expiry === undefined || !this.refreshable) return;
-    const delay = refreshDelay(this.expiry, this.clock.now());
-    this.timer = this.clock.setTimeout(() => this.refreshNow(), delay);
+    // Timers take at most 2^31-1 ms (about 24.8 days; longer fires at once): a
+    // longer wait is taken in steps.
+    const now = this.clock.now();
+    this.refreshAt = now + refreshDelay(this.expiry, now);
+    this.arm();
+  }
+
+  /** Arms the timer for {@link TokenManager.refreshAt}, in steps a timer can take. */
+  private arm(): void {
+    const wait = Math.max(0, (this.refreshAt ?? 0) - this.clock.now());
+    this.timer = this.clock.setTimeout(() => {
+      this.timer = undefined;
+      if (this.stopped) return;
+      if (this.clock.now() < (this.refreshAt ?? 0)) this.arm();
+      else this.refreshNow();
+    }, Math.min(MAX_TIMER_MS, wait));
   }
 
   private refreshNow(): void {

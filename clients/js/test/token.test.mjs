@@ -93,3 +93,24 @@ test("an expired or refused token is asked for again on demand; a fixed token is
   assert.equal(await fixed.get(), jwt({ exp: 1 }));
   assert.equal(await new TokenManager(undefined, clock).get(), undefined);
 });
+
+test("a token valid for a year is not refreshed early (timers take at most 2^31-1 ms)", async () => {
+  const clock = new FakeClock(0);
+  let calls = 0;
+  const year = 365 * 24 * 3600;
+  const tm = new TokenManager(async () => jwt({ exp: year + 1000 * ++calls }), clock);
+  await tm.get();
+  const [timer] = clock.pending();
+  assert.equal(timer.at, 2 ** 31 - 1);
+  clock.advance(2 ** 31 - 1);
+  await settle();
+  assert.equal(calls, 1, "the first step only re-arms");
+  const due = (year + 1000) * 1000 - 60_000; // 60 s before exp
+  clock.advance(due - clock.now() - 1);
+  await settle();
+  assert.equal(calls, 1, "not a millisecond early");
+  clock.advance(1);
+  await settle();
+  assert.equal(calls, 2, "refreshed 60 s before expiry");
+  tm.stop();
+});
