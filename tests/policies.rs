@@ -65,14 +65,14 @@ async fn a_slow_reader_of_a_latest_topic_gets_the_newest_per_key_and_stays_conne
     let keys = ["a", "b", "c", "d", "e"];
     // Not reading meanwhile: the socket fills, then the outbox coalesces.
     let published = publish_keyed(&s, "price.eu", &keys, 400).await;
-    let newest: BTreeMap<&str, &str> =
-        published.iter().map(|(id, k)| (k.as_str(), id.as_str())).collect();
+    let newest: BTreeMap<&str, &str> = published.iter().map(|(id, k)| (k.as_str(), id.as_str())).collect();
 
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let mut accounted: BTreeMap<String, u64> = BTreeMap::new();
     let mut last: Option<(u64, u64)> = None;
     let mut frames = 0u64;
-    while seen.len() < keys.len() || keys.iter().any(|k| seen.get(*k).map(String::as_str) != Some(newest[k])) {
+    while seen.len() < keys.len() || keys.iter().any(|k| seen.get(*k).map(String::as_str) != Some(newest[k]))
+    {
         let m = slow.next_op("message").await;
         frames += 1;
         let id = m["id"].as_str().unwrap().to_owned();
@@ -193,7 +193,8 @@ async fn a_resume_and_a_long_poll_of_a_latest_topic_are_coalesced_per_key() {
         .map(|m| (m["id"].as_str().unwrap(), m["skipped"].as_u64().unwrap()))
         .collect();
     assert_eq!(polled, vec![(ids[27].as_str(), 9), (ids[28].as_str(), 9), (ids[29].as_str(), 9)]);
-    let (_, next) = s.get(&format!("/v1/poll?topic=price.us&cursor={}&timeout=1", p["cursor"].as_str().unwrap())).await;
+    let (_, next) =
+        s.get(&format!("/v1/poll?topic=price.us&cursor={}&timeout=1", p["cursor"].as_str().unwrap())).await;
     assert_eq!(next["messages"], json!([]));
     s.stop().await;
 }
@@ -232,31 +233,42 @@ async fn ephemeral_messages_reach_current_subscribers_only_and_move_no_cursor() 
     other.assert_quiet("o").await;
     // A poll held meanwhile must not answer with it.
     let poll_cursor = cursor_after(&s, "room.1", &stored).await;
-    let (http, url) = (s.http.clone(), s.url(&format!("/v1/poll?topic=room.1&cursor={poll_cursor}&timeout=2")));
+    let (http, url) =
+        (s.http.clone(), s.url(&format!("/v1/poll?topic=room.1&cursor={poll_cursor}&timeout=2")));
     let poll = tokio::spawn(async move {
         let res = http.get(url).send().await.unwrap();
         (res.status().as_u16(), res.json::<Value>().await.unwrap())
     });
     held_poll(&s).await;
 
-    sender.send(json!({"op":"publish","topic":"room.1","data":{"typing":true},"ephemeral":true,"ref":"e"})).await;
+    sender
+        .send(json!({"op":"publish","topic":"room.1","data":{"typing":true},"ephemeral":true,"ref":"e"}))
+        .await;
     assert_eq!(sender.next().await, json!({"op":"ack","ref":"e"}));
     let got = other.next_op("message").await;
     assert_eq!(got, json!({"op":"message","topic":"room.1","data":{"typing":true},"ephemeral":true}));
     let ev = sse.next().await;
-    assert_eq!((ev.event.as_str(), ev.data.as_str()), ("ephemeral", r#"{"topic":"room.1","data":{"typing":true},"ephemeral":true}"#));
+    assert_eq!(
+        (ev.event.as_str(), ev.data.as_str()),
+        ("ephemeral", r#"{"topic":"room.1","data":{"typing":true},"ephemeral":true}"#)
+    );
     let g = tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
     assert!(g.ephemeral && g.id.is_empty() && g.cursor.is_empty(), "{g:?}");
     assert_eq!(g.data, br#"{"typing":true}"#);
     sender.assert_quiet("not-echoed").await;
 
     let (status, answer) = poll.await.unwrap();
-    assert_eq!((status, answer["messages"].clone()), (200, json!([])), "long polling carries no ephemeral message");
+    assert_eq!(
+        (status, answer["messages"].clone()),
+        (200, json!([])),
+        "long polling carries no ephemeral message"
+    );
     let (_, h) = s.get("/v1/history/room.1").await;
     assert_eq!(h["messages"].as_array().unwrap().len(), 1, "never stored: {h}");
     // Over HTTP too; the next stored message's cursor follows the stored one.
     let (status, body) = {
-        let res = s.http.post(s.url("/v1/publish/room.1?ephemeral=true")).body(r#""hi""#).send().await.unwrap();
+        let res =
+            s.http.post(s.url("/v1/publish/room.1?ephemeral=true")).body(r#""hi""#).send().await.unwrap();
         (res.status().as_u16(), res.json::<Value>().await.unwrap())
     };
     assert_eq!((status, body), (200, json!({"topic":"room.1","ephemeral":true})));
@@ -339,7 +351,8 @@ async fn per_topic_history_trims_only_its_topics() {
         s.publish("long.a", &i.to_string()).await;
     }
     let (_, h) = s.get("/v1/history/short.a").await;
-    let kept: Vec<&str> = h["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let kept: Vec<&str> =
+        h["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(kept, short[2..].iter().map(String::as_str).collect::<Vec<_>>());
     let (_, h) = s.get(&format!("/v1/history/short.a?after={}", short[0])).await;
     assert_eq!(h["truncated"], true);
