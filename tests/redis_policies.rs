@@ -99,6 +99,11 @@ fn short_policies(age: Duration) -> Policies {
     Policies::new(vec![(Pattern::parse("short.*").unwrap(), short)], default)
 }
 
+/// The engine's key-group hash (FNV-1a), to pick topics of every group.
+fn fnv1a(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
 fn topic(name: &str) -> Topic {
     Topic::new(name).unwrap()
 }
@@ -346,6 +351,100 @@ async fn ephemeral_publish_during_an_outage_is_unavailable_then_recovers() {
         .await;
     assert_eq!(publisher.next().await, json!({"op": "ack", "ref": "e2"}));
     next_ephemeral(&mut on_b, t, json!({"back": true})).await;
+    on_b.assert_quiet("b").await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// With auth on, the publisher's user id (JWT `sub`) travels with the
+/// ephemeral message to the other process: `"user": "alice"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publishers_user_crosses_processes() {
+    const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
+    let token = |sub: &str| {
+        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+        let claims = json!({"sub": sub, "exp": exp, "topics": {"subscribe": ["chat.*"], "publish": ["chat.*"]}});
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key).unwrap()
+    };
+    let redis = RedisServer::start();
+    let rest = format!("key_prefix = \"{PREFIX}\"\nshards = 1\n[auth]\nhmac_secrets = [\"{SECRET}\"]\n");
+    let (a, b) = redis.two_servers(&rest).await;
+    wait_subscribers(&redis, 2).await;
+    let t = "chat.room";
+    let mut bob = b.ws(&format!("/v1/ws?access_token={}", token("bob"))).await;
+    bob.subscribe(t, None).await;
+    let mut alice = a.ws(&format!("/v1/ws?access_token={}", token("alice"))).await;
+    alice.subscribe(t, None).await;
+    alice.send(json!({"op": "publish", "topic": t, "data": "hi", "ephemeral": true, "ref": "e"})).await;
+    assert_eq!(alice.next().await, json!({"op": "ack", "ref": "e"}));
+    let v = bob.next_op("message").await;
+    assert_eq!(v, json!({"op": "message", "topic": t, "data": "hi", "ephemeral": true, "user": "alice"}));
+    bob.assert_quiet("b").await;
+    alice.assert_quiet("a").await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Sharded pub/sub on a Cluster: one channel per key group, each on its
+/// group's slot; ephemeral messages on topics of every group cross from A
+/// to B once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ephemeral_messages_cross_processes_on_a_cluster() {
+    const SHARDS: usize = 4;
+    let cluster = tokio::task::block_in_place(support::redis::RedisCluster::start);
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let toml = format!(
+        "[engine]\nkind = \"redis\"\n[redis]\nkey_prefix = \"{PREFIX}\"\nshards = {SHARDS}\ncluster_urls = [{}]\n",
+        urls.join(", ")
+    );
+    let a = TestServer::start(&toml).await;
+    let b = TestServer::start(&toml).await;
+    wait_status(&a, "/readyz", 200, WAIT).await;
+    wait_status(&b, "/readyz", 200, WAIT).await;
+    // Both processes hold a sharded subscription to every group's channel
+    // (each counted on the node that owns its slot).
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let open = (0..SHARDS).all(|g| {
+                let channel = format!("{PREFIX}{{s{g}}}:e");
+                let n: usize = cluster
+                    .nodes
+                    .iter()
+                    .filter_map(|n| {
+                        let out = cli(n.port, &["PUBSUB", "SHARDNUMSUB", &channel]);
+                        out.lines().nth(1).and_then(|l| l.trim().parse::<usize>().ok())
+                    })
+                    .sum();
+                n == 2
+            });
+            if open {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("sharded subscriptions not open");
+
+    let topics: Vec<String> = (0..12).map(|i| format!("cl.e{i}")).collect();
+    let groups: std::collections::BTreeSet<u32> = topics.iter().map(|t| fnv1a(t) % SHARDS as u32).collect();
+    assert_eq!(groups.len(), SHARDS, "the topics cover every key group");
+    let mut on_b = b.ws("/v1/ws").await;
+    for t in &topics {
+        on_b.subscribe(t, None).await;
+    }
+    for (i, t) in topics.iter().enumerate() {
+        let res = tokio::time::timeout(
+            WAIT,
+            a.http.post(a.url(&format!("/v1/publish/{t}?ephemeral=true"))).body(i.to_string()).send(),
+        )
+        .await
+        .expect("publish timed out")
+        .expect("publish");
+        assert_eq!(res.status().as_u16(), 200);
+        next_ephemeral(&mut on_b, t, json!(i)).await;
+    }
     on_b.assert_quiet("b").await;
     a.stop().await;
     b.stop().await;
