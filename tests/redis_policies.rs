@@ -181,8 +181,7 @@ async fn per_topic_max_len_trims_only_matching_topics() {
 async fn a_short_max_age_topic_is_swept_on_time() {
     const AGE_MS: u64 = 4000;
     let redis = RedisServer::start();
-    let (e, token) =
-        engine(&redis, Some(short_policies(Duration::from_millis(AGE_MS))), Arc::default());
+    let (e, token) = engine(&redis, Some(short_policies(Duration::from_millis(AGE_MS))), Arc::default());
     let (short, long) = (topic("short.age"), topic("long.age"));
     let first = publish(&e, &short, "1", None).await;
     let long_first = publish(&e, &long, "1", None).await;
@@ -300,7 +299,8 @@ async fn ephemeral_messages_cross_processes_once_and_are_never_stored() {
     for s in [&a, &b] {
         let (status, h) = s.get(&format!("/v1/history/{t}")).await;
         assert_eq!(status, 200, "{h}");
-        let ids: Vec<&str> = h["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+        let ids: Vec<&str> =
+            h["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
         assert_eq!(ids, [first.as_str(), second.as_str()], "{h}");
     }
     // Resuming from the cursor of the first message gets the second only.
@@ -362,10 +362,13 @@ async fn ephemeral_publish_during_an_outage_is_unavailable_then_recovers() {
 async fn the_publishers_user_crosses_processes() {
     const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
     let token = |sub: &str| {
-        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
-        let claims = json!({"sub": sub, "exp": exp, "topics": {"subscribe": ["chat.*"], "publish": ["chat.*"]}});
+        let exp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+        let claims =
+            json!({"sub": sub, "exp": exp, "topics": {"subscribe": ["chat.*"], "publish": ["chat.*"]}});
         let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
-        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key).unwrap()
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key)
+            .unwrap()
     };
     let redis = RedisServer::start();
     let rest = format!("key_prefix = \"{PREFIX}\"\nshards = 1\n[auth]\nhmac_secrets = [\"{SECRET}\"]\n");

@@ -85,12 +85,19 @@ pub(super) struct Frame {
 }
 
 /// Frames one ephemeral message (see the module docs).
-pub(super) fn encode(process: u64, topic: &Topic, from: &Ephemeral, data: &[u8]) -> Result<Vec<u8>, FrameError> {
+pub(super) fn encode(
+    process: u64,
+    topic: &Topic,
+    from: &Ephemeral,
+    data: &[u8],
+) -> Result<Vec<u8>, FrameError> {
     let t = topic.as_str().as_bytes();
     let tlen = u16::try_from(t.len()).map_err(|_| FrameError::TopicTooLong)?;
     let user = from.user.as_deref().map(str::as_bytes);
     let ulen = match user {
-        Some(u) => u16::try_from(u.len()).ok().and_then(|n| n.checked_add(1)).ok_or(FrameError::UserTooLong)?,
+        Some(u) => {
+            u16::try_from(u.len()).ok().and_then(|n| n.checked_add(1)).ok_or(FrameError::UserTooLong)?
+        }
         None => 0,
     };
     let mut out = Vec::with_capacity(HEADER + 4 + t.len() + user.map_or(0, <[u8]>::len) + data.len());
@@ -162,7 +169,8 @@ impl RedisEngine {
         let payload = encode(self.inner.process_id, &message.topic, from, &message.data)
             .map_err(|e| EngineError::Rejected(e.to_string()))?;
         let channel = self.ephemeral_channel(self.group_of(&message.topic));
-        let publish = if matches!(self.inner.clients, Clients::Cluster { .. }) { "SPUBLISH" } else { "PUBLISH" };
+        let publish =
+            if matches!(self.inner.clients, Clients::Cluster { .. }) { "SPUBLISH" } else { "PUBLISH" };
         let mut conn = self.conn().await?;
         let cmd = redis::cmd(publish).arg(channel).arg(payload).to_owned();
         self.run(cmd.query_async::<i64>(&mut conn)).await?;
