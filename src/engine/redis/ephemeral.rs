@@ -153,10 +153,33 @@ pub(super) fn decode(payload: &[u8]) -> Result<Frame, FrameError> {
 /// Why the subscription stopped (it is then reopened).
 #[derive(Debug, Error)]
 enum SubError {
+    /// Redis refused, or the connection failed.
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
-    #[error("{0}")]
-    Other(&'static str),
+    /// The connection closed.
+    #[error("subscription connection closed")]
+    Closed,
+    /// A step took longer than the command timeout (Redis slow or
+    /// unreachable; the health task's pings decide readiness).
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+}
+
+/// The subscription task's reconnect state.
+struct Retry {
+    backoff: Duration,
+    failing: bool,
+}
+
+impl Retry {
+    /// The subscription is confirmed: reset the backoff, log the recovery.
+    fn opened(&mut self) {
+        self.backoff = Duration::from_millis(100);
+        if self.failing {
+            tracing::info!(engine = "redis", "ephemeral subscription was open again");
+            self.failing = false;
+        }
+    }
 }
 
 impl RedisEngine {
@@ -208,74 +231,79 @@ impl RedisEngine {
     /// The subscription task: keeps one subscription to every group's
     /// channel open until `token` is cancelled.
     pub(super) async fn subscribe_ephemeral(self, token: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        let mut failing = false;
+        let mut retry = Retry { backoff: Duration::from_millis(100), failing: false };
         loop {
-            let mut subscribed = false;
-            let ended = tokio::select! {
+            let e = tokio::select! {
                 _ = token.cancelled() => return,
-                r = self.ephemeral_session(&mut subscribed) => r,
+                e = self.ephemeral_session(&mut retry) => e,
             };
-            if subscribed {
-                backoff = Duration::from_millis(100);
-                if failing {
-                    tracing::info!(engine = "redis", "ephemeral subscription was open again");
-                }
-                failing = false;
-            }
-            let e = match ended {
-                Ok(()) => SubError::Other("subscription ended"),
-                Err(e) => e,
-            };
-            if !failing {
+            if !retry.failing {
                 tracing::warn!(engine = "redis", error = %e, "ephemeral subscription failed; reconnecting");
-                failing = true;
+                retry.failing = true;
             }
-            self.connection_failed(&e.to_string());
-            if super::reader::sleep_backoff(&token, &mut backoff).await {
+            match e {
+                // Like a live reader's: evidence of an outage.
+                SubError::Redis(_) | SubError::Closed => self.connection_failed(&e.to_string()),
+                SubError::Timeout(_) => {
+                    crate::metrics::engine_error();
+                    self.inner.probe.notify_one();
+                }
+            }
+            if super::reader::sleep_backoff(&token, &mut retry.backoff).await {
                 return;
             }
         }
     }
 
-    /// One subscription, until its connection fails. Sets `subscribed` once
-    /// the subscription is confirmed.
-    async fn ephemeral_session(&self, subscribed: &mut bool) -> Result<(), SubError> {
+    /// One subscription, until it fails (the error says why).
+    async fn ephemeral_session(&self, retry: &mut Retry) -> SubError {
+        let ended = match &self.inner.clients {
+            Clients::Single(client) => self.single_session(client, retry).await,
+            Clients::Cluster { .. } => self.cluster_session(retry).await,
+        };
+        match ended {
+            Ok(never) => match never {},
+            Err(e) => e,
+        }
+    }
+
+    /// A single server's subscription: one pub/sub connection subscribed to
+    /// every group's channel, pinged every second.
+    async fn single_session(
+        &self,
+        client: &redis::Client,
+        retry: &mut Retry,
+    ) -> Result<std::convert::Infallible, SubError> {
         let op_timeout = self.inner.opts.op_timeout;
-        let timed = |what| move |_| SubError::Other(what);
-        match &self.inner.clients {
-            Clients::Single(client) => {
-                let pubsub = tokio::time::timeout(op_timeout, client.get_async_pubsub())
-                    .await
-                    .map_err(timed("subscription connect timed out"))??;
-                let (mut sink, mut stream) = pubsub.split();
-                tokio::time::timeout(op_timeout, sink.subscribe(self.ephemeral_channels()))
-                    .await
-                    .map_err(timed("subscribe timed out"))??;
-                *subscribed = true;
-                let mut tick = tokio::time::interval(PING_EVERY);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        msg = stream.next() => match msg {
-                            Some(msg) => self.on_ephemeral(msg.get_payload_bytes()),
-                            None => return Err(SubError::Other("subscription connection closed")),
-                        },
-                        _ = tick.tick() => {
-                            tokio::time::timeout(op_timeout, sink.ping::<redis::Value>())
-                                .await
-                                .map_err(timed("subscription ping timed out"))??;
-                        }
-                    }
+        let timed = |what| move |_| SubError::Timeout(what);
+        let pubsub = tokio::time::timeout(op_timeout, client.get_async_pubsub())
+            .await
+            .map_err(timed("subscription connect"))??;
+        let (mut sink, mut stream) = pubsub.split();
+        tokio::time::timeout(op_timeout, sink.subscribe(self.ephemeral_channels()))
+            .await
+            .map_err(timed("subscribe"))??;
+        retry.opened();
+        let mut tick = tokio::time::interval(PING_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(msg) => self.on_ephemeral(msg.get_payload_bytes()),
+                    None => return Err(SubError::Closed),
+                },
+                _ = tick.tick() => {
+                    tokio::time::timeout(op_timeout, sink.ping::<redis::Value>())
+                        .await
+                        .map_err(timed("subscription ping"))??;
                 }
             }
-            Clients::Cluster { .. } => self.cluster_session(subscribed).await,
         }
     }
 
     /// The Cluster's subscription: sharded subscriptions on one RESP3
     /// cluster connection (re-subscribed by the client after reconnects).
-    async fn cluster_session(&self, subscribed: &mut bool) -> Result<(), SubError> {
+    async fn cluster_session(&self, retry: &mut Retry) -> Result<std::convert::Infallible, SubError> {
         let opts = &self.inner.opts;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<redis::PushInfo>(QUEUE);
         let client = redis::cluster::ClusterClient::builder(opts.cluster_urls.iter().map(String::as_str))
@@ -290,20 +318,20 @@ impl RedisEngine {
             .build()?;
         let mut conn = tokio::time::timeout(opts.op_timeout, client.get_async_connection())
             .await
-            .map_err(|_| SubError::Other("subscription connect timed out"))??;
+            .map_err(|_| SubError::Timeout("subscription connect"))??;
         for channel in self.ephemeral_channels() {
             // One call per channel: the channels hash to different slots.
             tokio::time::timeout(opts.op_timeout, conn.ssubscribe(&channel))
                 .await
-                .map_err(|_| SubError::Other("subscribe timed out"))??;
+                .map_err(|_| SubError::Timeout("subscribe"))??;
         }
-        *subscribed = true;
+        retry.opened();
         while let Some(info) = rx.recv().await {
             if let Some(msg) = redis::Msg::from_push_info(info) {
                 self.on_ephemeral(msg.get_payload_bytes());
             }
         }
-        Err(SubError::Other("subscription connection closed"))
+        Err(SubError::Closed)
     }
 }
 
