@@ -181,7 +181,8 @@ async fn reflection_lists_services_and_describes_the_gateway() {
             ("Connect", true, true),
             ("Subscribe", false, true),
             ("Publish", false, false),
-            ("History", false, false)
+            ("History", false, false),
+            ("Presence", false, false)
         ]
     );
 
