@@ -376,3 +376,36 @@ fn bad_topic_policies_are_refused_at_startup() {
         assert!(err.contains(key), "{toml:?}: {err:?}");
     }
 }
+
+/// The same coalesced resume on SSE (`Last-Event-ID`) and gRPC `Subscribe`
+/// (`cursor`): `skipped` rides in the message JSON and in `Message.skipped`.
+#[tokio::test]
+async fn sse_and_grpc_resumes_of_a_latest_topic_carry_skipped() {
+    let s = TestServer::start(CONFIG).await;
+    let first = s.publish("price.jp", r#"{"k":"start"}"#).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let key = ["x", "y"][i % 2];
+        let url = s.url(&format!("/v1/publish/price.jp?key={key}"));
+        ids.push(post_publish(&s.http, &url, json!({"k": key, "i": i}).to_string()).await);
+    }
+    let cursor = cursor_after(&s, "price.jp", &first).await;
+    let mut sse = Sse::open(&s, "/v1/sse?topic=price.jp", Some(&cursor)).await;
+    for want in [&ids[8], &ids[9]] {
+        let (_, m) = sse.message_text().await;
+        let m: Value = serde_json::from_str(&m).unwrap();
+        assert_eq!((m["id"].as_str(), m["skipped"].as_u64()), (Some(want.as_str()), Some(4)), "{m}");
+    }
+    let channel = tonic::transport::Endpoint::from_shared(s.url("")).unwrap().connect().await.unwrap();
+    let mut grpc = rtgate::proto::gateway_client::GatewayClient::new(channel);
+    let mut stream = grpc
+        .subscribe(rtgate::proto::SubscribeRequest { topics: vec!["price.jp".into()], cursor })
+        .await
+        .unwrap()
+        .into_inner();
+    for want in [&ids[8], &ids[9]] {
+        let m = tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!((m.id.as_str(), m.skipped, m.ephemeral), (want.as_str(), 4, false));
+    }
+    s.stop().await;
+}
