@@ -62,9 +62,10 @@ function messageItem(m) {
   return li;
 }
 
-function system(text) {
+function system(text, id) {
   const li = document.createElement("li");
   li.className = "system";
+  if (id) li.id = id;
   li.textContent = text;
   $("messages").append(li);
   scroll();
@@ -81,6 +82,7 @@ function addMessage(raw) {
   if (!d || typeof d !== "object" || typeof d.text !== "string" || state.ids.has(raw.id)) return;
   const m = { id: raw.id, ts: raw.ts, name: typeof d.name === "string" ? d.name.slice(0, 40) : "?", text: d.text.slice(0, 2000) };
   state.ids.add(m.id);
+  document.getElementById("welcome")?.remove();
   const last = state.messages[state.messages.length - 1];
   const box = $("messages");
   if (!last || compareIds(last.id, m.id) < 0) {
@@ -185,7 +187,7 @@ async function join(room, reconnecting = false) {
   try {
     const page = await rt.history(topic, { limit: HISTORY });
     if (state.room !== room) return;
-    if (page.messages.length === 0) system(`Welcome to #${room}. Nobody has said anything yet.`);
+    if (page.messages.length === 0 && state.messages.length === 0) system(`Welcome to #${room}. Nobody has said anything yet.`, "welcome");
     page.messages.forEach(addMessage);
   } catch (e) {
     system(`history unavailable: ${e.message ?? e}`);
