@@ -143,8 +143,11 @@ function renderOnline() {
 
 function connect() {
   if (state.rt) state.rt.close();
-  const transports = state.forcePoll ? ["poll"] : undefined;
-  const rt = new Rtgate(location.origin, transports ? { transports } : {});
+  // With auth on, pass a token in the URL (?token=…, e.g. from `rtgate token`).
+  const options = {};
+  if (state.forcePoll) options.transports = ["poll"];
+  if (params.get("token")) options.token = params.get("token");
+  const rt = new Rtgate(location.origin, options);
   state.rt = rt;
   rt.on("state", (s) => {
     const pill = $("transport");
