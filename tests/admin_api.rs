@@ -55,10 +55,9 @@ async fn call(s: &TestServer, method: reqwest::Method, path: &str, bearer: Optio
 
 #[tokio::test]
 async fn admin_endpoints_need_an_api_key_while_auth_is_on() {
-    let s = TestServer::start(&format!(
-        "[auth]\nhmac_secrets = [\"{SECRET}\"]\napi_keys = [\"{API_KEY}\"]\n"
-    ))
-    .await;
+    let s =
+        TestServer::start(&format!("[auth]\nhmac_secrets = [\"{SECRET}\"]\napi_keys = [\"{API_KEY}\"]\n"))
+            .await;
     let spec = rtgate::auth::TokenSpec {
         sub: Some("alice".into()),
         subscribe: vec!["*".into()],
@@ -77,9 +76,17 @@ async fn admin_endpoints_need_an_api_key_while_auth_is_on() {
     ];
     for (m, path) in routes {
         let (status, body) = call(&s, m.clone(), path, None).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthenticated")), "{path}: {body}");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some("unauthenticated")),
+            "{path}: {body}"
+        );
         let (status, body) = call(&s, m.clone(), path, Some("not-the-key")).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthenticated")), "{path}: {body}");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some("unauthenticated")),
+            "{path}: {body}"
+        );
         let (status, body) = call(&s, m.clone(), path, Some(&user)).await;
         assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{path}: {body}");
     }
@@ -88,7 +95,8 @@ async fn admin_endpoints_need_an_api_key_while_auth_is_on() {
     assert_eq!((body["auth"].as_bool(), body["ready"].as_bool()), (Some(true), Some(true)), "{body}");
     let (status, body) = call(&s, Method::GET, "/v1/admin/connections", Some(API_KEY)).await;
     assert_eq!((status, body["total"].as_u64()), (200, Some(0)), "{body}");
-    let (status, body) = call(&s, Method::POST, "/v1/admin/connections/00000000000000ff/close", Some(API_KEY)).await;
+    let (status, body) =
+        call(&s, Method::POST, "/v1/admin/connections/00000000000000ff/close", Some(API_KEY)).await;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
     // The page itself holds no data: it loads without a key and asks for one.
     let page = s.http.get(s.url("/admin")).send().await.unwrap();
@@ -124,7 +132,9 @@ async fn a_live_websocket_is_listed_with_its_topics_and_a_kick_closes_it() {
 
     let list = connections_until(&s, "the WebSocket with both topics and one message out", |v| {
         v["connections"].as_array().is_some_and(|c| {
-            c.len() == 1 && c[0]["topics"].as_array().is_some_and(|t| t.len() == 2) && c[0]["messages_out"] == 1
+            c.len() == 1
+                && c[0]["topics"].as_array().is_some_and(|t| t.len() == 2)
+                && c[0]["messages_out"] == 1
         })
     })
     .await;
@@ -135,7 +145,8 @@ async fn a_live_websocket_is_listed_with_its_topics_and_a_kick_closes_it() {
     assert_eq!(conn["transport"], "ws");
     assert!(conn["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{conn}");
     assert_eq!(conn["user"], Value::Null, "auth off: no user");
-    let mut topics: Vec<&str> = conn["topics"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    let mut topics: Vec<&str> =
+        conn["topics"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
     topics.sort_unstable();
     assert_eq!(topics, ["admin.a", "admin.b"]);
     let opened = conn["opened_at"].as_u64().unwrap();
@@ -155,7 +166,8 @@ async fn a_live_websocket_is_listed_with_its_topics_and_a_kick_closes_it() {
     assert_eq!(stats["dead_letters"], 0, "{stats}");
 
     // Kick: 200 with the id; the client sees 1008 "kicked".
-    let (status, body) = call(&s, reqwest::Method::POST, &format!("/v1/admin/connections/{id}/close"), None).await;
+    let (status, body) =
+        call(&s, reqwest::Method::POST, &format!("/v1/admin/connections/{id}/close"), None).await;
     assert_eq!((status, body), (200, json!({ "closed": id })));
     assert_eq!(ws.ended().await, Ended::Closed(1008, "kicked".into()));
     connections_until(&s, "no connection after the kick", |v| v["total"] == 0).await;
@@ -163,7 +175,8 @@ async fn a_live_websocket_is_listed_with_its_topics_and_a_kick_closes_it() {
     assert!(status == 200 && stats["totals"]["kicked"].as_u64() >= Some(1), "{stats}");
 
     // Gone: 404; never a connection id: 400.
-    let (status, body) = call(&s, reqwest::Method::POST, &format!("/v1/admin/connections/{id}/close"), None).await;
+    let (status, body) =
+        call(&s, reqwest::Method::POST, &format!("/v1/admin/connections/{id}/close"), None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
     let (status, body) = call(&s, reqwest::Method::POST, "/v1/admin/connections/xyz/close", None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");

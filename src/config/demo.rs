@@ -54,8 +54,13 @@ mod tests {
         c.apply_demo();
         assert_eq!(c.topics.len(), 1, "added once");
         assert_eq!((c.topics[0].pattern.as_str(), c.topics[0].presence), (DEMO_PATTERN, PresenceMode::Full));
-        let mut own = Config::from_toml("[demo]\nenabled = true\n[[topics]]\npattern = \"chat.*\"\n").expect("a valid config");
+        let mut own = Config::from_toml("[demo]\nenabled = true\n[[topics]]\npattern = \"chat.*\"\n")
+            .expect("a valid config");
         own.apply_demo();
-        assert_eq!((own.topics.len(), own.topics[0].presence), (1, PresenceMode::Off), "the operator's rule stays");
+        assert_eq!(
+            (own.topics.len(), own.topics[0].presence),
+            (1, PresenceMode::Off),
+            "the operator's rule stays"
+        );
     }
 }

@@ -48,7 +48,8 @@ impl Asset {
                 v.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == self.etag)
             })
         });
-        let common = [(header::ETAG, self.etag.clone()), (header::CACHE_CONTROL, HeaderValue::from_static(CACHE))];
+        let common =
+            [(header::ETAG, self.etag.clone()), (header::CACHE_CONTROL, HeaderValue::from_static(CACHE))];
         if matched {
             return (StatusCode::NOT_MODIFIED, common).into_response();
         }

@@ -500,7 +500,8 @@ impl Subscription {
         tracing::info!(transport = self.transport.label(), rpc, peer = %Peer(peer), "connection opened");
         let received = reads_input.then_some(0);
         self.record = Some(Record { rpc, peer, opened: Instant::now(), received, reason: Close::Client });
-        let info = Arc::new(ConnInfo::new(self.transport.label(), rpc, peer, self.access.grants.user.clone()));
+        let info =
+            Arc::new(ConnInfo::new(self.transport.label(), rpc, peer, self.access.grants.user.clone()));
         self.session.set_info(Arc::clone(&info));
         self.info = Some(info);
         self.sync_topics();

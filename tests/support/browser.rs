@@ -82,7 +82,8 @@ impl Browser {
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run {CHROMEDRIVER}: {e}; {INSTALL_HINT}"));
             let logs = capture(&mut driver);
-            let mut b = Browser { driver, port, session: None, profile: profile.clone(), logs, http: http.clone() };
+            let mut b =
+                Browser { driver, port, session: None, profile: profile.clone(), logs, http: http.clone() };
             if b.wait_ready().await {
                 b.new_session(width, height).await;
                 return b;
@@ -118,7 +119,10 @@ impl Browser {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let res = req.send().await.unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}; logs: {}", self.logs()));
+        let res = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}; logs: {}", self.logs()));
         let status = res.status().as_u16();
         let v: Value = res.json().await.unwrap_or(Value::Null);
         assert_eq!(status, 200, "WebDriver {method} {path} answered {status} {v}; logs: {}", self.logs());
@@ -149,7 +153,8 @@ impl Browser {
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
         }}});
         let v = self.cmd(reqwest::Method::POST, "/session", Some(caps)).await;
-        self.session = Some(v["sessionId"].as_str().unwrap_or_else(|| panic!("no sessionId in {v}")).to_owned());
+        self.session =
+            Some(v["sessionId"].as_str().unwrap_or_else(|| panic!("no sessionId in {v}")).to_owned());
     }
 
     fn path(&self, rest: &str) -> String {
@@ -163,7 +168,8 @@ impl Browser {
 
     /// Opens a new tab and switches to it; returns its handle.
     pub async fn new_tab(&self) -> String {
-        let v = self.cmd(reqwest::Method::POST, &self.path("/window/new"), Some(json!({"type": "tab"}))).await;
+        let v =
+            self.cmd(reqwest::Method::POST, &self.path("/window/new"), Some(json!({"type": "tab"}))).await;
         let handle = v["handle"].as_str().unwrap_or_else(|| panic!("no handle in {v}")).to_owned();
         self.switch(&handle).await;
         handle
@@ -180,12 +186,22 @@ impl Browser {
 
     /// Runs `script` (a function body) in the page; its return value.
     pub async fn eval(&self, script: &str) -> Value {
-        self.cmd(reqwest::Method::POST, &self.path("/execute/sync"), Some(json!({ "script": script, "args": [] })))
-            .await
+        self.cmd(
+            reqwest::Method::POST,
+            &self.path("/execute/sync"),
+            Some(json!({ "script": script, "args": [] })),
+        )
+        .await
     }
 
     /// Polls `script` (bounded by `within`) until `done(value)`; the value.
-    pub async fn wait_for(&self, what: &str, script: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        script: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + within;
         loop {
             let v = self.eval(script).await;
@@ -200,7 +216,8 @@ impl Browser {
     /// Saves a PNG of the current window to `file` (directories created).
     pub async fn screenshot(&self, file: &Path) {
         let v = self.cmd(reqwest::Method::GET, &self.path("/screenshot"), None).await;
-        let png = base64::engine::general_purpose::STANDARD.decode(v.as_str().expect("base64 screenshot")).unwrap();
+        let png =
+            base64::engine::general_purpose::STANDARD.decode(v.as_str().expect("base64 screenshot")).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "not a PNG");
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir).unwrap();
