@@ -222,3 +222,49 @@ async fn the_demo_flag_serves_the_demo_and_adds_its_topic_policy() {
     assert_eq!(res.status(), 200, "{}", g.logs());
     assert!(res.text().await.unwrap().contains("rtgate chat"));
 }
+
+#[tokio::test]
+async fn sse_streams_and_held_polls_are_listed_and_kicked() {
+    let s = TestServer::start("").await;
+    let client = reqwest::Client::new();
+    let mut sse = client.get(s.url("/v1/sse?topic=admin.s")).send().await.unwrap();
+    assert_eq!(sse.status(), 200);
+    let poll_url = s.url("/v1/poll?topic=admin.p&timeout=30");
+    let poll = tokio::spawn(async move {
+        let res = reqwest::Client::new().get(poll_url).send().await.unwrap();
+        (res.status().as_u16(), res.json::<Value>().await.unwrap())
+    });
+    let list = connections_until(&s, "an SSE stream and a held poll", |v| v["total"] == 2).await;
+    let of = |t: &str| -> Value {
+        list["connections"].as_array().unwrap().iter().find(|c| c["transport"] == t).cloned().unwrap()
+    };
+    let (sse_conn, poll_conn) = (of("sse"), of("poll"));
+    assert_eq!(sse_conn["topics"], json!(["admin.s"]));
+    assert_eq!(poll_conn["topics"], json!(["admin.p"]));
+    assert_eq!(poll_conn["peer"], "127.0.0.1", "a poll shows the client address only: {poll_conn}");
+    let (_, stats) = s.get("/v1/admin/stats").await;
+    assert_eq!(stats["connections"]["by_transport"], json!({"ws": 0, "sse": 1, "poll": 1, "grpc": 0}));
+
+    let kick = |id: &Value| format!("/v1/admin/connections/{}/close", id.as_str().unwrap());
+    let (status, _) = call(&s, reqwest::Method::POST, &kick(&sse_conn["id"]), None).await;
+    assert_eq!(status, 200);
+    // The stream ends (cleanly, or reset by the kill switch).
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match sse.chunk().await {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the SSE stream did not end after the kick");
+
+    let (status, _) = call(&s, reqwest::Method::POST, &kick(&poll_conn["id"]), None).await;
+    assert_eq!(status, 200);
+    let (status, body) = tokio::time::timeout(WAIT, poll).await.expect("the poll was not answered").unwrap();
+    assert_eq!((status, &body["messages"]), (200, &json!([])), "{body}");
+    check_cursor(body["cursor"].as_str().unwrap());
+    connections_until(&s, "nothing after both kicks", |v| v["total"] == 0).await;
+    s.stop().await;
+}
