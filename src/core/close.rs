@@ -86,3 +86,18 @@ impl Close {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_round_trips_and_kicked_is_a_policy_close() {
+        for v in 1..=12u8 {
+            let reason = Close::from_u8(v).expect("a reason");
+            assert_eq!(reason as u8, v);
+        }
+        assert_eq!(Close::from_u8(13), None);
+        assert_eq!((Close::Kicked.ws_code(), Close::Kicked.label()), (1008, "kicked"));
+    }
+}

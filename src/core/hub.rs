@@ -429,4 +429,25 @@ mod tests {
         b.join(&v).await.unwrap();
         assert_eq!(hub.topic_count(), 2);
     }
+
+    #[tokio::test]
+    async fn top_topics_ranks_by_subscribers_and_counts_fanned_messages() {
+        let hub = Hub::new();
+        let engine: Arc<dyn Engine> = Arc::new(Watches::default());
+        let (t, u) = (Topic::new("t").unwrap(), Topic::new("u").unwrap());
+        let mut a = Subscriber::new(hub.clone(), Arc::clone(&engine), 8);
+        let mut b = Subscriber::new(hub.clone(), Arc::clone(&engine), 8);
+        a.join(&u).await.unwrap();
+        a.join(&t).await.unwrap();
+        b.join(&t).await.unwrap();
+        for ms in 1..=3 {
+            hub.fan_out(&message(&t, ms));
+        }
+        hub.fan_out(&message(&u, 4));
+        let top = hub.top_topics(10);
+        let got: Vec<(&str, usize, u64)> =
+            top.iter().map(|s| (s.topic.as_str(), s.subscribers, s.messages)).collect();
+        assert_eq!(got, [("t", 2, 3), ("u", 1, 1)]);
+        assert_eq!(hub.top_topics(1).len(), 1);
+    }
 }

@@ -318,3 +318,29 @@ impl Drop for SessionGuard {
         self.sessions.inner.lock().live.try_remove(self.key);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_streams_with_info_are_listed_and_counted() {
+        let sessions = Arc::new(Sessions::default());
+        let all: Vec<Arc<Session>> = (0..4).map(|_| Arc::new(Session::default())).collect();
+        let _guards: Vec<SessionGuard> = all.iter().map(|s| sessions.register(s)).collect();
+        for (s, t) in all.iter().zip(["ws", "sse", "ws"]) {
+            s.set_info(Arc::new(ConnInfo::new(t, None, None, None)));
+        }
+        let (listed, total) = sessions.listed(2);
+        assert_eq!((listed.len(), total), (2, 3));
+        let mut counts = sessions.count_by_transport();
+        counts.sort_unstable();
+        assert_eq!(counts, [("sse", 1), ("ws", 2)]);
+        let info = all[0].info().expect("info");
+        info.sent(2);
+        info.set_topics([crate::core::Topic::new("a").expect("topic")]);
+        assert_eq!((info.messages_out(), info.topics().len()), (2, 1));
+        assert!(sessions.close_one(all[3].id(), Close::Kicked));
+        assert_eq!(all[3].closed(), Some(Close::Kicked));
+    }
+}
