@@ -39,6 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         topic: topic.clone(),
         data: format!(r#"{{"text":"{text}"}}"#).into_bytes(),
         idempotency_key: key.into(),
+        ..Default::default()
     };
 
     // Subscribe from now: the call returns once the subscription is in place.
@@ -76,7 +77,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Connect: the WebSocket protocol as one bidirectional stream.
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let frame = |r: &str, op| ClientFrame { r#ref: r.into(), op: Some(op) };
-    tx.send(frame("s1", Op::Subscribe(SubscribeOp { topic: topic.clone(), after: None }))).await?;
+    tx.send(frame(
+        "s1",
+        Op::Subscribe(SubscribeOp { topic: topic.clone(), after: None, ..Default::default() }),
+    ))
+    .await?;
     let mut frames = client.connect(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
     println!("connect:");
     let (mut acked, mut received) = (false, false);
@@ -86,8 +91,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(Frame::Ack(a)) if a.r#ref == "s1" => {
                 println!("  ack s1 (subscribed)");
                 let data = br#"{"text":"over Connect"}"#.to_vec();
-                let op =
-                    Op::Publish(PublishOp { topic: topic.clone(), data, idempotency_key: String::new() });
+                let op = Op::Publish(PublishOp {
+                    topic: topic.clone(),
+                    data,
+                    idempotency_key: String::new(),
+                    ..Default::default()
+                });
                 tx.send(frame("p1", op)).await?;
             }
             Some(Frame::Ack(a)) => {

@@ -87,6 +87,7 @@ pub async fn listener_hears_watched_topic_in_order(make: Factory<'_>) {
     let mut got = vec![];
     while got.len() < ids.len() {
         let m = tokio::time::timeout(Duration::from_secs(10), sub.outbox.recv()).await.unwrap();
+        let m = m.message().expect("a message").clone();
         got.push(m.id);
     }
     assert_eq!(got, ids);
@@ -135,6 +136,7 @@ pub async fn replay_to_live_race_has_no_gap_and_no_duplicate(make: Factory<'_>) 
     let last = *during.last().unwrap();
     while pos < last {
         let m = tokio::time::timeout(Duration::from_secs(10), sub.outbox.recv()).await.unwrap();
+        let m = m.message().expect("a message").clone();
         if m.id > pos {
             pos = m.id;
             got.push(m.id);

@@ -54,8 +54,12 @@ impl Unary {
                 }
             }
             Unary::Grpc { client, topics } => {
-                let req =
-                    PublishRequest { topic: topics[ti].clone(), data: body, idempotency_key: String::new() };
+                let req = PublishRequest {
+                    topic: topics[ti].clone(),
+                    data: body,
+                    idempotency_key: String::new(),
+                    ..Default::default()
+                };
                 match tokio::time::timeout(limit, client.publish(req)).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(status)) => Err(status.to_string()),
@@ -234,7 +238,12 @@ impl Pipe {
                 ws.feed(Message::text(frame)).await.map_err(|e| e.to_string())
             }
             Pipe::Grpc { tx, .. } => {
-                let op = PublishOp { topic: topic.to_string(), data: body, idempotency_key: String::new() };
+                let op = PublishOp {
+                    topic: topic.to_string(),
+                    data: body,
+                    idempotency_key: String::new(),
+                    ..Default::default()
+                };
                 let frame = ClientFrame { r#ref: r.to_string(), op: Some(client_frame::Op::Publish(op)) };
                 tx.send(frame).await.map_err(|_| "Connect request stream closed".to_string())
             }

@@ -171,22 +171,12 @@ impl Abuse {
 
     /// A fresh per-connection publish limiter (`None` when off).
     pub fn publish_limiter(&self) -> Option<PublishLimiter> {
-        self.publish_quota.map(|q| {
-            PublishLimiter(
-                RateLimiter::direct_with_clock(q, MonotonicClock),
-                false,
-            )
-        })
+        self.publish_quota.map(|q| PublishLimiter(RateLimiter::direct_with_clock(q, MonotonicClock), false))
     }
 
     /// A fresh per-connection limiter of ephemeral publishes (`None` when off).
     pub fn ephemeral_limiter(&self) -> Option<PublishLimiter> {
-        self.ephemeral_quota.map(|q| {
-            PublishLimiter(
-                RateLimiter::direct_with_clock(q, MonotonicClock),
-                true,
-            )
-        })
+        self.ephemeral_quota.map(|q| PublishLimiter(RateLimiter::direct_with_clock(q, MonotonicClock), true))
     }
 
     /// Streams open now from `ip` (0 when not counted).

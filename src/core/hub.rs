@@ -285,7 +285,12 @@ mod tests {
         fn name(&self) -> &'static str {
             "watches"
         }
-        async fn publish_with(&self, _: &Topic, _: Bytes, _: PublishOptions<'_>) -> Result<Published, EngineError> {
+        async fn publish_with(
+            &self,
+            _: &Topic,
+            _: Bytes,
+            _: PublishOptions<'_>,
+        ) -> Result<Published, EngineError> {
             Err(EngineError::Unavailable("not in hub tests".into()))
         }
         async fn broadcast(&self, _: Arc<Message>) -> Result<(), EngineError> {

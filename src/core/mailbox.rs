@@ -65,6 +65,16 @@ pub enum Entry {
     Notice(Arc<Notice>),
 }
 
+impl Entry {
+    /// The message of a message entry (stored, ephemeral or latest).
+    pub fn message(&self) -> Option<&Arc<Message>> {
+        match self {
+            Entry::Message(m) | Entry::Latest { message: m, .. } => Some(m),
+            Entry::Dropped(_) | Entry::Notice(_) => None,
+        }
+    }
+}
+
 /// A range dropped by `delivery = "drop"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dropped {
@@ -157,7 +167,9 @@ impl Mailbox {
                 // The queued message of the same key, else (when the
                 // latest entries are at their bound) the topic's oldest.
                 let old = q.items.iter().rposition(|e| same_key(e, topic, key)).or_else(|| {
-                    (q.latest >= self.capacity).then(|| q.items.iter().position(|e| of_topic(e, topic))).flatten()
+                    (q.latest >= self.capacity)
+                        .then(|| q.items.iter().position(|e| of_topic(e, topic)))
+                        .flatten()
                 });
                 let mut skipped = 0;
                 match old.and_then(|i| q.items.remove(i)) {
@@ -181,7 +193,9 @@ impl Mailbox {
                             d.last = d.last.max(message.id);
                             d.count += 1;
                         }
-                        None => drops.push(Dropped { topic: message.topic.clone(), last: message.id, count: 1 }),
+                        None => {
+                            drops.push(Dropped { topic: message.topic.clone(), last: message.id, count: 1 })
+                        }
                     }
                     return Placed::Discarded;
                 }

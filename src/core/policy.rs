@@ -81,9 +81,9 @@ impl<'de> Deserialize<'de> for PresenceMode {
             Raw::Bool(false) => Ok(PresenceMode::Off),
             Raw::Bool(true) => Ok(PresenceMode::Full),
             Raw::Word(w) if w == "count" => Ok(PresenceMode::Count),
-            Raw::Word(w) => Err(serde::de::Error::custom(format!(
-                "presence is true, false or \"count\", not {w:?}"
-            ))),
+            Raw::Word(w) => {
+                Err(serde::de::Error::custom(format!("presence is true, false or \"count\", not {w:?}")))
+            }
         }
     }
 }
@@ -114,7 +114,12 @@ pub struct TopicPolicy {
 impl TopicPolicy {
     /// The policy of topics no rule matches.
     pub fn defaults(history: Retention) -> Self {
-        TopicPolicy { history, delivery: Delivery::Lossless, presence: PresenceMode::Off, client_publish: true }
+        TopicPolicy {
+            history,
+            delivery: Delivery::Lossless,
+            presence: PresenceMode::Off,
+            client_publish: true,
+        }
     }
 }
 

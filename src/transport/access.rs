@@ -146,7 +146,10 @@ impl Access {
             crate::metrics::rejected("forbidden");
             return Err(ApiError::new(
                 Code::Forbidden,
-                format!("only API keys may publish to {} (topic policy client_publish = false)", topic.as_str()),
+                format!(
+                    "only API keys may publish to {} (topic policy client_publish = false)",
+                    topic.as_str()
+                ),
             ));
         }
         Ok(())

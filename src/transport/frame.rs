@@ -100,7 +100,8 @@ pub(crate) fn parse(text: &str, max_data: usize) -> Result<(Option<Ref>, Op), Fr
                 return Err(fail(Code::TooLarge, "data over limits.max_message_bytes", r));
             }
             let data = Bytes::copy_from_slice(data.get().as_bytes());
-            let options = PublishOp { idempotency_key: raw.idempotency_key, key: raw.key, ephemeral: raw.ephemeral };
+            let options =
+                PublishOp { idempotency_key: raw.idempotency_key, key: raw.key, ephemeral: raw.ephemeral };
             Ok((r, Op::Publish { topic, data, options }))
         }
         Some("presence") => {

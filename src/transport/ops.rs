@@ -140,7 +140,10 @@ pub(crate) async fn handle(
                 out.push(Reply::Error(e));
                 return Ok(out);
             }
-            let opts = PublishOptions { idempotency_key: options.idempotency_key.as_deref(), key: options.key.as_deref() };
+            let opts = PublishOptions {
+                idempotency_key: options.idempotency_key.as_deref(),
+                key: options.key.as_deref(),
+            };
             match publish(state, transport, &topic, data, opts).await {
                 Ok(p) => out.push(Reply::Published(p)),
                 // Contract §4: a message over the limit closes the connection.
@@ -148,9 +151,10 @@ pub(crate) async fn handle(
                 Err(e) => out.push(Reply::Error(e)),
             }
         }
-        Op::Presence { topic } => {
-            out.push(Reply::Error(ApiError::new(Code::BadRequest, format!("no presence for {}", topic.as_str()))))
-        }
+        Op::Presence { topic } => out.push(Reply::Error(ApiError::new(
+            Code::BadRequest,
+            format!("no presence for {}", topic.as_str()),
+        ))),
         Op::Subscribe { topic, after, presence } => match sub.subscribe(topic.clone(), after).await {
             Ok(done) => {
                 if presence {

@@ -20,8 +20,8 @@ use tokio::time::Instant;
 
 use super::access;
 use super::request::{self, Topics};
-use crate::core::replay::Gap;
 use crate::core::policy::Delivery;
+use crate::core::replay::Gap;
 use crate::core::session::ConnInfo;
 use crate::core::{Cursor, MessageId, Topic};
 use crate::error::{ApiError, Code};

@@ -283,6 +283,29 @@ mod tests {
     use crate::core::{MessageId, Topic};
 
     #[test]
+    fn skipped_and_ephemeral_events() {
+        let t = Topic::new("a").unwrap();
+        let c = Cursor::single(t.clone(), MessageId::new(2, 0));
+        let m = Message::new(t.clone(), MessageId::new(2, 0), 2, Bytes::from_static(b"1"));
+        let mut out = BytesMut::new();
+        skipped_event(&mut out, &c, &m, 7);
+        let id = c.encode();
+        assert_eq!(
+            String::from_utf8(out.to_vec()).unwrap(),
+            format!(
+                "id: {id}\ndata: {{\"topic\":\"a\",\"id\":\"2-0\",\"ts\":2,\"data\":1,\"skipped\":7}}\n\n"
+            )
+        );
+        let from = crate::core::message::Ephemeral { origin: 1, user: Some("al\"ice".into()) };
+        let e = Message::ephemeral(t, Bytes::from_static(b"{\"typing\":true}"), from);
+        assert_eq!(
+            String::from_utf8(ephemeral_event(&e).to_vec()).unwrap(),
+            "event: ephemeral\ndata: {\"topic\":\"a\",\"data\":{\"typing\":true},\"ephemeral\":true,\"user\":\"al\\\"ice\"}\n\n",
+            "no id: line, the user JSON-escaped"
+        );
+    }
+
+    #[test]
     fn events_carry_cursor_and_json() {
         let t = Topic::new("a").unwrap();
         let c = Cursor::single(t.clone(), MessageId::new(2, 0));

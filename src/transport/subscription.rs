@@ -538,7 +538,9 @@ impl Subscription {
         match step {
             Step::Gap(g) => self.pending.push_back(Pending::Gap(g)),
             Step::Messages(ms) => {
-                let latest = ms.first().is_some_and(|m| self.policies.get(m.topic.as_str()).delivery == Delivery::Latest);
+                let latest = ms
+                    .first()
+                    .is_some_and(|m| self.policies.get(m.topic.as_str()).delivery == Delivery::Latest);
                 if latest {
                     let kept = coalesce(ms);
                     self.pending.extend(kept.into_iter().map(|(m, n)| Pending::Message(m, n)));

@@ -105,7 +105,15 @@ pub(crate) async fn inbound(
         tracing::info!(source = %name, reason = %refusal, "inbound webhook refused");
         return Err(ApiError::new(code, refusal.to_string()));
     }
-    let published = match ops::publish(&state, Transport::Http, &source.topic, body, PublishOptions { idempotency_key: Some(id), key: None }).await {
+    let published = match ops::publish(
+        &state,
+        Transport::Http,
+        &source.topic,
+        body,
+        PublishOptions { idempotency_key: Some(id), key: None },
+    )
+    .await
+    {
         Ok(p) => p,
         Err(e) => {
             hooks.count_inbound(

@@ -361,9 +361,8 @@ async fn write_events<S: Socket>(socket: &mut S, sub: &mut Subscription, first: 
                 let body = frame::message_skipped(&message, &sub.cursor().encode(), skipped);
                 socket.queue(socket::text_frame(&body))
             }
-            Event::Ephemeral(message) => socket.queue(
-                message.encoded(Wire::EPHEMERAL_WS, |m| socket::text_frame(&frame::ephemeral(m))),
-            ),
+            Event::Ephemeral(message) => socket
+                .queue(message.encoded(Wire::EPHEMERAL_WS, |m| socket::text_frame(&frame::ephemeral(m)))),
             Event::Notice(notice) => socket.queue(socket::text_frame(&notice.json)),
         }
         n += 1;

@@ -26,11 +26,19 @@ async fn connect_round_trip() {
 
     let (before, ack) = conn.subscribe(t, None, "s1").await;
     assert!(before.is_empty(), "{before:?}");
-    assert_eq!(ack, Ack { r#ref: "s1".into(), recovered: true, id: String::new(), ts: 0 });
+    assert_eq!(
+        ack,
+        Ack { r#ref: "s1".into(), recovered: true, id: String::new(), ts: 0, ..Default::default() }
+    );
 
     // Publish on the stream: ack with the id, and the message comes back.
     let data = r#"{"b": [1, 2],"a":"é \u00e9"}"#;
-    let op = PublishOp { topic: t.into(), data: data.as_bytes().to_vec(), idempotency_key: String::new() };
+    let op = PublishOp {
+        topic: t.into(),
+        data: data.as_bytes().to_vec(),
+        idempotency_key: String::new(),
+        ..Default::default()
+    };
     conn.send("p1", Some(Op::Publish(op))).await;
     let (mut frames, ack) = conn.until_ref("p1").await;
     let Frame::Ack(ack) = ack else { panic!("expected the publish ack, got {ack:?}") };
@@ -58,7 +66,12 @@ async fn connect_round_trip() {
 
     // Idempotent publish on the stream.
     for r in ["k1", "k2"] {
-        let op = PublishOp { topic: u.into(), data: b"7".to_vec(), idempotency_key: "idem-1".into() };
+        let op = PublishOp {
+            topic: u.into(),
+            data: b"7".to_vec(),
+            idempotency_key: "idem-1".into(),
+            ..Default::default()
+        };
         conn.send(r, Some(Op::Publish(op))).await;
     }
     let (f1, a1) = conn.until_ref("k1").await;
@@ -176,10 +189,19 @@ async fn connect_errors_keep_the_stream_open() {
     let mut conn = Conn::open(&mut c).await;
 
     let sub = |topic: &str, after: Option<&str>| {
-        Some(Op::Subscribe(SubscribeOp { topic: topic.into(), after: after.map(str::to_owned) }))
+        Some(Op::Subscribe(SubscribeOp {
+            topic: topic.into(),
+            after: after.map(str::to_owned),
+            ..Default::default()
+        }))
     };
     let publ = |topic: &str, data: &[u8], key: &str| {
-        Some(Op::Publish(PublishOp { topic: topic.into(), data: data.to_vec(), idempotency_key: key.into() }))
+        Some(Op::Publish(PublishOp {
+            topic: topic.into(),
+            data: data.to_vec(),
+            idempotency_key: key.into(),
+            ..Default::default()
+        }))
     };
     bad_topic_error(&conn.error("e1", sub("bad topic", None)).await);
     bad_topic_error(&conn.error("e2", sub("", None)).await);
@@ -225,6 +247,7 @@ async fn connect_oversized_publish_ends_the_stream_resource_exhausted() {
             topic: t.into(),
             data: data.into_bytes(),
             idempotency_key: String::new(),
+            ..Default::default()
         }))
     };
 
@@ -277,7 +300,12 @@ async fn connect_reports_gap_before_the_ack() {
         let (before, ack) = conn.subscribe(t, Some(&ids_[after]), "g").await;
         assert_eq!(
             before,
-            [Frame::Gap(Gap { topic: t.into(), after: ids_[after].clone(), oldest: ids_[6].clone() })],
+            [Frame::Gap(Gap {
+                topic: t.into(),
+                after: ids_[after].clone(),
+                oldest: ids_[6].clone(),
+                ..Default::default()
+            })],
             "a gap frame before the ack"
         );
         assert_eq!(ack, Ack { r#ref: "g".into(), recovered: false, ..Default::default() });

@@ -45,7 +45,12 @@ pub(crate) async fn client(s: &TestServer) -> Client {
 }
 
 pub(crate) fn publish_req(topic: &str, data: &[u8], key: &str) -> PublishRequest {
-    PublishRequest { topic: topic.to_owned(), data: data.to_vec(), idempotency_key: key.to_owned() }
+    PublishRequest {
+        topic: topic.to_owned(),
+        data: data.to_vec(),
+        idempotency_key: key.to_owned(),
+        ..Default::default()
+    }
 }
 
 /// Publish rpc; panics unless it succeeds.
@@ -180,7 +185,7 @@ fn answers(f: &Frame) -> Option<&str> {
         Frame::Ack(a) => Some(&a.r#ref),
         Frame::Error(e) => Some(&e.r#ref),
         Frame::Pong(p) => Some(&p.r#ref),
-        Frame::Message(_) | Frame::Gap(_) => None,
+        Frame::Message(_) | Frame::Gap(_) | Frame::PresenceEvent(_) => None,
     }
 }
 
@@ -239,7 +244,8 @@ impl Conn {
 
     /// Subscribes; returns the frames before the ack (gaps) and the ack.
     pub(crate) async fn subscribe(&mut self, topic: &str, after: Option<&str>, r: &str) -> (Vec<Frame>, Ack) {
-        let op = SubscribeOp { topic: topic.to_owned(), after: after.map(str::to_owned) };
+        let op =
+            SubscribeOp { topic: topic.to_owned(), after: after.map(str::to_owned), ..Default::default() };
         self.send(r, Some(Op::Subscribe(op))).await;
         match self.until_ref(r).await {
             (before, Frame::Ack(a)) => (before, a),

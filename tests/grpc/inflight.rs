@@ -16,6 +16,7 @@ fn publish_op(topic: &str, data: &str, key: &str) -> Option<Op> {
         topic: topic.to_owned(),
         data: data.as_bytes().to_vec(),
         idempotency_key: key.to_owned(),
+        ..Default::default()
     }))
 }
 

@@ -116,7 +116,12 @@ async fn publish_and_history_errors() {
         let st = publish_err(&mut c, publish_req(t, bad, "")).await;
         assert_status(&st, Code::InvalidArgument, "bad_request");
         let mut conn = Conn::open(&mut c).await;
-        let op = PublishOp { topic: t.into(), data: bad.to_vec(), idempotency_key: String::new() };
+        let op = PublishOp {
+            topic: t.into(),
+            data: bad.to_vec(),
+            idempotency_key: String::new(),
+            ..Default::default()
+        };
         let e = conn.error("bad-utf8", Some(Op::Publish(op))).await;
         assert_eq!(e.code, "bad_request", "{e:?}");
         conn.ping_quiet("still-open").await;

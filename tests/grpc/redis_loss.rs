@@ -34,7 +34,8 @@ async fn redis_flushed_stream_resume_reports_gap() {
     assert_eq!(tokio::task::block_in_place(|| cli(redis.port, &["FLUSHALL"])).trim(), "OK");
     let fresh = publish(&mut c, t, r#""fresh""#).await.id;
     assert!(pid(&fresh) > pid(&published[4]));
-    let gap = Gap { topic: t.into(), after: published[2].clone(), oldest: fresh.clone() };
+    let gap =
+        Gap { topic: t.into(), after: published[2].clone(), oldest: fresh.clone(), ..Default::default() };
 
     let mut st = subscribe(&mut c, &[t], &seen[2].cursor).await;
     let m = next_msg(&mut st).await;

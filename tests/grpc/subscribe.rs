@@ -165,7 +165,12 @@ async fn subscribe_gap(engine: Engine<'_>) {
     assert_eq!(first.id, ids[6]);
     assert_eq!(
         first.gap,
-        Some(Gap { topic: t.to_owned(), after: ids[0].clone(), oldest: ids[6].clone() }),
+        Some(Gap {
+            topic: t.to_owned(),
+            after: ids[0].clone(),
+            oldest: ids[6].clone(),
+            ..Default::default()
+        }),
         "the first message after the trim reports the gap"
     );
     for m in got.iter().filter(|m| m.id != first.id || m.topic != t) {

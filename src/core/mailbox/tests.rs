@@ -11,7 +11,10 @@ fn m(n: u64) -> Arc<Message> {
 }
 
 fn keyed(t: &str, n: u64, key: Option<&str>) -> Arc<Message> {
-    Arc::new(Message::new(topic(t), MessageId::new(n, 0), n, Bytes::from_static(b"1")).with_key(key.map(Arc::from)))
+    Arc::new(
+        Message::new(topic(t), MessageId::new(n, 0), n, Bytes::from_static(b"1"))
+            .with_key(key.map(Arc::from)),
+    )
 }
 
 fn ephemeral(t: &str) -> Arc<Message> {
@@ -25,12 +28,9 @@ fn drain(b: &Mailbox) -> Vec<String> {
     while let Some(e) = b.try_recv() {
         out.push(match e {
             Entry::Message(message) if message.is_ephemeral() => format!("eph:{}", message.topic),
-            Entry::Message(message) => format!(
-                "{}:{}:{}:0",
-                message.topic,
-                message.id.ms,
-                message.key.as_deref().unwrap_or("-")
-            ),
+            Entry::Message(message) => {
+                format!("{}:{}:{}:0", message.topic, message.id.ms, message.key.as_deref().unwrap_or("-"))
+            }
             Entry::Latest { message, skipped } => format!(
                 "{}:{}:{}:{skipped}",
                 message.topic,

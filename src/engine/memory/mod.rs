@@ -47,8 +47,8 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::core::engine::{lost_after, Engine, EngineError, Feed, History, PublishOptions, Published};
-use crate::core::policy::Policies;
 use crate::core::message::{now_ms, Message, MessageId, Topic};
+use crate::core::policy::Policies;
 use crate::shutdown::Shutdown;
 
 use handoff::Handoff;
@@ -314,7 +314,10 @@ impl MemoryEngine {
                 let floor = *self.floor.lock();
                 let retention = self.opts.policies.as_ref().map(|p| p.get(topic.as_str()).history);
                 let slot = Arc::new(Slot {
-                    state: Mutex::new(SlotState { log: Log::above(floor).with_retention(retention), ..SlotState::default() }),
+                    state: Mutex::new(SlotState {
+                        log: Log::above(floor).with_retention(retention),
+                        ..SlotState::default()
+                    }),
                     room: Notify::new(),
                 });
                 v.insert(Arc::clone(&slot));
@@ -363,7 +366,8 @@ impl MemoryEngine {
         // frame), and a retained slice would keep all of it alive (about
         // 6 KiB per 128-byte message published over HTTP keep-alive).
         let coalesce: Option<Arc<str>> = options.key.map(Arc::from);
-        let stored = Message::new(topic.clone(), id, now, Bytes::copy_from_slice(data)).with_key(coalesce.clone());
+        let stored =
+            Message::new(topic.clone(), id, now, Bytes::copy_from_slice(data)).with_key(coalesce.clone());
         // Live subscribers get their own copy: the wire encodings they cache
         // on it are freed once every subscriber wrote it, instead of staying
         // with the message in the log for as long as it is retained.

@@ -69,6 +69,12 @@ impl RedisEngine {
         format!("{}:n", self.tag(group))
     }
 
+    /// The ephemeral channel of `group` (pub/sub; sharded pub/sub on a
+    /// Cluster, where the hash tag puts it on the group's slot).
+    pub(super) fn ephemeral_channel(&self, group: usize) -> String {
+        format!("{}:e", self.tag(group))
+    }
+
     /// The webhook outbox of `group`.
     pub(super) fn outbox_key(&self, group: usize) -> String {
         format!("{}:o", self.tag(group))
@@ -88,8 +94,34 @@ impl RedisEngine {
     /// `history.max_age` in ms, for the scripts' age trimming (which reads
     /// the time from Redis, the clock its ids come from).
     pub(super) fn max_age_ms(&self) -> u64 {
-        u64::try_from(self.inner.opts.max_age.as_millis()).unwrap_or(u64::MAX).clamp(1, super::MAX_TTL_MS)
+        age_ms(self.inner.opts.max_age)
     }
+}
+
+impl RedisEngine {
+    /// The topic's retention, `(max_len, max_age ms)`: its `[[topics]]`
+    /// policy when policies are configured, else `[history]`.
+    pub(super) fn retention(&self, topic: &Topic) -> (usize, u64) {
+        let opts = &self.inner.opts;
+        match &opts.policies {
+            Some(p) => {
+                let h = p.get(topic.as_str()).history;
+                (h.max_len, age_ms(h.max_age))
+            }
+            None => (opts.max_len, self.max_age_ms()),
+        }
+    }
+
+    /// The shortest `max_age` of any topic (the sweep runs at a tenth of it).
+    pub(super) fn shortest_max_age(&self) -> std::time::Duration {
+        let opts = &self.inner.opts;
+        opts.policies.as_ref().map_or(opts.max_age, |p| p.shortest_max_age())
+    }
+}
+
+/// A max age in ms, in the range the scripts accept.
+fn age_ms(age: std::time::Duration) -> u64 {
+    u64::try_from(age.as_millis()).unwrap_or(u64::MAX).clamp(1, super::MAX_TTL_MS)
 }
 
 #[cfg(test)]

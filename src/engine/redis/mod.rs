@@ -9,7 +9,8 @@
 //! `XREAD` can cover all of its topics:
 //!
 //! ```text
-//! {prefix}{s<N>}:t:<topic>            the topic's stream (field d = data)
+//! {prefix}{s<N>}:t:<topic>            the topic's stream (field d = data, k = the
+//!                                     coalescing key when the publish gave one)
 //! {prefix}{s<N>}:m:<topic>            the newest id ever trimmed from the stream
 //! {prefix}{s<N>}:i:<len>:<topic>:<key> an idempotency key → "<id> <ts>" (SET PX)
 //! {prefix}{s<N>}:k:<topic>            the topic's idempotency keys by time (ZSET)
@@ -17,6 +18,8 @@
 //! {prefix}{s<N>}:a                  the group's age index: topic → when its oldest entry expires
 //! {prefix}{s<N>}:n                  notify stream of group N: the stream key of
 //!                                   every publish (capped at ~10,000 entries)
+//! {prefix}{s<N>}:e                  ephemeral channel of group N (pub/sub; sharded
+//!                                   pub/sub on a Cluster), see `ephemeral.rs`
 //! {prefix}{s<N>}:o                  webhook outbox of group N (fields t, i, d, e):
 //!                                   one consumer group `wh:<endpoint>` per endpoint
 //! {prefix}{wh}:dl, {prefix}{wh}:dlo webhook dead letters (hash id → JSON; zset id → time)
@@ -26,11 +29,14 @@
 //! `N = fnv1a(topic) % shards`: every process must use the same `shards`.
 //! `<len>` is the topic's length: topics and keys may both contain `:`.
 //!
-//! Every key expires. Each publish sets the stream and its marker to expire
-//! `history.max_age` after it, so an idle topic vanishes with its newest
+//! Retention is per topic: its `[[topics]]` policy's `history.max_len` and
+//! `history.max_age` (else `[history]`); every process must share the
+//! config. Every key expires. Each publish sets the stream and its marker
+//! to expire the topic's `max_age` after it, so an idle topic vanishes with its newest
 //! message (a resume from one of its ids is then lost history: a gap), and
 //! records in the group's age index (`{prefix}{s<N>}:a`, topic → when its
-//! oldest entry reaches `max_age`) when the topic next needs trimming; a
+//! oldest entry reaches the topic's `max_age`: scored by expiry time, so
+//! topics of different ages share one index) when the topic next needs trimming; a
 //! sweep task trims the due topics of every group by age, so an entry
 //! older than `max_age` is gone within a sweep interval even if nobody
 //! touches its topic again. An idempotency key lives `idempotency.ttl`,
@@ -100,12 +106,15 @@
 //! - `health.rs`: the command timeout, readiness and the health task (own
 //!   connection).
 //! - `sweep.rs`: the age sweep of idle topics.
+//! - `ephemeral.rs`: ephemeral messages over pub/sub (payload framing, the
+//!   per-process subscription).
 //! - `outbox.rs`: the webhook outbox ([`crate::core::outbox::Outbox`]):
 //!   consumer groups, takeover, trimming below every group, dead letters.
 //! - `reader.rs`: the per-group live readers (notify stream, trimmed-entry
 //!   detection, the check after a reconnect).
 
 mod conn;
+mod ephemeral;
 mod health;
 mod keys;
 mod outbox;
@@ -186,6 +195,8 @@ struct Inner {
     listener: Arc<dyn Feed>,
     groups: Vec<Group>,
     process: String,
+    /// This process's id (`process` in hex): tags its ephemeral payloads.
+    process_id: u64,
     ready: AtomicBool,
     /// Whether readiness was ever decided (so the first failure is logged).
     decided: AtomicBool,
@@ -242,7 +253,8 @@ impl RedisEngine {
     ) -> Result<Arc<RedisEngine>, EngineError> {
         let clients = Clients::open(&opts).map_err(unavailable)?;
         let groups = (0..opts.shards.max(1)).map(|_| Group::default()).collect();
-        let process = format!("{:016x}", rand::rng().random::<u64>());
+        let process_id = rand::rng().random::<u64>();
+        let process = format!("{process_id:016x}");
         let engine = Arc::new(RedisEngine {
             inner: Arc::new(Inner {
                 opts,
@@ -251,6 +263,7 @@ impl RedisEngine {
                 listener,
                 groups,
                 process,
+                process_id,
                 ready: AtomicBool::new(false),
                 decided: AtomicBool::new(false),
                 probe: Notify::new(),
@@ -270,6 +283,9 @@ impl RedisEngine {
         let sweeper = RedisEngine::clone(&engine);
         let token = shutdown.token().clone();
         shutdown.spawn(async move { sweeper.sweep(token).await });
+        let subscriber = RedisEngine::clone(&engine);
+        let token = shutdown.token().clone();
+        shutdown.spawn(async move { subscriber.subscribe_ephemeral(token).await });
         for group in 0..engine.inner.groups.len() {
             let reader = RedisEngine::clone(&engine);
             let token = shutdown.token().clone();
@@ -294,7 +310,7 @@ impl RedisEngine {
             .arg(after.to_string())
             .arg(start)
             .arg(count)
-            .arg(self.max_age_ms())
+            .arg(self.retention(topic).1)
             .arg(PAGE_BYTES);
         let reply: Value = self.run(inv.invoke_async(&mut conn)).await?;
         reply::stream_read(reply)
@@ -323,6 +339,7 @@ impl Engine for RedisEngine {
             None => (stream.clone(), stream.clone()),
         };
         let opts = &self.inner.opts;
+        let (max_len, max_age_ms) = self.retention(topic);
         let ttl_ms =
             u64::try_from(opts.idempotency_ttl.as_millis()).unwrap_or(u64::MAX).clamp(1000, MAX_TTL_MS);
         let ttl = idempotency_key.map(|_| ttl_ms.to_string());
@@ -334,15 +351,17 @@ impl Engine for RedisEngine {
             .key(self.notify_key(self.group_of(topic)))
             .key(self.outbox_key(self.group_of(topic)))
             .arg(data.as_ref())
-            .arg(opts.max_len)
-            .arg(self.max_age_ms())
+            .arg(max_len)
+            .arg(max_age_ms)
             .arg(ttl.unwrap_or_default())
             .arg(opts.idempotency_max_keys.max(1))
             .arg(topic.as_str())
             .arg(match &opts.routes {
                 Some(r) if r.matches(topic) => r.max_len.to_string(),
                 _ => String::new(),
-            });
+            })
+            .arg(if options.key.is_some() { "1" } else { "" })
+            .arg(options.key.unwrap_or_default());
         let reply: Value = self.run(inv.invoke_async(&mut conn)).await?;
         let published = reply::published(reply);
         if matches!(published, Err(EngineError::Full(_))) {
@@ -354,8 +373,8 @@ impl Engine for RedisEngine {
         published
     }
 
-    async fn broadcast(&self, _message: Arc<Message>) -> Result<(), EngineError> {
-        Err(EngineError::Rejected("ephemeral messages are not carried by the Redis engine yet".into()))
+    async fn broadcast(&self, message: Arc<Message>) -> Result<(), EngineError> {
+        self.broadcast_ephemeral(message).await
     }
 
     async fn history(

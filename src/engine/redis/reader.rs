@@ -465,7 +465,7 @@ fn topic_read(v: Value) -> Option<TopicRead> {
 
 /// Sleeps `backoff` with ±50 % jitter and doubles it (max 5 s); true when
 /// cancelled meanwhile.
-async fn sleep_backoff(token: &CancellationToken, backoff: &mut Duration) -> bool {
+pub(super) async fn sleep_backoff(token: &CancellationToken, backoff: &mut Duration) -> bool {
     let jitter = rand::rng().random_range(0.5..1.5);
     let wait = backoff.mul_f64(jitter);
     *backoff = (*backoff * 2).min(Duration::from_secs(5));

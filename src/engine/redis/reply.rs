@@ -1,5 +1,7 @@
 //! Parsing of Redis replies: the scripts' results and stream entries.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use redis::Value;
 
@@ -50,7 +52,9 @@ pub(super) fn malformed(what: &str) -> EngineError {
     EngineError::Unavailable(format!("unexpected reply from redis: {what}"))
 }
 
-/// `[id, [field, value, …]]` → a message of `topic`. Its `ts` is the id's
+/// `[id, [field, value, …]]` → a message of `topic`, with its coalescing
+/// key when the entry has a `k` field (entries written before keys existed
+/// have none). Its `ts` is the id's
 /// ms part: Redis's clock at `XADD`, never decreasing within a topic (a `t`
 /// field written by earlier versions, the publishing process's clock, is
 /// ignored).
@@ -62,11 +66,16 @@ pub(super) fn parse_entry(topic: &Topic, entry: &Value) -> Option<Message> {
     let Value::Array(fields) = parts.get(1)? else {
         return None;
     };
-    let data = fields.chunks(2).find_map(|pair| match (pair.first().and_then(as_str), pair.get(1)) {
-        (Some("d"), Some(Value::BulkString(b))) => Some(Bytes::copy_from_slice(b)),
-        _ => None,
-    })?;
-    Some(Message::new(topic.clone(), id, id.ms, data))
+    let mut data = None;
+    let mut key = None;
+    for pair in fields.chunks(2) {
+        match (pair.first().and_then(as_str), pair.get(1)) {
+            (Some("d"), Some(Value::BulkString(b))) => data = Some(Bytes::copy_from_slice(b)),
+            (Some("k"), Some(v)) => key = as_str(v).map(Arc::<str>::from),
+            _ => {}
+        }
+    }
+    Some(Message::new(topic.clone(), id, id.ms, data?).with_key(key))
 }
 
 /// The publish script's `{"<id> <ts>", duplicate}`.
@@ -124,7 +133,19 @@ mod tests {
         let m = parse_entry(&t, &e).unwrap();
         // ts is the id's ms part, whatever an old `t` field says.
         assert_eq!((m.id, m.ts, &m.data[..]), (MessageId::new(5, 1), 5, &b"{\"a\":1}"[..]));
+        assert!(m.key.is_none(), "an entry without k has no key");
         assert!(parse_entry(&t, &Value::Nil).is_none());
+        let keyed = Value::Array(vec![
+            Value::BulkString(b"6-0".to_vec()),
+            Value::Array(vec![
+                Value::BulkString(b"d".to_vec()),
+                Value::BulkString(b"1".to_vec()),
+                Value::BulkString(b"k".to_vec()),
+                Value::BulkString(b"eur:usd".to_vec()),
+            ]),
+        ]);
+        let m = parse_entry(&t, &keyed).unwrap();
+        assert_eq!((m.id, m.key.as_deref(), &m.data[..]), (MessageId::new(6, 0), Some("eur:usd"), &b"1"[..]));
     }
 
     fn bulk(s: &str) -> Value {

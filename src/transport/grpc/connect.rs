@@ -196,7 +196,9 @@ async fn handle(
                 ts: p.ts,
                 ..Default::default()
             })),
-            Reply::Done | Reply::Broadcast => frame(Frame::Ack(pb::Ack { r#ref: r.clone(), ..Default::default() })),
+            Reply::Done | Reply::Broadcast => {
+                frame(Frame::Ack(pb::Ack { r#ref: r.clone(), ..Default::default() }))
+            }
             Reply::Pong => frame(Frame::Pong(pb::Pong { r#ref: r.clone() })),
             Reply::Error(e) => error_frame(r.clone(), &e),
         });

@@ -88,7 +88,10 @@ impl gateway_server::Gateway for Gateway {
             access.may_publish_ephemeral(&self.state, &topic, false)?;
             let from = Ephemeral { origin: 0, user: access.grants.user.clone() };
             ops::publish_ephemeral(&self.state, Transport::Grpc, &topic, Bytes::from(req.data), from).await?;
-            return Ok(Response::new(pb::PublishReply { topic: topic.as_str().to_owned(), ..Default::default() }));
+            return Ok(Response::new(pb::PublishReply {
+                topic: topic.as_str().to_owned(),
+                ..Default::default()
+            }));
         }
         access.may_publish(&self.state, &topic, false)?;
         let options = PublishOptions {
@@ -107,7 +110,8 @@ impl gateway_server::Gateway for Gateway {
         let access = access::grpc(&self.state, &request)?;
         let topic = request::topic(&request.get_ref().topic)?;
         access.may_subscribe(&topic)?;
-        Err(ApiError::new(crate::error::Code::BadRequest, format!("no presence for {}", topic.as_str())).into())
+        Err(ApiError::new(crate::error::Code::BadRequest, format!("no presence for {}", topic.as_str()))
+            .into())
     }
 
     async fn history(
