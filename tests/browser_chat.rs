@@ -167,6 +167,28 @@ async fn scenario() {
     )
     .await;
     b.screenshot(&screenshots().join("admin.png")).await;
+    // Its disconnect button kicks a connection (counted; the chat tab's
+    // client reconnects by itself).
+    b.eval("document.querySelector('#connections button.danger').click(); return true;").await;
+    b.wait_for(
+        "the kick counted",
+        "const c = document.querySelector('#card-kicked b'); return c ? Number(c.textContent) : 0;",
+        STEP,
+        |v| v.as_u64() >= Some(1),
+    )
+    .await;
+    let admin = b.window().await;
+    b.switch(&alice).await;
+    connected(&b, "alice (after the kick)", "ws").await;
+    b.switch(&bob).await;
+    connected(&b, "bob (after the kick)", "ws").await;
+    b.eval(&type_script("still here after the kick", true)).await;
+    b.switch(&alice).await;
+    b.wait_for("the message after the kick", MESSAGES, STEP, |v| {
+        texts(v).last().map(String::as_str) == Some("still here after the kick")
+    })
+    .await;
+    b.switch(&admin).await;
     b.eval("window.scrollTo(0, document.body.scrollHeight); return true;").await;
     b.screenshot(&screenshots().join("admin-bottom.png")).await;
 
