@@ -8,6 +8,7 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY proto ./proto
 COPY examples ./examples
+COPY clients/js/dist ./clients/js/dist
 RUN cargo build --release --locked --bin rtgate
 
 FROM debian:bookworm-slim

@@ -17,12 +17,14 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod demo;
 mod env;
 mod security;
 mod tls;
 mod topics;
 mod validate;
 mod webhooks;
+pub use demo::{DemoConfig, DEMO_PATTERN};
 pub use env::Loaded;
 use env::{ignored_env, known_keys, names_a_key, ENV_PREFIX};
 pub use security::{AbuseConfig, AuthConfig, ReconnectConfig, TlsConfig};
@@ -104,6 +106,8 @@ pub struct Config {
     pub topics: Vec<TopicConfig>,
     /// Presence leases.
     pub presence: PresenceConfig,
+    /// The chat demo at `/demo/`.
+    pub demo: DemoConfig,
 }
 
 /// `[engine]`
@@ -434,6 +438,7 @@ impl Default for Config {
             webhook_queue: WebhookQueueConfig::default(),
             topics: Vec::new(),
             presence: PresenceConfig::default(),
+            demo: DemoConfig::default(),
         }
     }
 }

@@ -199,6 +199,7 @@ pub fn stream_end(reason: Close, pacer: &Pacer) -> Option<Status> {
             "unauthenticated: token_expired; refresh the token and resume from the last cursor",
         ),
         Close::RateLimited => (Grpc::ResourceExhausted, "rate_limited: over an abuse limit"),
+        Close::Kicked => (Grpc::Aborted, "kicked: disconnected by an operator"),
     };
     if pacing::paced(reason) {
         return Some(Status::with_metadata(code, text, retry_metadata(pacer.hint())));

@@ -10,6 +10,9 @@
 //!   runs the accept loop (HTTP/1.1 and HTTP/2 on one port, in clear or
 //!   over TLS, gRPC routed by content type) and drains; [`run`] ties it
 //!   all together.
+//! - [`admin`]: the operator's `/admin` page and its JSON under
+//!   `/v1/admin/` (connections, stats, kick), over the session registry
+//!   and the hub; beside the transports, below `server`.
 //! - [`transport`]: protocol adapters (HTTP API, WebSocket, SSE, long poll,
 //!   gRPC) that read their client's input and encode events for their wire,
 //!   over three shared pieces: `transport::subscription` (the one
@@ -49,6 +52,7 @@
 //! and calls [`run`]. Tests call [`run`] with a listener on port 0.
 
 pub mod abuse;
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod core;
@@ -124,6 +128,7 @@ pub fn state(config: Arc<Config>, shutdown: Shutdown) -> Result<AppState, StartE
         pacer,
         expiries: Arc::default(),
         webhooks,
+        rates: Arc::default(),
     }))
 }
 
@@ -136,6 +141,8 @@ pub async fn run(listener: TcpListener, config: Config, token: CancellationToken
     // TLS to Redis (rediss://) uses rustls with the ring provider; the first
     // install wins, later calls (tests) are no-ops.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = config;
+    config.apply_demo();
     let config = Arc::new(config);
     let tls = server::tls::Tls::from_config(&config.tls).map_err(|e| std::io::Error::other(e.to_string()))?;
     let shutdown = Shutdown::new(token.clone(), config.shutdown.grace);
@@ -143,6 +150,7 @@ pub async fn run(listener: TcpListener, config: Config, token: CancellationToken
         state(Arc::clone(&config), shutdown.clone()).map_err(|e| std::io::Error::other(e.to_string()))?;
     // Reload the JWKS file on change and on SIGHUP (nothing without one).
     state.auth.watch(&shutdown);
+    shutdown.spawn(admin::rates::run(Arc::clone(&state.rates), state.bus.hub.clone(), token.clone()));
     let local: SocketAddr = listener.local_addr()?;
     let listener = Limited::new(listener, config.limits.max_connections, config.http.tcp_keepalive);
     if let Some(addr) = config.admin.listen {

@@ -29,6 +29,10 @@ struct Cli {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Serve the chat demo at /demo/ (sets `demo.enabled`; adds a `chat.*`
+    /// topic policy with presence when no rule matches the demo's topics).
+    #[arg(long)]
+    demo: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -152,6 +156,10 @@ fn start() -> anyhow::Result<()> {
     if let Some(f) = cli.log_format {
         config.log.format = f;
     }
+    if cli.demo {
+        config.demo.enabled = true;
+    }
+    config.apply_demo();
     if cli.print_config {
         #[allow(clippy::print_stdout)]
         {

@@ -267,11 +267,56 @@ pub fn connection_opened(t: Transport) {
     of(t).connections_total.increment(1);
 }
 
+/// Running totals of this process that the admin API samples (the
+/// recorder's handles cannot be read back): one relaxed add each where the
+/// matching metric is recorded.
+#[derive(Debug)]
+struct Totals {
+    published: AtomicU64,
+    delivered: AtomicU64,
+    slow: AtomicU64,
+    kicked: AtomicU64,
+}
+
+static TOTALS: Totals = Totals {
+    published: AtomicU64::new(0),
+    delivered: AtomicU64::new(0),
+    slow: AtomicU64::new(0),
+    kicked: AtomicU64::new(0),
+};
+
+/// A reading of the process's running totals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TotalsSnapshot {
+    /// Messages accepted (every transport).
+    pub published: u64,
+    /// Messages written to clients (every transport).
+    pub delivered: u64,
+    /// Connections closed as slow consumers.
+    pub slow_consumer_closes: u64,
+    /// Connections closed by an operator.
+    pub kicked: u64,
+}
+
+/// The running totals now.
+pub fn totals() -> TotalsSnapshot {
+    let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    TotalsSnapshot {
+        published: r(&TOTALS.published),
+        delivered: r(&TOTALS.delivered),
+        slow_consumer_closes: r(&TOTALS.slow),
+        kicked: r(&TOTALS.kicked),
+    }
+}
+
 /// A long-lived connection closed for `reason`.
 pub fn connection_closed(t: Transport, reason: &'static str) {
     of(t).connections.decrement(1.0);
     if reason == "slow_consumer" {
         of(t).slow.increment(1);
+        TOTALS.slow.fetch_add(1, Ordering::Relaxed);
+    } else if reason == "kicked" {
+        TOTALS.kicked.fetch_add(1, Ordering::Relaxed);
     }
     counter!("rtgate_connection_closes_total", "transport" => t.label(), "reason" => reason).increment(1);
 }
@@ -279,6 +324,7 @@ pub fn connection_closed(t: Transport, reason: &'static str) {
 /// A message was accepted from `t`.
 pub fn published(t: Transport) {
     of(t).published.increment(1);
+    TOTALS.published.fetch_add(1, Ordering::Relaxed);
 }
 
 /// An ephemeral message was published over `t`.
@@ -300,6 +346,7 @@ pub fn dropped_range(t: Transport) {
 /// `n` messages were written to clients of `t`.
 pub fn delivered(t: Transport, n: u64) {
     of(t).delivered.increment(n);
+    TOTALS.delivered.fetch_add(n, Ordering::Relaxed);
 }
 
 /// `n` messages were written to WebSocket clients.

@@ -76,6 +76,8 @@ fn http_app(state: AppState) -> Router {
     let cors = cors(&state.config.cors_origins());
     let router = Router::new()
         .merge(crate::transport::routes())
+        .merge(crate::transport::assets::routes(state.config.demo.enabled))
+        .merge(crate::admin::routes())
         .route("/healthz", get(crate::ops::healthz))
         .route("/readyz", get(crate::ops::readyz))
         .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint").into_response() })

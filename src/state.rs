@@ -61,6 +61,9 @@ pub struct Shared {
     pub expiries: Arc<Expiries>,
     /// Outbound workers, inbound sources and dead letters.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// Publish, delivery and topic rates for the admin API (sampled by
+    /// `admin::rates::run`).
+    pub rates: Arc<crate::admin::Rates>,
 }
 
 impl Shared {

@@ -29,6 +29,8 @@ pub enum Close {
     TokenExpired = 10,
     /// Over an abuse limit.
     RateLimited = 11,
+    /// Disconnected by an operator (`POST /v1/admin/connections/{id}/close`).
+    Kicked = 12,
 }
 
 impl Close {
@@ -46,6 +48,7 @@ impl Close {
             9 => Close::Forbidden,
             10 => Close::TokenExpired,
             11 => Close::RateLimited,
+            12 => Close::Kicked,
             _ => return None,
         })
     }
@@ -56,7 +59,11 @@ impl Close {
             Close::Shutdown | Close::Silent => 1001,
             Close::Slow | Close::Unavailable | Close::RateLimited => 1013,
             Close::TooLarge => 1009,
-            Close::Policy | Close::Unauthenticated | Close::Forbidden | Close::TokenExpired => 1008,
+            Close::Policy
+            | Close::Unauthenticated
+            | Close::Forbidden
+            | Close::TokenExpired
+            | Close::Kicked => 1008,
             Close::Client => 1000,
         }
     }
@@ -75,6 +82,22 @@ impl Close {
             Close::Forbidden => "forbidden",
             Close::TokenExpired => "token_expired",
             Close::RateLimited => "rate_limited",
+            Close::Kicked => "kicked",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_round_trips_and_kicked_is_a_policy_close() {
+        for v in 1..=12u8 {
+            let reason = Close::from_u8(v).expect("a reason");
+            assert_eq!(reason as u8, v);
+        }
+        assert_eq!(Close::from_u8(13), None);
+        assert_eq!((Close::Kicked.ws_code(), Close::Kicked.label()), (1008, "kicked"));
     }
 }

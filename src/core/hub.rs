@@ -17,7 +17,7 @@
 //! lists. A first join of one more topic is refused with
 //! [`EngineError::Full`]; joins of topics already here always succeed.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
@@ -73,6 +73,20 @@ impl Default for HubInner {
 struct TopicSubs {
     subs: RwLock<Slab<SubscriberHandle>>,
     delivery: Delivery,
+    /// Messages fanned out since the topic got its first local subscriber
+    /// (the admin API's per-topic rate): one relaxed add per message.
+    fanned: AtomicU64,
+}
+
+/// One topic of [`Hub::top_topics`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicStat {
+    /// The topic.
+    pub topic: Topic,
+    /// Its local subscribers.
+    pub subscribers: usize,
+    /// Messages fanned out to them since it got its first local subscriber.
+    pub messages: u64,
 }
 
 /// Where a subscriber sits in the hub; needed to leave.
@@ -129,7 +143,7 @@ impl Hub {
                     return Err(EngineError::Full("limits.max_topics"));
                 }
                 let delivery = self.inner.policies.get(topic.as_str()).delivery;
-                v.insert(Arc::new(TopicSubs { subs: RwLock::default(), delivery }))
+                v.insert(Arc::new(TopicSubs { subs: RwLock::default(), delivery, fanned: AtomicU64::new(0) }))
             }
         };
         let key = entry.subs.write().insert(handle);
@@ -179,12 +193,31 @@ impl Hub {
         self.inner.topics.get(topic).map_or(0, |t| t.subs.read().len())
     }
 
+    /// The `n` topics with the most local subscribers (ties by name), for
+    /// the admin API: walks every topic, keeps `n`.
+    pub fn top_topics(&self, n: usize) -> Vec<TopicStat> {
+        let all: Vec<(Topic, Arc<TopicSubs>)> =
+            self.inner.topics.iter().map(|e| (e.key().clone(), Arc::clone(e.value()))).collect();
+        let mut stats: Vec<TopicStat> = all
+            .into_iter()
+            .map(|(topic, t)| TopicStat {
+                topic,
+                subscribers: t.subs.read().len(),
+                messages: t.fanned.load(Ordering::Relaxed),
+            })
+            .collect();
+        stats.sort_unstable_by(|a, b| b.subscribers.cmp(&a.subscribers).then_with(|| a.topic.cmp(&b.topic)));
+        stats.truncate(n);
+        stats
+    }
+
     /// Offers `message` to every local subscriber of its topic.
     pub fn fan_out(&self, message: &Arc<Message>) {
         let Some(subs) = self.inner.topics.get(&message.topic).map(|e| Arc::clone(e.value())) else {
             return;
         };
         let delivery = subs.delivery;
+        subs.fanned.fetch_add(1, Ordering::Relaxed);
         let subs = subs.subs.read();
         for (_, handle) in subs.iter() {
             if !handle.outbox.offer_with(Arc::clone(message), delivery) {
@@ -400,5 +433,26 @@ mod tests {
         a.leave(&u);
         b.join(&v).await.unwrap();
         assert_eq!(hub.topic_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn top_topics_ranks_by_subscribers_and_counts_fanned_messages() {
+        let hub = Hub::new();
+        let engine: Arc<dyn Engine> = Arc::new(Watches::default());
+        let (t, u) = (Topic::new("t").unwrap(), Topic::new("u").unwrap());
+        let mut a = Subscriber::new(hub.clone(), Arc::clone(&engine), 8);
+        let mut b = Subscriber::new(hub.clone(), Arc::clone(&engine), 8);
+        a.join(&u).await.unwrap();
+        a.join(&t).await.unwrap();
+        b.join(&t).await.unwrap();
+        for ms in 1..=3 {
+            hub.fan_out(&message(&t, ms));
+        }
+        hub.fan_out(&message(&u, 4));
+        let top = hub.top_topics(10);
+        let got: Vec<(&str, usize, u64)> =
+            top.iter().map(|s| (s.topic.as_str(), s.subscribers, s.messages)).collect();
+        assert_eq!(got, [("t", 2, 3), ("u", 1, 1)]);
+        assert_eq!(hub.top_topics(1).len(), 1);
     }
 }

@@ -5,6 +5,9 @@
 //! engine on a reset) calls [`Session::close`] with a [`Close`] reason; the
 //! task that owns the stream waits on [`Session::wait_closed`], an atomic
 //! load plus a waker registration, so the per-message loop takes no lock.
+//!
+//! A session that carries a client stream also holds its [`ConnInfo`]
+//! (transport, peer, user, topics, messages out): what the admin API lists.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +28,8 @@ pub struct Session {
     reason: AtomicU8,
     waker: AtomicWaker,
     kill: std::sync::OnceLock<Arc<dyn Kill>>,
+    /// What the admin API shows of the stream (set once it opens).
+    info: std::sync::OnceLock<Arc<ConnInfo>>,
     id: u64,
 }
 
@@ -34,6 +39,7 @@ impl Default for Session {
             reason: AtomicU8::new(0),
             waker: AtomicWaker::new(),
             kill: std::sync::OnceLock::new(),
+            info: std::sync::OnceLock::new(),
             id: next_id(),
         }
     }
@@ -103,6 +109,16 @@ impl Session {
     /// Installs the connection's kill switch (once).
     pub fn set_kill(&self, kill: Arc<dyn Kill>) {
         let _ = self.kill.set(kill);
+    }
+
+    /// Attaches what the admin API shows of this stream (once).
+    pub fn set_info(&self, info: Arc<ConnInfo>) {
+        let _ = self.info.set(info);
+    }
+
+    /// What the admin API shows of this stream, once it opened.
+    pub fn info(&self) -> Option<&Arc<ConnInfo>> {
+        self.info.get()
     }
 
     /// The reason given to [`Session::close`], if any.
@@ -193,6 +209,36 @@ impl Sessions {
         self.inner.lock().live.iter().map(|(_, s)| Arc::clone(s)).collect()
     }
 
+    /// At most `limit` live sessions that carry a [`ConnInfo`], and how
+    /// many carry one in all (one walk under the lock, no allocation past
+    /// `limit`).
+    pub fn listed(&self, limit: usize) -> (Vec<Arc<Session>>, usize) {
+        let inner = self.inner.lock();
+        let mut out = Vec::with_capacity(limit.min(inner.live.len()));
+        let mut total = 0;
+        for (_, s) in inner.live.iter().filter(|(_, s)| s.info().is_some()) {
+            total += 1;
+            if out.len() < limit {
+                out.push(Arc::clone(s));
+            }
+        }
+        (out, total)
+    }
+
+    /// Live streams per transport label (of their [`ConnInfo`]), in the
+    /// order first seen.
+    pub fn count_by_transport(&self) -> Vec<(&'static str, usize)> {
+        let inner = self.inner.lock();
+        let mut counts: Vec<(&'static str, usize)> = Vec::new();
+        for info in inner.live.iter().filter_map(|(_, s)| s.info()) {
+            match counts.iter_mut().find(|(t, _)| *t == info.transport) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((info.transport, 1)),
+            }
+        }
+        counts
+    }
+
     /// Number of live sessions.
     pub fn len(&self) -> usize {
         self.inner.lock().live.len()
@@ -204,8 +250,99 @@ impl Sessions {
     }
 }
 
+/// What the admin API shows of one client stream: set when the stream
+/// opens, read only by the admin API. One small allocation per stream; the
+/// per-message cost is one relaxed atomic add ([`ConnInfo::sent`]), and the
+/// topic list changes only on subscribe and unsubscribe.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// Transport label (`ws`, `sse`, `poll`, `grpc`).
+    pub transport: &'static str,
+    /// The gRPC method (`connect`, `subscribe`), if any.
+    pub rpc: Option<&'static str>,
+    /// The peer's address, when known.
+    pub peer: Option<std::net::SocketAddr>,
+    /// The credential's user (`sub`), if any.
+    pub user: Option<Arc<str>>,
+    /// When the stream opened, Unix milliseconds.
+    pub opened_ms: u64,
+    topics: parking_lot::Mutex<Vec<super::Topic>>,
+    sent: std::sync::atomic::AtomicU64,
+}
+
+impl ConnInfo {
+    /// A record of a stream opened now.
+    pub fn new(
+        transport: &'static str,
+        rpc: Option<&'static str>,
+        peer: Option<std::net::SocketAddr>,
+        user: Option<Arc<str>>,
+    ) -> Self {
+        let opened_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        ConnInfo {
+            transport,
+            rpc,
+            peer,
+            user,
+            opened_ms,
+            topics: parking_lot::Mutex::default(),
+            sent: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Replaces the subscribed topics.
+    pub fn set_topics(&self, topics: impl IntoIterator<Item = super::Topic>) {
+        let mut t = self.topics.lock();
+        t.clear();
+        t.extend(topics);
+    }
+
+    /// The subscribed topics.
+    pub fn topics(&self) -> Vec<super::Topic> {
+        self.topics.lock().clone()
+    }
+
+    /// Counts `n` messages written to the client.
+    pub fn sent(&self, n: u64) {
+        self.sent.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Messages written to the client so far.
+    pub fn messages_out(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.sessions.inner.lock().live.try_remove(self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_streams_with_info_are_listed_and_counted() {
+        let sessions = Arc::new(Sessions::default());
+        let all: Vec<Arc<Session>> = (0..4).map(|_| Arc::new(Session::default())).collect();
+        let _guards: Vec<SessionGuard> = all.iter().map(|s| sessions.register(s)).collect();
+        for (s, t) in all.iter().zip(["ws", "sse", "ws"]) {
+            s.set_info(Arc::new(ConnInfo::new(t, None, None, None)));
+        }
+        let (listed, total) = sessions.listed(2);
+        assert_eq!((listed.len(), total), (2, 3));
+        let mut counts = sessions.count_by_transport();
+        counts.sort_unstable();
+        assert_eq!(counts, [("sse", 1), ("ws", 2)]);
+        let info = all[0].info().expect("info");
+        info.sent(2);
+        info.set_topics([crate::core::Topic::new("a").expect("topic")]);
+        assert_eq!((info.messages_out(), info.topics().len()), (2, 1));
+        assert!(sessions.close_one(all[3].id(), Close::Kicked));
+        assert_eq!(all[3].closed(), Some(Close::Kicked));
     }
 }

@@ -8,9 +8,11 @@
 //!   and gRPC `Connect`.
 //! - Adapters: [`http`] (publish, history), [`ws`], [`sse`], [`poll`],
 //!   [`grpc`]; [`frame`] holds the WebSocket JSON frames; `webhooks`
-//!   (inbound webhooks and the dead-letter endpoints, over `crate::webhooks`).
+//!   (inbound webhooks and the dead-letter endpoints, over `crate::webhooks`);
+//!   [`assets`] serves the embedded client library (and the chat demo).
 
 pub(crate) mod access;
+pub mod assets;
 pub mod frame;
 pub mod grpc;
 pub mod http;

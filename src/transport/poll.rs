@@ -22,6 +22,7 @@ use super::access;
 use super::request::{self, Topics};
 use crate::core::policy::Delivery;
 use crate::core::replay::Gap;
+use crate::core::session::ConnInfo;
 use crate::core::{Cursor, MessageId, Topic};
 use crate::error::{ApiError, Code};
 use crate::metrics::{self, Transport};
@@ -79,6 +80,12 @@ pub(crate) async fn poll(
                 for topic in &request.topics {
                     s.join(topic).await?;
                 }
+                // Listed by the admin API while held (no port: the
+                // address is the client's, maybe forwarded).
+                let peer = Some(std::net::SocketAddr::new(ip, 0));
+                let info = ConnInfo::new(Transport::Poll.label(), None, peer, access.grants.user.clone());
+                info.set_topics(request.topics.iter().cloned());
+                s.session().set_info(std::sync::Arc::new(info));
                 let registered = state.shutdown.sessions().register(s.session());
                 sub = Some((s, registered));
                 continue;

@@ -53,7 +53,7 @@ use crate::core::mailbox::Entry;
 use crate::core::notice::Notice;
 use crate::core::policy::{Delivery, Policies};
 use crate::core::replay::{Gap, Resume, Step};
-use crate::core::session::SessionGuard;
+use crate::core::session::{ConnInfo, SessionGuard};
 use crate::core::{Close, Cursor, Message, MessageId, Session, Subscriber, Topic};
 use crate::error::{ApiError, Code};
 use crate::metrics::{self, Transport};
@@ -147,6 +147,8 @@ pub(crate) struct Subscription {
     policies: Arc<Policies>,
     /// Topics whose presence events this stream asked for.
     presence: SmallVec<[Topic; 1]>,
+    /// What the admin API lists (from [`Subscription::open`]).
+    info: Option<Arc<ConnInfo>>,
 }
 
 /// The open/close accounting of a stream: a log line and metrics at open,
@@ -184,6 +186,7 @@ impl Subscription {
             expiry: None,
             policies: Arc::clone(state.bus.hub.policies()),
             presence: SmallVec::new(),
+            info: None,
         }
     }
 
@@ -276,15 +279,33 @@ impl Subscription {
                 }
             }
         }
+        self.sync_topics();
         if !self.cursor.fits() {
             return Err(ApiError::new(Code::BadRequest, "too many topics for one cursor"));
         }
         Ok(())
     }
 
+    /// Shows the subscribed topics in the admin record.
+    fn sync_topics(&self) {
+        if let Some(info) = &self.info {
+            info.set_topics(self.cursor.iter().map(|(t, _)| t.clone()));
+        }
+    }
+
     /// The subscribe op: adds `topic` from `after` (replayed, its first page
     /// read before this returns) or from now.
     pub(crate) async fn subscribe(
+        &mut self,
+        topic: Topic,
+        after: Option<MessageId>,
+    ) -> Result<Subscribed, SubscribeError> {
+        let done = self.subscribe_topic(topic, after).await;
+        self.sync_topics();
+        done
+    }
+
+    async fn subscribe_topic(
         &mut self,
         topic: Topic,
         after: Option<MessageId>,
@@ -357,6 +378,7 @@ impl Subscription {
         self.want_presence(topic, false);
         self.cursor.remove(topic);
         self.resumes.retain(|r| r.topic() != topic);
+        self.sync_topics();
     }
 
     /// Leaves every topic (before a close handshake).
@@ -478,6 +500,11 @@ impl Subscription {
         tracing::info!(transport = self.transport.label(), rpc, peer = %Peer(peer), "connection opened");
         let received = reads_input.then_some(0);
         self.record = Some(Record { rpc, peer, opened: Instant::now(), received, reason: Close::Client });
+        let info =
+            Arc::new(ConnInfo::new(self.transport.label(), rpc, peer, self.access.grants.user.clone()));
+        self.session.set_info(Arc::clone(&info));
+        self.info = Some(info);
+        self.sync_topics();
     }
 
     /// Counts a frame received from the client (logged as `msgs_in`).
@@ -530,6 +557,9 @@ impl Subscription {
             return None;
         }
         self.sent += 1;
+        if let Some(info) = &self.info {
+            info.sent(1);
+        }
         metrics::delivered(self.transport, 1);
         if skipped > 0 {
             metrics::skipped(self.transport, skipped);

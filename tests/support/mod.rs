@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 pub mod binary;
+pub mod browser;
 pub mod metrics;
 pub mod redis;
 pub mod sse;
