@@ -29,6 +29,9 @@
 //!   buckets, open-stream counts, the client IP behind trusted proxies):
 //!   the gatekeepers `transport::access` and the server consult; [`pacing`]
 //!   draws the reconnect hints of mass closes.
+//! - [`presence`]: who is subscribed to presence topics (leases, grace,
+//!   batched join/leave frames, occupancy webhooks), over an in-process or
+//!   a Redis store; registered by `transport::subscription`.
 //! - [`core`]: topics, ids, cursors, the [`core::Engine`] seam, the hub that
 //!   fans messages out to bounded outboxes, sessions (close flags), replay.
 //!   It never imports an engine or a transport.
@@ -59,6 +62,7 @@ pub mod fuzz;
 pub mod metrics;
 pub mod ops;
 pub mod pacing;
+pub mod presence;
 pub mod proto;
 pub mod server;
 pub mod shutdown;
@@ -95,6 +99,9 @@ pub enum StartError {
     /// A `[[webhooks]]` endpoint cannot be set up.
     #[error(transparent)]
     Webhooks(#[from] webhooks::worker::EndpointError),
+    /// Presence cannot use the configured store.
+    #[error(transparent)]
+    Presence(#[from] presence::PresenceError),
 }
 
 /// The application state for `config`: the configured engine (metered),
@@ -112,6 +119,7 @@ pub fn state(config: Arc<Config>, shutdown: Shutdown) -> Result<AppState, StartE
         outbox_capacity: config.limits.outbox_capacity,
         replay_page: config.history.replay_page,
     };
+    let presence = presence::Presence::start(&config, bus.hub.clone(), Arc::clone(&bus.engine), &shutdown)?;
     let auth = Arc::new(auth::Auth::new(&config.auth)?);
     let abuse = Arc::new(abuse::Abuse::new(&config.abuse));
     let pacer = pacing::Pacer::new(&config.reconnect);
@@ -124,6 +132,7 @@ pub fn state(config: Arc<Config>, shutdown: Shutdown) -> Result<AppState, StartE
         pacer,
         expiries: Arc::default(),
         webhooks,
+        presence,
     }))
 }
 

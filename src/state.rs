@@ -61,6 +61,8 @@ pub struct Shared {
     pub expiries: Arc<Expiries>,
     /// Outbound workers, inbound sources and dead letters.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// Presence entries, events and occupancy webhooks.
+    pub presence: Arc<crate::presence::Presence>,
 }
 
 impl Shared {

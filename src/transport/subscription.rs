@@ -57,6 +57,7 @@ use crate::core::session::SessionGuard;
 use crate::core::{Close, Cursor, Message, MessageId, Session, Subscriber, Topic};
 use crate::error::{ApiError, Code};
 use crate::metrics::{self, Transport};
+use crate::presence::Membership;
 use crate::state::AppState;
 
 /// What a stream delivers next.
@@ -147,6 +148,8 @@ pub(crate) struct Subscription {
     policies: Arc<Policies>,
     /// Topics whose presence events this stream asked for.
     presence: SmallVec<[Topic; 1]>,
+    /// This stream's presence entries (every subscribed presence topic).
+    members: Membership,
 }
 
 /// The open/close accounting of a stream: a log line and metrics at open,
@@ -184,6 +187,7 @@ impl Subscription {
             expiry: None,
             policies: Arc::clone(state.bus.hub.policies()),
             presence: SmallVec::new(),
+            members: Membership::new(&state.presence),
         }
     }
 
@@ -279,7 +283,17 @@ impl Subscription {
         if !self.cursor.fits() {
             return Err(ApiError::new(Code::BadRequest, "too many topics for one cursor"));
         }
+        let topics: Vec<Topic> = self.cursor.iter().map(|(t, _)| t.clone()).collect();
+        for topic in &topics {
+            self.enter_presence(topic);
+        }
         Ok(())
+    }
+
+    /// Registers the stream in `topic`'s presence (when it has presence).
+    fn enter_presence(&mut self, topic: &Topic) {
+        let grants = &self.access.grants;
+        self.members.enter(topic, self.session.id(), grants.user.as_ref(), grants.info.as_ref());
     }
 
     /// The subscribe op: adds `topic` from `after` (replayed, its first page
@@ -289,6 +303,14 @@ impl Subscription {
         topic: Topic,
         after: Option<MessageId>,
     ) -> Result<Subscribed, SubscribeError> {
+        let done = self.subscribe_to(topic.clone(), after).await;
+        if done.is_ok() {
+            self.enter_presence(&topic);
+        }
+        done
+    }
+
+    async fn subscribe_to(&mut self, topic: Topic, after: Option<MessageId>) -> Result<Subscribed, SubscribeError> {
         let refuse = |m: &str| Err(SubscribeError::Refused(ApiError::new(Code::BadRequest, m)));
         if let Err(e) = self.access.may_subscribe(&topic) {
             return Err(SubscribeError::Refused(e));
@@ -355,6 +377,7 @@ impl Subscription {
     pub(crate) fn leave(&mut self, topic: &Topic) {
         self.sub.leave(topic);
         self.want_presence(topic, false);
+        self.members.exit(topic);
         self.cursor.remove(topic);
         self.resumes.retain(|r| r.topic() != topic);
     }
@@ -362,6 +385,7 @@ impl Subscription {
     /// Leaves every topic (before a close handshake).
     pub(crate) fn leave_all(&mut self) {
         self.sub.leave_all();
+        self.members.exit_all();
         self.resumes.clear();
         self.pending.clear();
     }
