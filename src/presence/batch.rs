@@ -6,14 +6,16 @@
 //! A single change goes out as `join`/`leave`, several as one
 //! `presence_diff`; a count topic gets `presence_count` with the number of
 //! users. Each frame is encoded once and queued to every local subscriber
-//! of its topic (the subscription driver hands it only to streams that
-//! asked for presence); a full outbox skips the frame for that subscriber.
+//! of its topic that asked for presence ([`Watchers`]; the subscription
+//! driver checks again); a full outbox skips the frame for that subscriber
+//! (presence frames never close a connection).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +27,34 @@ use crate::core::{Hub, Topic};
 
 /// Least time between two count frames of one topic.
 const COUNT_EVERY: Duration = Duration::from_secs(1);
+
+/// Which local streams asked for each topic's presence frames (by
+/// connection id).
+#[derive(Default)]
+pub(crate) struct Watchers(Mutex<HashMap<Topic, HashSet<u64>>>);
+
+impl Watchers {
+    /// Adds (or removes) connection `client` as a watcher of `topic`.
+    pub(crate) fn set(&self, topic: &Topic, client: u64, on: bool) {
+        let mut map = self.0.lock();
+        if on {
+            map.entry(topic.clone()).or_default().insert(client);
+        } else if let Some(set) = map.get_mut(topic) {
+            set.remove(&client);
+            if set.is_empty() {
+                map.remove(topic);
+            }
+        }
+    }
+
+    fn any(&self, topic: &Topic) -> bool {
+        self.0.lock().contains_key(topic)
+    }
+
+    fn of(&self, topic: &Topic) -> HashSet<u64> {
+        self.0.lock().get(topic).cloned().unwrap_or_default()
+    }
+}
 
 /// Changes of one topic waiting for their window to end.
 struct Pending {
@@ -38,6 +68,7 @@ struct Pending {
 /// Runs the batcher until `token` is cancelled or every sender is gone.
 pub(crate) async fn run(
     hub: Hub,
+    watchers: Arc<Watchers>,
     policies: Arc<Policies>,
     window: Duration,
     mut changes: mpsc::Receiver<Change>,
@@ -50,7 +81,7 @@ pub(crate) async fn run(
         tokio::select! {
             _ = token.cancelled() => return,
             c = changes.recv() => match c {
-                Some(c) => add(&hub, &policies, window, &counted, &mut pending, c),
+                Some(c) => add(&watchers, &policies, window, &counted, &mut pending, c),
                 None => return,
             },
             _ = sleep_until(next) => {
@@ -61,7 +92,7 @@ pub(crate) async fn run(
                         if p.count {
                             counted.insert(topic.clone(), now);
                         }
-                        send(&hub, &topic, p);
+                        send(&hub, &watchers, &topic, p);
                     }
                 }
                 counted.retain(|_, at| now.saturating_duration_since(*at) < COUNT_EVERY);
@@ -78,7 +109,7 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 fn add(
-    hub: &Hub,
+    watchers: &Watchers,
     policies: &Policies,
     window: Duration,
     counted: &HashMap<Topic, Instant>,
@@ -86,7 +117,7 @@ fn add(
     c: Change,
 ) {
     let mode = policies.get(c.topic.as_str()).presence;
-    if mode == PresenceMode::Off || hub.subscriber_count(&c.topic) == 0 {
+    if mode == PresenceMode::Off || !watchers.any(&c.topic) {
         return;
     }
     let count = mode == PresenceMode::Count;
@@ -105,12 +136,17 @@ fn add(
     }
 }
 
-/// Encodes `p` once and queues it to `topic`'s local subscribers.
-fn send(hub: &Hub, topic: &Topic, p: Pending) {
+/// Encodes `p` once and queues it to `topic`'s local subscribers that
+/// asked for presence.
+fn send(hub: &Hub, watchers: &Watchers, topic: &Topic, p: Pending) {
+    let wanted = watchers.of(topic);
+    if wanted.is_empty() {
+        return;
+    }
     let Some(notice) = encode(topic, p) else { return };
     let notice = Arc::new(notice);
     let mut queued = 0u64;
-    for h in hub.handles(topic) {
+    for h in hub.handles(topic).into_iter().filter(|h| wanted.contains(&h.session.id())) {
         if h.outbox.offer_notice(Arc::clone(&notice)) {
             queued += 1;
         }

@@ -20,6 +20,8 @@ pub(crate) struct Membership {
 struct Joined {
     client: u64,
     topics: SmallVec<[Topic; 2]>,
+    /// Topics whose presence frames the stream asked for.
+    watched: SmallVec<[Topic; 1]>,
 }
 
 impl Membership {
@@ -35,8 +37,32 @@ impl Membership {
             return;
         }
         if self.presence.enter(topic, client, user.cloned(), info.cloned()) {
-            let j = self.joined.get_or_insert_with(|| Box::new(Joined { client, topics: SmallVec::new() }));
-            j.topics.push(topic.clone());
+            self.joined(client).topics.push(topic.clone());
+        }
+    }
+
+    fn joined(&mut self, client: u64) -> &mut Joined {
+        self.joined.get_or_insert_with(|| {
+            Box::new(Joined { client, topics: SmallVec::new(), watched: SmallVec::new() })
+        })
+    }
+
+    /// Asks for (or stops) `topic`'s presence frames for connection
+    /// `client`: only streams that asked get them queued.
+    pub(crate) fn watch(&mut self, topic: &Topic, client: u64, on: bool) {
+        let watchers = Arc::clone(self.presence.watchers());
+        let j = self.joined(client);
+        let had = j.watched.iter().position(|t| t == topic);
+        match (had, on) {
+            (None, true) => {
+                j.watched.push(topic.clone());
+                watchers.set(topic, client, true);
+            }
+            (Some(i), false) => {
+                j.watched.swap_remove(i);
+                watchers.set(topic, client, false);
+            }
+            _ => {}
         }
     }
 
@@ -54,6 +80,9 @@ impl Membership {
         if let Some(j) = self.joined.take() {
             for topic in &j.topics {
                 self.presence.exit(topic, j.client);
+            }
+            for topic in &j.watched {
+                self.presence.watchers().set(topic, j.client, false);
             }
         }
     }

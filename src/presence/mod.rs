@@ -57,6 +57,10 @@ use crate::shutdown::Shutdown;
 /// Changes waiting for the batcher (its producers wait when it is full).
 const CHANGES: usize = 4096;
 
+/// How long a shutting-down process keeps applying the closes of its
+/// connections (they end during the drain).
+const DRAIN: Duration = Duration::from_secs(2);
+
 /// One change to a topic's entries.
 #[derive(Debug, Clone)]
 pub(crate) enum StoreOp {
@@ -113,6 +117,7 @@ pub struct Presence {
     wake: Notify,
     changes: mpsc::Sender<Change>,
     occupancy: occupancy::Occupancy,
+    watchers: Arc<batch::Watchers>,
 }
 
 use self::entry::Change;
@@ -156,17 +161,23 @@ impl Presence {
             wake: Notify::new(),
             changes: tx.clone(),
             occupancy: occupancy::Occupancy::new(config, engine),
+            watchers: Arc::default(),
         });
         if !policies.any_presence() {
             return Ok(presence);
         }
         let token = shutdown.token().clone();
-        shutdown.spawn(batch::run(hub, policies, p.batch, rx, token.clone()));
+        shutdown.spawn(batch::run(hub, Arc::clone(&presence.watchers), policies, p.batch, rx, token.clone()));
         if let Store::Redis(store) = &presence.store {
             shutdown.spawn(Arc::clone(store).subscribe(tx, token.clone()));
         }
         shutdown.spawn(Arc::clone(&presence).work(token));
         Ok(presence)
+    }
+
+    /// Local streams that asked for presence frames.
+    pub(crate) fn watchers(&self) -> &Arc<batch::Watchers> {
+        &self.watchers
     }
 
     /// The presence mode of `topic`.
@@ -232,9 +243,9 @@ impl Presence {
         loop {
             let (refreshing, sweeping) = tokio::select! {
                 _ = token.cancelled() => {
-                    // The closes of the connections shutdown ended: their
+                    // The closes of the connections the shutdown ends: their
                     // users have `grace` to come back through another process.
-                    let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
+                    let _ = tokio::time::timeout(DRAIN, self.drain()).await;
                     return;
                 }
                 _ = self.wake.notified() => (false, false),
@@ -253,6 +264,19 @@ impl Presence {
                 Store::Redis(_) => self.local.lock().live.values().map(HashMap::len).sum(),
             };
             crate::metrics::presence_entries(entries);
+        }
+    }
+
+    /// At shutdown: applies the closes of this process's connections as
+    /// they end, until none is left.
+    async fn drain(&self) {
+        loop {
+            self.flush().await;
+            if self.local.lock().live.is_empty() {
+                self.flush().await;
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.wake.notified()).await;
         }
     }
 

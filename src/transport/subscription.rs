@@ -201,9 +201,13 @@ impl Subscription {
     pub(crate) fn want_presence(&mut self, topic: &Topic, on: bool) {
         let had = self.presence.iter().position(|t| t == topic);
         match (had, on) {
-            (None, true) => self.presence.push(topic.clone()),
+            (None, true) => {
+                self.presence.push(topic.clone());
+                self.members.watch(topic, self.session.id(), true);
+            }
             (Some(i), false) => {
                 self.presence.swap_remove(i);
+                self.members.watch(topic, self.session.id(), false);
             }
             _ => {}
         }
