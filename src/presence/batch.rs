@@ -220,7 +220,12 @@ mod tests {
     use super::*;
 
     fn entry(user: &str) -> Entry {
-        Entry { user: user.into(), client: "0000000000000001".into(), info: Some("{\"n\":1}".into()), since: 5 }
+        Entry {
+            user: user.into(),
+            client: "0000000000000001".into(),
+            info: Some("{\"n\":1}".into()),
+            since: 5,
+        }
     }
 
     fn pending(joins: Vec<Entry>, leaves: Vec<Entry>, count: bool) -> Pending {
@@ -240,7 +245,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&n.json).unwrap();
         assert_eq!((v["joins"][0]["user"].as_str(), v["leaves"][0]["user"].as_str()), (Some("a"), Some("b")));
         let n = encode(&t, pending(vec![], vec![], true)).unwrap();
-        assert_eq!(std::str::from_utf8(&n.json).unwrap(), r#"{"op":"presence_count","topic":"room","users":3}"#);
+        assert_eq!(
+            std::str::from_utf8(&n.json).unwrap(),
+            r#"{"op":"presence_count","topic":"room","users":3}"#
+        );
         assert!(encode(&t, pending(vec![], vec![], false)).is_none());
     }
 }

@@ -54,7 +54,11 @@ impl Entry {
 
     /// The entry as a [`crate::core::notice::Notice`] carries it.
     pub fn notice(&self) -> NoticeEntry {
-        NoticeEntry { user: Arc::clone(&self.user), client: Arc::clone(&self.client), info: self.info.clone() }
+        NoticeEntry {
+            user: Arc::clone(&self.user),
+            client: Arc::clone(&self.client),
+            info: self.info.clone(),
+        }
     }
 
     /// Parses [`Entry::json`]'s form.
@@ -222,7 +226,8 @@ mod tests {
 
     #[test]
     fn entries_round_trip() {
-        let e = Entry { user: "a\"b".into(), client: "00ff".into(), info: Some(r#"{"n":1}"#.into()), since: 7 };
+        let e =
+            Entry { user: "a\"b".into(), client: "00ff".into(), info: Some(r#"{"n":1}"#.into()), since: 7 };
         assert_eq!(e.json(), r#"{"user":"a\"b","client":"00ff","info":{"n":1},"since":7}"#);
         assert_eq!(Entry::parse(e.json().as_bytes()).unwrap(), e);
         let none = Entry { info: None, ..e };

@@ -32,7 +32,13 @@ impl Membership {
 
     /// Registers connection `client` in `topic` when the topic has presence
     /// (once per topic).
-    pub(crate) fn enter(&mut self, topic: &Topic, client: u64, user: Option<&Arc<str>>, info: Option<&Arc<str>>) {
+    pub(crate) fn enter(
+        &mut self,
+        topic: &Topic,
+        client: u64,
+        user: Option<&Arc<str>>,
+        info: Option<&Arc<str>>,
+    ) {
         if self.joined.as_ref().is_some_and(|j| j.topics.contains(topic)) {
             return;
         }

@@ -5,9 +5,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio::time::Instant;
 
 use super::entry::{Change, Entry, Listing, Transitions};
 use super::StoreOp;

@@ -32,8 +32,8 @@
 
 mod batch;
 pub mod entry;
-mod memory;
 mod membership;
+mod memory;
 pub mod occupancy;
 mod redis;
 
@@ -187,12 +187,19 @@ impl Presence {
 
     /// Registers connection `client` (of `user`, with `info`) in `topic`;
     /// false (nothing registered) when the topic has no presence.
-    pub(crate) fn enter(&self, topic: &Topic, client: u64, user: Option<Arc<str>>, info: Option<Arc<str>>) -> bool {
+    pub(crate) fn enter(
+        &self,
+        topic: &Topic,
+        client: u64,
+        user: Option<Arc<str>>,
+        info: Option<Arc<str>>,
+    ) -> bool {
         if !self.mode(topic).is_on() {
             return false;
         }
         let id: Arc<str> = Arc::from(format!("{client:016x}"));
-        let entry = Entry { user: user.unwrap_or_else(|| Arc::clone(&id)), client: id, info, since: now_ms() };
+        let entry =
+            Entry { user: user.unwrap_or_else(|| Arc::clone(&id)), client: id, info, since: now_ms() };
         {
             let mut local = self.local.lock();
             local.live.entry(topic.clone()).or_default().insert(client, entry.clone());
@@ -320,7 +327,7 @@ impl Presence {
     async fn apply(&self, topic: &Topic, ops: Vec<StoreOp>) {
         let t = match &self.store {
             Store::Memory(s) => {
-                let (change, t) = s.apply(topic, ops, self.config.grace, std::time::Instant::now());
+                let (change, t) = s.apply(topic, ops, self.config.grace, tokio::time::Instant::now());
                 if let Some(c) = change {
                     let _ = self.changes.send(c).await;
                 }
@@ -345,7 +352,7 @@ impl Presence {
     async fn sweep(&self) {
         let t = match &self.store {
             Store::Memory(s) => {
-                let (changes, t) = s.sweep(std::time::Instant::now());
+                let (changes, t) = s.sweep(tokio::time::Instant::now());
                 for c in changes {
                     let _ = self.changes.send(c).await;
                 }

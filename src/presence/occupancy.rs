@@ -38,9 +38,8 @@ impl Occupancy {
     pub(super) fn new(config: &Config, engine: Arc<dyn Engine>) -> Self {
         let patterns: Vec<Pattern> =
             config.webhooks.iter().flat_map(|w| &w.topics).filter_map(|p| Pattern::parse(p).ok()).collect();
-        let want = |name: &str| {
-            patterns.iter().any(|p| p.matches(name)).then(|| Topic::new(name).ok()).flatten()
-        };
+        let want =
+            |name: &str| patterns.iter().any(|p| p.matches(name)).then(|| Topic::new(name).ok()).flatten();
         Occupancy { engine, wanted: [want(OCCUPIED), want(VACATED), want(ONLINE), want(OFFLINE)] }
     }
 

@@ -115,14 +115,23 @@ impl RedisStore {
     }
 
     /// Applies `ops` to `topic` (joins are published by the script).
-    pub(crate) async fn apply(&self, topic: &Topic, count: bool, ops: &[StoreOp]) -> Result<Transitions, PresenceError> {
+    pub(crate) async fn apply(
+        &self,
+        topic: &Topic,
+        count: bool,
+        ops: &[StoreOp],
+    ) -> Result<Transitions, PresenceError> {
         let group = self.group_of(topic);
         let keys = self.topic_keys(topic);
         let mut t = Transitions::default();
         for chunk in ops.chunks(APPLY_OPS) {
             let mut inv = self.apply.key(&keys[0]);
             inv.key(&keys[1]).key(&keys[2]).key(format!("{}:pi", self.tag(group)));
-            inv.arg(topic.as_str()).arg(self.channel(group)).arg(self.ttl_ms).arg(self.grace_ms).arg(u8::from(count));
+            inv.arg(topic.as_str())
+                .arg(self.channel(group))
+                .arg(self.ttl_ms)
+                .arg(self.grace_ms)
+                .arg(u8::from(count));
             for op in chunk {
                 match op {
                     StoreOp::Upsert(e) => inv.arg("u").arg(&*e.client).arg(&*e.user).arg(e.json()),

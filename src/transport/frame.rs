@@ -187,7 +187,11 @@ pub(crate) fn reply(r: Option<&RawValue>, reply: &Reply) -> String {
 
 /// `{"op":"ack","ref":R,"topic":T,"users":N,"clients":[…]}` for the
 /// presence op (contract §11).
-pub(crate) fn ack_presence(r: Option<&RawValue>, topic: &Topic, listing: &crate::presence::Listing) -> String {
+pub(crate) fn ack_presence(
+    r: Option<&RawValue>,
+    topic: &Topic,
+    listing: &crate::presence::Listing,
+) -> String {
     let mut head = String::from("\"op\":\"ack\",");
     if let Some(r) = r {
         head.push_str("\"ref\":");

@@ -314,7 +314,11 @@ impl Subscription {
         done
     }
 
-    async fn subscribe_to(&mut self, topic: Topic, after: Option<MessageId>) -> Result<Subscribed, SubscribeError> {
+    async fn subscribe_to(
+        &mut self,
+        topic: Topic,
+        after: Option<MessageId>,
+    ) -> Result<Subscribed, SubscribeError> {
         let refuse = |m: &str| Err(SubscribeError::Refused(ApiError::new(Code::BadRequest, m)));
         if let Err(e) = self.access.may_subscribe(&topic) {
             return Err(SubscribeError::Refused(e));

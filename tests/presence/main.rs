@@ -50,7 +50,8 @@ pub(crate) fn token(sub: &str, info: Option<Value>, subscribe: &[&str]) -> Strin
     if let Some(info) = info {
         claims["info"] = info;
     }
-    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes()).unwrap()).unwrap()
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes()).unwrap())
+        .unwrap()
 }
 
 /// The joins and leaves a presence frame names (`join`, `leave`,
@@ -59,10 +60,9 @@ pub(crate) fn entries(v: &Value) -> (Vec<Value>, Vec<Value>) {
     match v["op"].as_str() {
         Some("join") => (vec![entry_of(v)], vec![]),
         Some("leave") => (vec![], vec![entry_of(v)]),
-        Some("presence_diff") => (
-            v["joins"].as_array().unwrap().clone(),
-            v["leaves"].as_array().unwrap().clone(),
-        ),
+        Some("presence_diff") => {
+            (v["joins"].as_array().unwrap().clone(), v["leaves"].as_array().unwrap().clone())
+        }
         _ => panic!("not a presence frame: {v}"),
     }
 }

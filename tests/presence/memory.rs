@@ -23,9 +23,13 @@ async fn lists_and_events_over_websocket() {
     let (status, v) = list(&s, "room.a", None).await;
     assert_eq!(status, 200);
     assert_eq!((v["topic"].as_str(), v["users"].as_u64()), (Some("room.a"), Some(2)));
-    let clients: Vec<&str> = v["clients"].as_array().unwrap().iter().map(|c| c["client"].as_str().unwrap()).collect();
+    let clients: Vec<&str> =
+        v["clients"].as_array().unwrap().iter().map(|c| c["client"].as_str().unwrap()).collect();
     assert_eq!(clients.len(), 2);
-    assert!(clients.contains(&me["client"].as_str().unwrap()) && clients.contains(&other["client"].as_str().unwrap()));
+    assert!(
+        clients.contains(&me["client"].as_str().unwrap())
+            && clients.contains(&other["client"].as_str().unwrap())
+    );
     assert!(v["clients"][0]["since"].as_u64().unwrap() > 0);
 
     w.ws.send(json!({"op": "presence", "topic": "room.a", "ref": 9})).await;
@@ -35,12 +39,18 @@ async fn lists_and_events_over_websocket() {
             break f;
         }
     };
-    assert_eq!((ack["ref"].as_u64(), ack["topic"].as_str(), ack["users"].as_u64()), (Some(9), Some("room.a"), Some(2)));
+    assert_eq!(
+        (ack["ref"].as_u64(), ack["topic"].as_str(), ack["users"].as_u64()),
+        (Some(9), Some("room.a"), Some(2))
+    );
     assert_eq!(ack["clients"].as_array().unwrap().len(), 2);
     // The op on a topic without presence: an error frame, the connection goes on.
     w.ws.send(json!({"op": "presence", "topic": "plain", "ref": 10})).await;
     let err = w.ws.next().await;
-    assert_eq!((err["op"].as_str(), err["code"].as_str(), err["ref"].as_u64()), (Some("error"), Some("bad_request"), Some(10)));
+    assert_eq!(
+        (err["op"].as_str(), err["code"].as_str(), err["ref"].as_u64()),
+        (Some("error"), Some("bad_request"), Some(10))
+    );
 
     m.close_and_wait().await;
     let leave = w.frame().await;
@@ -69,7 +79,8 @@ async fn a_reconnect_within_grace_is_silent() {
     let _second = member(&s, "room.g", Some(&alice)).await;
     // The old connection's entry goes after grace...
     let v = wait_list_as(&s, "room.g", Some(&alice), |v| {
-        v["clients"].as_array().unwrap().iter().all(|c| c["client"] != old_client) && v["clients"].as_array().unwrap().len() == 2
+        v["clients"].as_array().unwrap().iter().all(|c| c["client"] != old_client)
+            && v["clients"].as_array().unwrap().len() == 2
     })
     .await;
     assert_eq!(v["users"], 2);

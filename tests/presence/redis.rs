@@ -87,7 +87,8 @@ async fn a_killed_process_users_leave_once_within_ttl() {
         doomed.push(ws);
     }
     let v = wait_list(&a, "room.k", |v| v["users"] == 5).await;
-    let mine: BTreeSet<String> = [&wa, &wb].iter().map(|w| w.joins[0]["client"].as_str().unwrap().to_owned()).collect();
+    let mine: BTreeSet<String> =
+        [&wa, &wb].iter().map(|w| w.joins[0]["client"].as_str().unwrap().to_owned()).collect();
     let victims: BTreeSet<String> = v["clients"]
         .as_array()
         .unwrap()
@@ -125,8 +126,10 @@ async fn a_killed_process_users_leave_once_within_ttl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn occupancy_webhooks_once_per_transition() {
     let redis = RedisServer::start();
-    let secret =
-        format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode("presence-webhook-secret-0123456789"));
+    let secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode("presence-webhook-secret-0123456789")
+    );
     let rx = Receiver::start(std::slice::from_ref(&secret), always(200)).await;
     let hook = format!(
         "[[webhooks]]\nname = \"occ\"\nurl = {:?}\nsecrets = [{secret:?}]\ntopics = [\"presence.*\"]\nbackoff = \"50ms\"\n\

@@ -49,7 +49,8 @@ async fn a_reconnect_storm_of_the_same_users_is_silent() {
     let s = TestServer::start(&format!("{}{}", presence_cfg(2000, 5000), auth_cfg())).await;
     let topics = ["room.*"];
     let mut w = Watcher::open(&s, "room.storm", Some(&token("watcher", None, &topics))).await;
-    let tokens: Vec<Option<String>> = (0..N).map(|i| Some(token(&format!("user-{i}"), None, &topics))).collect();
+    let tokens: Vec<Option<String>> =
+        (0..N).map(|i| Some(token(&format!("user-{i}"), None, &topics))).collect();
     let first = connect_all(&s, &tokens).await;
     w.until(|w| w.joins.len() == N + 1).await;
     let join_frames = w.frames - 1;

@@ -209,7 +209,10 @@ async fn handle(
 }
 
 /// A presence answer as protobuf.
-pub(super) fn presence_reply(topic: &crate::core::Topic, listing: &crate::presence::Listing) -> pb::PresenceReply {
+pub(super) fn presence_reply(
+    topic: &crate::core::Topic,
+    listing: &crate::presence::Listing,
+) -> pb::PresenceReply {
     pb::PresenceReply {
         topic: topic.as_str().to_owned(),
         users: listing.users,
