@@ -164,3 +164,57 @@ async fn http_endpoint_codes() {
     assert_eq!((status, v), (200, json!({"topic": "room.x", "users": 0, "clients": []})));
     s.stop().await;
 }
+
+/// A token refresh that no longer allows the topic ends the membership
+/// (a leave after grace), like an unsubscribe; an unsubscribe does too.
+#[tokio::test]
+async fn a_refresh_dropping_the_topic_and_an_unsubscribe_leave() {
+    let s = TestServer::start(&format!("{}{}", presence_cfg(100, 2000), auth_cfg())).await;
+    let mut w = Watcher::open(&s, "room.f", Some(&token("watcher", None, &["room.*"]))).await;
+    let mut dave = member(&s, "room.f", Some(&token("dave", None, &["room.*"]))).await;
+    let mut erin = member(&s, "room.f", Some(&token("erin", None, &["room.*"]))).await;
+    w.until(|w| w.joins.len() == 3).await;
+    dave.send(json!({"op": "refresh", "token": token("dave", None, &["other.*"]), "ref": "r"})).await;
+    let f = dave.next().await;
+    assert_eq!((f["op"].as_str(), f["code"].as_str()), (Some("error"), Some("forbidden")), "{f}");
+    dave.next_op("ack").await;
+    let leave = w.frame().await;
+    assert_eq!((leave["op"].as_str(), leave["user"].as_str()), (Some("leave"), Some("dave")), "{leave}");
+    erin.send(json!({"op": "unsubscribe", "topic": "room.f", "ref": "u"})).await;
+    erin.next_op("ack").await;
+    let leave = w.frame().await;
+    assert_eq!((leave["op"].as_str(), leave["user"].as_str()), (Some("leave"), Some("erin")), "{leave}");
+    s.stop().await;
+}
+
+/// The embedded engine's occupancy events reach a webhook endpoint once
+/// per transition.
+#[tokio::test]
+async fn occupancy_webhooks_on_the_embedded_engine() {
+    use base64::Engine as _;
+    let secret =
+        format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode("presence-memory-secret-0123"));
+    let rx =
+        crate::receiver::Receiver::start(std::slice::from_ref(&secret), crate::receiver::always(200)).await;
+    let hook = format!(
+        "[[webhooks]]\nname = \"occ\"\nurl = {:?}\nsecrets = [{secret:?}]\ntopics = [\"presence.*\"]\nbackoff = \"50ms\"\n",
+        rx.url
+    );
+    let s = TestServer::start(&format!("{}{hook}", presence_cfg(100, 2000))).await;
+    let m = member(&s, "room.o", None).await;
+    let got = rx.wait_for(WAIT, "occupied + online", |r| r.len() >= 2).await;
+    let mut topics: Vec<&str> = got.iter().map(|r| r.body["topic"].as_str().unwrap()).collect();
+    topics.sort();
+    assert_eq!(topics, ["presence.topic.occupied", "presence.user.online"]);
+    assert_eq!(
+        got.iter().find(|r| r.body["topic"] == "presence.topic.occupied").unwrap().body["data"]["topic"],
+        "room.o"
+    );
+    m.close_and_wait().await;
+    let got = rx.wait_for(WAIT, "vacated + offline", |r| r.len() >= 4).await;
+    let mut topics: Vec<&str> = got[2..].iter().map(|r| r.body["topic"].as_str().unwrap()).collect();
+    topics.sort();
+    assert_eq!(topics, ["presence.topic.vacated", "presence.user.offline"]);
+    assert_eq!(got[2..].iter().map(|r| r.body["data"]["user"].clone()).filter(|u| !u.is_null()).count(), 1);
+    s.stop().await;
+}
