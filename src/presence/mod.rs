@@ -247,6 +247,12 @@ impl Presence {
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sweep = tokio::time::interval(sweep_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if let Store::Redis(s) = &self.store {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = s.ready(Duration::from_secs(2)) => {}
+            }
+        }
         loop {
             let (refreshing, sweeping) = tokio::select! {
                 _ = token.cancelled() => {

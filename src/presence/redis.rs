@@ -64,6 +64,9 @@ pub(crate) struct RedisStore {
     sweep: Script,
     list: Script,
     users: Script,
+    /// True once the change channels are subscribed (the worker waits for
+    /// it, bounded, so this process sees its first changes too).
+    subscribed: tokio::sync::watch::Sender<bool>,
 }
 
 impl RedisStore {
@@ -94,6 +97,7 @@ impl RedisStore {
             sweep: Script::new(SWEEP),
             list: Script::new(LIST),
             users: Script::new(USERS),
+            subscribed: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -112,6 +116,12 @@ impl RedisStore {
     fn topic_keys(&self, topic: &Topic) -> [String; 3] {
         let tag = self.tag(self.group_of(topic));
         [format!("{tag}:p:{topic}"), format!("{tag}:px:{topic}"), format!("{tag}:pu:{topic}")]
+    }
+
+    /// Resolves once the change channels are subscribed, or after `within`.
+    pub(crate) async fn ready(&self, within: Duration) {
+        let mut rx = self.subscribed.subscribe();
+        let _ = tokio::time::timeout(within, rx.wait_for(|s| *s)).await;
     }
 
     /// Applies `ops` to `topic` (joins are published by the script).
@@ -223,6 +233,7 @@ impl RedisStore {
                     pubsub.subscribe(c).await?;
                 }
                 tracing::debug!(channels = channels.len(), "presence changes subscribed");
+                self.subscribed.send_replace(true);
                 Ok::<_, redis::RedisError>(pubsub.into_on_message())
             };
             let stream = tokio::select! {
