@@ -218,3 +218,14 @@ async fn occupancy_webhooks_on_the_embedded_engine() {
     assert_eq!(got[2..].iter().map(|r| r.body["data"]["user"].clone()).filter(|u| !u.is_null()).count(), 1);
     s.stop().await;
 }
+
+/// `presence.max_list` caps the listed connections; `users` counts all.
+#[tokio::test]
+async fn the_list_is_capped_at_max_list() {
+    let cfg = presence_cfg(100, 2000).replace("max_list = 5000", "max_list = 2");
+    let s = TestServer::start(&cfg).await;
+    let _m: Vec<_> = futures_util::future::join_all((0..3).map(|_| member(&s, "room.cap", None))).await;
+    let v = wait_list(&s, "room.cap", |v| v["users"] == 3).await;
+    assert_eq!(v["clients"].as_array().unwrap().len(), 2, "{v}");
+    s.stop().await;
+}

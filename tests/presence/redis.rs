@@ -194,3 +194,27 @@ async fn occupancy_webhooks_once_per_transition() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A `"count"` topic across two processes: `presence_count` frames with the
+/// users of both, no member list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_topics_across_processes() {
+    let redis = RedisServer::start();
+    let (a, b) = redis.two_servers(&format!("shards = 2\n{}", presence_cfg(100, 2000))).await;
+    let mut ws = a.ws("/v1/ws?topic=big.r&presence=1").await;
+    let first = ws.next().await;
+    assert_eq!((first["op"].as_str(), first["users"].as_u64()), (Some("presence_count"), Some(1)), "{first}");
+    let _m1 = member(&b, "big.r", None).await;
+    let _m2 = member(&b, "big.r", None).await;
+    loop {
+        let f = ws.next().await;
+        assert_eq!(f["op"], "presence_count", "{f}");
+        if f["users"] == 3 {
+            break;
+        }
+    }
+    let (status, v) = list(&a, "big.r", None).await;
+    assert_eq!((status, v["users"].as_u64(), v["clients"].as_array().map(Vec::len)), (200, Some(3), Some(0)));
+    a.stop().await;
+    b.stop().await;
+}
