@@ -46,7 +46,7 @@ async fn a_reconnect_storm_costs_a_bounded_number_of_frames() {
 /// Auth on: the same N users reconnect within grace: not one frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_storm_of_the_same_users_is_silent() {
-    let s = TestServer::start(&format!("{}{}", presence_cfg(2000, 5000), auth_cfg())).await;
+    let s = TestServer::start(&format!("{}{}", presence_cfg(5000, 10000), auth_cfg())).await;
     let topics = ["room.*"];
     let mut w = Watcher::open(&s, "room.storm", Some(&token("watcher", None, &topics))).await;
     let tokens: Vec<Option<String>> =
@@ -58,7 +58,7 @@ async fn a_reconnect_storm_of_the_same_users_is_silent() {
     drop(first);
     let _second = connect_all(&s, &tokens).await;
     let took = at.elapsed();
-    assert!(took.as_millis() < 2000, "the reconnect took {took:?}, longer than grace");
+    assert!(took.as_millis() < 5000, "the reconnect took {took:?}, longer than grace");
     // Every old connection's entry gone (grace over)...
     let lister = token("lister", None, &topics);
     wait_list_as(&s, "room.storm", Some(&lister), |v| v["clients"].as_array().unwrap().len() == N + 1).await;
