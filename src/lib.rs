@@ -32,6 +32,9 @@
 //!   buckets, open-stream counts, the client IP behind trusted proxies):
 //!   the gatekeepers `transport::access` and the server consult; [`pacing`]
 //!   draws the reconnect hints of mass closes.
+//! - [`presence`]: who is subscribed to presence topics (leases, grace,
+//!   batched join/leave frames, occupancy webhooks), over an in-process or
+//!   a Redis store; registered by `transport::subscription`.
 //! - [`core`]: topics, ids, cursors, the [`core::Engine`] seam, the hub that
 //!   fans messages out to bounded outboxes, sessions (close flags), replay.
 //!   It never imports an engine or a transport.
@@ -63,6 +66,7 @@ pub mod fuzz;
 pub mod metrics;
 pub mod ops;
 pub mod pacing;
+pub mod presence;
 pub mod proto;
 pub mod server;
 pub mod shutdown;
@@ -99,6 +103,9 @@ pub enum StartError {
     /// A `[[webhooks]]` endpoint cannot be set up.
     #[error(transparent)]
     Webhooks(#[from] webhooks::worker::EndpointError),
+    /// Presence cannot use the configured store.
+    #[error(transparent)]
+    Presence(#[from] presence::PresenceError),
 }
 
 /// The application state for `config`: the configured engine (metered),
@@ -116,6 +123,7 @@ pub fn state(config: Arc<Config>, shutdown: Shutdown) -> Result<AppState, StartE
         outbox_capacity: config.limits.outbox_capacity,
         replay_page: config.history.replay_page,
     };
+    let presence = presence::Presence::start(&config, bus.hub.clone(), Arc::clone(&bus.engine), &shutdown)?;
     let auth = Arc::new(auth::Auth::new(&config.auth)?);
     let abuse = Arc::new(abuse::Abuse::new(&config.abuse));
     let pacer = pacing::Pacer::new(&config.reconnect);
@@ -129,6 +137,7 @@ pub fn state(config: Arc<Config>, shutdown: Shutdown) -> Result<AppState, StartE
         expiries: Arc::default(),
         webhooks,
         rates: Arc::default(),
+        presence,
     }))
 }
 

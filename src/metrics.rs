@@ -431,3 +431,20 @@ pub fn hub_sizes(topics: usize, subscriptions: usize) {
     gauge!("rtgate_topics").set(topics as f64);
     gauge!("rtgate_subscriptions").set(subscriptions as f64);
 }
+
+/// One Redis presence operation (`op`: apply, sweep, list, users): what
+/// "Redis operations per connection per minute" is measured from.
+pub fn presence_redis_op(op: &'static str) {
+    counter!("rtgate_presence_redis_operations_total", "op" => op).increment(1);
+}
+
+/// A presence frame (`event`: join, leave, presence_diff, presence_count)
+/// was queued to `n` local subscribers.
+pub fn presence_events(event: &'static str, n: u64) {
+    counter!("rtgate_presence_frames_total", "event" => event).increment(n);
+}
+
+/// Presence entries: the store's (embedded) or this process's live ones (Redis).
+pub fn presence_entries(n: usize) {
+    gauge!("rtgate_presence_entries").set(n as f64);
+}

@@ -64,6 +64,8 @@ pub struct Shared {
     /// Publish, delivery and topic rates for the admin API (sampled by
     /// `admin::rates::run`).
     pub rates: Arc<crate::admin::Rates>,
+    /// Presence entries, events and occupancy webhooks.
+    pub presence: Arc<crate::presence::Presence>,
 }
 
 impl Shared {

@@ -182,7 +182,24 @@ pub(crate) fn reply(r: Option<&RawValue>, reply: &Reply) -> String {
         Reply::Done | Reply::Broadcast => ack(r),
         Reply::Pong => pong(r),
         Reply::Error(e) => error(r, e.code, &e.message),
+        Reply::Presence { topic, listing } => ack_presence(r, topic, listing),
     }
+}
+
+/// `{"op":"ack","ref":R,"topic":T,"users":N,"clients":[…]}` for the
+/// presence op (contract §11).
+pub(crate) fn ack_presence(
+    r: Option<&RawValue>,
+    topic: &Topic,
+    listing: &crate::presence::Listing,
+) -> String {
+    let mut head = String::from("\"op\":\"ack\",");
+    if let Some(r) = r {
+        head.push_str("\"ref\":");
+        head.push_str(r.get());
+        head.push(',');
+    }
+    listing.json(&head, topic)
 }
 
 /// `{"op":"message","topic":T,"id":ID,"ts":MS,"data":D,"cursor":"C"}`.

@@ -20,6 +20,22 @@ fn json(body: Vec<u8>) -> Response {
     res
 }
 
+/// `GET /v1/presence/{topic}` → `{"topic","users","clients":[…]}`
+/// (contract §11): needs the subscribe grant; a topic without presence is
+/// a `bad_request`.
+pub(crate) async fn presence(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let topic = request::topic(&name)?;
+    let access = access::http(&state, ip, &headers, query.as_deref(), false)?;
+    let listing = ops::presence(&state, &access, &topic).await?;
+    Ok(json(listing.json("", &topic).into_bytes()))
+}
+
 /// `POST /v1/publish/{topic}`: the body is the message's JSON `data`.
 pub(crate) async fn publish(
     State(state): State<AppState>,

@@ -34,6 +34,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/publish/{topic}", post(http::publish))
         .route("/v1/history/{topic}", get(http::history))
+        .route("/v1/presence/{topic}", get(http::presence))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/sse", get(sse::stream))
         .route("/v1/poll", get(poll::poll))

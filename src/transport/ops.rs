@@ -89,6 +89,13 @@ pub(crate) enum Reply {
     Done,
     /// The answer to a ping.
     Pong,
+    /// Who is present in a topic (the presence op).
+    Presence {
+        /// The topic.
+        topic: Topic,
+        /// Its users and connections.
+        listing: crate::presence::Listing,
+    },
     /// The op was refused; the connection goes on.
     Error(ApiError),
 }
@@ -151,10 +158,10 @@ pub(crate) async fn handle(
                 Err(e) => out.push(Reply::Error(e)),
             }
         }
-        Op::Presence { topic } => out.push(Reply::Error(ApiError::new(
-            Code::BadRequest,
-            format!("no presence for {}", topic.as_str()),
-        ))),
+        Op::Presence { topic } => match presence(state, sub.access(), &topic).await {
+            Ok(listing) => out.push(Reply::Presence { topic, listing }),
+            Err(e) => out.push(Reply::Error(e)),
+        },
         Op::Subscribe { topic, after, presence } => match sub.subscribe(topic.clone(), after).await {
             Ok(done) => {
                 if presence {
@@ -168,6 +175,18 @@ pub(crate) async fn handle(
         },
     }
     Ok(out)
+}
+
+/// Who is present in `topic`, for a client with `access`: the one presence
+/// path of HTTP, WebSocket and gRPC (subscribe grant needed; a topic
+/// without presence is a `bad_request`).
+pub(crate) async fn presence(
+    state: &AppState,
+    access: &access::Access,
+    topic: &Topic,
+) -> Result<crate::presence::Listing, ApiError> {
+    access.may_subscribe(topic)?;
+    Ok(state.presence.list(topic).await?)
 }
 
 /// Publishes `data` on `topic` after checking it (size, one JSON value, the

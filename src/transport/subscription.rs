@@ -57,6 +57,7 @@ use crate::core::session::{ConnInfo, SessionGuard};
 use crate::core::{Close, Cursor, Message, MessageId, Session, Subscriber, Topic};
 use crate::error::{ApiError, Code};
 use crate::metrics::{self, Transport};
+use crate::presence::Membership;
 use crate::state::AppState;
 
 /// What a stream delivers next.
@@ -149,6 +150,8 @@ pub(crate) struct Subscription {
     presence: SmallVec<[Topic; 1]>,
     /// What the admin API lists (from [`Subscription::open`]).
     info: Option<Arc<ConnInfo>>,
+    /// This stream's presence entries (every subscribed presence topic).
+    members: Membership,
 }
 
 /// The open/close accounting of a stream: a log line and metrics at open,
@@ -187,6 +190,7 @@ impl Subscription {
             policies: Arc::clone(state.bus.hub.policies()),
             presence: SmallVec::new(),
             info: None,
+            members: Membership::new(&state.presence),
         }
     }
 
@@ -200,9 +204,13 @@ impl Subscription {
     pub(crate) fn want_presence(&mut self, topic: &Topic, on: bool) {
         let had = self.presence.iter().position(|t| t == topic);
         match (had, on) {
-            (None, true) => self.presence.push(topic.clone()),
+            (None, true) => {
+                self.presence.push(topic.clone());
+                self.members.watch(topic, self.session.id(), true);
+            }
             (Some(i), false) => {
                 self.presence.swap_remove(i);
+                self.members.watch(topic, self.session.id(), false);
             }
             _ => {}
         }
@@ -283,6 +291,10 @@ impl Subscription {
         if !self.cursor.fits() {
             return Err(ApiError::new(Code::BadRequest, "too many topics for one cursor"));
         }
+        let topics: Vec<Topic> = self.cursor.iter().map(|(t, _)| t.clone()).collect();
+        for topic in &topics {
+            self.enter_presence(topic);
+        }
         Ok(())
     }
 
@@ -293,6 +305,12 @@ impl Subscription {
         }
     }
 
+    /// Registers the stream in `topic`'s presence (when it has presence).
+    fn enter_presence(&mut self, topic: &Topic) {
+        let grants = &self.access.grants;
+        self.members.enter(topic, self.session.id(), grants.user.as_ref(), grants.info.as_ref());
+    }
+
     /// The subscribe op: adds `topic` from `after` (replayed, its first page
     /// read before this returns) or from now.
     pub(crate) async fn subscribe(
@@ -300,12 +318,15 @@ impl Subscription {
         topic: Topic,
         after: Option<MessageId>,
     ) -> Result<Subscribed, SubscribeError> {
-        let done = self.subscribe_topic(topic, after).await;
+        let done = self.subscribe_to(topic.clone(), after).await;
         self.sync_topics();
+        if done.is_ok() {
+            self.enter_presence(&topic);
+        }
         done
     }
 
-    async fn subscribe_topic(
+    async fn subscribe_to(
         &mut self,
         topic: Topic,
         after: Option<MessageId>,
@@ -376,6 +397,7 @@ impl Subscription {
     pub(crate) fn leave(&mut self, topic: &Topic) {
         self.sub.leave(topic);
         self.want_presence(topic, false);
+        self.members.exit(topic);
         self.cursor.remove(topic);
         self.resumes.retain(|r| r.topic() != topic);
         self.sync_topics();
@@ -384,6 +406,7 @@ impl Subscription {
     /// Leaves every topic (before a close handshake).
     pub(crate) fn leave_all(&mut self) {
         self.sub.leave_all();
+        self.members.exit_all();
         self.resumes.clear();
         self.pending.clear();
     }

@@ -18,6 +18,7 @@ use tonic::{Status, Streaming};
 use super::arm_stall_kill;
 use super::pb::{self, client_frame::Op as PbOp, server_frame::Frame};
 use super::wire::EncodedMessage;
+use crate::core::notice::{Notice, NoticeEntry};
 use crate::core::replay::Gap;
 use crate::core::Close;
 use crate::error::{self, ApiError, Code};
@@ -113,9 +114,7 @@ fn events(sub: &mut Subscription, first: Event, out: &mut Vec<pb::ServerFrame>) 
                 out.push(frame(Frame::Message(m)));
             }
             Event::Ephemeral(message) => out.push(frame(Frame::Message(EncodedMessage::ephemeral(&message)))),
-            Event::Notice(_) => {
-                // Presence events are carried as PresenceEvent frames (see presence).
-            }
+            Event::Notice(notice) => out.push(frame(Frame::PresenceEvent(presence_event(&notice)))),
         }
         n += 1;
         if n < BATCH {
@@ -201,7 +200,55 @@ async fn handle(
             }
             Reply::Pong => frame(Frame::Pong(pb::Pong { r#ref: r.clone() })),
             Reply::Error(e) => error_frame(r.clone(), &e),
+            Reply::Presence { topic, listing } => frame(Frame::Ack(pb::Ack {
+                r#ref: r.clone(),
+                presence: Some(presence_reply(&topic, &listing)),
+                ..Default::default()
+            })),
         });
     }
     Ok(())
+}
+
+/// A presence answer as protobuf.
+pub(super) fn presence_reply(
+    topic: &crate::core::Topic,
+    listing: &crate::presence::Listing,
+) -> pb::PresenceReply {
+    pb::PresenceReply {
+        topic: topic.as_str().to_owned(),
+        users: listing.users,
+        clients: listing
+            .clients
+            .iter()
+            .map(|e| pb::PresenceEntry {
+                user: e.user.to_string(),
+                client: e.client.to_string(),
+                info: e.info.as_deref().map(|i| i.as_bytes().to_vec()).unwrap_or_default(),
+                since: e.since,
+            })
+            .collect(),
+    }
+}
+
+/// A presence event as protobuf: kind `join`, `leave`, `presence_diff`, or
+/// `count` (`presence = "count"` topics: only `users`).
+fn presence_event(n: &Notice) -> pb::PresenceEvent {
+    let entries = |list: &[NoticeEntry]| {
+        list.iter()
+            .map(|e| pb::PresenceEntry {
+                user: e.user.to_string(),
+                client: e.client.to_string(),
+                info: e.info.as_deref().map(|i| i.as_bytes().to_vec()).unwrap_or_default(),
+                since: 0,
+            })
+            .collect()
+    };
+    pb::PresenceEvent {
+        topic: n.topic.as_str().to_owned(),
+        kind: if n.event == "presence_count" { "count".into() } else { n.event.to_owned() },
+        joins: entries(&n.joins),
+        leaves: entries(&n.leaves),
+        users: n.users,
+    }
 }

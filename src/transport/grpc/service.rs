@@ -109,9 +109,8 @@ impl gateway_server::Gateway for Gateway {
     ) -> Result<Response<pb::PresenceReply>, Status> {
         let access = access::grpc(&self.state, &request)?;
         let topic = request::topic(&request.get_ref().topic)?;
-        access.may_subscribe(&topic)?;
-        Err(ApiError::new(crate::error::Code::BadRequest, format!("no presence for {}", topic.as_str()))
-            .into())
+        let listing = ops::presence(&self.state, &access, &topic).await?;
+        Ok(Response::new(super::connect::presence_reply(&topic, &listing)))
     }
 
     async fn history(
