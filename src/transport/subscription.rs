@@ -39,19 +39,15 @@
 //! [`Subscription::next`] does both, for streams that only write.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
-use tokio::time::Instant;
 
 use super::access::Access;
 use crate::auth::Grants;
-use crate::core::engine::EngineError;
 use crate::core::expiry::ExpiryEntry;
-use crate::core::mailbox::Entry;
 use crate::core::notice::Notice;
-use crate::core::policy::{Delivery, Policies};
+use crate::core::policy::Policies;
 use crate::core::replay::{Gap, Resume, Step};
 use crate::core::session::{ConnInfo, SessionGuard};
 use crate::core::{Close, Cursor, Message, MessageId, Session, Subscriber, Topic};
@@ -152,17 +148,6 @@ pub(crate) struct Subscription {
     info: Option<Arc<ConnInfo>>,
     /// This stream's presence entries (every subscribed presence topic).
     members: Membership,
-}
-
-/// The open/close accounting of a stream: a log line and metrics at open,
-/// and at close however the stream ends (finished, or dropped by hyper
-/// because the client left or the connection was killed).
-struct Record {
-    rpc: Option<&'static str>,
-    peer: Option<SocketAddr>,
-    opened: Instant,
-    received: Option<u64>,
-    reason: Close,
 }
 
 impl Subscription {
@@ -426,277 +411,13 @@ impl Subscription {
     pub(crate) fn session(&self) -> &Arc<Session> {
         &self.session
     }
-
-    /// The next event, waiting for one: the replay's first, then live ones.
-    pub(crate) async fn next(&mut self) -> Event {
-        // Boxed: a replay is rare next to live delivery, and its (large)
-        // state would otherwise be reserved in every stream's future.
-        if let Some(event) = Box::pin(self.next_replayed()).await {
-            return event;
-        }
-        self.next_live().await
-    }
-
-    /// The next live event: waits on the outbox and the close flag only, so
-    /// it may be raced against client input and timers. Call it once the
-    /// replay is done (`!replaying()`); until then it would skip ahead of
-    /// the replay.
-    pub(crate) async fn next_live(&mut self) -> Event {
-        loop {
-            tokio::select! {
-                biased;
-                reason = self.session.wait_closed() => return Event::Closed(reason),
-                e = self.sub.outbox.recv() => {
-                    if let Some(event) = self.take(e) {
-                        return event;
-                    }
-                }
-            }
-        }
-    }
-
-    /// The replay's next event; `None` once every replay is done (the
-    /// stream is live). Not to be raced: see the module docs.
-    pub(crate) async fn next_replayed(&mut self) -> Option<Event> {
-        loop {
-            if let Some(event) = self.take_pending() {
-                return Some(event);
-            }
-            let mut resume = self.resumes.pop_front()?;
-            match self.replay_step(&mut resume).await {
-                Err(reason) => return Some(Event::Closed(reason)),
-                Ok(None) => {}
-                Ok(Some(step)) => {
-                    self.hold(step);
-                    self.resumes.push_front(resume);
-                }
-            }
-        }
-    }
-
-    /// The next event if one is ready without waiting (to batch writes).
-    pub(crate) fn try_next(&mut self) -> Option<Event> {
-        if let Some(event) = self.take_pending() {
-            return Some(event);
-        }
-        if !self.resumes.is_empty() {
-            return None;
-        }
-        while let Some(e) = self.sub.outbox.try_recv() {
-            if let Some(event) = self.take(e) {
-                return Some(event);
-            }
-        }
-        None
-    }
-
-    /// What an outbox entry becomes, if anything is left of it for this
-    /// stream.
-    fn take(&mut self, entry: Entry) -> Option<Event> {
-        match entry {
-            Entry::Message(message) => match &message.ephemeral {
-                Some(from) => {
-                    let mine = from.origin == self.session.id();
-                    (!mine && self.cursor.get(&message.topic).is_some()).then_some(Event::Ephemeral(message))
-                }
-                None => self.accept(message, 0, true),
-            },
-            Entry::Latest { message, skipped } => self.accept(message, skipped, true),
-            Entry::Dropped(d) => {
-                let after = self.cursor.get(&d.topic)?;
-                if d.last <= after {
-                    return None;
-                }
-                let oldest = d.last.successor().unwrap_or(d.last);
-                metrics::dropped_range(self.transport);
-                self.gap_now(Gap { topic: d.topic, after, oldest, resume_from: d.last, dropped: true })
-            }
-            Entry::Notice(n) => self.wants_presence(&n.topic).then_some(Event::Notice(n)),
-        }
-    }
-
-    /// Starts the open/close record (log line and metrics), when the stream
-    /// really begins. A stream that `reads_input` (WebSocket, `Connect`)
-    /// logs the frames it received as `msgs_in`.
-    pub(crate) fn open(&mut self, rpc: Option<&'static str>, peer: Option<SocketAddr>, reads_input: bool) {
-        metrics::connection_opened(self.transport);
-        tracing::info!(transport = self.transport.label(), rpc, peer = %Peer(peer), "connection opened");
-        let received = reads_input.then_some(0);
-        self.record = Some(Record { rpc, peer, opened: Instant::now(), received, reason: Close::Client });
-        let info =
-            Arc::new(ConnInfo::new(self.transport.label(), rpc, peer, self.access.grants.user.clone()));
-        self.session.set_info(Arc::clone(&info));
-        self.info = Some(info);
-        self.sync_topics();
-    }
-
-    /// Counts a frame received from the client (logged as `msgs_in`).
-    pub(crate) fn received(&mut self) {
-        if let Some(n) = self.record.as_mut().and_then(|r| r.received.as_mut()) {
-            *n += 1;
-        }
-    }
-
-    /// Why the stream ended, when its session has no reason of its own.
-    pub(crate) fn ended(&mut self, reason: Close) {
-        if let Some(r) = self.record.as_mut() {
-            r.reason = reason;
-        }
-    }
-
-    fn take_pending(&mut self) -> Option<Event> {
-        while let Some(p) = self.pending.pop_front() {
-            let event = match p {
-                Pending::Message(m, skipped) => self.accept(m, skipped, false),
-                Pending::Gap(g) => self.gap_now(g),
-            };
-            if event.is_some() {
-                return event;
-            }
-        }
-        None
-    }
-
-    fn hold(&mut self, step: Step) {
-        match step {
-            Step::Gap(g) => self.pending.push_back(Pending::Gap(g)),
-            Step::Messages(ms) => {
-                let latest = ms
-                    .first()
-                    .is_some_and(|m| self.policies.get(m.topic.as_str()).delivery == Delivery::Latest);
-                if latest {
-                    let kept = coalesce(ms);
-                    self.pending.extend(kept.into_iter().map(|(m, n)| Pending::Message(m, n)));
-                } else {
-                    self.pending.extend(ms.into_iter().map(|m| Pending::Message(m, 0)));
-                }
-            }
-        }
-    }
-
-    /// Hands `m` out if it is new for its topic, advancing the cursor.
-    fn accept(&mut self, m: Arc<Message>, skipped: u64, live: bool) -> Option<Event> {
-        if !self.cursor.advance(&m.topic, m.id) {
-            return None;
-        }
-        self.sent += 1;
-        if let Some(info) = &self.info {
-            info.sent(1);
-        }
-        metrics::delivered(self.transport, 1);
-        if skipped > 0 {
-            metrics::skipped(self.transport, skipped);
-        }
-        if live {
-            metrics::delivery_latency(self.transport, Instant::now().saturating_duration_since(m.seen));
-        }
-        let gap = match self.held_gaps.iter().position(|g| g.topic == m.topic) {
-            Some(i) => Some(Box::new(self.held_gaps.swap_remove(i))),
-            None => None,
-        };
-        Some(Event::Message { message: m, gap, skipped })
-    }
-
-    /// Reports `gap` now (moving the cursor past it) or holds it for the
-    /// topic's next message.
-    fn gap_now(&mut self, gap: Gap) -> Option<Event> {
-        if self.gap_report == GapReport::OnNextMessage {
-            self.held_gaps.push(gap);
-            return None;
-        }
-        self.cursor.get(&gap.topic)?;
-        self.cursor.skip_to(&gap.topic, gap.resume_from);
-        Some(Event::Gap(Box::new(gap)))
-    }
-
-    /// The next step of `resume`, raced against the close flag. `Ok(None)`
-    /// once the topic is live (the replay is then recorded in the metrics);
-    /// `Err` with the reason when the session was closed, or
-    /// [`Close::Unavailable`] when the engine failed (the client resumes
-    /// from its cursor), [`Close::Policy`] when it rejected the read as a
-    /// bad request (resuming the same way would fail again).
-    async fn replay_step(&mut self, resume: &mut Resume) -> Result<Option<Step>, Close> {
-        let step = tokio::select! {
-            biased;
-            r = self.session.wait_closed() => return Err(r),
-            step = resume.next(&mut self.sub) => step,
-        };
-        match step {
-            Ok(None) => {
-                metrics::replay(resume.recovered(), resume.replayed());
-                Ok(None)
-            }
-            Ok(Some(step)) => Ok(Some(step)),
-            Err(e) => {
-                // Debug: the engine's own log line covers an outage once.
-                tracing::debug!(error = %e, topic = %resume.topic(), "replay failed");
-                metrics::engine_error();
-                match e {
-                    EngineError::Rejected(_) => Err(Close::Policy),
-                    _ => Err(Close::Unavailable),
-                }
-            }
-        }
-    }
 }
 
-/// The newest message per coalescing key of one topic's `messages`
-/// (ascending), in id order, each with how many older ones of its key it
-/// replaces: what a `delivery = "latest"` reader that fell behind gets.
-pub(crate) fn coalesce(messages: Vec<Arc<Message>>) -> Vec<(Arc<Message>, u64)> {
-    let mut newest: std::collections::HashMap<Option<&str>, (usize, u64)> = std::collections::HashMap::new();
-    for (i, m) in messages.iter().enumerate() {
-        let e = newest.entry(m.key.as_deref()).or_insert((i, 0));
-        if e.0 != i {
-            *e = (i, e.1 + 1);
-        }
-    }
-    let mut keep: Vec<(usize, u64)> = newest.into_values().collect();
-    keep.sort_unstable();
-    let mut skipped = keep.iter().map(|&(i, n)| (i, n)).peekable();
-    let mut out = Vec::with_capacity(keep.len());
-    for (i, m) in messages.into_iter().enumerate() {
-        if let Some(&(j, n)) = skipped.peek() {
-            if i == j {
-                out.push((m, n));
-                skipped.next();
-            }
-        }
-    }
-    out
-}
+mod deliver;
+mod record;
 
-/// A peer address for logs (empty when unknown).
-struct Peer(Option<SocketAddr>);
-
-impl std::fmt::Display for Peer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(p) => p.fmt(f),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        let Some(r) = self.record.take() else {
-            return;
-        };
-        let reason = self.session.closed().unwrap_or(r.reason);
-        metrics::connection_closed(self.transport, reason.label());
-        tracing::info!(
-            transport = self.transport.label(),
-            rpc = r.rpc,
-            peer = %Peer(r.peer),
-            duration_ms = r.opened.elapsed().as_millis() as u64,
-            msgs_in = r.received,
-            msgs_out = self.sent,
-            reason = reason.label(),
-            "connection closed"
-        );
-    }
-}
+pub(crate) use deliver::coalesce;
+use record::Record;
 
 #[cfg(test)]
 mod tests;
