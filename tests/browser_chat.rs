@@ -102,16 +102,16 @@ async fn scenario() {
     })
     .await;
 
-    // Presence is not in this branch yet: the page says so and chats on.
-    // TODO(merge with presence): assert `#online li` lists alice, bob and carol
-    // (onJoin/onLeave + presence()) once GET /v1/presence/{topic} exists.
-    b.wait_for(
-        "the presence note",
-        "return document.getElementById('presence-note').textContent;",
-        STEP,
-        |v| v.as_str().is_some_and(|s| s.starts_with("presence unavailable")),
-    )
-    .await;
+    // Who is online, from presence (join events and the presence list),
+    // named from the others' hello messages: all three, in every tab.
+    const ONLINE: &str =
+        "return [...document.querySelectorAll('#online li')].map((li) => li.textContent).sort();";
+    for tab in [&carol, &alice, &bob] {
+        b.switch(tab).await;
+        b.wait_for("alice, bob and carol online", ONLINE, STEP, |v| texts(v) == ["alice", "bob", "carol"])
+            .await;
+    }
+    b.switch(&carol).await;
 
     // Carol forces long polling and still receives.
     b.eval("document.getElementById('forcepoll').click(); return true;").await;

@@ -20,8 +20,10 @@ const state = {
   messages: [], // {id, ts, name, text} in id order
   ids: new Set(),
   typing: new Map(), // name -> timeout
-  online: new Map(), // client -> entry
+  online: new Map(), // user -> presence entry
+  names: new Map(), // user -> name, learnt from their ephemeral messages
   lastTypingSent: 0,
+  me: undefined, // our own user id, once known
 };
 
 function sanitizeRoom(r) {
@@ -115,7 +117,22 @@ function clearTyping(name) {
 
 function onEphemeral(e) {
   const d = e.data;
-  if (!d || d.type !== "typing" || typeof d.name !== "string" || d.name === state.name) return;
+  if (!d || typeof d.name !== "string") return;
+  // Who is who: presence names users by id (the connection id while auth is
+  // off); ephemeral messages carry the same id as `user`, and our name.
+  if (e.user && state.names.get(e.user) !== d.name.slice(0, 40)) {
+    state.names.set(e.user, d.name.slice(0, 40));
+    renderOnline();
+  }
+  if (d.type === "hello") {
+    // An answer to our hello names us (our own messages never come back).
+    if (typeof d.to === "string" && d.to && !state.names.has(d.to) && d.reply === false) {
+      state.me ??= d.to;
+      if (state.me === d.to) { state.names.set(d.to, state.name); renderOnline(); }
+    }
+    if (d.reply === true && e.user) sayHello(false, e.user);
+  }
+  if (d.type !== "typing" || d.name === state.name) return;
   const name = d.name.slice(0, 40);
   clearTimeout(state.typing.get(name));
   state.typing.set(name, setTimeout(() => clearTyping(name), TYPING_SHOWN_MS));
@@ -124,8 +141,17 @@ function onEphemeral(e) {
 
 function label(entry) {
   const info = entry.info && typeof entry.info === "object" ? entry.info : {};
-  const name = typeof info.name === "string" ? info.name : entry.user;
+  const name = typeof info.name === "string" ? info.name : state.names.get(entry.user) ?? entry.user;
   return String(name).slice(0, 40);
+}
+
+/**
+ * Tells the room our name (an ephemeral message). `reply` asks the others to
+ * answer with theirs; an answer names whom it answers (`to`), which is how a
+ * page learns its own user id (the connection id while auth is off).
+ */
+function sayHello(reply, to) {
+  state.rt?.publish(topicOf(state.room), { type: "hello", name: state.name, reply, to }, { ephemeral: true }).catch(() => {});
 }
 
 function renderOnline() {
@@ -183,8 +209,8 @@ async function join(room, reconnecting = false) {
     onMessage: addMessage,
     onEphemeral,
     onGap: (g) => system(`(older messages were trimmed; history resumes at ${g.oldest})`),
-    onJoin: (e) => { state.online.set(e.client, e); renderOnline(); },
-    onLeave: (e) => { state.online.delete(e.client); renderOnline(); },
+    onJoin: (e) => { state.online.set(e.user, e); renderOnline(); },
+    onLeave: (e) => { state.online.delete(e.user); renderOnline(); },
     onError: (e) => system(`cannot join ${topic}: ${e.message ?? e}`),
   });
   try {
@@ -203,7 +229,11 @@ async function refreshPresence(room) {
   try {
     const p = await state.rt.presence(topicOf(room));
     if (state.room !== room) return;
-    for (const c of p.clients ?? []) state.online.set(c.client, c);
+    for (const c of p.clients ?? []) state.online.set(c.user, c);
+    // Alone in the room: the one entry is us.
+    const users = [...new Set((p.clients ?? []).map((c) => c.user))];
+    if (users.length === 1 && !state.names.has(users[0])) { state.me = users[0]; state.names.set(users[0], state.name); }
+    sayHello(true);
     note.textContent = p.users > (p.clients?.length ?? 0) ? `${p.users} users in all` : "";
     renderOnline();
   } catch (e) {

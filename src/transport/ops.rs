@@ -135,7 +135,11 @@ pub(crate) async fn handle(
                 out.push(Reply::Error(e));
                 return Ok(out);
             }
-            let from = Ephemeral { origin: sub.id(), user: sub.access().grants.user.clone() };
+            // As presence names users: the token's `sub`, else (auth off)
+            // the connection id, so receivers can tell senders apart.
+            let user =
+                sub.access().grants.user.clone().or_else(|| Some(Arc::from(sub.session().client_id())));
+            let from = Ephemeral { origin: sub.id(), user };
             match publish_ephemeral(state, transport, &topic, data, from).await {
                 Ok(()) => out.push(Reply::Broadcast),
                 Err(e) if e.code == Code::TooLarge => return Err(Close::TooLarge),
