@@ -357,7 +357,12 @@ async fn an_engine_outage_logs_once_not_per_request() {
     }
     let lines: Vec<Value> = g.logs().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let level = |v: &Value| v["level"].as_str().unwrap_or("").to_owned();
-    let warnings: Vec<&Value> = lines.iter().filter(|v| level(v) == "WARN").collect();
+    // The ephemeral pub/sub connection reports its own loss once, apart.
+    let warnings: Vec<&Value> = lines
+        .iter()
+        .filter(|v| level(v) == "WARN")
+        .filter(|v| v["message"] != "ephemeral subscription failed; reconnecting")
+        .collect();
     assert!(warnings.len() <= 2, "{N} failures, {} warnings: {warnings:#?}", warnings.len());
     let from_requests = warnings.iter().filter(|v| v["message"] == "engine operations failing").count();
     assert_eq!(from_requests, 1, "one warning for the failing publishes: {warnings:#?}");

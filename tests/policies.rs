@@ -245,12 +245,15 @@ async fn ephemeral_messages_reach_current_subscribers_only_and_move_no_cursor() 
         .send(json!({"op":"publish","topic":"room.1","data":{"typing":true},"ephemeral":true,"ref":"e"}))
         .await;
     assert_eq!(sender.next().await, json!({"op":"ack","ref":"e"}));
-    let got = other.next_op("message").await;
+    let mut got = other.next_op("message").await;
+    // With auth off the sender is named by its connection id, as presence does.
+    let user = got.as_object_mut().unwrap().remove("user").expect("user");
+    assert_eq!(user.as_str().map(str::len), Some(16), "{user}");
     assert_eq!(got, json!({"op":"message","topic":"room.1","data":{"typing":true},"ephemeral":true}));
     let ev = sse.next().await;
     assert_eq!(
         (ev.event.as_str(), ev.data.as_str()),
-        ("ephemeral", r#"{"topic":"room.1","data":{"typing":true},"ephemeral":true}"#)
+        ("ephemeral", format!(r#"{{"topic":"room.1","data":{{"typing":true}},"ephemeral":true,"user":{user}}}"#).as_str())
     );
     let g = tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
     assert!(g.ephemeral && g.id.is_empty() && g.cursor.is_empty(), "{g:?}");
