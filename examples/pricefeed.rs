@@ -399,7 +399,15 @@ async fn publisher(sh: Arc<Shared>, c: usize, start: Instant, window: (Instant, 
     let a = &sh.args;
     let keys = sh.layout.keys_of(c);
     let mut http = HttpPost::new(sh.addr.clone());
-    let mut out = Published { last: Vec::new(), ok: 0, ok_in_window: 0, errors: 0, late: 0, lag_max_ms: 0.0, rtt_us: hist() };
+    let mut out = Published {
+        last: Vec::new(),
+        ok: 0,
+        ok_in_window: 0,
+        errors: 0,
+        late: 0,
+        lag_max_ms: 0.0,
+        rtt_us: hist(),
+    };
     let mut last = vec![NONE; keys.len()];
     if keys.is_empty() {
         return out;

@@ -253,7 +253,11 @@ async fn ephemeral_messages_reach_current_subscribers_only_and_move_no_cursor() 
     let ev = sse.next().await;
     assert_eq!(
         (ev.event.as_str(), ev.data.as_str()),
-        ("ephemeral", format!(r#"{{"topic":"room.1","data":{{"typing":true}},"ephemeral":true,"user":{user}}}"#).as_str())
+        (
+            "ephemeral",
+            format!(r#"{{"topic":"room.1","data":{{"typing":true}},"ephemeral":true,"user":{user}}}"#)
+                .as_str()
+        )
     );
     let g = tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
     assert!(g.ephemeral && g.id.is_empty() && g.cursor.is_empty(), "{g:?}");
