@@ -277,6 +277,18 @@ impl Message {
         out.push(b'}');
     }
 
+    /// Appends the message JSON of §1 with `"skipped":N` when `skipped` is
+    /// more than 0 (`delivery = "latest"`: SSE data, long-poll messages).
+    pub fn write_json_skipped(&self, out: &mut Vec<u8>, skipped: u64) {
+        self.write_json(out);
+        if skipped > 0 {
+            out.pop();
+            out.extend_from_slice(b",\"skipped\":");
+            write_u64(out, skipped);
+            out.push(b'}');
+        }
+    }
+
     /// The message JSON of §1, cached.
     pub fn json(&self) -> Bytes {
         self.encoded(Wire::Json, |m| {

@@ -278,12 +278,8 @@ async fn read_latest(
     let mut last = None;
     for (m, skipped) in kept.into_iter().take(want) {
         let mut json = Vec::with_capacity(m.data.len() + 96);
-        m.write_json(&mut json);
+        m.write_json_skipped(&mut json, skipped);
         if skipped > 0 {
-            json.pop();
-            json.extend_from_slice(b",\"skipped\":");
-            crate::core::message::write_u64(&mut json, skipped);
-            json.push(b'}');
             metrics::skipped(Transport::Poll, skipped);
         }
         batch.messages.push(Bytes::from(json));

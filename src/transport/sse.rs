@@ -206,11 +206,7 @@ fn message_event(out: &mut Chunk, cursor: &Cursor, m: &Message) {
 /// written for this subscriber alone.
 fn skipped_event(out: &mut BytesMut, cursor: &Cursor, m: &Message, skipped: u64) {
     let mut json = Vec::with_capacity(m.data.len() + 96);
-    m.write_json(&mut json);
-    json.pop();
-    json.extend_from_slice(b",\"skipped\":");
-    crate::core::message::write_u64(&mut json, skipped);
-    json.push(b'}');
+    m.write_json_skipped(&mut json, skipped);
     event(out, None, &cursor.encode(), &json);
 }
 
