@@ -159,7 +159,7 @@ pub async fn run(listener: TcpListener, config: Config, token: CancellationToken
         state(Arc::clone(&config), shutdown.clone()).map_err(|e| std::io::Error::other(e.to_string()))?;
     // Reload the JWKS file on change and on SIGHUP (nothing without one).
     state.auth.watch(&shutdown);
-    shutdown.spawn(admin::rates::run(Arc::clone(&state.rates), state.bus.hub.clone(), token.clone()));
+    shutdown.spawn(core::rates::run(Arc::clone(&state.rates), state.bus.hub.clone(), token.clone()));
     let local: SocketAddr = listener.local_addr()?;
     let listener = Limited::new(listener, config.limits.max_connections, config.http.tcp_keepalive);
     if let Some(addr) = config.admin.listen {

@@ -62,8 +62,8 @@ pub struct Shared {
     /// Outbound workers, inbound sources and dead letters.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// Publish, delivery and topic rates for the admin API (sampled by
-    /// `admin::rates::run`).
-    pub rates: Arc<crate::admin::Rates>,
+    /// `core::rates::run`).
+    pub rates: Arc<crate::core::rates::Rates>,
     /// Presence entries, events and occupancy webhooks.
     pub presence: Arc<crate::presence::Presence>,
 }

@@ -7,8 +7,6 @@
 //! may call it, as the contract lets anyone do everything then. The shapes
 //! are in `docs/admin.md`.
 
-pub mod rates;
-
 use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, State};
@@ -18,13 +16,12 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 
+use crate::core::rates::{self, Rates};
 use crate::core::session::ConnInfo;
 use crate::core::Close;
 use crate::error::{ApiError, Code};
 use crate::state::AppState;
 use crate::transport::access;
-
-pub use rates::Rates;
 
 /// The page.
 const PAGE: &str = include_str!("page.html");

@@ -31,6 +31,7 @@ pub mod notice;
 pub mod outbox;
 pub mod pattern;
 pub mod policy;
+pub mod rates;
 pub mod replay;
 pub mod session;
 pub mod subscriber;

@@ -47,7 +47,7 @@ pub(crate) async fn publish(
 ) -> Result<Response, ApiError> {
     let topic = request::topic(&name)?;
     let (mut key, mut ephemeral) = (None, false);
-    for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes()) {
+    for (k, v) in request::query_pairs(query.as_deref())? {
         match &*k {
             "key" => key = Some(v.into_owned()),
             "ephemeral" => ephemeral = request::flag(&v, "ephemeral")?,

@@ -3,6 +3,7 @@
 //! streaming subscription. Every transport parses through here, so a value
 //! is accepted or refused the same way everywhere.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use bytes::Bytes;
@@ -15,6 +16,32 @@ const MAX_IDEMPOTENCY_KEY: usize = 256;
 /// History page bounds (contract §3; the gRPC `History` rpc uses the same).
 pub(crate) const HISTORY_DEFAULT: usize = 100;
 pub(crate) const HISTORY_MAX: usize = 1000;
+
+/// A decoded `name=value` of a query string.
+pub(crate) type QueryPair<'a> = (Cow<'a, str>, Cow<'a, str>);
+
+/// A query string's `name=value` pairs, decoded like a form (`+` is a
+/// space, `%XX` a byte). Unlike `form_urlencoded::parse`, a name or value
+/// whose bytes are not UTF-8 is `bad_request`, never replaced by U+FFFD: a
+/// lossy decode would silently turn different keys into one.
+pub(crate) fn query_pairs(query: Option<&str>) -> Result<Vec<QueryPair<'_>>, ApiError> {
+    let mut pairs = Vec::new();
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        pairs.push((decode_query_part(name)?, decode_query_part(value)?));
+    }
+    Ok(pairs)
+}
+
+fn decode_query_part(part: &str) -> Result<Cow<'_, str>, ApiError> {
+    let bad = || ApiError::new(Code::BadRequest, "query parameter is not valid UTF-8 once decoded");
+    if part.contains('+') {
+        let spaced = part.replace('+', " ");
+        let decoded = percent_encoding::percent_decode_str(&spaced).decode_utf8().map_err(|_| bad())?;
+        return Ok(Cow::Owned(decoded.into_owned()));
+    }
+    percent_encoding::percent_decode_str(part).decode_utf8().map_err(|_| bad())
+}
 
 /// A topic name, or `bad_topic`.
 pub(crate) fn topic(name: &str) -> Result<Topic, ApiError> {
@@ -176,6 +203,8 @@ impl Topics {
         let mut set = TopicSet::new(max);
         let mut cursor_text = header_cursor.map(str::to_owned);
         let mut presence = false;
+        // Lossy decoding is harmless here: a replaced byte makes a topic
+        // `bad_topic`, a cursor or flag `bad_request`, as they should be.
         for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             if k == "topic" {
                 set.add(&v)?;
@@ -234,6 +263,19 @@ mod tests {
         assert_eq!(&trim_json(Bytes::from_static(b" \n{\"a\": 1 }\r\n"))[..], b"{\"a\": 1 }");
         assert_eq!(&trim_json(Bytes::from_static(b"   "))[..], b"");
         assert_eq!(&trim_json(Bytes::from_static(b"1"))[..], b"1");
+    }
+
+    #[test]
+    fn query_pairs_decode_like_a_form_and_refuse_bytes_that_are_not_utf8() {
+        let pairs = query_pairs(Some("key=a%20b+c&ephemeral=1&&flag&k%C3%A9y=%E2%82%AC")).unwrap();
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (&**k, &**v)).collect();
+        assert_eq!(pairs, [("key", "a b c"), ("ephemeral", "1"), ("flag", ""), ("kéy", "€")]);
+        assert!(query_pairs(None).unwrap().is_empty());
+        for bad in ["key=%FF", "key=%C3", "%FE=1", "key=%ED%A0%80"] {
+            assert_eq!(query_pairs(Some(bad)).unwrap_err().code, Code::BadRequest, "{bad}");
+        }
+        // An encoded U+FFFD is a real character, not a decoding failure.
+        assert_eq!(query_pairs(Some("key=%EF%BF%BD")).unwrap()[0].1, "\u{FFFD}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Rates for the admin API: a task samples the process's running totals and
+//! Rates for the admin API (`admin`): a task samples the process's running totals and
 //! the busiest topics' message counters once a second; a rate is the
 //! difference across the last [`WINDOW`] samples. Bounded: [`WINDOW`] + 1
 //! samples of at most [`TOPICS_SAMPLED`] topics each.
