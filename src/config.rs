@@ -342,12 +342,23 @@ pub struct HttpConfig {
     /// Idle time of an accepted socket before TCP keepalive probes.
     #[serde(with = "humantime_serde")]
     pub tcp_keepalive: Duration,
+    /// `SO_SNDBUF` of accepted sockets in bytes; 0 (the default) leaves the
+    /// kernel's autotuned buffer. A small buffer makes a slow reader's
+    /// backlog wait in the gateway's outbox, where `delivery = "latest"`
+    /// coalesces and `"drop"` drops, instead of in the kernel.
+    pub send_buffer: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         let (cors_origins, s) = (Vec::new(), Duration::from_secs);
-        HttpConfig { cors_origins, handshake_timeout: s(10), body_timeout: s(10), tcp_keepalive: s(60) }
+        HttpConfig {
+            cors_origins,
+            handshake_timeout: s(10),
+            body_timeout: s(10),
+            tcp_keepalive: s(60),
+            send_buffer: 0,
+        }
     }
 }
 

@@ -161,7 +161,8 @@ pub async fn run(listener: TcpListener, config: Config, token: CancellationToken
     state.auth.watch(&shutdown);
     shutdown.spawn(core::rates::run(Arc::clone(&state.rates), state.bus.hub.clone(), token.clone()));
     let local: SocketAddr = listener.local_addr()?;
-    let listener = Limited::new(listener, config.limits.max_connections, config.http.tcp_keepalive);
+    let listener = Limited::new(listener, config.limits.max_connections, config.http.tcp_keepalive)
+        .with_send_buffer(config.http.send_buffer);
     if let Some(addr) = config.admin.listen {
         let admin = TcpListener::bind(addr).await?;
         let admin_app = server::admin_app(state.clone());

@@ -353,12 +353,14 @@ fn refuse(grpc: bool, hint: Duration) -> axum::response::Response {
 
 /// A TCP listener that holds at most `limits.max_connections` connections
 /// open; further clients wait in the kernel's accept queue. Sets
-/// `TCP_NODELAY` (latency matters more than packet count here) and TCP
-/// keepalive (`http.tcp_keepalive`).
+/// `TCP_NODELAY` (latency matters more than packet count here), TCP
+/// keepalive (`http.tcp_keepalive`) and, when configured, the send buffer
+/// (`http.send_buffer`).
 pub struct Limited {
     inner: TcpListener,
     permits: Arc<Semaphore>,
     keepalive: socket2::TcpKeepalive,
+    send_buffer: usize,
 }
 
 impl Limited {
@@ -368,7 +370,19 @@ impl Limited {
         let ka = socket2::TcpKeepalive::new().with_time(keepalive);
         #[cfg(target_os = "linux")]
         let ka = ka.with_interval((keepalive / 3).max(Duration::from_secs(1))).with_retries(3);
-        Limited { inner, permits: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))), keepalive: ka }
+        Limited {
+            inner,
+            permits: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+            keepalive: ka,
+            send_buffer: 0,
+        }
+    }
+
+    /// Sets `SO_SNDBUF` to `bytes` on every accepted socket (0: the
+    /// kernel's autotuned default).
+    pub fn with_send_buffer(mut self, bytes: usize) -> Self {
+        self.send_buffer = bytes;
+        self
     }
 }
 
@@ -386,8 +400,14 @@ impl axum::serve::Listener for Limited {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&self.keepalive) {
+                    let sock = socket2::SockRef::from(&stream);
+                    if let Err(e) = sock.set_tcp_keepalive(&self.keepalive) {
                         tracing::debug!(error = %e, "cannot set TCP keepalive");
+                    }
+                    if self.send_buffer > 0 {
+                        if let Err(e) = sock.set_send_buffer_size(self.send_buffer) {
+                            tracing::debug!(error = %e, "cannot set the send buffer");
+                        }
                     }
                     crate::metrics::tcp_connection(true);
                     let io = LimitedIo {

@@ -101,6 +101,46 @@ async fn a_slow_reader_of_a_latest_topic_gets_the_newest_per_key_and_stays_conne
     s.stop().await;
 }
 
+/// `http.send_buffer`: with a small kernel send buffer, a reader that stops
+/// reading has its backlog wait in the outbox, where `latest` coalesces
+/// even small messages (with the kernel's autotuned buffers, megabytes of
+/// them would sit in the socket first). The reader's own receive buffer is
+/// small too, so the bytes in flight are a few kilobytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_send_buffer_makes_latest_coalesce_a_backlog_of_small_messages() {
+    let s = TestServer::start(&format!("{CONFIG}\n[http]\nsend_buffer = 4096\n")).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = tokio::time::timeout(WAIT, socket.connect(s.addr)).await.unwrap().unwrap();
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let url = s.ws_url("/v1/ws?topic=price.small");
+    let (ws, _) =
+        tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, stream)).await.unwrap().unwrap();
+    let mut slow = WsClient { ws };
+    slow.assert_quiet("ready").await;
+    let keys = ["a", "b", "c"];
+    let body = |key: &str, i: usize| json!({"k": key, "i": i, "pad": "x".repeat(900)}).to_string();
+    let mut published = Vec::new();
+    for i in 0..300 {
+        let key = keys[i % keys.len()];
+        let url = s.url(&format!("/v1/publish/price.small?key={key}"));
+        published.push((post_publish(&s.http, &url, body(key, i)).await, key));
+    }
+    let newest: BTreeMap<&str, &str> = published.iter().map(|(id, k)| (*k, id.as_str())).collect();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let (mut frames, mut accounted) = (0u64, 0u64);
+    while keys.iter().any(|k| seen.get(*k).map(String::as_str) != Some(newest[k])) {
+        let m = slow.next_op("message").await;
+        frames += 1;
+        accounted += 1 + m.get("skipped").map_or(0, |v| v.as_u64().expect("skipped is a number"));
+        seen.insert(m["data"]["k"].as_str().unwrap().to_owned(), m["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(accounted, 300, "delivered + skipped = published");
+    assert!(frames < 150, "the backlog waited in the outbox and was coalesced ({frames} frames for 300)");
+    slow.assert_quiet("after").await;
+    s.stop().await;
+}
+
 /// A reader of a drop topic that stops reading loses the messages published
 /// while its outbox was full, and is told so once per range: a `gap` with
 /// `reason: dropped` whose `after` is the last message it got and whose

@@ -48,6 +48,14 @@ fn errors_name_the_key() {
     let c = Config::from_toml("listen = \"0.0.0.0:9\"\n[history]\nmax_age = \"90s\"\n").unwrap();
     assert_eq!(c.history.max_age, Duration::from_secs(90));
     assert_eq!(c.listen.port(), 9);
+    for bad in [1, 4095, (64 << 20) + 1] {
+        let e = Config::from_toml(&format!("[http]\nsend_buffer = {bad}\n")).unwrap_err().to_string();
+        assert!(e.contains("http.send_buffer"), "{e}");
+    }
+    for good in [0, 4096, 65536, 64 << 20] {
+        let c = Config::from_toml(&format!("[http]\nsend_buffer = {good}\n")).unwrap();
+        assert_eq!(c.http.send_buffer, good);
+    }
 }
 
 #[test]

@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use super::{Config, ConfigError, EngineKind, MAX_CREDENTIAL_LEN};
 
+/// Bounds of `http.send_buffer` when set.
+const MIN_SEND_BUFFER: usize = 4096;
+const MAX_SEND_BUFFER: usize = 64 << 20;
+
 impl Config {
     /// Checks ranges and relations between keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -93,6 +97,10 @@ impl Config {
             if d < Duration::from_secs(1) {
                 return bad(key, "must be at least 1s");
             }
+        }
+        let send_buffer = self.http.send_buffer;
+        if send_buffer != 0 && !(MIN_SEND_BUFFER..=MAX_SEND_BUFFER).contains(&send_buffer) {
+            return bad("http.send_buffer", "must be 0 (the kernel's default) or 4096 to 67108864 bytes");
         }
         if self.http2.keepalive_interval.is_zero() || self.http2.keepalive_timeout.is_zero() {
             return bad("http2.keepalive_interval", "keepalive interval and timeout must be more than 0s");

@@ -97,13 +97,64 @@ pub(crate) async fn poll(
             biased;
             _ = session.wait_closed() => return Ok(answer(Batch::default(), &cursor)),
             _ = tokio::time::sleep_until(deadline) => return Ok(answer(Batch::default(), &cursor)),
-            _ = sub.0.outbox.recv() => {
-                // Whatever is queued is also in history (ephemeral messages
-                // are not carried by long polling); drop it and read there.
-                while sub.0.outbox.try_recv().is_some() {}
+            first = sub.0.outbox.recv() => {
+                let mut queued = vec![first];
+                while let Some(entry) = sub.0.outbox.try_recv() {
+                    queued.push(entry);
+                }
+                // A session closed meanwhile (an engine that lost live
+                // continuity resets its subscribers before it delivers past
+                // the break, and draining takes the lock that delivery took)
+                // answers from history only.
+                let batch = match session.closed() {
+                    None => from_live(queued, &mut cursor, limit),
+                    Some(_) => Batch::default(),
+                };
+                if !batch.is_empty() {
+                    metrics::delivered(Transport::Poll, batch.messages.len() as u64);
+                    return Ok(answer(batch, &cursor));
+                }
+                // Nothing usable live (only ephemeral messages or presence,
+                // or entries that history answers better): read there.
             }
         }
     }
+}
+
+/// The answer from what the outbox delivered, when it can be given from
+/// there: the topics were joined before history was read at the cursor's
+/// positions, so every stored message after a position reaches the outbox
+/// in id order, and those at or before it (published between the join and
+/// the read) are skipped by id. This saves a history read per answer.
+///
+/// Only plain stored messages qualify: a `latest` entry (coalescing and its
+/// `skipped` count are computed from history) or a `drop` range (its gap is
+/// read there) makes the whole answer come from history instead, with the
+/// cursor untouched. A lossless outbox that overflowed closed the session,
+/// so a message can never be missing between two queued ones. Ephemeral
+/// messages and presence notices are not carried by long polling. Past
+/// `limit` messages, the rest are left to the next poll's history read (the
+/// cursor stops at the last one taken of each topic).
+fn from_live(queued: Vec<crate::core::mailbox::Entry>, cursor: &mut Cursor, limit: usize) -> Batch {
+    use crate::core::mailbox::Entry;
+    let mut batch = Batch::default();
+    if queued.iter().any(|e| matches!(e, Entry::Latest { .. } | Entry::Dropped(_))) {
+        return batch;
+    }
+    for entry in queued {
+        let Entry::Message(m) = entry else { continue };
+        if m.is_ephemeral() || batch.messages.len() >= limit {
+            continue;
+        }
+        match cursor.get(&m.topic) {
+            Some(pos) if m.id > pos => {
+                batch.messages.push(m.json());
+                cursor.set(&m.topic, m.id);
+            }
+            _ => {}
+        }
+    }
+    batch
 }
 
 /// Counts a poll in `rtgate_held_polls` while it waits.
@@ -337,6 +388,61 @@ mod tests {
         .await
         .expect("an answer");
         json(res).await
+    }
+
+    fn stored(topic: &str, ms: u64) -> crate::core::mailbox::Entry {
+        let m = crate::core::Message::new(testing::topic(topic), MessageId::new(ms, 0), ms, Bytes::from("1"));
+        crate::core::mailbox::Entry::Message(std::sync::Arc::new(m))
+    }
+
+    #[test]
+    fn a_live_answer_takes_stored_messages_after_the_cursor_up_to_the_limit() {
+        use crate::core::mailbox::{Dropped, Entry};
+        use crate::core::message::Ephemeral;
+        let (a, b) = (testing::topic("a"), testing::topic("b"));
+        let start = || {
+            let mut c = Cursor::new();
+            c.set(&a, MessageId::new(10, 0));
+            c.set(&b, MessageId::new(5, 0));
+            c
+        };
+        let ephemeral = Entry::Message(std::sync::Arc::new(crate::core::Message::ephemeral(
+            a.clone(),
+            Bytes::from("2"),
+            Ephemeral { origin: 1, user: None },
+        )));
+        // At or before the cursor (published between the join and the
+        // read): skipped; ephemeral: skipped; a topic not polled: skipped.
+        let mut c = start();
+        let queued = vec![
+            stored("a", 9),
+            stored("a", 10),
+            ephemeral,
+            stored("b", 6),
+            stored("a", 11),
+            stored("z", 99),
+        ];
+        let batch = from_live(queued, &mut c, 100);
+        assert_eq!(batch.messages.len(), 2);
+        assert_eq!((c.get(&a), c.get(&b)), (Some(MessageId::new(11, 0)), Some(MessageId::new(6, 0))));
+        // The limit: the rest stays for history (the cursor stops at what was taken).
+        let mut c = start();
+        let batch = from_live(vec![stored("a", 11), stored("b", 6), stored("a", 12)], &mut c, 2);
+        assert_eq!(batch.messages.len(), 2);
+        assert_eq!((c.get(&a), c.get(&b)), (Some(MessageId::new(11, 0)), Some(MessageId::new(6, 0))));
+        // A dropped range or a coalesced entry: history answers, the cursor is untouched.
+        let dropped =
+            Entry::Dropped(Box::new(Dropped { topic: a.clone(), last: MessageId::new(12, 0), count: 1 }));
+        let latest = |e: Entry| match e {
+            Entry::Message(message) => Entry::Latest { message, skipped: 1 },
+            other => other,
+        };
+        for odd in [dropped, latest(stored("a", 12))] {
+            let mut c = start();
+            let batch = from_live(vec![stored("a", 11), odd], &mut c, 100);
+            assert!(batch.is_empty());
+            assert_eq!(c.get(&a), Some(MessageId::new(10, 0)));
+        }
     }
 
     #[tokio::test(start_paused = true)]
