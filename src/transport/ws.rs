@@ -26,7 +26,9 @@
 //! ([`Socket`]), so unit tests drive it through channels.
 //!
 //! Memory per idle connection is kept small on purpose: the library's read
-//! buffer starts at `websocket.read_buffer_size`, and data frames are written
+//! buffer is `websocket.read_buffer_size` (small; socket reads go through a
+//! stack buffer, [`read_ahead`]), the task holds nothing of the upgrade
+//! once it is done, and data frames are written
 //! from the shared encoded bytes with one vectored write per wake-up
 //! ([`socket`]): no write buffer is kept.
 
@@ -58,7 +60,9 @@ use crate::error::{ApiError, Code};
 use crate::metrics::Transport;
 use crate::state::{AppState, ClientIp, Peer};
 
+mod read_ahead;
 mod socket;
+use read_ahead::ReadAhead;
 pub(crate) use socket::Socket;
 use socket::{write_queued, Conn};
 
@@ -116,20 +120,17 @@ pub(crate) async fn upgrade(
         .max_frame_size(Some(max_frame));
     let tracker = state.shutdown.clone();
     let span = tracing::info_span!("ws", %peer);
-    tokio::spawn(
-        tracker.track(
-            async move {
-                // A connection that fails before the upgrade completes never
-                // became a WebSocket: its subscription is dropped unserved.
-                let Ok(upgraded) = on_upgrade.await else { return };
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                        .await;
-                run(state, Some(peer), sub, Conn::new(ws), connect).await;
-            }
-            .instrument(span),
-        ),
-    );
+    // Boxed, and freed once the upgrade is done: otherwise its state would
+    // stay reserved in every connection's task.
+    let socket = Box::pin(async move {
+        // A connection that fails before the upgrade completes never
+        // became a WebSocket: its subscription is dropped unserved.
+        let upgraded = on_upgrade.await.ok()?;
+        let io = ReadAhead::new(TokioIo::new(upgraded));
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+        Some(Conn::new(ws))
+    });
+    tokio::spawn(tracker.track(run(state, Some(peer), sub, socket, connect).instrument(span)));
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = response.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -179,18 +180,21 @@ async fn connect(state: &AppState, sub: &mut Subscription, query: Option<&str>) 
     sub.start(request.topics, request.cursor.as_ref()).await
 }
 
-/// Serves one upgraded connection until it ends, then closes it. (A plain
-/// function returning an `async move` block: an `async fn` would keep its
+/// Serves one connection once `socket` (the upgrade) gives its socket,
+/// until it ends, then closes it; a failed upgrade (`None`) drops `sub`
+/// unserved. (A plain function returning an `async move` block, spawned as
+/// it is: an `async fn`, or a spawned block calling this, would keep the
 /// arguments twice in every idle connection's task.)
 #[allow(clippy::manual_async_fn)]
 pub(crate) fn run<S: Socket>(
     state: AppState,
     peer: Option<SocketAddr>,
     mut sub: Subscription,
-    mut socket: S,
+    socket: impl std::future::Future<Output = Option<S>> + Send,
     connect: Result<(), ApiError>,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
+        let Some(mut socket) = socket.await else { return };
         sub.open(None, peer, true);
         let outcome = match connect {
             Ok(()) => serve(&state, &mut sub, &mut socket).await,

@@ -121,7 +121,7 @@ async fn connect_with_budget(state: &AppState, query: &str, budget: Option<usize
     let mut sub = Subscription::new(state, Transport::Ws, GapReport::Event, Access::anonymous());
     let connected = super::connect(state, &mut sub, Some(query)).await;
     let socket = FakeSocket { inbound, outbound, budget, queued: Default::default() };
-    let server = tokio::spawn(run(state.clone(), None, sub, socket, connected));
+    let server = tokio::spawn(run(state.clone(), None, sub, std::future::ready(Some(socket)), connected));
     Client { tx, rx, server }
 }
 
