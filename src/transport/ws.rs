@@ -120,16 +120,7 @@ pub(crate) async fn upgrade(
         .max_frame_size(Some(max_frame));
     let tracker = state.shutdown.clone();
     let span = tracing::info_span!("ws", %peer);
-    // Boxed, and freed once the upgrade is done: otherwise its state would
-    // stay reserved in every connection's task.
-    let socket = Box::pin(async move {
-        // A connection that fails before the upgrade completes never
-        // became a WebSocket: its subscription is dropped unserved.
-        let upgraded = on_upgrade.await.ok()?;
-        let io = ReadAhead::new(TokioIo::new(upgraded));
-        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
-        Some(Conn::new(ws))
-    });
+    let socket = upgraded(on_upgrade, ws_config);
     tokio::spawn(tracker.track(run(state, Some(peer), sub, socket, connect).instrument(span)));
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = response.headers_mut();
@@ -137,6 +128,24 @@ pub(crate) async fn upgrade(
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     response
+}
+
+/// The upgraded connection's socket, once hyper hands it over; `None` when
+/// the connection failed before (it never became a WebSocket). Boxed, and
+/// freed once the upgrade is done: otherwise its state would stay reserved
+/// in every connection's task.
+fn upgraded(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    config: WebSocketConfig,
+) -> std::pin::Pin<
+    Box<impl std::future::Future<Output = Option<Conn<ReadAhead<TokioIo<hyper::upgrade::Upgraded>>>>> + Send>,
+> {
+    Box::pin(async move {
+        let upgraded = on_upgrade.await.ok()?;
+        let io = ReadAhead::new(TokioIo::new(upgraded));
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        Some(Conn::new(ws))
+    })
 }
 
 /// Checks an HTTP/1.1 WebSocket opening handshake (RFC 6455 §4.2.1) and

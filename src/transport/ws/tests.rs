@@ -125,6 +125,24 @@ async fn connect_with_budget(state: &AppState, query: &str, budget: Option<usize
     Client { tx, rx, server }
 }
 
+/// What an idle connection's task holds inline (printed with
+/// `--nocapture`), bounded so that growth is noticed: every byte here is
+/// paid by every idle connection.
+#[tokio::test]
+async fn idle_task_stays_small() {
+    let state = testing::state(Config::default());
+    let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event, Access::anonymous());
+    let connected = super::connect(&state, &mut sub, Some("topic=sizes")).await;
+    let on_upgrade = hyper::upgrade::on(&mut axum::http::Request::new(()));
+    let socket = upgraded(on_upgrade, WebSocketConfig::default());
+    let task = state.shutdown.clone().track(run(state.clone(), None, sub, socket, connected));
+    let conn = std::mem::size_of::<Conn<ReadAhead<TokioIo<hyper::upgrade::Upgraded>>>>();
+    let subscription = std::mem::size_of::<Subscription>();
+    let total = std::mem::size_of_val(&task);
+    eprintln!("connection task {total} B: socket {conn} B, subscription {subscription} B");
+    assert!(total <= 2048, "an idle connection's task grew to {total} B");
+}
+
 #[tokio::test]
 async fn ops_publish_deliver_and_unsubscribe() {
     let state = testing::state(Config::default());
