@@ -238,10 +238,11 @@ pub struct HeartbeatConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocketConfig {
-    /// Read buffer per connection, bytes: tungstenite keeps it for the
-    /// connection's life, and grows it for a larger frame. Small keeps idle
-    /// connections cheap; socket reads take up to 4 KiB at once anyway
-    /// (through a stack buffer, not this one).
+    /// Read buffer per connection, bytes (at least 16): tungstenite keeps it
+    /// for the connection's life, grows it for a larger frame, and takes at
+    /// most this much per read call. Small keeps idle connections cheap;
+    /// the socket is read up to 4 KiB at once anyway (through a stack
+    /// buffer), so a small value costs copies, not syscalls.
     pub read_buffer_size: usize,
     /// Bytes of control frames and op replies buffered before a write
     /// reaches the socket; 0 writes each at once. (Message and gap frames
@@ -493,7 +494,7 @@ impl Default for HeartbeatConfig {
 
 impl Default for WebSocketConfig {
     fn default() -> Self {
-        WebSocketConfig { read_buffer_size: 256, write_buffer_size: 0, max_write_buffer_size: 1 << 20 }
+        WebSocketConfig { read_buffer_size: 64, write_buffer_size: 0, max_write_buffer_size: 1 << 20 }
     }
 }
 

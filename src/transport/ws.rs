@@ -121,6 +121,8 @@ pub(crate) async fn upgrade(
     let tracker = state.shutdown.clone();
     let span = tracing::info_span!("ws", %peer);
     let socket = upgraded(on_upgrade, ws_config);
+    // Boxed: a refusal is rare, and the task keeps this for its whole life.
+    let connect = connect.map_err(Box::new);
     tokio::spawn(tracker.track(run(state, Some(peer), sub, socket, connect).instrument(span)));
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = response.headers_mut();
@@ -200,7 +202,7 @@ pub(crate) fn run<S: Socket>(
     peer: Option<SocketAddr>,
     mut sub: Subscription,
     socket: impl std::future::Future<Output = Option<S>> + Send,
-    connect: Result<(), ApiError>,
+    connect: Result<(), Box<ApiError>>,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
         let Some(mut socket) = socket.await else { return };

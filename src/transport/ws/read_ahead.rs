@@ -26,7 +26,7 @@ pub(crate) struct ReadAhead<T> {
     io: T,
     /// Bytes read from `io` and not yet taken, from `taken` on; empty (no
     /// allocation) whenever nothing is waiting.
-    ahead: Vec<u8>,
+    ahead: Box<[u8]>,
     /// How much of `ahead` was taken.
     taken: usize,
 }
@@ -34,7 +34,7 @@ pub(crate) struct ReadAhead<T> {
 impl<T> ReadAhead<T> {
     /// Wraps `io`.
     pub(crate) fn new(io: T) -> Self {
-        ReadAhead { io, ahead: Vec::new(), taken: 0 }
+        ReadAhead { io, ahead: Box::default(), taken: 0 }
     }
 
     /// Moves waiting bytes into `dst`; frees the buffer once all are taken.
@@ -43,7 +43,7 @@ impl<T> ReadAhead<T> {
         dst.put_slice(&self.ahead[self.taken..self.taken + n]);
         self.taken += n;
         if self.taken == self.ahead.len() {
-            self.ahead = Vec::new();
+            self.ahead = Box::default();
             self.taken = 0;
         }
     }
@@ -66,7 +66,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
         let n = dst.remaining().min(got.len());
         dst.put_slice(&got[..n]);
         if n < got.len() {
-            this.ahead = got[n..].to_vec();
+            this.ahead = got[n..].into();
             this.taken = 0;
         }
         Poll::Ready(Ok(()))
@@ -123,7 +123,7 @@ mod tests {
             out.extend_from_slice(&small[..n]);
         }
         assert_eq!(out, data);
-        assert_eq!(r.ahead.capacity(), 0);
+        assert!(r.ahead.is_empty());
     }
 
     /// A read at least a chunk long goes straight into the caller's buffer.
@@ -135,6 +135,6 @@ mod tests {
         let mut big = vec![0u8; 2 * CHUNK];
         let n = r.read(&mut big).await.expect("read");
         assert_eq!(n, 2 * CHUNK);
-        assert_eq!(r.ahead.capacity(), 0);
+        assert!(r.ahead.is_empty());
     }
 }

@@ -119,7 +119,7 @@ async fn connect_with_budget(state: &AppState, query: &str, budget: Option<usize
     let (tx, inbound) = mpsc::unbounded_channel();
     let (outbound, rx) = mpsc::unbounded_channel();
     let mut sub = Subscription::new(state, Transport::Ws, GapReport::Event, Access::anonymous());
-    let connected = super::connect(state, &mut sub, Some(query)).await;
+    let connected = super::connect(state, &mut sub, Some(query)).await.map_err(Box::new);
     let socket = FakeSocket { inbound, outbound, budget, queued: Default::default() };
     let server = tokio::spawn(run(state.clone(), None, sub, std::future::ready(Some(socket)), connected));
     Client { tx, rx, server }
@@ -132,7 +132,7 @@ async fn connect_with_budget(state: &AppState, query: &str, budget: Option<usize
 async fn idle_task_stays_small() {
     let state = testing::state(Config::default());
     let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event, Access::anonymous());
-    let connected = super::connect(&state, &mut sub, Some("topic=sizes")).await;
+    let connected = super::connect(&state, &mut sub, Some("topic=sizes")).await.map_err(Box::new);
     let on_upgrade = hyper::upgrade::on(&mut axum::http::Request::new(()));
     let socket = upgraded(on_upgrade, WebSocketConfig::default());
     let task = state.shutdown.clone().track(run(state.clone(), None, sub, socket, connected));
