@@ -243,7 +243,8 @@ async fn serve<S: Socket>(state: &AppState, sub: &mut Subscription, socket: &mut
         // Boxed: replays are rare next to live delivery, and their (large)
         // state would otherwise be reserved in every idle connection's task.
         if sub.replaying() {
-            beat.bound(stop.as_mut(), Box::pin(replay(socket, sub))).await?;
+            let mut replaying = Box::pin(replay(socket, sub));
+            beat.bound(stop.as_mut(), replaying.as_mut()).await?;
             // The client is not read meanwhile: a client that took the
             // replay's frames (each batch within the heartbeat timeout, see
             // `Beat::bound`) is alive.
@@ -254,7 +255,9 @@ async fn serve<S: Socket>(state: &AppState, sub: &mut Subscription, socket: &mut
             biased;
             reason = &mut stop => return Err(reason),
             event = sub.next_live() => {
-                beat.bound(stop.as_mut(), write_events(socket, sub, event)).await?;
+                let write = write_events(socket, sub, event);
+                tokio::pin!(write);
+                beat.bound(stop.as_mut(), write).await?;
             }
             inbound = socket.next() => {
                 last_seen = Instant::now();
@@ -271,6 +274,7 @@ async fn serve<S: Socket>(state: &AppState, sub: &mut Subscription, socket: &mut
                     Some(Ok(WsMessage::Binary(_))) => {
                         sub.received();
                         let refuse = send(socket, frame::error(None, Code::BadRequest, "binary frames are not supported"));
+                        tokio::pin!(refuse);
                         beat.bound(stop.as_mut(), refuse).await?;
                     }
                     Some(Ok(WsMessage::Close(_))) => return Ok(()),
@@ -284,6 +288,7 @@ async fn serve<S: Socket>(state: &AppState, sub: &mut Subscription, socket: &mut
                 }
                 if silent >= interval {
                     let ping = async { socket.send(WsMessage::Ping(Bytes::new())).await.map_err(|_| Close::Client) };
+                    tokio::pin!(ping);
                     beat.bound(stop.as_mut(), ping).await?;
                 }
             }
@@ -306,12 +311,13 @@ impl Beat {
     /// answers no ping. Checked on the heartbeat tick, so it fires within
     /// `timeout + interval`; the tick costs no timer of its own. `stop` must
     /// not be polled again once it resolved; the caller returns instead.
-    async fn bound<F: std::future::Future<Output = Close>>(
-        &mut self,
-        stop: std::pin::Pin<&mut F>,
-        work: impl std::future::Future<Output = Outcome>,
-    ) -> Outcome {
-        tokio::pin!(work);
+    /// `work` is pinned by the caller: taken by value, it would be kept
+    /// twice in this future, and so in every connection's task.
+    async fn bound<F, W>(&mut self, stop: std::pin::Pin<&mut F>, work: std::pin::Pin<&mut W>) -> Outcome
+    where
+        F: std::future::Future<Output = Close>,
+        W: std::future::Future<Output = Outcome>,
+    {
         match self.race(stop, work).await {
             Raced::Done(outcome) => outcome,
             Raced::Stopped(reason) => Err(reason),
@@ -422,7 +428,9 @@ async fn handle<S: Socket, F: std::future::Future<Output = Close>>(
         Ok(parsed) => parsed,
         Err(e) if e.code == Code::TooLarge => return Err(Close::TooLarge),
         Err(e) => {
-            return beat.bound(stop, send(socket, frame::error(e.r.as_deref(), e.code, &e.message))).await
+            let refuse = send(socket, frame::error(e.r.as_deref(), e.code, &e.message));
+            tokio::pin!(refuse);
+            return beat.bound(stop, refuse).await;
         }
     };
     let replies = ops::handle(state, Transport::Ws, sub, op).await?;
