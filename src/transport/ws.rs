@@ -132,6 +132,9 @@ pub(crate) async fn upgrade(
     response
 }
 
+/// A served connection's socket.
+type Upgraded = Conn<ReadAhead<TokioIo<hyper::upgrade::Upgraded>>>;
+
 /// The upgraded connection's socket, once hyper hands it over; `None` when
 /// the connection failed before (it never became a WebSocket). Boxed, and
 /// freed once the upgrade is done: otherwise its state would stay reserved
@@ -139,9 +142,7 @@ pub(crate) async fn upgrade(
 fn upgraded(
     on_upgrade: hyper::upgrade::OnUpgrade,
     config: WebSocketConfig,
-) -> std::pin::Pin<
-    Box<impl std::future::Future<Output = Option<Conn<ReadAhead<TokioIo<hyper::upgrade::Upgraded>>>>> + Send>,
-> {
+) -> std::pin::Pin<Box<impl std::future::Future<Output = Option<Upgraded>> + Send>> {
     Box::pin(async move {
         let upgraded = on_upgrade.await.ok()?;
         let io = ReadAhead::new(TokioIo::new(upgraded));

@@ -133,10 +133,10 @@ async fn idle_task_stays_small() {
     let state = testing::state(Config::default());
     let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event, Access::anonymous());
     let connected = super::connect(&state, &mut sub, Some("topic=sizes")).await.map_err(Box::new);
-    let on_upgrade = hyper::upgrade::on(&mut axum::http::Request::new(()));
+    let on_upgrade = hyper::upgrade::on(axum::http::Request::new(()));
     let socket = upgraded(on_upgrade, WebSocketConfig::default());
     let task = state.shutdown.clone().track(run(state.clone(), None, sub, socket, connected));
-    let conn = std::mem::size_of::<Conn<ReadAhead<TokioIo<hyper::upgrade::Upgraded>>>>();
+    let conn = std::mem::size_of::<Upgraded>();
     let subscription = std::mem::size_of::<Subscription>();
     let total = std::mem::size_of_val(&task);
     eprintln!("connection task {total} B: socket {conn} B, subscription {subscription} B");
