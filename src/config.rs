@@ -238,8 +238,11 @@ pub struct HeartbeatConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocketConfig {
-    /// Initial read buffer per connection, bytes. Small keeps idle
-    /// connections cheap; larger frames grow it as needed.
+    /// Read buffer per connection, bytes (at least 16): tungstenite keeps it
+    /// for the connection's life, grows it for a larger frame, and takes at
+    /// most this much per read call. Small keeps idle connections cheap;
+    /// the socket is read up to 4 KiB at once anyway (through a stack
+    /// buffer), so a small value costs copies, not syscalls.
     pub read_buffer_size: usize,
     /// Bytes of control frames and op replies buffered before a write
     /// reaches the socket; 0 writes each at once. (Message and gap frames
@@ -502,7 +505,7 @@ impl Default for HeartbeatConfig {
 
 impl Default for WebSocketConfig {
     fn default() -> Self {
-        WebSocketConfig { read_buffer_size: 1024, write_buffer_size: 0, max_write_buffer_size: 1 << 20 }
+        WebSocketConfig { read_buffer_size: 64, write_buffer_size: 0, max_write_buffer_size: 1 << 20 }
     }
 }
 

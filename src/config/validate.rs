@@ -51,8 +51,9 @@ impl Config {
         if self.heartbeat.timeout <= self.heartbeat.interval {
             return bad("heartbeat.timeout", "must be longer than heartbeat.interval");
         }
-        if self.websocket.read_buffer_size < 256 {
-            return bad("websocket.read_buffer_size", "must be at least 256");
+        // The longest frame header (14 bytes) must fit.
+        if self.websocket.read_buffer_size < 16 {
+            return bad("websocket.read_buffer_size", "must be at least 16");
         }
         if self.websocket.max_write_buffer_size <= self.websocket.write_buffer_size {
             return bad("websocket.max_write_buffer_size", "must be larger than websocket.write_buffer_size");

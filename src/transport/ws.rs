@@ -26,7 +26,9 @@
 //! ([`Socket`]), so unit tests drive it through channels.
 //!
 //! Memory per idle connection is kept small on purpose: the library's read
-//! buffer starts at `websocket.read_buffer_size`, and data frames are written
+//! buffer is `websocket.read_buffer_size` (small; socket reads go through a
+//! stack buffer, [`read_ahead`]), the task holds nothing of the upgrade
+//! once it is done, and data frames are written
 //! from the shared encoded bytes with one vectored write per wake-up
 //! ([`socket`]): no write buffer is kept.
 
@@ -58,7 +60,9 @@ use crate::error::{ApiError, Code};
 use crate::metrics::Transport;
 use crate::state::{AppState, ClientIp, Peer};
 
+mod read_ahead;
 mod socket;
+use read_ahead::ReadAhead;
 pub(crate) use socket::Socket;
 use socket::{write_queued, Conn};
 
@@ -116,26 +120,35 @@ pub(crate) async fn upgrade(
         .max_frame_size(Some(max_frame));
     let tracker = state.shutdown.clone();
     let span = tracing::info_span!("ws", %peer);
-    tokio::spawn(
-        tracker.track(
-            async move {
-                // A connection that fails before the upgrade completes never
-                // became a WebSocket: its subscription is dropped unserved.
-                let Ok(upgraded) = on_upgrade.await else { return };
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                        .await;
-                run(state, Some(peer), sub, Conn::new(ws), connect).await;
-            }
-            .instrument(span),
-        ),
-    );
+    let socket = upgraded(on_upgrade, ws_config);
+    // Boxed: a refusal is rare, and the task keeps this for its whole life.
+    let connect = connect.map_err(Box::new);
+    tokio::spawn(tracker.track(run(state, Some(peer), sub, socket, connect).instrument(span)));
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = response.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     response
+}
+
+/// A served connection's socket.
+type Upgraded = Conn<ReadAhead<TokioIo<hyper::upgrade::Upgraded>>>;
+
+/// The upgraded connection's socket, once hyper hands it over; `None` when
+/// the connection failed before (it never became a WebSocket). Boxed, and
+/// freed once the upgrade is done: otherwise its state would stay reserved
+/// in every connection's task.
+fn upgraded(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    config: WebSocketConfig,
+) -> std::pin::Pin<Box<impl std::future::Future<Output = Option<Upgraded>> + Send>> {
+    Box::pin(async move {
+        let upgraded = on_upgrade.await.ok()?;
+        let io = ReadAhead::new(TokioIo::new(upgraded));
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        Some(Conn::new(ws))
+    })
 }
 
 /// Checks an HTTP/1.1 WebSocket opening handshake (RFC 6455 §4.2.1) and
@@ -179,18 +192,21 @@ async fn connect(state: &AppState, sub: &mut Subscription, query: Option<&str>) 
     sub.start(request.topics, request.cursor.as_ref()).await
 }
 
-/// Serves one upgraded connection until it ends, then closes it. (A plain
-/// function returning an `async move` block: an `async fn` would keep its
+/// Serves one connection once `socket` (the upgrade) gives its socket,
+/// until it ends, then closes it; a failed upgrade (`None`) drops `sub`
+/// unserved. (A plain function returning an `async move` block, spawned as
+/// it is: an `async fn`, or a spawned block calling this, would keep the
 /// arguments twice in every idle connection's task.)
 #[allow(clippy::manual_async_fn)]
 pub(crate) fn run<S: Socket>(
     state: AppState,
     peer: Option<SocketAddr>,
     mut sub: Subscription,
-    mut socket: S,
-    connect: Result<(), ApiError>,
+    socket: impl std::future::Future<Output = Option<S>> + Send,
+    connect: Result<(), Box<ApiError>>,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
+        let Some(mut socket) = socket.await else { return };
         sub.open(None, peer, true);
         let outcome = match connect {
             Ok(()) => serve(&state, &mut sub, &mut socket).await,
@@ -228,7 +244,8 @@ async fn serve<S: Socket>(state: &AppState, sub: &mut Subscription, socket: &mut
         // Boxed: replays are rare next to live delivery, and their (large)
         // state would otherwise be reserved in every idle connection's task.
         if sub.replaying() {
-            beat.bound(stop.as_mut(), Box::pin(replay(socket, sub))).await?;
+            let mut replaying = Box::pin(replay(socket, sub));
+            beat.bound(stop.as_mut(), replaying.as_mut()).await?;
             // The client is not read meanwhile: a client that took the
             // replay's frames (each batch within the heartbeat timeout, see
             // `Beat::bound`) is alive.
@@ -239,7 +256,9 @@ async fn serve<S: Socket>(state: &AppState, sub: &mut Subscription, socket: &mut
             biased;
             reason = &mut stop => return Err(reason),
             event = sub.next_live() => {
-                beat.bound(stop.as_mut(), write_events(socket, sub, event)).await?;
+                let write = write_events(socket, sub, event);
+                tokio::pin!(write);
+                beat.bound(stop.as_mut(), write).await?;
             }
             inbound = socket.next() => {
                 last_seen = Instant::now();
@@ -256,6 +275,7 @@ async fn serve<S: Socket>(state: &AppState, sub: &mut Subscription, socket: &mut
                     Some(Ok(WsMessage::Binary(_))) => {
                         sub.received();
                         let refuse = send(socket, frame::error(None, Code::BadRequest, "binary frames are not supported"));
+                        tokio::pin!(refuse);
                         beat.bound(stop.as_mut(), refuse).await?;
                     }
                     Some(Ok(WsMessage::Close(_))) => return Ok(()),
@@ -269,6 +289,7 @@ async fn serve<S: Socket>(state: &AppState, sub: &mut Subscription, socket: &mut
                 }
                 if silent >= interval {
                     let ping = async { socket.send(WsMessage::Ping(Bytes::new())).await.map_err(|_| Close::Client) };
+                    tokio::pin!(ping);
                     beat.bound(stop.as_mut(), ping).await?;
                 }
             }
@@ -291,12 +312,13 @@ impl Beat {
     /// answers no ping. Checked on the heartbeat tick, so it fires within
     /// `timeout + interval`; the tick costs no timer of its own. `stop` must
     /// not be polled again once it resolved; the caller returns instead.
-    async fn bound<F: std::future::Future<Output = Close>>(
-        &mut self,
-        stop: std::pin::Pin<&mut F>,
-        work: impl std::future::Future<Output = Outcome>,
-    ) -> Outcome {
-        tokio::pin!(work);
+    /// `work` is pinned by the caller: taken by value, it would be kept
+    /// twice in this future, and so in every connection's task.
+    async fn bound<F, W>(&mut self, stop: std::pin::Pin<&mut F>, work: std::pin::Pin<&mut W>) -> Outcome
+    where
+        F: std::future::Future<Output = Close>,
+        W: std::future::Future<Output = Outcome>,
+    {
         match self.race(stop, work).await {
             Raced::Done(outcome) => outcome,
             Raced::Stopped(reason) => Err(reason),
@@ -407,7 +429,9 @@ async fn handle<S: Socket, F: std::future::Future<Output = Close>>(
         Ok(parsed) => parsed,
         Err(e) if e.code == Code::TooLarge => return Err(Close::TooLarge),
         Err(e) => {
-            return beat.bound(stop, send(socket, frame::error(e.r.as_deref(), e.code, &e.message))).await
+            let refuse = send(socket, frame::error(e.r.as_deref(), e.code, &e.message));
+            tokio::pin!(refuse);
+            return beat.bound(stop, refuse).await;
         }
     };
     let replies = ops::handle(state, Transport::Ws, sub, op).await?;

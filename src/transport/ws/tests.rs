@@ -119,10 +119,41 @@ async fn connect_with_budget(state: &AppState, query: &str, budget: Option<usize
     let (tx, inbound) = mpsc::unbounded_channel();
     let (outbound, rx) = mpsc::unbounded_channel();
     let mut sub = Subscription::new(state, Transport::Ws, GapReport::Event, Access::anonymous());
-    let connected = super::connect(state, &mut sub, Some(query)).await;
+    let connected = super::connect(state, &mut sub, Some(query)).await.map_err(Box::new);
     let socket = FakeSocket { inbound, outbound, budget, queued: Default::default() };
-    let server = tokio::spawn(run(state.clone(), None, sub, socket, connected));
+    let server = tokio::spawn(run(state.clone(), None, sub, std::future::ready(Some(socket)), connected));
     Client { tx, rx, server }
+}
+
+/// What an idle connection's task holds inline (printed with
+/// `--nocapture`), bounded so that growth is noticed: every byte here is
+/// paid by every idle connection.
+#[tokio::test]
+async fn idle_task_stays_small() {
+    let state = testing::state(Config::default());
+    let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event, Access::anonymous());
+    let connected = super::connect(&state, &mut sub, Some("topic=sizes")).await.map_err(Box::new);
+    let on_upgrade = hyper::upgrade::on(axum::http::Request::new(()));
+    let socket = upgraded(on_upgrade, WebSocketConfig::default());
+    let task = state.shutdown.clone().track(run(state.clone(), None, sub, socket, connected));
+    let conn = std::mem::size_of::<Upgraded>();
+    let subscription = std::mem::size_of::<Subscription>();
+    let total = std::mem::size_of_val(&task);
+    eprintln!("connection task {total} B: socket {conn} B, subscription {subscription} B");
+    {
+        let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event, Access::anonymous());
+        let (_tx, inbound) = mpsc::unbounded_channel();
+        let (outbound, _rx) = mpsc::unbounded_channel();
+        let mut fake = FakeSocket { inbound, outbound, budget: None, queued: Default::default() };
+        let serve_size = std::mem::size_of_val(&serve(&state, &mut sub, &mut fake));
+        let live_size = std::mem::size_of_val(&sub.next_live());
+        let write_size =
+            std::mem::size_of_val(&write_events(&mut fake, &mut sub, Event::Closed(Close::Client)));
+        let event = std::mem::size_of::<Event>();
+        let session = std::mem::size_of::<crate::core::session::Session>();
+        eprintln!("serve {serve_size} B, next_live {live_size} B, event {event} B, write_events {write_size} B, session {session} B");
+    }
+    assert!(total <= 1664, "an idle connection's task grew to {total} B");
 }
 
 #[tokio::test]
