@@ -3,16 +3,17 @@
 //! the browser reconnects by itself with `Last-Event-ID`, and the page ends
 //! with every message exactly once, in order.
 //!
-//! Chromium is driven by `support::browser`; the page comes from a tiny
-//! HTTP server inside the test.
+//! Chromium is driven by `support::browser`; the page comes from
+//! `support::proxy` (the EventSource talks to the gateway directly).
 #![allow(clippy::unwrap_used, clippy::disallowed_types)]
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::browser::{require_browser, Browser};
+use support::post_publish;
+use support::proxy::{Mode, Proxy};
 use support::redis::RedisServer;
 use support::WAIT;
 
@@ -52,69 +53,6 @@ impl Gateway {
     /// Starts again on the same `port` (bounded retries while it frees up).
     async fn restart(port: u16, redis_url: &str) -> Gateway {
         Gateway::restart_on(port, &[], &gateway_env(redis_url)).await
-    }
-
-    /// `POST /v1/publish/{topic}`; returns the message id.
-    async fn publish(&self, client: &reqwest::Client, topic: &str, data: &Value) -> String {
-        let res = client
-            .post(self.url(&format!("/v1/publish/{topic}")))
-            .body(data.to_string())
-            .timeout(WAIT)
-            .send()
-            .await
-            .expect("publish");
-        let status = res.status().as_u16();
-        let body: Value = res.json().await.unwrap_or(Value::Null);
-        assert_eq!(status, 200, "publish answered {status} {body}");
-        body["id"].as_str().expect("id").to_owned()
-    }
-}
-
-/// A tiny HTTP server answering every GET with one HTML page; stopped on drop.
-struct PageServer {
-    port: u16,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl PageServer {
-    async fn start(html: String) -> PageServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let html = Arc::new(html);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut conn, _)) = listener.accept().await else {
-                    continue;
-                };
-                let html = Arc::clone(&html);
-                tokio::spawn(async move {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let mut req = Vec::new();
-                    let mut buf = [0u8; 2048];
-                    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 64 * 1024 {
-                        match tokio::time::timeout(WAIT, conn.read(&mut buf)).await {
-                            Ok(Ok(n)) if n > 0 => req.extend_from_slice(&buf[..n]),
-                            _ => return,
-                        }
-                    }
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\
-                         Content-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-                        html.len()
-                    );
-                    let _ = conn.write_all(head.as_bytes()).await;
-                    let _ = conn.write_all(html.as_bytes()).await;
-                    let _ = conn.shutdown().await;
-                });
-            }
-        });
-        PageServer { port, task }
-    }
-}
-
-impl Drop for PageServer {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -158,7 +96,7 @@ async fn publish_batch_of(via: &Gateway, client: &reqwest::Client, phase: &str, 
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let data = json!({"phase": phase, "n": i});
-        out.push(via.publish(client, TOPIC, &data).await);
+        out.push(post_publish(client, &via.url(&format!("/v1/publish/{TOPIC}")), data.to_string()).await);
     }
     out
 }
@@ -194,9 +132,9 @@ async fn scenario() {
     let client = http();
 
     let sse_url = format!("http://127.0.0.1:{port_a}/v1/sse?topic={TOPIC}");
-    let page_server = PageServer::start(page(&sse_url)).await;
+    let page_server = Proxy::start(0, Mode::Pass, page(&sse_url), None).await;
     let mut browser = Browser::start(800, 600).await;
-    browser.goto(&format!("http://127.0.0.1:{}/", page_server.port)).await;
+    browser.goto(&page_server.url("/")).await;
     wait_rt(&browser, "its EventSource open", |r| r["opens"].as_u64() >= Some(1)).await;
 
     let mut published = Vec::new();
@@ -261,9 +199,9 @@ async fn eventsource_gets_pretty_printed_json_whole() {
         let client = http();
         let topic = "browser.lines";
         let sse_url = format!("http://127.0.0.1:{}/v1/sse?topic={topic}", gw.port);
-        let page_server = PageServer::start(page(&sse_url)).await;
+        let page_server = Proxy::start(0, Mode::Pass, page(&sse_url), None).await;
         let mut browser = Browser::start(800, 600).await;
-        browser.goto(&format!("http://127.0.0.1:{}/", page_server.port)).await;
+        browser.goto(&page_server.url("/")).await;
         wait_rt(&browser, "its EventSource open", |r| r["opens"].as_u64() >= Some(1)).await;
 
         let bodies: [&str; 3] = ["{\"a\":\n  1,\r\n  \"b\": [2,\n\n3],\r\"c\": \"x\"\n}", "[\n]", "7"];

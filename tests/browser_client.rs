@@ -1,6 +1,6 @@
 //! The JavaScript client (`GET /v1/client.js`) in a real browser (contract
 //! §12): headless Chromium loads a page from a small proxy in front of the
-//! real binary (tests/browser_client/proxy.rs) and drives `Rtgate` there.
+//! real binary (tests/support/proxy.rs) and drives `Rtgate` there.
 //! - a proxy that refuses WebSocket upgrades → the client settles on SSE;
 //!   one that also holds SSE responses like a buffering proxy → long
 //!   polling; messages flow both ways, and a reload goes straight to the
@@ -15,15 +15,12 @@
 #![allow(clippy::unwrap_used, clippy::disallowed_types)]
 mod support;
 
-#[path = "browser_client/proxy.rs"]
-mod proxy;
-
 use std::time::Duration;
 
-use proxy::{Mode, Proxy};
 use serde_json::Value;
 use support::binary::Gateway;
 use support::browser::{require_browser, Browser};
+use support::proxy::{Mode, Proxy};
 use support::redis::RedisServer;
 
 /// Any single scenario, start to finish.
@@ -128,17 +125,8 @@ async fn wait_view(b: &Browser, name: &str, what: &str, done: impl Fn(&Value) ->
 /// Publishes over HTTP straight to the gateway (another client); the id.
 async fn publish(gw_port: u16, topic: &str, body: &str) -> String {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let res = http
-        .post(format!("http://127.0.0.1:{gw_port}/v1/publish/{topic}"))
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 200, "publish");
-    let v: Value = res.json().await.unwrap();
-    v["id"].as_str().unwrap().to_owned()
+    let url = format!("http://127.0.0.1:{gw_port}/v1/publish/{topic}");
+    support::post_publish(&http, &url, body.to_owned()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod browser;
 pub mod metrics;
+pub mod proxy;
 pub mod redis;
 pub mod sse;
 

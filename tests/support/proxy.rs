@@ -1,4 +1,6 @@
-//! A small HTTP/1.1 proxy in front of the gateway for the browser tests.
+//! A small HTTP/1.1 proxy in front of the gateway for the browser tests
+//! (also a plain page server: a page that talks to the gateway directly
+//! never sends the proxy anything but its own `GET /`).
 //! It serves the test page and (optionally) fresh tokens itself, forwards
 //! everything else to the gateway one request per connection (it asks the
 //! gateway for `Connection: close`, so every request of the browser passes
@@ -7,7 +9,7 @@
 //! WebSocket, or holding SSE responses like a buffering proxy. When the
 //! gateway is down it answers 502, so a restart behind it is seen by the
 //! browser as the server being away, not as a transport being blocked.
-#![allow(unreachable_pub, clippy::unwrap_used, clippy::disallowed_types)]
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::disallowed_types)]
 
 use std::sync::Arc;
 
@@ -44,15 +46,21 @@ impl Drop for Proxy {
 impl Proxy {
     /// Listens on a free port in front of `127.0.0.1:upstream`; `page` is
     /// served at `/`.
-    pub async fn start(upstream: u16, mode: Mode, page: &'static str, minter: Option<Minter>) -> Proxy {
+    pub async fn start(
+        upstream: u16,
+        mode: Mode,
+        page: impl Into<Arc<str>>,
+        minter: Option<Minter>,
+    ) -> Proxy {
+        let page: Arc<str> = page.into();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((sock, _)) = listener.accept().await else { continue };
-                let minter = minter.clone();
+                let (page, minter) = (Arc::clone(&page), minter.clone());
                 tokio::spawn(async move {
-                    let _ = serve(sock, upstream, mode, page, minter).await;
+                    let _ = serve(sock, upstream, mode, &page, minter).await;
                 });
             }
         });
@@ -99,7 +107,7 @@ async fn serve(
     mut sock: TcpStream,
     upstream: u16,
     mode: Mode,
-    page: &'static str,
+    page: &str,
     minter: Option<Minter>,
 ) -> std::io::Result<()> {
     let Some((head, rest)) = read_head(&mut sock).await? else { return Ok(()) };
