@@ -234,23 +234,23 @@ pub struct HeartbeatConfig {
     pub timeout: Duration,
 }
 
-/// `[websocket]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[websocket]`: no key has an effect any more. The three keys below
+/// tuned the WebSocket library's buffers; frames are now read and written
+/// by rtgate's own codec, which keeps no buffer between frames. They are
+/// still accepted, so older files load, and each one set is named in a
+/// warning at startup ([`Config::retired_keys`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocketConfig {
-    /// Read buffer per connection, bytes (at least 16): tungstenite keeps it
-    /// for the connection's life, grows it for a larger frame, and takes at
-    /// most this much per read call. Small keeps idle connections cheap;
-    /// the socket is read up to 4 KiB at once anyway (through a stack
-    /// buffer), so a small value costs copies, not syscalls.
-    pub read_buffer_size: usize,
-    /// Bytes of control frames and op replies buffered before a write
-    /// reaches the socket; 0 writes each at once. (Message and gap frames
-    /// are written from their shared encoding, never through this buffer.)
-    pub write_buffer_size: usize,
-    /// Bytes of control frames and op replies a connection may have waiting
-    /// before a send fails.
-    pub max_write_buffer_size: usize,
+    /// Retired (was the library's read buffer size).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_buffer_size: Option<usize>,
+    /// Retired (was the library's write buffer size).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_buffer_size: Option<usize>,
+    /// Retired (was the library's largest write buffer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_write_buffer_size: Option<usize>,
 }
 
 /// `[sse]`
@@ -503,12 +503,6 @@ impl Default for HeartbeatConfig {
     }
 }
 
-impl Default for WebSocketConfig {
-    fn default() -> Self {
-        WebSocketConfig { read_buffer_size: 64, write_buffer_size: 0, max_write_buffer_size: 1 << 20 }
-    }
-}
-
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig { grace: Duration::from_secs(10) }
@@ -598,6 +592,19 @@ impl Config {
     /// `max_message_bytes` of data.
     pub fn ws_max_frame(&self) -> usize {
         self.limits.max_message_bytes + 1024
+    }
+
+    /// Keys that are set but no longer have an effect (logged at startup).
+    pub fn retired_keys(&self) -> Vec<&'static str> {
+        let ws = &self.websocket;
+        [
+            (ws.read_buffer_size.is_some(), "websocket.read_buffer_size"),
+            (ws.write_buffer_size.is_some(), "websocket.write_buffer_size"),
+            (ws.max_write_buffer_size.is_some(), "websocket.max_write_buffer_size"),
+        ]
+        .into_iter()
+        .filter_map(|(set, key)| set.then_some(key))
+        .collect()
     }
 }
 

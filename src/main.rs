@@ -174,6 +174,10 @@ fn start() -> anyhow::Result<()> {
             "environment variables with the RTGATE_ prefix name no configuration key; ignored"
         );
     }
+    let retired = config.retired_keys();
+    if !retired.is_empty() {
+        tracing::warn!(keys = %retired.join(" "), "configuration keys that no longer have an effect; ignored");
+    }
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::info!(limit = n, "open file limit raised to the hard limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),

@@ -152,3 +152,14 @@ mod gateway_toml {
         }
     }
 }
+
+/// The retired `[websocket]` keys still load, are named for the startup
+/// warning, and change nothing else; an unknown key there is still refused.
+#[test]
+fn retired_websocket_keys_load_and_are_named() {
+    let c =
+        Config::from_toml("[websocket]\nread_buffer_size = 64\nmax_write_buffer_size = 1048576\n").unwrap();
+    assert_eq!(c.retired_keys(), ["websocket.read_buffer_size", "websocket.max_write_buffer_size"]);
+    assert!(Config::default().retired_keys().is_empty());
+    assert!(Config::from_toml("[websocket]\nread_buffer = 64\n").is_err());
+}

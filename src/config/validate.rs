@@ -51,13 +51,6 @@ impl Config {
         if self.heartbeat.timeout <= self.heartbeat.interval {
             return bad("heartbeat.timeout", "must be longer than heartbeat.interval");
         }
-        // The longest frame header (14 bytes) must fit.
-        if self.websocket.read_buffer_size < 16 {
-            return bad("websocket.read_buffer_size", "must be at least 16");
-        }
-        if self.websocket.max_write_buffer_size <= self.websocket.write_buffer_size {
-            return bad("websocket.max_write_buffer_size", "must be larger than websocket.write_buffer_size");
-        }
         if self.redis.shards == 0 || self.redis.shards > 1024 {
             return bad("redis.shards", "must be 1 to 1024");
         }

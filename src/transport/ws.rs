@@ -25,12 +25,12 @@
 //! The loop is written against any `Sink + Stream` of WebSocket messages
 //! ([`Socket`]), so unit tests drive it through channels.
 //!
-//! Memory per idle connection is kept small on purpose: the library's read
-//! buffer is `websocket.read_buffer_size` (small; socket reads go through a
-//! stack buffer, [`read_ahead`]), the task holds nothing of the upgrade
-//! once it is done, and data frames are written
-//! from the shared encoded bytes with one vectored write per wake-up
-//! ([`socket`]): no write buffer is kept.
+//! Memory per idle connection is kept small on purpose: the client's frames
+//! are decoded by our own codec ([`codec`]), which reads through a stack
+//! buffer and keeps nothing once a frame is decoded (also after a large
+//! one), the task holds nothing of the upgrade once it is done, and data
+//! frames are written from the shared encoded bytes with one vectored write
+//! per wake-up ([`socket`]): no read or write buffer is kept.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,9 +43,8 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
-use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use super::access::{self, Access};
@@ -60,9 +59,8 @@ use crate::error::{ApiError, Code};
 use crate::metrics::Transport;
 use crate::state::{AppState, ClientIp, Peer};
 
-mod read_ahead;
+mod codec;
 mod socket;
-use read_ahead::ReadAhead;
 pub(crate) use socket::Socket;
 use socket::{write_queued, Conn};
 
@@ -112,15 +110,9 @@ pub(crate) async fn upgrade(
     };
     let cfg = &state.config;
     let max_frame = cfg.ws_max_frame();
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(cfg.websocket.read_buffer_size)
-        .write_buffer_size(cfg.websocket.write_buffer_size)
-        .max_write_buffer_size(cfg.websocket.max_write_buffer_size)
-        .max_message_size(Some(max_frame))
-        .max_frame_size(Some(max_frame));
     let tracker = state.shutdown.clone();
     let span = tracing::info_span!("ws", %peer);
-    let socket = upgraded(on_upgrade, ws_config);
+    let socket = upgraded(on_upgrade, max_frame);
     // Boxed: a refusal is rare, and the task keeps this for its whole life.
     let connect = connect.map_err(Box::new);
     tokio::spawn(tracker.track(run(state, Some(peer), sub, socket, connect).instrument(span)));
@@ -133,7 +125,7 @@ pub(crate) async fn upgrade(
 }
 
 /// A served connection's socket.
-type Upgraded = Conn<ReadAhead<TokioIo<hyper::upgrade::Upgraded>>>;
+type Upgraded = Conn<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// The upgraded connection's socket, once hyper hands it over; `None` when
 /// the connection failed before (it never became a WebSocket). Boxed, and
@@ -141,13 +133,11 @@ type Upgraded = Conn<ReadAhead<TokioIo<hyper::upgrade::Upgraded>>>;
 /// in every connection's task.
 fn upgraded(
     on_upgrade: hyper::upgrade::OnUpgrade,
-    config: WebSocketConfig,
+    max_frame: usize,
 ) -> std::pin::Pin<Box<impl std::future::Future<Output = Option<Upgraded>> + Send>> {
     Box::pin(async move {
         let upgraded = on_upgrade.await.ok()?;
-        let io = ReadAhead::new(TokioIo::new(upgraded));
-        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        Some(Conn::new(ws))
+        Some(Conn::new(TokioIo::new(upgraded), max_frame, max_frame))
     })
 }
 
@@ -220,7 +210,11 @@ pub(crate) fn run<S: Socket>(
         sub.ended(reason);
         // Leave the hub before the (bounded) close handshake.
         sub.leave_all();
-        if reason != Close::Client {
+        if reason == Close::Client {
+            // The client closed (or its socket failed): our answer to its
+            // close frame goes out, then our side ends (bounded).
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.close()).await;
+        } else {
             Box::pin(close(&mut socket, reason, &state.pacer)).await;
         }
     }

@@ -1,7 +1,8 @@
-//! The WebSocket under the connection loop: tungstenite reads the client's
-//! frames and answers its pings; the server's data frames are complete,
-//! pre-encoded frames written by [`Conn`] itself, as many as are queued in
-//! one vectored write.
+//! The WebSocket under the connection loop, on our own codec
+//! ([`codec`](super::codec)): the client's frames are decoded from what was
+//! read, with no buffer kept once it is decoded; every server frame is a
+//! complete encoded frame in one write queue, as many as are queued written
+//! with one vectored write.
 //!
 //! Server frames are never masked (RFC 6455 §5.1), so a `message` frame is
 //! the same bytes for every single-topic subscriber of a topic: it is
@@ -10,22 +11,24 @@
 //! `writev` instead of one `write` each, and keeps no write buffer: queued
 //! frames are references to the shared bytes, released once written.
 //!
-//! Ordering between the two writers (tungstenite's control frames and
-//! replies, our data frames) is kept by one rule: each first drains what the
-//! other has pending. A data frame is never interleaved with a control
-//! frame, also after a write was abandoned half-way (the connection is then
-//! ending, and the close frame waits for the rest of the data frame).
+//! Control frames (a pong for the client's ping, the close answer) and op
+//! replies go into the same queue, so a frame is never interleaved with
+//! another. Reading first writes what is queued: a client that does not
+//! read cannot make pongs pile up (at most one is queued at a time).
 
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use smallvec::SmallVec;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tungstenite::error::ProtocolError;
 use tungstenite::{Error as WsError, Message as WsMessage};
+
+use super::codec::{self, Decoder, CHUNK};
 
 /// Frames written per `writev` at most (Linux takes up to 1024).
 const MAX_IOV: usize = 64;
@@ -51,23 +54,40 @@ pub(crate) async fn write_queued<S: Socket>(socket: &mut S) -> io::Result<()> {
 
 /// A server-side WebSocket over `T` (the upgraded connection).
 pub(crate) struct Conn<T> {
-    ws: WebSocketStream<T>,
+    io: T,
+    decoder: Decoder,
     /// Frames not yet completely written; the first one may be partly.
     queued: SmallVec<[Bytes; 1]>,
     /// Bytes of `queued[0]` already written.
     written: usize,
-    /// tungstenite may hold bytes it has not written yet (a reply sent, or a
-    /// pong or close answer it queued while reading).
-    ws_dirty: bool,
+    /// A close frame was queued: nothing else is sent.
+    sent_close: bool,
+    /// The client's close frame arrived, or reading failed or ended:
+    /// nothing more is read.
+    read_done: bool,
 }
 
 impl<T> Conn<T>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    /// Wraps an established WebSocket.
-    pub(crate) fn new(ws: WebSocketStream<T>) -> Self {
-        Conn { ws, queued: SmallVec::new(), written: 0, ws_dirty: false }
+    /// A WebSocket over an upgraded connection; the client's frames and
+    /// messages may carry `max_frame` / `max_message` payload bytes.
+    pub(crate) fn new(io: T, max_frame: usize, max_message: usize) -> Self {
+        Conn {
+            io,
+            decoder: Decoder::new(max_frame, max_message),
+            queued: SmallVec::new(),
+            written: 0,
+            sent_close: false,
+            read_done: false,
+        }
+    }
+
+    /// Bytes the reader holds (tests bound what a connection keeps).
+    #[cfg(test)]
+    pub(crate) fn read_held(&self) -> usize {
+        self.decoder.held()
     }
 
     /// Writes the queued frames straight to the connection, several per
@@ -81,7 +101,7 @@ where
                 slices[n] = IoSlice::new(&frame[from..]);
                 n += 1;
             }
-            let io = Pin::new(self.ws.get_mut());
+            let io = Pin::new(&mut self.io);
             // One frame: a plain `send` (cheaper in the kernel than `writev`).
             let mut wrote = if n == 1 {
                 ready!(io.poll_write(cx, &slices[0]))?
@@ -113,21 +133,48 @@ where
         Poll::Ready(Ok(()))
     }
 
-    /// Lets tungstenite write what it holds before a data frame goes out.
-    fn poll_ws_flushed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.ws_dirty {
-            ready!(Pin::new(&mut self.ws).poll_flush(cx)).map_err(ws_io)?;
-            self.ws_dirty = false;
+    /// Reads more of the client's bytes into the decoder; ready with how
+    /// many (0: the client closed its side).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let want = self.decoder.read_size();
+        if want > 0 {
+            // A large frame: straight into the decoder's buffer.
+            let tail = self.decoder.tail(want);
+            let mut read = ReadBuf::new(tail);
+            let polled = Pin::new(&mut self.io).poll_read(cx, &mut read);
+            let n = read.filled().len();
+            self.decoder.filled(want, n);
+            ready!(polled)?;
+            return Poll::Ready(Ok(n));
         }
-        Poll::Ready(Ok(()))
+        // Otherwise through a stack buffer: nothing is allocated while the
+        // client sends nothing, and only what arrived is kept.
+        let mut chunk = [MaybeUninit::<u8>::uninit(); CHUNK];
+        let mut read = ReadBuf::uninit(&mut chunk);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+        let got = read.filled();
+        self.decoder.extend(got);
+        Poll::Ready(Ok(got.len()))
     }
-}
 
-/// tungstenite's error as an I/O error (the loop only needs to know it failed).
-fn ws_io(e: WsError) -> io::Error {
-    match e {
-        WsError::Io(e) => e,
-        other => io::Error::other(other),
+    /// Answers what needs an answer: a ping with its pong, the client's
+    /// close with ours (its code echoed).
+    fn answer(&mut self, message: &WsMessage) {
+        if self.sent_close {
+            return;
+        }
+        match message {
+            WsMessage::Ping(p) => self.queued.push(codec::encode(&WsMessage::Pong(p.clone()))),
+            WsMessage::Close(c) => {
+                let reply = c.as_ref().map(|c| tungstenite::protocol::CloseFrame {
+                    code: c.code,
+                    reason: tungstenite::Utf8Bytes::from_static(""),
+                });
+                self.queued.push(codec::encode(&WsMessage::Close(reply)));
+                self.sent_close = true;
+            }
+            _ => {}
+        }
     }
 }
 
@@ -140,7 +187,6 @@ where
     }
 
     fn poll_write_queued(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_ws_flushed(cx))?;
         self.poll_drain(cx)
     }
 }
@@ -153,14 +199,51 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        // Reading may make tungstenite answer (a pong): never in the middle
-        // of a data frame.
+        // What is queued goes first (the pong of the last ping, too): a
+        // client that stops reading stops being read.
         if let Err(e) = ready!(this.poll_drain(cx)) {
+            this.read_done = true;
             return Poll::Ready(Some(Err(WsError::Io(e))));
         }
-        let next = ready!(Pin::new(&mut this.ws).poll_next(cx));
-        this.ws_dirty = true;
-        Poll::Ready(next)
+        loop {
+            if this.read_done {
+                return Poll::Ready(None);
+            }
+            match this.decoder.decode() {
+                Ok(Some(message)) => {
+                    this.answer(&message);
+                    if matches!(message, WsMessage::Close(_)) {
+                        this.read_done = true;
+                    }
+                    if !this.queued.is_empty() {
+                        // Send the answer now if the socket takes it; the
+                        // next read or write finishes it otherwise.
+                        if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+                            this.read_done = true;
+                            return Poll::Ready(Some(Err(WsError::Io(e))));
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(message)));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    this.read_done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            match ready!(this.poll_fill(cx)) {
+                Ok(0) => {
+                    // The client's side ended without a close frame.
+                    this.read_done = true;
+                    return Poll::Ready(None);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.read_done = true;
+                    return Poll::Ready(Some(Err(WsError::Io(e))));
+                }
+            }
+        }
     }
 }
 
@@ -171,29 +254,31 @@ where
     type Error = WsError;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        let this = self.get_mut();
-        ready!(this.poll_drain(cx)).map_err(WsError::Io)?;
-        Pin::new(&mut this.ws).poll_ready(cx)
+        ready!(self.get_mut().poll_drain(cx)).map_err(WsError::Io)?;
+        Poll::Ready(Ok(()))
     }
 
     fn start_send(self: Pin<&mut Self>, item: WsMessage) -> Result<(), WsError> {
         let this = self.get_mut();
-        this.ws_dirty = true;
-        Pin::new(&mut this.ws).start_send(item)
+        if this.sent_close {
+            return Err(ProtocolError::SendAfterClosing.into());
+        }
+        this.sent_close = matches!(item, WsMessage::Close(_));
+        this.queued.push(codec::encode(&item));
+        Ok(())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx)).map_err(WsError::Io)?;
-        ready!(Pin::new(&mut this.ws).poll_flush(cx))?;
-        this.ws_dirty = false;
-        Poll::Ready(Ok(()))
+        Pin::new(&mut this.io).poll_flush(cx).map_err(WsError::Io)
     }
 
+    /// Writes what is queued, then ends the connection's sending side.
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx)).map_err(WsError::Io)?;
-        Pin::new(&mut this.ws).poll_close(cx)
+        Pin::new(&mut this.io).poll_shutdown(cx).map_err(WsError::Io)
     }
 }
 
@@ -246,6 +331,141 @@ pub(crate) fn text_payload(frame: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::ws::codec::tests::client_frame;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// A connection over an in-memory pipe holding `pipe` bytes each way,
+    /// and the client's end.
+    fn pair(pipe: usize) -> (Conn<DuplexStream>, DuplexStream) {
+        let (server, client) = tokio::io::duplex(pipe);
+        (Conn::new(server, 1 << 20, 1 << 20), client)
+    }
+
+    /// Server frames in `bytes`: (opcode, payload).
+    fn server_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = vec![];
+        while !bytes.is_empty() {
+            assert_eq!(bytes[1] & 0x80, 0, "server frames are not masked");
+            let (len, at) = match bytes[1] {
+                126 => (usize::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
+                127 => (u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize, 10),
+                n => (usize::from(n), 2),
+            };
+            out.push((bytes[0] & 0x0F, bytes[at..at + len].to_vec()));
+            bytes = &bytes[at + len..];
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_leaves_no_read_buffer_behind() {
+        let (mut conn, mut client) = pair(1 << 20);
+        let big = "x".repeat(60_000);
+        let mut bytes = client_frame(0x81, big.as_bytes());
+        bytes.extend(client_frame(0x81, b"small"));
+        client.write_all(&bytes).await.unwrap();
+        let Some(Ok(WsMessage::Text(t))) = conn.next().await else { panic!("a text message") };
+        assert_eq!(t.len(), 60_000);
+        let Some(Ok(WsMessage::Text(t))) = conn.next().await else { panic!("a text message") };
+        assert_eq!(t.as_str(), "small");
+        assert_eq!(conn.read_held(), 0, "nothing is kept once everything is decoded");
+    }
+
+    #[tokio::test]
+    async fn the_clients_close_is_answered_with_its_code_and_ends_reading() {
+        let (mut conn, mut client) = pair(4096);
+        let mut close = 1000u16.to_be_bytes().to_vec();
+        close.extend_from_slice(b"bye");
+        client.write_all(&client_frame(0x88, &close)).await.unwrap();
+        let Some(Ok(WsMessage::Close(Some(c)))) = conn.next().await else { panic!("a close") };
+        assert_eq!((u16::from(c.code), c.reason.as_str()), (1000, "bye"));
+        assert!(conn.next().await.is_none(), "nothing is read after the close");
+        assert!(conn.send(WsMessage::text("late")).await.is_err(), "nothing is sent after the close");
+        SinkExt::close(&mut conn).await.unwrap();
+        let mut got = vec![];
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(server_frames(&got), [(0x8, 1000u16.to_be_bytes().to_vec())]);
+    }
+
+    #[tokio::test]
+    async fn pings_are_answered_with_their_payload_in_order_with_replies() {
+        let (mut conn, mut client) = pair(4096);
+        let mut bytes = client_frame(0x89, b"p1");
+        bytes.extend(client_frame(0x81, b"hello"));
+        bytes.extend(client_frame(0x89, b"p2"));
+        client.write_all(&bytes).await.unwrap();
+        assert!(matches!(conn.next().await, Some(Ok(WsMessage::Ping(_)))));
+        assert!(matches!(conn.next().await, Some(Ok(WsMessage::Text(_)))));
+        conn.send(WsMessage::text("reply")).await.unwrap();
+        assert!(matches!(conn.next().await, Some(Ok(WsMessage::Ping(_)))));
+        conn.queue(text_frame(b"queued"));
+        write_queued(&mut conn).await.unwrap();
+        drop(conn);
+        let mut got = vec![];
+        client.read_to_end(&mut got).await.unwrap();
+        let want: Vec<(u8, Vec<u8>)> = vec![
+            (0xA, b"p1".to_vec()),
+            (0x1, b"reply".to_vec()),
+            (0xA, b"p2".to_vec()),
+            (0x1, b"queued".to_vec()),
+        ];
+        assert_eq!(server_frames(&got), want);
+    }
+
+    /// A client that sends pings and never reads their pongs stops being
+    /// read once what it has not read fills the pipe: the server never
+    /// holds more than one pong for it, however many pings it sends.
+    #[test]
+    fn a_client_that_does_not_read_stops_being_read() {
+        const PIPE: usize = 256;
+        let (server, mut client) = tokio::io::duplex(PIPE);
+        let mut conn = Conn::new(server, 1 << 20, 1 << 20);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let ping = client_frame(0x89, b"x");
+        let pings = ping.repeat(10_000);
+        let (mut off, mut read) = (0usize, 0usize);
+        loop {
+            // The client writes pings while the pipe takes them...
+            let mut wrote = false;
+            while let Poll::Ready(Ok(n)) = Pin::new(&mut client).poll_write(&mut cx, &pings[off..]) {
+                assert!(n > 0 && off + n < pings.len(), "the server kept reading a client that never reads");
+                off += n;
+                wrote = true;
+            }
+            // ...and the server reads while it can answer.
+            let mut progressed = false;
+            while let Poll::Ready(m) = Pin::new(&mut conn).poll_next(&mut cx) {
+                assert!(matches!(m, Some(Ok(WsMessage::Ping(_)))), "{m:?}");
+                read += 1;
+                progressed = true;
+                assert!(conn.queued.len() <= 1, "at most one pong waits");
+            }
+            if !wrote && !progressed {
+                break;
+            }
+        }
+        let sent = off / ping.len();
+        // Pongs are 3 bytes: the pipe to the client holds PIPE / 3 of them,
+        // one more waits in the queue. Of the pings, a pipe's worth is in
+        // flight and at most one read's worth waits in the decoder.
+        assert!(read <= PIPE / 3 + 1, "{read} pings answered");
+        assert!(sent <= read + 2 * PIPE / ping.len() + 1, "{sent} sent, {read} read");
+        assert!(conn.read_held() <= CHUNK, "{} bytes held", conn.read_held());
+        // Once the client reads its pongs, the server reads on.
+        let mut got = vec![];
+        let mut buf = [0u8; PIPE];
+        loop {
+            let mut rb = ReadBuf::new(&mut buf);
+            match Pin::new(&mut client).poll_read(&mut cx, &mut rb) {
+                Poll::Ready(Ok(())) if !rb.filled().is_empty() => got.extend_from_slice(rb.filled()),
+                _ => break,
+            }
+        }
+        assert!(got.len() >= 3 * (read - 1), "{} bytes of pongs for {read} pings", got.len());
+        assert_eq!(&got[..3], [0x8A, 1, b'x']);
+        assert!(matches!(Pin::new(&mut conn).poll_next(&mut cx), Poll::Ready(Some(Ok(WsMessage::Ping(_))))));
+    }
 
     #[test]
     fn headers_use_the_shortest_length_form() {

@@ -134,7 +134,7 @@ async fn idle_task_stays_small() {
     let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event, Access::anonymous());
     let connected = super::connect(&state, &mut sub, Some("topic=sizes")).await.map_err(Box::new);
     let on_upgrade = hyper::upgrade::on(axum::http::Request::new(()));
-    let socket = upgraded(on_upgrade, WebSocketConfig::default());
+    let socket = upgraded(on_upgrade, 65_536);
     let task = state.shutdown.clone().track(run(state.clone(), None, sub, socket, connected));
     let conn = std::mem::size_of::<Upgraded>();
     let subscription = std::mem::size_of::<Subscription>();
