@@ -87,9 +87,6 @@ struct Args {
     /// Gateways' `limits.outbox_capacity` (small, so slow readers overflow).
     #[arg(long, default_value_t = 64)]
     outbox: usize,
-    /// Gateways' `websocket.max_write_buffer_size` (small, likewise).
-    #[arg(long, default_value_t = 65536)]
-    ws_buffer: usize,
     /// Milliseconds a slow subscriber pauses after each message.
     #[arg(long, default_value_t = 500)]
     slow_ms: u64,
@@ -142,10 +139,9 @@ async fn run(args: Args) -> Result<bool, String> {
     let config = dir.join("gateway.toml");
     let toml = format!(
         "[engine]\nkind = \"redis\"\n[redis]\nurl = \"{}\"\nkey_prefix = \"{run_id}:\"\n[history]\nmax_len = 1000000\n\
-         [limits]\noutbox_capacity = {}\n[websocket]\nmax_write_buffer_size = {}\n[shutdown]\ngrace = \"2s\"\n",
+         [limits]\noutbox_capacity = {}\n[shutdown]\ngrace = \"2s\"\n",
         redis.url(),
-        args.outbox,
-        args.ws_buffer
+        args.outbox
     );
     std::fs::write(&config, toml).map_err(|e| e.to_string())?;
     let mut a = Gateway::start("A", &args.rtgate, &config, &dir, http.clone()).await?;
