@@ -153,7 +153,7 @@ async fn idle_task_stays_small() {
         let session = std::mem::size_of::<crate::core::session::Session>();
         eprintln!("serve {serve_size} B, next_live {live_size} B, event {event} B, write_events {write_size} B, session {session} B");
     }
-    assert!(total <= 1664, "an idle connection's task grew to {total} B");
+    assert!(total <= 1408, "an idle connection's task grew to {total} B");
 }
 
 #[tokio::test]
