@@ -208,6 +208,26 @@ pub(crate) fn http(
     Ok(Access::new(grants, ip))
 }
 
+/// [`http`] for a caller that parsed the query itself: `query_token` is
+/// its `access_token`, used when there is no `Authorization: Bearer`.
+pub(crate) fn http_with_token(
+    state: &AppState,
+    ip: IpAddr,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+    browser: bool,
+) -> Result<Access, ApiError> {
+    if browser {
+        check_origin(state, headers)?;
+    }
+    let credential = match headers.get(header::AUTHORIZATION) {
+        Some(v) => v.to_str().ok().and_then(strip_bearer),
+        None => query_token,
+    };
+    let grants = authenticate(state, credential)?;
+    Ok(Access::new(grants, ip))
+}
+
 /// The access of a gRPC call: the `authorization: Bearer` metadata entry
 /// (gRPC clients are not browsers: no origin check).
 pub(crate) fn grpc<T>(state: &AppState, req: &tonic::Request<T>) -> Result<Access, ApiError> {

@@ -12,8 +12,8 @@
 
 use std::time::Duration;
 
-use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -33,23 +33,35 @@ const DEFAULT_LIMIT: usize = 100;
 /// Largest `limit` honoured.
 const MAX_LIMIT: usize = 1000;
 
-/// `GET /v1/poll`.
+/// `GET /v1/poll`. The request is taken as it is (its headers are read
+/// in place, not copied: a poll is a request per answer, and every
+/// allocation counts), and its query is parsed once.
 pub(crate) async fn poll(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    let (parts, _) = request.into_parts();
+    let query = parts.uri.query();
     let max = state.config.limits.max_topics_per_connection;
-    let request = Topics::from_query(query.as_deref(), None, &["cursor"], 1, max)?;
+    let mut params = Params::new(&state);
+    let request = Topics::from_query_with(query, None, &["cursor"], 1, max, |k, v| {
+        params.take(k, v, &state);
+        Ok(())
+    })?;
     // Checked on every poll (each presents its credential); the poll counts
     // as an open stream while it is held.
-    let mut access = access::http(&state, ip, &headers, query.as_deref(), true)?;
+    let mut access = access::http_with_token(&state, ip, &parts.headers, params.token.as_deref(), true)?;
+    drop(parts);
     for topic in &request.topics {
         access.may_subscribe(topic)?;
     }
     access.open_stream(&state)?;
-    let (timeout, limit) = parse_limits(query.as_deref(), &state)?;
+    // A bad `timeout` or `limit` is reported after topics and access.
+    if let Some(e) = params.error {
+        return Err(e);
+    }
+    let (timeout, limit) = (params.timeout, params.limit);
     let deadline = Instant::now() + timeout;
     let engine = &state.bus.engine;
 
@@ -173,25 +185,47 @@ impl Drop for HeldPoll {
     }
 }
 
-fn parse_limits(query: Option<&str>, state: &AppState) -> Result<(Duration, usize), ApiError> {
-    let mut timeout = state.config.poll.default_timeout;
-    let mut limit = DEFAULT_LIMIT;
-    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match &*k {
-            "timeout" => {
-                let secs: f64 =
-                    v.parse().ok().filter(|s: &f64| s.is_finite() && *s >= 0.0).ok_or_else(|| {
-                        ApiError::new(Code::BadRequest, "timeout must be a number of seconds")
-                    })?;
-                timeout = Duration::from_secs_f64(secs.min(state.config.poll.max_timeout.as_secs_f64()));
+/// A poll's own query parameters (besides topics and cursor).
+struct Params {
+    timeout: Duration,
+    limit: usize,
+    /// `access_token`, used without an `Authorization` header.
+    token: Option<String>,
+    /// The first bad value.
+    error: Option<ApiError>,
+}
+
+impl Params {
+    fn new(state: &AppState) -> Self {
+        Params { timeout: state.config.poll.default_timeout, limit: DEFAULT_LIMIT, token: None, error: None }
+    }
+
+    /// Takes `timeout`, `limit` and `access_token`; ignores the rest. A bad
+    /// value is kept in `error` (the first one).
+    fn take(&mut self, k: &str, v: &str, state: &AppState) {
+        let taken = match k {
+            "timeout" => v
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                .map(|secs| {
+                    self.timeout =
+                        Duration::from_secs_f64(secs.min(state.config.poll.max_timeout.as_secs_f64()));
+                })
+                .ok_or_else(|| ApiError::new(Code::BadRequest, "timeout must be a number of seconds")),
+            "limit" => request::parse_limit(v, MAX_LIMIT).map(|limit| self.limit = limit),
+            "access_token" => {
+                if self.token.is_none() {
+                    self.token = Some(v.to_owned());
+                }
+                Ok(())
             }
-            "limit" => {
-                limit = request::parse_limit(&v, MAX_LIMIT)?;
-            }
-            _ => {}
+            _ => Ok(()),
+        };
+        if let Err(e) = taken {
+            self.error.get_or_insert(e);
         }
     }
-    Ok((timeout, limit))
 }
 
 /// What one answer carries.
@@ -379,14 +413,12 @@ mod tests {
     }
 
     async fn get(state: &AppState, query: &str) -> Value {
-        let res = poll(
-            State(state.clone()),
-            ClientIp(std::net::IpAddr::from([127, 0, 0, 1])),
-            RawQuery(Some(query.to_owned())),
-            HeaderMap::new(),
-        )
-        .await
-        .expect("an answer");
+        let request = axum::http::Request::get(format!("/v1/poll?{query}"))
+            .body(axum::body::Body::empty())
+            .expect("a request");
+        let res = poll(State(state.clone()), ClientIp(std::net::IpAddr::from([127, 0, 0, 1])), request)
+            .await
+            .expect("an answer");
         json(res).await
     }
 

@@ -200,6 +200,20 @@ impl Topics {
         min: usize,
         max: usize,
     ) -> Result<Self, ApiError> {
+        Topics::from_query_with(query, header_cursor, cursor_params, min, max, |_, _| Ok(()))
+    }
+
+    /// [`Topics::from_query`], handing every other parameter to `other`
+    /// (name, decoded value) in the same pass: a request's query is parsed
+    /// once. An error from `other` ends the parse.
+    pub(crate) fn from_query_with(
+        query: Option<&str>,
+        header_cursor: Option<&str>,
+        cursor_params: &[&str],
+        min: usize,
+        max: usize,
+        mut other: impl FnMut(&str, &str) -> Result<(), ApiError>,
+    ) -> Result<Self, ApiError> {
         let mut set = TopicSet::new(max);
         let mut cursor_text = header_cursor.map(str::to_owned);
         let mut presence = false;
@@ -210,8 +224,12 @@ impl Topics {
                 set.add(&v)?;
             } else if k == "presence" {
                 presence = flag(&v, "presence")?;
-            } else if cursor_params.contains(&&*k) && cursor_text.is_none() && !v.is_empty() {
-                cursor_text = Some(v.into_owned());
+            } else if cursor_params.contains(&&*k) {
+                if cursor_text.is_none() && !v.is_empty() {
+                    cursor_text = Some(v.into_owned());
+                }
+            } else {
+                other(&k, &v)?;
             }
         }
         // Topics are checked before the cursor: a bad topic is `bad_topic`
@@ -225,25 +243,37 @@ impl Topics {
     }
 }
 
+/// Topics a [`TopicSet`] finds duplicates among by comparing each (few
+/// topics: no hashing, no table); past this many it keeps a hash set.
+const LINEAR_TOPICS: usize = 16;
+
 /// Distinct topics in the order first named, at most `max` of them.
 struct TopicSet {
     topics: Vec<Topic>,
-    seen: HashSet<Topic>,
+    /// Every topic, once there are more than [`LINEAR_TOPICS`].
+    seen: Option<HashSet<Topic>>,
     max: usize,
 }
 
 impl TopicSet {
     fn new(max: usize) -> Self {
-        TopicSet { topics: Vec::new(), seen: HashSet::new(), max }
+        TopicSet { topics: Vec::new(), seen: None, max }
     }
 
     /// Adds `name` unless already there; `Err` for a bad name or once more
     /// than `max` distinct topics were named.
     fn add(&mut self, name: &str) -> Result<(), ApiError> {
         let t = topic(name)?;
-        if self.seen.insert(t.clone()) {
+        let new = match &mut self.seen {
+            Some(seen) => seen.insert(t.clone()),
+            None => !self.topics.contains(&t),
+        };
+        if new {
             self.topics.push(t);
             check_topic_count(self.topics.len(), 0, self.max)?;
+            if self.seen.is_none() && self.topics.len() > LINEAR_TOPICS {
+                self.seen = Some(self.topics.iter().cloned().collect());
+            }
         }
         Ok(())
     }
@@ -329,6 +359,35 @@ mod tests {
             Topics::from_query(Some("topic=a&topic=b"), None, &[], 1, 1).unwrap_err().code,
             Code::BadRequest
         );
+        // Duplicates are found with few topics (compared) and with many
+        // (hashed, past LINEAR_TOPICS), in request order.
+        let names: Vec<String> = (0..40).map(|i| format!("t{}", i % 25)).collect();
+        let q: String = names.iter().map(|n| format!("topic={n}&")).collect();
+        let s = Topics::from_query(Some(&q), None, &[], 1, 100).unwrap();
+        let got: Vec<&str> = s.topics.iter().map(Topic::as_str).collect();
+        let want: Vec<String> = (0..25).map(|i| format!("t{i}")).collect();
+        assert_eq!(got, want);
+        // Other parameters reach the hook, decoded, in the same pass; its
+        // error ends the parse.
+        let mut seen = vec![];
+        let s = Topics::from_query_with(
+            Some("timeout=5&topic=a&x=%41&cursor="),
+            None,
+            &["cursor"],
+            1,
+            10,
+            |k, v| {
+                seen.push(format!("{k}={v}"));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!((s.topics.len(), seen), (1, vec!["timeout=5".to_owned(), "x=A".to_owned()]));
+        let e = Topics::from_query_with(Some("limit=x&topic=a"), None, &[], 1, 10, |_, _| {
+            Err(ApiError::new(Code::BadRequest, "no"))
+        })
+        .unwrap_err();
+        assert_eq!(e.code, Code::BadRequest);
     }
 
     #[test]
