@@ -168,10 +168,16 @@ impl Access {
 /// The bearer credential of an HTTP request: `Authorization: Bearer X`,
 /// else the `access_token` query parameter.
 pub(crate) fn bearer<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<Cow<'a, str>> {
-    if let Some(v) = headers.get(header::AUTHORIZATION) {
-        return v.to_str().ok().and_then(strip_bearer).map(Cow::Borrowed);
+    if let Some(token) = header_token(headers) {
+        return token.map(Cow::Borrowed);
     }
     form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == "access_token").map(|(_, v)| v)
+}
+
+/// The `Authorization` header's verdict: `None` without the header (the
+/// query may give a token), `Some(None)` when it is not `Bearer X`.
+fn header_token(headers: &HeaderMap) -> Option<Option<&str>> {
+    headers.get(header::AUTHORIZATION).map(|v| v.to_str().ok().and_then(strip_bearer))
 }
 
 /// The token of an `Authorization` value `Bearer X` (scheme in any case).
@@ -201,15 +207,11 @@ pub(crate) fn http(
     query: Option<&str>,
     browser: bool,
 ) -> Result<Access, ApiError> {
-    if browser {
-        check_origin(state, headers)?;
-    }
-    let grants = authenticate(state, bearer(headers, query).as_deref())?;
-    Ok(Access::new(grants, ip))
+    with_credential(state, ip, headers, bearer(headers, query).as_deref(), browser)
 }
 
 /// [`http`] for a caller that parsed the query itself: `query_token` is
-/// its `access_token`, used when there is no `Authorization: Bearer`.
+/// its `access_token`, used when there is no `Authorization` header.
 pub(crate) fn http_with_token(
     state: &AppState,
     ip: IpAddr,
@@ -217,13 +219,21 @@ pub(crate) fn http_with_token(
     query_token: Option<&str>,
     browser: bool,
 ) -> Result<Access, ApiError> {
+    with_credential(state, ip, headers, header_token(headers).unwrap_or(query_token), browser)
+}
+
+/// The origin check (for a browser's request), then the grants of
+/// `credential`.
+fn with_credential(
+    state: &AppState,
+    ip: IpAddr,
+    headers: &HeaderMap,
+    credential: Option<&str>,
+    browser: bool,
+) -> Result<Access, ApiError> {
     if browser {
         check_origin(state, headers)?;
     }
-    let credential = match headers.get(header::AUTHORIZATION) {
-        Some(v) => v.to_str().ok().and_then(strip_bearer),
-        None => query_token,
-    };
     let grants = authenticate(state, credential)?;
     Ok(Access::new(grants, ip))
 }

@@ -16,6 +16,7 @@
 //! UTF-8; frames and messages over the limit are `Capacity` errors.
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 use tungstenite::error::{CapacityError, ProtocolError};
 use tungstenite::protocol::frame::coding::{CloseCode, Data};
 use tungstenite::protocol::CloseFrame;
@@ -28,7 +29,7 @@ pub(crate) const CHUNK: usize = 4096;
 const MAX_CLIENT_HEADER: usize = 14;
 
 const OP_CONTINUE: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
+pub(crate) const OP_TEXT: u8 = 0x1;
 const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
@@ -308,19 +309,30 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     }
 }
 
+/// Bytes of the longest server frame header (no mask).
+pub(crate) const MAX_SERVER_HEADER: usize = 10;
+
+/// The header of an unmasked, final server frame: `opcode`, `len` payload
+/// bytes, in the shortest length form.
+pub(crate) fn header(opcode: u8, len: usize) -> SmallVec<[u8; MAX_SERVER_HEADER]> {
+    let mut h = SmallVec::new();
+    h.push(0x80 | opcode);
+    if len < 126 {
+        h.push(len as u8);
+    } else if let Ok(short) = u16::try_from(len) {
+        h.push(126);
+        h.extend_from_slice(&short.to_be_bytes());
+    } else {
+        h.push(127);
+        h.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    h
+}
+
 /// A complete unmasked, final server frame: `opcode` and `payload`.
 pub(crate) fn frame(opcode: u8, payload: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(10 + payload.len());
-    out.push(0x80 | opcode);
-    if payload.len() < 126 {
-        out.push(payload.len() as u8);
-    } else if let Ok(short) = u16::try_from(payload.len()) {
-        out.push(126);
-        out.extend_from_slice(&short.to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
-    }
+    let mut out = Vec::with_capacity(MAX_SERVER_HEADER + payload.len());
+    out.extend_from_slice(&header(opcode, payload.len()));
     out.extend_from_slice(payload);
     Bytes::from(out)
 }

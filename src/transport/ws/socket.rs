@@ -282,12 +282,9 @@ where
     }
 }
 
-/// Bytes of the longest frame header.
-const MAX_HEADER: usize = 10;
-
 /// A complete unmasked, unfragmented text frame carrying `payload`.
 pub(crate) fn text_frame(payload: &[u8]) -> Bytes {
-    encode_text_frame(payload.len(), |out| out.extend_from_slice(payload))
+    codec::frame(codec::OP_TEXT, payload)
 }
 
 /// A complete text frame whose payload `write` appends (about `hint`
@@ -295,23 +292,13 @@ pub(crate) fn text_frame(payload: &[u8]) -> Bytes {
 /// the longest header, and the header goes right before it once its length
 /// is known (no second copy of the payload).
 pub(crate) fn encode_text_frame(hint: usize, write: impl FnOnce(&mut Vec<u8>)) -> Bytes {
-    let mut out = Vec::with_capacity(MAX_HEADER + hint);
-    out.resize(MAX_HEADER, 0);
+    const ROOM: usize = codec::MAX_SERVER_HEADER;
+    let mut out = Vec::with_capacity(ROOM + hint);
+    out.resize(ROOM, 0);
     write(&mut out);
-    let mut header = SmallVec::<[u8; MAX_HEADER]>::new();
-    let len = out.len() - MAX_HEADER;
-    header.push(0x81); // FIN, opcode 1 (text)
-    if len < 126 {
-        header.push(len as u8);
-    } else if let Ok(short) = u16::try_from(len) {
-        header.push(126);
-        header.extend_from_slice(&short.to_be_bytes());
-    } else {
-        header.push(127);
-        header.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    let start = MAX_HEADER - header.len();
-    out[start..MAX_HEADER].copy_from_slice(&header);
+    let header = codec::header(codec::OP_TEXT, out.len() - ROOM);
+    let start = ROOM - header.len();
+    out[start..ROOM].copy_from_slice(&header);
     let mut frame = Bytes::from(out);
     bytes::Buf::advance(&mut frame, start);
     frame
