@@ -84,6 +84,11 @@ impl Subscriber {
         }
     }
 
+    /// The topic policies its hub delivers by.
+    pub fn policies(&self) -> &Arc<super::policy::Policies> {
+        self.hub.policies()
+    }
+
     /// The engine this subscriber reads history from.
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine

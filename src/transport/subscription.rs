@@ -47,7 +47,6 @@ use super::access::Access;
 use crate::auth::Grants;
 use crate::core::expiry::ExpiryEntry;
 use crate::core::notice::Notice;
-use crate::core::policy::Policies;
 use crate::core::replay::{Gap, Resume, Step};
 use crate::core::session::{ConnInfo, SessionGuard};
 use crate::core::{Close, Cursor, Message, MessageId, Session, Subscriber, Topic};
@@ -117,31 +116,43 @@ enum Pending {
     Gap(Gap),
 }
 
+/// What a stream still has to hand out of its replays, and gaps held for
+/// a topic's next message. Rare next to live delivery: boxed, and present
+/// only while it holds something, so an idle stream's task keeps a pointer.
+#[derive(Default)]
+struct Backlog {
+    /// Topics still replaying, in order; the outbox is read once empty.
+    resumes: VecDeque<Resume>,
+    /// Replayed items of the current page, handed out one by one so the
+    /// cursor is right for each.
+    pending: VecDeque<Pending>,
+    /// Gaps waiting for their topic's next message (`OnNextMessage`).
+    held_gaps: Vec<Gap>,
+}
+
+impl Backlog {
+    fn is_empty(&self) -> bool {
+        self.resumes.is_empty() && self.pending.is_empty() && self.held_gaps.is_empty()
+    }
+}
+
 /// One client stream's subscription; see the module docs.
 pub(crate) struct Subscription {
     sub: Subscriber,
     session: Arc<Session>,
     _registered: SessionGuard,
     cursor: Cursor,
-    /// Topics still replaying, in order; the outbox is read once empty.
-    resumes: VecDeque<Resume>,
-    /// Replayed items of the current page, handed out one by one so the
-    /// cursor is right for each.
-    pending: VecDeque<Pending>,
+    /// Replays and held gaps (`None` while there are none).
+    backlog: Option<Box<Backlog>>,
     gap_report: GapReport,
-    /// Gaps waiting for their topic's next message (`OnNextMessage`).
-    held_gaps: Vec<Gap>,
     transport: Transport,
-    replay_page: usize,
-    max_topics: usize,
+    replay_page: u32,
+    max_topics: u32,
     record: Option<Record>,
-    sent: u64,
     /// Who the stream is and what it may do.
     access: Access,
     /// The close at the token's expiry.
     expiry: Option<ExpiryEntry>,
-    /// Topic policies (a replay of a `latest` topic is coalesced).
-    policies: Arc<Policies>,
     /// Topics whose presence events this stream asked for.
     presence: SmallVec<[Topic; 1]>,
     /// What the admin API lists (from [`Subscription::open`]).
@@ -161,18 +172,14 @@ impl Subscription {
             session,
             _registered: registered,
             cursor: Cursor::new(),
-            resumes: VecDeque::new(),
-            pending: VecDeque::new(),
+            backlog: None,
             gap_report,
-            held_gaps: Vec::new(),
             transport,
-            replay_page: state.bus.replay_page,
-            max_topics: state.config.limits.max_topics_per_connection,
+            replay_page: u32::try_from(state.bus.replay_page).unwrap_or(u32::MAX),
+            max_topics: u32::try_from(state.config.limits.max_topics_per_connection).unwrap_or(u32::MAX),
             record: None,
-            sent: 0,
             access,
             expiry: None,
-            policies: Arc::clone(state.bus.hub.policies()),
             presence: SmallVec::new(),
             info: None,
             members: Membership::new(&state.presence),
@@ -264,7 +271,8 @@ impl Subscription {
             match cursor.and_then(|c| c.get(&topic)) {
                 Some(after) => {
                     self.cursor.set(&topic, after);
-                    self.resumes.push_back(Resume::after(topic, after, self.replay_page));
+                    let page = self.replay_page as usize;
+                    self.backlog().resumes.push_back(Resume::after(topic, after, page));
                 }
                 None => {
                     let pos = Resume::from_now(&mut self.sub, &topic).await?;
@@ -323,7 +331,7 @@ impl Subscription {
         if self.cursor.get(&topic).is_some() {
             return refuse("already subscribed");
         }
-        if self.cursor.len() >= self.max_topics {
+        if self.cursor.len() >= self.max_topics as usize {
             metrics::rejected("topics_per_connection");
             return refuse("too many topics (limits.max_topics_per_connection)");
         }
@@ -344,7 +352,7 @@ impl Subscription {
                 }
             };
         };
-        let mut resume = Resume::after(topic.clone(), after, self.replay_page);
+        let mut resume = Resume::after(topic.clone(), after, self.replay_page as usize);
         // A gap goes out before the acknowledgement, then the first page is
         // read so an engine failure can still be answered as an error.
         let mut gap = None;
@@ -360,7 +368,7 @@ impl Subscription {
             Ok(None) => {}
             Ok(Some(step)) => {
                 self.hold(step);
-                self.resumes.push_back(resume);
+                self.backlog().resumes.push_back(resume);
             }
             Err(Close::Unavailable) => {
                 self.leave(&topic);
@@ -384,7 +392,10 @@ impl Subscription {
         self.want_presence(topic, false);
         self.members.exit(topic);
         self.cursor.remove(topic);
-        self.resumes.retain(|r| r.topic() != topic);
+        if let Some(b) = &mut self.backlog {
+            b.resumes.retain(|r| r.topic() != topic);
+        }
+        self.tidy();
         self.sync_topics();
     }
 
@@ -392,14 +403,29 @@ impl Subscription {
     pub(crate) fn leave_all(&mut self) {
         self.sub.leave_all();
         self.members.exit_all();
-        self.resumes.clear();
-        self.pending.clear();
+        if let Some(b) = &mut self.backlog {
+            b.resumes.clear();
+            b.pending.clear();
+        }
+        self.tidy();
     }
 
     /// True while a replay is in progress (see the module docs on
     /// cancellation).
     pub(crate) fn replaying(&self) -> bool {
-        !self.resumes.is_empty() || !self.pending.is_empty()
+        self.backlog.as_ref().is_some_and(|b| !b.resumes.is_empty() || !b.pending.is_empty())
+    }
+
+    /// The backlog, made when first needed.
+    fn backlog(&mut self) -> &mut Backlog {
+        self.backlog.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the backlog once it holds nothing.
+    fn tidy(&mut self) {
+        if self.backlog.as_ref().is_some_and(|b| b.is_empty()) {
+            self.backlog = None;
+        }
     }
 
     /// The position after everything handed out so far.

@@ -32,7 +32,6 @@
 //! frames are written from the shared encoded bytes with one vectored write
 //! per wake-up ([`socket`]): no read or write buffer is kept.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,7 +94,7 @@ pub(crate) async fn upgrade(
         return e.into_response();
     }
     let headers = &parts.headers;
-    let (sub, connect) = match access::http(&state, ip, headers, query.as_deref(), true) {
+    let (mut sub, connect) = match access::http(&state, ip, headers, query.as_deref(), true) {
         Ok(access) => {
             let mut sub = Subscription::new(&state, Transport::Ws, GapReport::Event, access);
             let connect = connect(&state, &mut sub, query.as_deref()).await;
@@ -113,9 +112,10 @@ pub(crate) async fn upgrade(
     let tracker = state.shutdown.clone();
     let span = tracing::info_span!("ws", %peer);
     let socket = upgraded(on_upgrade, max_frame);
+    sub.describe(None, Some(peer));
     // Boxed: a refusal is rare, and the task keeps this for its whole life.
     let connect = connect.map_err(Box::new);
-    tokio::spawn(tracker.track(run(state, Some(peer), sub, socket, connect).instrument(span)));
+    tokio::spawn(tracker.track(run(state, sub, socket, connect).instrument(span)));
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = response.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -190,14 +190,14 @@ async fn connect(state: &AppState, sub: &mut Subscription, query: Option<&str>) 
 #[allow(clippy::manual_async_fn)]
 pub(crate) fn run<S: Socket>(
     state: AppState,
-    peer: Option<SocketAddr>,
     mut sub: Subscription,
     socket: impl std::future::Future<Output = Option<S>> + Send,
     connect: Result<(), Box<ApiError>>,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
         let Some(mut socket) = socket.await else { return };
-        sub.open(None, peer, true);
+        // Described (its peer) before the task began.
+        sub.opened(true);
         let outcome = match connect {
             Ok(()) => serve(&state, &mut sub, &mut socket).await,
             Err(e) => {

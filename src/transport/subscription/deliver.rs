@@ -50,13 +50,16 @@ impl Subscription {
             if let Some(event) = self.take_pending() {
                 return Some(event);
             }
-            let mut resume = self.resumes.pop_front()?;
+            let Some(mut resume) = self.backlog.as_mut().and_then(|b| b.resumes.pop_front()) else {
+                self.tidy();
+                return None;
+            };
             match self.replay_step(&mut resume).await {
                 Err(reason) => return Some(Event::Closed(reason)),
                 Ok(None) => {}
                 Ok(Some(step)) => {
                     self.hold(step);
-                    self.resumes.push_front(resume);
+                    self.backlog().resumes.push_front(resume);
                 }
             }
         }
@@ -67,7 +70,7 @@ impl Subscription {
         if let Some(event) = self.take_pending() {
             return Some(event);
         }
-        if !self.resumes.is_empty() {
+        if self.backlog.as_ref().is_some_and(|b| !b.resumes.is_empty()) {
             return None;
         }
         while let Some(e) = self.sub.outbox.try_recv() {
@@ -104,7 +107,7 @@ impl Subscription {
     }
 
     pub(super) fn take_pending(&mut self) -> Option<Event> {
-        while let Some(p) = self.pending.pop_front() {
+        while let Some(p) = self.backlog.as_mut().and_then(|b| b.pending.pop_front()) {
             let event = match p {
                 Pending::Message(m, skipped) => self.accept(m, skipped, false),
                 Pending::Gap(g) => self.gap_now(g),
@@ -113,21 +116,22 @@ impl Subscription {
                 return event;
             }
         }
+        self.tidy();
         None
     }
 
     pub(super) fn hold(&mut self, step: Step) {
         match step {
-            Step::Gap(g) => self.pending.push_back(Pending::Gap(g)),
+            Step::Gap(g) => self.backlog().pending.push_back(Pending::Gap(g)),
             Step::Messages(ms) => {
                 let latest = ms
                     .first()
-                    .is_some_and(|m| self.policies.get(m.topic.as_str()).delivery == Delivery::Latest);
+                    .is_some_and(|m| self.sub.policies().get(m.topic.as_str()).delivery == Delivery::Latest);
                 if latest {
                     let kept = coalesce(ms);
-                    self.pending.extend(kept.into_iter().map(|(m, n)| Pending::Message(m, n)));
+                    self.backlog().pending.extend(kept.into_iter().map(|(m, n)| Pending::Message(m, n)));
                 } else {
-                    self.pending.extend(ms.into_iter().map(|m| Pending::Message(m, 0)));
+                    self.backlog().pending.extend(ms.into_iter().map(|m| Pending::Message(m, 0)));
                 }
             }
         }
@@ -138,7 +142,6 @@ impl Subscription {
         if !self.cursor.advance(&m.topic, m.id) {
             return None;
         }
-        self.sent += 1;
         if let Some(info) = &self.info {
             info.sent(1);
         }
@@ -149,10 +152,13 @@ impl Subscription {
         if live {
             metrics::delivery_latency(self.transport, Instant::now().saturating_duration_since(m.seen));
         }
-        let gap = match self.held_gaps.iter().position(|g| g.topic == m.topic) {
-            Some(i) => Some(Box::new(self.held_gaps.swap_remove(i))),
-            None => None,
-        };
+        let gap = self.backlog.as_mut().and_then(|b| {
+            let i = b.held_gaps.iter().position(|g| g.topic == m.topic)?;
+            Some(Box::new(b.held_gaps.swap_remove(i)))
+        });
+        if gap.is_some() {
+            self.tidy();
+        }
         Some(Event::Message { message: m, gap, skipped })
     }
 
@@ -160,7 +166,7 @@ impl Subscription {
     /// topic's next message.
     pub(super) fn gap_now(&mut self, gap: Gap) -> Option<Event> {
         if self.gap_report == GapReport::OnNextMessage {
-            self.held_gaps.push(gap);
+            self.backlog().held_gaps.push(gap);
             return None;
         }
         self.cursor.get(&gap.topic)?;

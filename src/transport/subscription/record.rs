@@ -14,11 +14,14 @@ use crate::metrics;
 /// The open/close accounting of a stream: a log line and metrics at open,
 /// and at close however the stream ends (finished, or dropped by hyper
 /// because the client left or the connection was killed).
+///
+/// Kept small (every stream's task holds it): the method and the peer are
+/// read from the stream's [`ConnInfo`], the messages written from its count.
 pub(super) struct Record {
-    rpc: Option<&'static str>,
-    peer: Option<SocketAddr>,
     opened: Instant,
-    received: Option<u64>,
+    /// Frames received from the client (logged when `reads_input`).
+    received: u64,
+    reads_input: bool,
     reason: Close,
 }
 
@@ -27,21 +30,33 @@ impl Subscription {
     /// really begins. A stream that `reads_input` (WebSocket, `Connect`)
     /// logs the frames it received as `msgs_in`.
     pub(crate) fn open(&mut self, rpc: Option<&'static str>, peer: Option<SocketAddr>, reads_input: bool) {
+        self.describe(rpc, peer);
+        self.opened(reads_input);
+    }
+
+    /// Names the stream's method and peer for its record, before it opens
+    /// (so that a connection's task need not keep them until then).
+    pub(crate) fn describe(&mut self, rpc: Option<&'static str>, peer: Option<SocketAddr>) {
+        let user = self.access.grants.user.clone();
+        self.info = Some(Arc::new(ConnInfo::new(self.transport.label(), rpc, peer, user)));
+    }
+
+    /// [`Subscription::open`] of a stream already described.
+    pub(crate) fn opened(&mut self, reads_input: bool) {
+        let Some(info) = self.info.clone() else {
+            return self.open(None, None, reads_input);
+        };
         metrics::connection_opened(self.transport);
-        tracing::info!(transport = self.transport.label(), rpc, peer = %Peer(peer), "connection opened");
-        let received = reads_input.then_some(0);
-        self.record = Some(Record { rpc, peer, opened: Instant::now(), received, reason: Close::Client });
-        let info =
-            Arc::new(ConnInfo::new(self.transport.label(), rpc, peer, self.access.grants.user.clone()));
-        self.session.set_info(Arc::clone(&info));
-        self.info = Some(info);
+        tracing::info!(transport = self.transport.label(), rpc = info.rpc, peer = %Peer(info.peer), "connection opened");
+        self.record = Some(Record { opened: Instant::now(), received: 0, reads_input, reason: Close::Client });
+        self.session.set_info(info);
         self.sync_topics();
     }
 
     /// Counts a frame received from the client (logged as `msgs_in`).
     pub(crate) fn received(&mut self) {
-        if let Some(n) = self.record.as_mut().and_then(|r| r.received.as_mut()) {
-            *n += 1;
+        if let Some(r) = self.record.as_mut() {
+            r.received += 1;
         }
     }
 
@@ -72,13 +87,14 @@ impl Drop for Subscription {
         };
         let reason = self.session.closed().unwrap_or(r.reason);
         metrics::connection_closed(self.transport, reason.label());
+        let info = self.info.as_deref();
         tracing::info!(
             transport = self.transport.label(),
-            rpc = r.rpc,
-            peer = %Peer(r.peer),
+            rpc = info.and_then(|i| i.rpc),
+            peer = %Peer(info.and_then(|i| i.peer)),
             duration_ms = r.opened.elapsed().as_millis() as u64,
-            msgs_in = r.received,
-            msgs_out = self.sent,
+            msgs_in = r.reads_input.then_some(r.received),
+            msgs_out = info.map_or(0, ConnInfo::messages_out),
             reason = reason.label(),
             "connection closed"
         );

@@ -121,7 +121,7 @@ async fn connect_with_budget(state: &AppState, query: &str, budget: Option<usize
     let mut sub = Subscription::new(state, Transport::Ws, GapReport::Event, Access::anonymous());
     let connected = super::connect(state, &mut sub, Some(query)).await.map_err(Box::new);
     let socket = FakeSocket { inbound, outbound, budget, queued: Default::default() };
-    let server = tokio::spawn(run(state.clone(), None, sub, std::future::ready(Some(socket)), connected));
+    let server = tokio::spawn(run(state.clone(), sub, std::future::ready(Some(socket)), connected));
     Client { tx, rx, server }
 }
 
@@ -135,7 +135,7 @@ async fn idle_task_stays_small() {
     let connected = super::connect(&state, &mut sub, Some("topic=sizes")).await.map_err(Box::new);
     let on_upgrade = hyper::upgrade::on(axum::http::Request::new(()));
     let socket = upgraded(on_upgrade, 65_536);
-    let task = state.shutdown.clone().track(run(state.clone(), None, sub, socket, connected));
+    let task = state.shutdown.clone().track(run(state.clone(), sub, socket, connected));
     let conn = std::mem::size_of::<Upgraded>();
     let subscription = std::mem::size_of::<Subscription>();
     let total = std::mem::size_of_val(&task);
@@ -153,7 +153,11 @@ async fn idle_task_stays_small() {
         let session = std::mem::size_of::<crate::core::session::Session>();
         eprintln!("serve {serve_size} B, next_live {live_size} B, event {event} B, write_events {write_size} B, session {session} B");
     }
-    assert!(total <= 1408, "an idle connection's task grew to {total} B");
+    // tokio allocates a task as a 128-byte-aligned cell of the future plus
+    // ~104 B (header, scheduler, trailer) and the connection's tracing
+    // span adds 32 B: up to 1,144 B here the cell is 1,280 B, one more
+    // byte makes it 1,408.
+    assert!(total <= 1144, "an idle connection's task grew to {total} B");
 }
 
 #[tokio::test]
