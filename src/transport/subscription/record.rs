@@ -41,14 +41,17 @@ impl Subscription {
         self.info = Some(Arc::new(ConnInfo::new(self.transport.label(), rpc, peer, user)));
     }
 
-    /// [`Subscription::open`] of a stream already described.
+    /// [`Subscription::open`] of a stream already described (one that was
+    /// not is opened with no method and no peer).
     pub(crate) fn opened(&mut self, reads_input: bool) {
-        let Some(info) = self.info.clone() else {
-            return self.open(None, None, reads_input);
-        };
+        if self.info.is_none() {
+            self.describe(None, None);
+        }
+        let Some(info) = self.info.clone() else { return };
         metrics::connection_opened(self.transport);
         tracing::info!(transport = self.transport.label(), rpc = info.rpc, peer = %Peer(info.peer), "connection opened");
-        self.record = Some(Record { opened: Instant::now(), received: 0, reads_input, reason: Close::Client });
+        self.record =
+            Some(Record { opened: Instant::now(), received: 0, reads_input, reason: Close::Client });
         self.session.set_info(info);
         self.sync_topics();
     }
