@@ -127,6 +127,11 @@ fn cors(origins: &[String]) -> CorsLayer {
 /// Bytes an HTTP/2 stream may buffer towards its client.
 const SEND_BUF_PER_STREAM: usize = 64 * 1024;
 
+/// Bytes an HTTP/1 connection buffers: a request head larger than this is
+/// refused (`431`), and a response's queued bytes (an SSE stream's events)
+/// are written once this much is gathered (hyper's default is 400 KiB).
+const HTTP1_BUF: usize = 64 * 1024;
+
 /// Serves `listener` until `token` is cancelled: each connection speaks
 /// HTTP/1.1 (with upgrades to WebSocket) or HTTP/2 (gRPC, and HTTP clients
 /// that choose it: by ALPN over TLS, by prior knowledge in clear), and each
@@ -147,7 +152,17 @@ pub async fn serve(
     let h2 = &config.http2;
     let handshake = config.http.handshake_timeout;
     let mut builder = auto::Builder::new(StreamExecutor);
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(handshake);
+    // Responses are gathered into one buffer and written with one `send`
+    // (not a `writev` of head, chunk size, data and CRLF): an SSE event or a
+    // poll answer costs less in the kernel; the copy is small next to it.
+    // The buffer is bounded by `HTTP1_BUF`, so a client that stops reading
+    // holds at most that (then its outbox fills and it is closed as slow).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake)
+        .writev(false)
+        .max_buf_size(HTTP1_BUF);
     builder
         .http2()
         .timer(TokioTimer::new())

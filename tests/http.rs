@@ -455,6 +455,25 @@ async fn history_reports_truncation_after_trim() {
 
 // ---------------------------------------------------------------- operations
 
+/// A request head is buffered up to 64 KiB: a larger one is refused with
+/// `431` (never buffered without bound), and the server goes on serving.
+#[tokio::test]
+async fn an_oversized_request_head_is_refused_and_others_are_served() {
+    let s = TestServer::start("").await;
+    let head = |filler: usize| {
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(filler)
+        )
+    };
+    let (status, _) = raw_http(&s, head(60 * 1024).as_bytes()).await;
+    assert_eq!(status, 200, "a 60 KiB head is served");
+    let (status, _) = raw_http(&s, head(70 * 1024).as_bytes()).await;
+    assert_eq!(status, 431, "a 70 KiB head is refused");
+    assert_eq!(get(&s, "/healthz").await.status, 200);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn health_ready_and_not_found() {
     let s = TestServer::start("").await;
