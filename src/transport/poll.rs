@@ -1,10 +1,10 @@
 //! HTTP long polling (contract §6): `GET /v1/poll?topic=A&topic=B&cursor=C&timeout=S&limit=N`.
 //!
-//! A poll is a replay with a deadline: read history after the cursor's
-//! positions (up to `limit`); if there is something, answer at once;
-//! otherwise join the topics live, read once more (closing the race with a
-//! publish in between) and wait for the first outbox message, the timeout
-//! or shutdown, then read again. The answer's cursor names every topic, so a
+//! A poll is a replay with a deadline: join the topics live, then read
+//! history after the cursor's positions (up to `limit`); if there is
+//! something, answer at once; otherwise wait for the first outbox message
+//! (joined before the read, so nothing published in between is missed),
+//! the timeout or shutdown. A poll with `timeout=0` only reads. The answer's cursor names every topic, so a
 //! client that always passes the last cursor back receives every message
 //! exactly once. A held poll is just this handler's future waiting on its
 //! outbox: no task, timer wheel entry aside, and no Redis connection of its
@@ -78,7 +78,32 @@ pub(crate) async fn poll(
         return Err(ApiError::new(Code::BadRequest, "too many topics for one cursor"));
     }
 
+    // A poll that may wait joins its topics live *before* it reads history:
+    // whatever is published after the read reaches the outbox, and the one
+    // read covers everything before (one history read per held poll, not
+    // one before joining and one after: with Redis, each is a round trip).
+    // A poll with no time to wait only reads.
+    let join = |state: &AppState| {
+        let (state, topics, user) = (state.clone(), &request.topics, access.grants.user.clone());
+        async move {
+            let mut s = state.bus.subscriber();
+            for topic in topics {
+                s.join(topic).await?;
+            }
+            // Listed by the admin API while held (no port: the address is
+            // the client's, maybe forwarded).
+            let peer = Some(std::net::SocketAddr::new(ip, 0));
+            let info = ConnInfo::new(Transport::Poll.label(), None, peer, user);
+            info.set_topics(topics.iter().cloned());
+            s.session().set_info(std::sync::Arc::new(info));
+            let registered = state.shutdown.sessions().register(s.session());
+            Ok::<_, ApiError>((s, registered))
+        }
+    };
     let mut sub = None;
+    if timeout > Duration::ZERO && !state.shutdown.is_shutting_down() {
+        sub = Some(join(&state).await?);
+    }
     loop {
         let batch = collect(&state, &request.topics, &mut cursor, limit).await?;
         if !batch.is_empty() || Instant::now() >= deadline || state.shutdown.is_shutting_down() {
@@ -87,19 +112,9 @@ pub(crate) async fn poll(
         let sub = match sub.as_mut() {
             Some(sub) => sub,
             None => {
-                // Join live, then read once more before waiting.
-                let mut s = state.bus.subscriber();
-                for topic in &request.topics {
-                    s.join(topic).await?;
-                }
-                // Listed by the admin API while held (no port: the
-                // address is the client's, maybe forwarded).
-                let peer = Some(std::net::SocketAddr::new(ip, 0));
-                let info = ConnInfo::new(Transport::Poll.label(), None, peer, access.grants.user.clone());
-                info.set_topics(request.topics.iter().cloned());
-                s.session().set_info(std::sync::Arc::new(info));
-                let registered = state.shutdown.sessions().register(s.session());
-                sub = Some((s, registered));
+                // Not joined (the poll began with no time to wait, or
+                // during shutdown): join, then read again before waiting.
+                sub = Some(join(&state).await?);
                 continue;
             }
         };
