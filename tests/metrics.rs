@@ -581,3 +581,139 @@ async fn metric_families_are_typed_and_named_by_prometheus_conventions() {
         assert_eq!(n, 1, "# TYPE {name}");
     }
 }
+
+/// History reads (`rtgate_engine_operations_total{op="history"}`) of a
+/// client polling in step with a topic another subscriber keeps joined:
+/// every held poll whose cursor is the newest message fanned out costs no
+/// history read (on Redis, no round trip), and still receives each message
+/// once, in order. A poll that cannot wait (`timeout=0`), or one whose
+/// cursor is behind, reads.
+async fn polls_at_the_tip_read_no_history(env: &[(&str, &str)]) {
+    let p = Proc::start(env).await;
+    let t = "tip.poll";
+    let reads = |m: &Metrics| m.v("rtgate_engine_operations_total", &[("op", "history"), ("outcome", "ok")]);
+    // The bystander keeps the topic joined (and its tip known) between polls.
+    let mut bystander = p.ws("/v1/ws").await;
+    bystander.subscribe(t, None).await;
+    let (none, c0) = p.poll(&format!("topic={t}&timeout=0")).await;
+    assert!(none.is_empty());
+    let first = p.publish(t, "0").await;
+    assert_eq!(bystander.next_op("message").await["id"], first.as_str());
+    let (m, mut cursor) = p.poll(&format!("topic={t}&cursor={c0}&timeout=0")).await;
+    assert_eq!(ids(&m), [first.as_str()]);
+
+    let before = reads(&p.scrape().await);
+    let (mut published, mut got) = (vec![first], vec![]);
+    for i in 1..=20 {
+        let held = {
+            let http = p.http.clone();
+            let url = p.url(&format!("/v1/poll?topic={t}&cursor={cursor}&timeout=20"));
+            tokio::spawn(async move {
+                let res = tokio::time::timeout(WAIT, http.get(url).send())
+                    .await
+                    .expect("poll timed out")
+                    .expect("poll");
+                assert_eq!(res.status().as_u16(), 200);
+                res.json::<Value>().await.expect("poll json")
+            })
+        };
+        p.wait_for("a held poll", |m| m.gauge("rtgate_held_polls", &[]) == 1.0).await;
+        let id = p.publish(t, &i.to_string()).await;
+        // Fanned out (so the tip moved) before the next poll starts.
+        assert_eq!(bystander.next_op("message").await["id"], id.as_str());
+        let v = tokio::time::timeout(WAIT, held).await.expect("held poll").expect("join");
+        let messages = v["messages"].as_array().expect("messages");
+        got.extend(messages.iter().map(id_of));
+        cursor = v["cursor"].as_str().expect("cursor").to_owned();
+        published.push(id);
+        p.wait_for("no held poll", |m| m.gauge("rtgate_held_polls", &[]) == 0.0).await;
+    }
+    assert_eq!(got, published[1..], "each message once, in order");
+    let after = reads(&p.scrape().await);
+    assert_eq!(after, before, "20 held polls at the tip read history {} times", after - before);
+
+    // Not waiting: reads (and finds nothing).
+    let (m, _) = p.poll(&format!("topic={t}&cursor={cursor}&timeout=0")).await;
+    assert!(m.is_empty(), "{m:?}");
+    assert_eq!(reads(&p.scrape().await), after + 1.0);
+    // Behind the tip: reads, and answers at once with everything after.
+    let (m, _) = p.poll(&format!("topic={t}&cursor={c0}&timeout=20")).await;
+    assert_eq!(ids(&m), published);
+    assert_eq!(reads(&p.scrape().await), after + 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_at_the_tip_read_no_history_memory() {
+    polls_at_the_tip_read_no_history(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_at_the_tip_read_no_history_redis() {
+    let redis = support::redis::RedisServer::start();
+    let url = redis.url();
+    polls_at_the_tip_read_no_history(&[("RTGATE_ENGINE__KIND", "redis"), ("RTGATE_REDIS__URL", &url)]).await;
+}
+
+/// Redis loses the topic's stream (FLUSHALL) while a poll is held at the
+/// tip and another subscriber keeps the topic joined; a message published
+/// after reaches the polling client within a few polls, once, and a gap, if
+/// one is reported, starts at the client's position: the remembered tip
+/// never makes the poll skip what the new stream holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_held_at_the_tip_survives_a_lost_stream_redis() {
+    let redis = support::redis::RedisServer::start();
+    let url = redis.url();
+    let p = Proc::start(&[("RTGATE_ENGINE__KIND", "redis"), ("RTGATE_REDIS__URL", &url)]).await;
+    let t = "tip.lost";
+    let mut bystander = p.ws("/v1/ws").await;
+    bystander.subscribe(t, None).await;
+    let (_, c0) = p.poll(&format!("topic={t}&timeout=0")).await;
+    let mut published = vec![];
+    for i in 0..3 {
+        published.push(p.publish(t, &i.to_string()).await);
+    }
+    assert_eq!(ids(&bystander.messages(3).await), published);
+    let (m, c3) = p.poll(&format!("topic={t}&cursor={c0}&timeout=0")).await;
+    assert_eq!(ids(&m), published);
+
+    let held = {
+        let http = p.http.clone();
+        let url = p.url(&format!("/v1/poll?topic={t}&cursor={c3}&timeout=20"));
+        tokio::spawn(async move {
+            let res = tokio::time::timeout(WAIT, http.get(url).send())
+                .await
+                .expect("poll timed out")
+                .expect("poll");
+            assert_eq!(res.status().as_u16(), 200);
+            res.json::<Value>().await.expect("poll json")
+        })
+    };
+    p.wait_for("a held poll", |m| m.gauge("rtgate_held_polls", &[]) == 1.0).await;
+    let flushed = tokio::task::block_in_place(|| support::redis::cli(redis.port, &["FLUSHALL"]));
+    assert_eq!(flushed.trim(), "OK");
+    let fresh = p.publish(t, r#""fresh""#).await;
+
+    let mut answer = tokio::time::timeout(WAIT, held).await.expect("held poll").expect("join");
+    let (mut got, mut gaps) = (vec![], vec![]);
+    for _ in 0..4 {
+        got.extend(answer["messages"].as_array().expect("messages").iter().map(id_of));
+        gaps.extend(answer.get("gaps").and_then(Value::as_array).cloned().unwrap_or_default());
+        if !got.is_empty() {
+            break;
+        }
+        let cursor = answer["cursor"].as_str().expect("cursor").to_owned();
+        let res = tokio::time::timeout(
+            WAIT,
+            p.http.get(p.url(&format!("/v1/poll?topic={t}&cursor={cursor}&timeout=5"))).send(),
+        )
+        .await
+        .expect("poll timed out")
+        .expect("poll");
+        assert_eq!(res.status().as_u16(), 200);
+        answer = res.json().await.expect("poll json");
+    }
+    assert_eq!(got, [fresh.as_str()], "the message after the loss, once (gaps {gaps:?})");
+    for g in &gaps {
+        assert_eq!(g["after"], published[2].as_str(), "{g}");
+    }
+}

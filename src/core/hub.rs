@@ -16,19 +16,33 @@
 //! each costs an entry here and, with Redis, a watched stream every reader
 //! lists. A first join of one more topic is refused with
 //! [`EngineError::Full`]; joins of topics already here always succeed.
+//!
+//! # Tip
+//!
+//! Each topic remembers the id of the newest stored message it fanned out
+//! ([`Hub::tip`]) while it has been continuously fed: the entry is created
+//! with no tip when the topic gets its first local subscriber (so anything
+//! published before that is not known here) and the tip is forgotten when
+//! the engine reports lost live continuity ([`Feed::reset`]). The tip is
+//! written under the subscriber list's read lock that fan-out holds, and
+//! [`Hub::join`] inserts under its write lock: a subscriber that joined and
+//! then reads a tip equal to its position knows that every later message
+//! reaches its outbox — one fanned out before the join would have moved the
+//! tip past it. Long polling uses this to skip a history read that could
+//! only come back empty.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use slab::Slab;
 
 use super::close::Close;
 use super::engine::{Engine, EngineError, Feed};
 use super::mailbox::Mailbox;
-use super::message::{Message, Topic};
+use super::message::{Message, MessageId, Topic};
 use super::policy::{Delivery, Policies};
 use super::session::Session;
 
@@ -76,6 +90,9 @@ struct TopicSubs {
     /// Messages fanned out since the topic got its first local subscriber
     /// (the admin API's per-topic rate): one relaxed add per message.
     fanned: AtomicU64,
+    /// The newest stored message fanned out while continuously fed (see the
+    /// module's `# Tip`).
+    tip: Mutex<Option<MessageId>>,
 }
 
 /// One topic of [`Hub::top_topics`].
@@ -143,7 +160,7 @@ impl Hub {
                     return Err(EngineError::Full("limits.max_topics"));
                 }
                 let delivery = self.inner.policies.get(topic.as_str()).delivery;
-                v.insert(Arc::new(TopicSubs { subs: RwLock::default(), delivery, fanned: AtomicU64::new(0) }))
+                v.insert(Arc::new(TopicSubs { delivery, ..TopicSubs::default() }))
             }
         };
         let key = entry.subs.write().insert(handle);
@@ -218,12 +235,26 @@ impl Hub {
         };
         let delivery = subs.delivery;
         subs.fanned.fetch_add(1, Ordering::Relaxed);
-        let subs = subs.subs.read();
-        for (_, handle) in subs.iter() {
+        let list = subs.subs.read();
+        if !message.is_ephemeral() {
+            let mut tip = subs.tip.lock();
+            *tip = (*tip).max(Some(message.id));
+        }
+        for (_, handle) in list.iter() {
             if !handle.outbox.offer_with(Arc::clone(message), delivery) {
                 handle.session.close(Close::Slow);
             }
         }
+    }
+
+    /// The id of the newest stored message of `topic` fanned out to its
+    /// local subscribers since the engine has fed it without a break (see
+    /// the module's `# Tip`); `None` when nothing was fanned out since, or
+    /// the topic has no local subscriber.
+    pub fn tip(&self, topic: &Topic) -> Option<MessageId> {
+        let subs = self.inner.topics.get(topic).map(|e| Arc::clone(e.value()))?;
+        let tip = *subs.tip.lock();
+        tip
     }
 
     /// The local subscribers' outboxes and sessions of `topic` (presence
@@ -244,7 +275,11 @@ impl Feed for Hub {
 
     fn reset(&self, topic: &Topic) {
         if let Some(subs) = self.inner.topics.get(topic).map(|e| Arc::clone(e.value())) {
-            for (_, handle) in subs.subs.read().iter() {
+            let list = subs.subs.read();
+            // Messages after the break may be missing here: the tip no
+            // longer proves that nothing newer exists.
+            *subs.tip.lock() = None;
+            for (_, handle) in list.iter() {
                 handle.session.close(Close::Unavailable);
             }
         }
@@ -413,6 +448,44 @@ mod tests {
         b.join(&u).await.unwrap();
         Feed::reset(&hub, &t);
         assert_eq!((a.session().closed(), b.session().closed()), (Some(Close::Unavailable), None));
+    }
+
+    /// The tip: unknown until something is fanned out, the newest stored id
+    /// after (an ephemeral message does not move it, an older id never
+    /// lowers it), forgotten on a reset and with the topic's last leave.
+    #[tokio::test]
+    async fn the_tip_is_the_newest_stored_id_fed_without_a_break() {
+        let hub = Hub::new();
+        let engine: Arc<dyn Engine> = Arc::new(Watches::default());
+        let (t, u) = (Topic::new("t").unwrap(), Topic::new("u").unwrap());
+        assert_eq!(hub.tip(&t), None, "no local subscriber");
+        let mut a = Subscriber::new(hub.clone(), Arc::clone(&engine), 16);
+        a.join(&t).await.unwrap();
+        a.join(&u).await.unwrap();
+        assert_eq!(hub.tip(&t), None, "nothing fanned out since the join");
+        hub.fan_out(&message(&t, 5));
+        hub.fan_out(&message(&t, 7));
+        assert_eq!(hub.tip(&t), Some(MessageId::new(7, 0)));
+        assert_eq!(hub.tip(&u), None, "per topic");
+        hub.fan_out(&Arc::new(Message::ephemeral(
+            t.clone(),
+            Bytes::from_static(b"1"),
+            crate::core::message::Ephemeral::default(),
+        )));
+        hub.fan_out(&message(&t, 6));
+        assert_eq!(hub.tip(&t), Some(MessageId::new(7, 0)), "ephemeral and older ids leave it");
+        Feed::reset(&hub, &t);
+        assert_eq!(hub.tip(&t), None, "a break in the feed forgets it");
+        let mut b = Subscriber::new(hub.clone(), Arc::clone(&engine), 16);
+        b.join(&u).await.unwrap();
+        hub.fan_out(&message(&u, 9));
+        drop(a);
+        assert_eq!(hub.tip(&u), Some(MessageId::new(9, 0)), "b still holds u");
+        drop(b);
+        assert_eq!(hub.tip(&u), None, "the last leave forgets it");
+        let mut c = Subscriber::new(hub.clone(), Arc::clone(&engine), 16);
+        c.join(&u).await.unwrap();
+        assert_eq!(hub.tip(&u), None, "a new first join starts unknown");
     }
 
     /// Issue 11 item 10: at most `max_topics` topics; joins of a topic

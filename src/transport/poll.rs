@@ -4,7 +4,8 @@
 //! history after the cursor's positions (up to `limit`); if there is
 //! something, answer at once; otherwise wait for the first outbox message
 //! (joined before the read, so nothing published in between is missed),
-//! the timeout or shutdown. A poll with `timeout=0` only reads. The answer's cursor names every topic, so a
+//! the timeout or shutdown. A topic whose position is the hub's tip is not
+//! read at all (see [`collect`]'s `# At the tip`). A poll with `timeout=0` only reads. The answer's cursor names every topic, so a
 //! client that always passes the last cursor back receives every message
 //! exactly once. A held poll is just this handler's future waiting on its
 //! outbox: no task, timer wheel entry aside, and no Redis connection of its
@@ -105,7 +106,7 @@ pub(crate) async fn poll(
         sub = Some(join(&state).await?);
     }
     loop {
-        let batch = collect(&state, &request.topics, &mut cursor, limit).await?;
+        let batch = collect(&state, &request.topics, &mut cursor, limit, sub.is_some()).await?;
         if !batch.is_empty() || Instant::now() >= deadline || state.shutdown.is_shutting_down() {
             return Ok(answer(batch, &cursor));
         }
@@ -267,15 +268,30 @@ impl Batch {
 /// topic leaves unused goes to the others in the next round. When there are
 /// more topics than room, those whose position is oldest (served longest
 /// ago) go first, ties in request order.
+///
+/// # At the tip
+///
+/// With `joined` (the topics were joined live, and each join's engine
+/// watch was ready, before this call), a topic whose position is the hub's
+/// tip for it (the newest stored message fanned out here, see
+/// [`crate::core::Hub::tip`]) is not read: nothing newer exists that will
+/// not reach the outbox, so the read could only come back empty. A client
+/// polling in step with the topic (each answer's cursor is the tip until
+/// the next publish) costs no history read, on Redis no round trip.
 async fn collect(
     state: &AppState,
     topics: &[Topic],
     cursor: &mut Cursor,
     limit: usize,
+    joined: bool,
 ) -> Result<Batch, ApiError> {
     let mut batch = Batch::default();
-    let mut active: Vec<(&Topic, MessageId)> =
-        topics.iter().filter_map(|t| cursor.get(t).map(|pos| (t, pos))).collect();
+    let hub = &state.bus.hub;
+    let mut active: Vec<(&Topic, MessageId)> = topics
+        .iter()
+        .filter_map(|t| cursor.get(t).map(|pos| (t, pos)))
+        .filter(|&(t, pos)| !(joined && hub.tip(t) == Some(pos)))
+        .collect();
     // Stable: request order among equal positions.
     active.sort_by_key(|&(_, pos)| pos);
     while !active.is_empty() && batch.messages.len() < limit {
