@@ -717,3 +717,59 @@ async fn a_poll_held_at_the_tip_survives_a_lost_stream_redis() {
         assert_eq!(g["after"], published[2].as_str(), "{g}");
     }
 }
+
+/// Engine reads of WebSocket subscribes on a topic another subscriber keeps
+/// joined (its tip known): one from "now" asks the engine nothing (the tip
+/// is "now"); one resuming at the tip reads history once (before it joins),
+/// not twice; one resuming behind the tip reads once and replays what it
+/// missed, that read ending at the tip. Each then gets
+/// the next message live, once.
+async fn subscribes_at_the_tip_read_less(env: &[(&str, &str)]) {
+    let p = Proc::start(env).await;
+    let t = "tip.ws";
+    let op = |m: &Metrics, op: &str| m.v("rtgate_engine_operations_total", &[("op", op), ("outcome", "ok")]);
+    let mut bystander = p.ws("/v1/ws").await;
+    bystander.subscribe(t, None).await;
+    let first = p.publish(t, "0").await;
+    let second = p.publish(t, "1").await;
+    let seen = bystander.messages(2).await;
+    assert_eq!(ids(&seen), [first.as_str(), second.as_str()]);
+    let (behind, tip) = (seen[0]["cursor"].as_str().unwrap(), seen[1]["cursor"].as_str().unwrap());
+
+    let m0 = p.scrape().await;
+    let mut now = p.ws("/v1/ws").await;
+    let (before, ack) = now.subscribe(t, None).await;
+    assert!(before.is_empty(), "{before:?}");
+    assert_eq!(ack["op"], "ack", "{ack}");
+    let m1 = p.scrape().await;
+    assert_eq!((op(&m1, "last_id"), op(&m1, "history")), (op(&m0, "last_id"), op(&m0, "history")));
+
+    let mut at_tip = p.ws(&format!("/v1/ws?topic={t}&cursor={tip}")).await;
+    at_tip.assert_quiet("at_tip").await;
+    let m2 = p.scrape().await;
+    assert_eq!(op(&m2, "history"), op(&m1, "history") + 1.0, "one read before the join, none after");
+
+    let mut from_behind = p.ws(&format!("/v1/ws?topic={t}&cursor={behind}")).await;
+    assert_eq!(ids(&from_behind.messages(1).await), [second.as_str()]);
+    let m3 = p.scrape().await;
+    // The replay's read reaches the tip: after the join, no second read.
+    assert_eq!(op(&m3, "history"), op(&m2, "history") + 1.0, "behind the tip: one read that replays");
+
+    let next = p.publish(t, "2").await;
+    for c in [&mut bystander, &mut now, &mut at_tip, &mut from_behind] {
+        assert_eq!(ids(&c.messages(1).await), [next.as_str()]);
+        c.assert_quiet("after").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribes_at_the_tip_read_less_memory() {
+    subscribes_at_the_tip_read_less(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribes_at_the_tip_read_less_redis() {
+    let redis = support::redis::RedisServer::start();
+    let url = redis.url();
+    subscribes_at_the_tip_read_less(&[("RTGATE_ENGINE__KIND", "redis"), ("RTGATE_REDIS__URL", &url)]).await;
+}

@@ -11,7 +11,9 @@
 //! 3. Read history once more (until a short page) after the last replayed id.
 //!    Anything appended before the join is in that read; anything after is in
 //!    the outbox; a message in both is dropped by the transport because its id
-//!    is not greater than the position it already delivered.
+//!    is not greater than the position it already delivered. Skipped when
+//!    the position is the hub's tip after the join (`Hub::tip`): nothing
+//!    newer exists that will not reach the outbox.
 //!
 //! Trimming is never hidden: a page read after a trimmed position yields a
 //! [`Gap`] first, then continues from the oldest retained message.
@@ -99,9 +101,14 @@ pub struct Resume {
 
 impl Resume {
     /// Joins `topic` live from "now": returns the position to record (the
-    /// newest id at join time, or zero for an empty topic).
+    /// newest id at join time, or zero for an empty topic). When the hub
+    /// knows the topic's tip, that is "now" and the engine is not asked:
+    /// everything after it reaches the outbox (see [`Hub::tip`](super::Hub::tip)).
     pub async fn from_now(sub: &mut Subscriber, topic: &Topic) -> Result<MessageId, EngineError> {
         sub.join(topic).await?;
+        if let Some(tip) = sub.tip(topic) {
+            return Ok(tip);
+        }
         match sub.engine().last_id(topic).await {
             Ok(last) => Ok(last.unwrap_or(MessageId::ZERO)),
             Err(e) => {
@@ -169,6 +176,10 @@ impl Resume {
                 } else {
                     sub.join(&self.topic).await?;
                     self.joined = true;
+                    // Caught up with the hub's tip: every later message
+                    // reaches the outbox, the read after the join could only
+                    // come back empty.
+                    self.done = sub.tip(&self.topic) == Some(self.pos);
                 }
             }
             if !history.messages.is_empty() {

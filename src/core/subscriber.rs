@@ -68,6 +68,13 @@ impl Subscriber {
         Ok(())
     }
 
+    /// The hub's tip of `topic` ([`Hub::tip`]): once this subscriber has
+    /// joined it, a position equal to the tip has every later message coming
+    /// to the outbox.
+    pub fn tip(&self, topic: &Topic) -> Option<super::message::MessageId> {
+        self.hub.tip(topic)
+    }
+
     /// Leaves `topic`; messages already in the outbox for it must be dropped
     /// by the caller.
     pub fn leave(&mut self, topic: &Topic) {
