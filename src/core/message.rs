@@ -201,7 +201,10 @@ pub struct Message {
     /// Set on an ephemeral message (contract §11): never stored, no id, no
     /// cursor. `id` and `ts` are then the acceptance time only.
     pub ephemeral: Option<Box<Ephemeral>>,
-    wire: [OnceLock<Bytes>; WIRE_SLOTS],
+    /// The wire encodings, one slot each, allocated at the first: a
+    /// retained message that no one reads back carries only this pointer
+    /// (inline, the five slots were 200 of its bytes).
+    wire: OnceLock<Box<[OnceLock<Bytes>; WIRE_SLOTS]>>,
 }
 
 /// Who sent an ephemeral message.
@@ -261,7 +264,8 @@ impl Message {
 
     /// The cached encoding for `wire`, computed by `encode` on first use.
     pub fn encoded(&self, wire: Wire, encode: impl FnOnce(&Message) -> Bytes) -> Bytes {
-        self.wire[wire as usize].get_or_init(|| encode(self)).clone()
+        let slots = self.wire.get_or_init(Default::default);
+        slots[wire as usize].get_or_init(|| encode(self)).clone()
     }
 
     /// Appends the message JSON of §1 to `out`.
@@ -373,5 +377,24 @@ mod tests {
         let t = Topic::new("t").unwrap();
         let m = Message::new(t, MessageId::new(5, 1), 5, Bytes::from_static(b"{\"b\":1, \"a\":2}"));
         assert_eq!(&m.json()[..], br#"{"topic":"t","id":"5-1","ts":5,"data":{"b":1, "a":2}}"#);
+    }
+
+    /// Every retained message pays this (the memory engine keeps up to
+    /// `history.max_len` per topic): bounded so that growth is noticed.
+    #[test]
+    fn a_message_stays_small_and_encodes_each_wire_once() {
+        let size = std::mem::size_of::<Message>();
+        assert!(size <= 128, "Message grew to {size} B");
+        let m = Message::new(Topic::new("t").unwrap(), MessageId::new(1, 0), 1, Bytes::from_static(b"1"));
+        let calls = std::cell::Cell::new(0);
+        let encode = |_: &Message| {
+            calls.set(calls.get() + 1);
+            Bytes::from_static(b"frame")
+        };
+        let a = m.encoded(Wire::WsSingle, encode);
+        let b = m.encoded(Wire::WsSingle, encode);
+        assert_eq!((a.as_ptr(), calls.get()), (b.as_ptr(), 1), "encoded once, the bytes shared");
+        m.encoded(Wire::SseSingle, encode);
+        assert_eq!(calls.get(), 2, "one encoding per wire");
     }
 }
