@@ -642,6 +642,11 @@ async fn polls_at_the_tip_read_no_history(env: &[(&str, &str)]) {
     assert_eq!(reads(&p.scrape().await), after + 2.0);
 }
 
+/// The environment that puts the gateway on the Redis server at `url`.
+fn on_redis(url: &str) -> [(&'static str, &str); 2] {
+    [("RTGATE_ENGINE__KIND", "redis"), ("RTGATE_REDIS__URL", url)]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polls_at_the_tip_read_no_history_memory() {
     polls_at_the_tip_read_no_history(&[]).await;
@@ -651,7 +656,7 @@ async fn polls_at_the_tip_read_no_history_memory() {
 async fn polls_at_the_tip_read_no_history_redis() {
     let redis = support::redis::RedisServer::start();
     let url = redis.url();
-    polls_at_the_tip_read_no_history(&[("RTGATE_ENGINE__KIND", "redis"), ("RTGATE_REDIS__URL", &url)]).await;
+    polls_at_the_tip_read_no_history(&on_redis(&url)).await;
 }
 
 /// Redis loses the topic's stream (FLUSHALL) while a poll is held at the
@@ -663,7 +668,7 @@ async fn polls_at_the_tip_read_no_history_redis() {
 async fn a_poll_held_at_the_tip_survives_a_lost_stream_redis() {
     let redis = support::redis::RedisServer::start();
     let url = redis.url();
-    let p = Proc::start(&[("RTGATE_ENGINE__KIND", "redis"), ("RTGATE_REDIS__URL", &url)]).await;
+    let p = Proc::start(&on_redis(&url)).await;
     let t = "tip.lost";
     let mut bystander = p.ws("/v1/ws").await;
     bystander.subscribe(t, None).await;
@@ -771,5 +776,5 @@ async fn subscribes_at_the_tip_read_less_memory() {
 async fn subscribes_at_the_tip_read_less_redis() {
     let redis = support::redis::RedisServer::start();
     let url = redis.url();
-    subscribes_at_the_tip_read_less(&[("RTGATE_ENGINE__KIND", "redis"), ("RTGATE_REDIS__URL", &url)]).await;
+    subscribes_at_the_tip_read_less(&on_redis(&url)).await;
 }

@@ -15,8 +15,8 @@ use super::MemoryOptions;
 
 /// Bytes a stored message costs besides its data: the message itself, its
 /// `Arc` counts and its slot in the log. (Wire encodings cached on a message
-/// once it was delivered are not counted: they are at most a few times
-/// `data` and shared by every subscriber.)
+/// once it was replayed, and the box of their slots, are not counted: they
+/// are at most a few times `data` and shared by every subscriber.)
 pub(super) const MESSAGE_OVERHEAD: usize = std::mem::size_of::<Message>() + 3 * std::mem::size_of::<usize>();
 
 /// Bytes an idempotency key costs besides its text (stored twice: the map
